@@ -1,0 +1,38 @@
+# Two entry points for a fresh clone: `make repro` and `make test`.
+# Both create .venv from the pinned requirements first if it is missing or stale.
+
+# torch==2.13.0 is a CPython 3.11 wheel: prefer that interpreter when it exists.
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+# dvc's experiment queue worker calls `dvc` from PATH, so the venv goes first on it.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: repro test venv lock clean-venv bench
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+repro: $(STAMP)
+	dvc repro
+
+test: $(STAMP)
+	python -m pytest
+
+bench: $(STAMP)
+	python -m benchmarks.embeddings
+	python -m benchmarks.training
+
+# Re-pin requirements.txt after editing requirements.in.
+lock: $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -r requirements.in
+	( echo "# Generated from requirements.in with 'pip freeze' on Python 3.11 (see Makefile 'lock')."; \
+	  $(VENV)/bin/python -m pip freeze | sed 's/^torch==2.13.0+cpu/torch==2.13.0/' ) > requirements.txt
+
+clean-venv:
+	rm -rf $(VENV)

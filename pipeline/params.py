@@ -1,0 +1,239 @@
+"""Typed, validated access to params.yaml.
+
+Each section of params.yaml has a dataclass here. Loading a section checks that every key exists in
+the schema, that none is missing, and that each value has the right type and range, so a typo such as
+`train.lrr` or `train.lr: fast` fails at once with the file and the key named, not deep inside a stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from pipeline.common import PipelineError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+def _range(lo=None, hi=None, lo_open=False, hi_open=False):
+    return {"range": (lo, hi, lo_open, hi_open)}
+
+
+@dataclass(frozen=True)
+class SourceParams:
+    # An http(s) URL, a local path, or `pypi:NAME==VERSION` (the package's file from the index).
+    source: str
+    # Files to take out of an archive (.zip, .whl, .tar.gz, .tgz); empty to keep the fetched file as is.
+    members: list[str]
+    # Expected sha256 of the fetched file (the archive, when members are taken out of one).
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class EmbeddingsParams(SourceParams):
+    # auto, glove (text, no header), word2vec (text with a "count dim" header), npy (matrix + word list).
+    format: Literal["auto", "glove", "word2vec", "npy"]
+    # What to do with a vector line of the wrong dimension or with non-numeric values.
+    bad_lines: Literal["error", "skip"]
+
+
+@dataclass(frozen=True)
+class CorpusParams(SourceParams):
+    text_column: str
+    label_column: str
+    # Rows whose label is one of these are dropped (e.g. 'plot' synopses in the Rotten Tomatoes corpus).
+    drop_labels: list[str]
+
+
+@dataclass(frozen=True)
+class PrepareParams:
+    lowercase: bool
+    strip_html: bool
+    strip_urls: bool
+    # keep: numbers stay tokens; token: each becomes <num>; drop: removed.
+    numbers: Literal["keep", "token", "drop"]
+    # Keep at most this many tokens of each text (null: no limit).
+    max_tokens: int | None = field(metadata=_range(1))
+    drop_duplicates: bool
+    val_size: float = field(metadata=_range(0, 1, True, True))
+    test_size: float = field(metadata=_range(0, 1, True, True))
+    seed: int
+
+
+@dataclass(frozen=True)
+class VocabParams:
+    min_freq: int = field(metadata=_range(1))
+    # Largest vocabulary, specials included (null: no limit).
+    max_size: int | None = field(metadata=_range(3))
+    # random: normal draws with the found vectors' own per-dimension mean and std;
+    # zeros; mean: the mean found vector; unk: words without a vector are left out and read as <unk>.
+    oov: Literal["random", "zeros", "mean", "unk"]
+    # When a word has no exact match, try its lowercased form.
+    case_fallback: bool
+    seed: int
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    # frozen, finetune, freeze_then_finetune (frozen for freeze_epochs), random (no pretrained vectors).
+    embeddings: Literal["frozen", "finetune", "freeze_then_finetune", "random"]
+    freeze_epochs: int = field(metadata=_range(0))
+    hidden_size: int = field(metadata=_range(1))
+    num_layers: int = field(metadata=_range(1))
+    bidirectional: bool
+    dropout: float = field(metadata=_range(0, 1, False, True))
+    embedding_dropout: float = field(metadata=_range(0, 1, False, True))
+    pooling: Literal["last", "max", "mean", "attention"]
+    batch_size: int = field(metadata=_range(1))
+    lr: float = field(metadata=_range(0, None, True))
+    weight_decay: float = field(metadata=_range(0))
+    epochs: int = field(metadata=_range(1))
+    # Stop after this many epochs without a better validation accuracy.
+    patience: int = field(metadata=_range(1))
+    # Clip the gradient norm to this value (null: no clipping).
+    grad_clip: float | None = field(metadata=_range(0, None, True))
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int = field(metadata=_range(1))
+
+
+@dataclass(frozen=True)
+class BaselineParams:
+    ngram_max: int = field(metadata=_range(1))
+    # Inverse regularisation strengths tried; the best on the validation split is kept.
+    C: list[float]
+
+
+SECTIONS = {
+    "embeddings": EmbeddingsParams,
+    "corpus": CorpusParams,
+    "prepare": PrepareParams,
+    "vocab": VocabParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "baseline": BaselineParams,
+}
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return f"a list of {_type_name(item)}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false", type(None): "null"}[tp]
+
+
+def _matches(value, tp) -> bool:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return value in typing.get_args(tp) and not isinstance(value, bool)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in typing.get_args(tp))
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:  # YAML writes 1 for 1.0; accept integers where a number is asked for.
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _check_range(key: str, value, spec, where: str) -> None:
+    if value is None or "range" not in spec:
+        return
+    lo, hi, lo_open, hi_open = spec["range"]
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
+        hi is not None and (value >= hi if hi_open else value > hi)
+    )
+    if bad:
+        lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+        hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+        raise PipelineError(f"{where}: '{key}' must be {' and '.join(s for s in (lo_s, hi_s) if s)}, got {value!r}")
+
+
+def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
+    """Validate one section's mapping against its dataclass and return an instance."""
+    cls = SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise PipelineError(f"{where}: section '{name}' must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise PipelineError(
+            f"{where}: unknown key '{name}.{unknown[0]}' (known keys of '{name}': {', '.join(fields)})"
+        )
+    missing = [k for k in fields if k not in raw]
+    if missing:
+        raise PipelineError(f"{where}: missing key '{name}.{missing[0]}'")
+    values = {}
+    for key, f in fields.items():
+        value, tp = raw[key], hints[key]
+        if not _matches(value, tp):
+            raise PipelineError(
+                f"{where}: '{name}.{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+            )
+        if tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and float in typing.get_args(tp)):
+            value = float(value) if value is not None else None
+        _check_range(f"{name}.{key}", value, f.metadata, where)
+        values[key] = value
+    return cls(**values)
+
+
+def load_yaml(path: str | Path = PARAMS_FILE) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: file not found (run from the repository root)") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise PipelineError(f"{path}: {at}invalid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"{path}: expected a mapping of sections at the top level")
+    return data
+
+
+def load(name: str, path: str | Path = PARAMS_FILE):
+    """Load and validate section `name` of params.yaml."""
+    data = load_yaml(path)
+    if name not in data:
+        raise PipelineError(f"{path}: missing section '{name}'")
+    return parse_section(name, data[name], str(path))
+
+
+def load_all(path: str | Path = PARAMS_FILE) -> dict:
+    """Validate every section (and reject unknown sections); used by tests and `python -m pipeline.params`."""
+    data = load_yaml(path)
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise PipelineError(f"{path}: unknown section '{unknown[0]}' (known: {', '.join(SECTIONS)})")
+    return {name: load(name, path) for name in SECTIONS}
+
+
+if __name__ == "__main__":
+    from pipeline.common import run_main
+
+    run_main(lambda: (load_all(), print(f"{PARAMS_FILE}: ok")))
