@@ -21,7 +21,7 @@ _TOKEN = re.compile(
       [^\W_]+(?=n't\b)                 # "do" of "don't"
     | n't\b                            # the "n't" itself
     | '(?:s|re|ve|ll|d|m)\b            # clitics: 's 're 've 'll 'd 'm
-    | \d+(?:[.,:/]\d+)*                # numbers: 42, 3.5, 1,000, 9/10
+    | \d+(?:[.,:/]\d+)*(?![^\W_])       # numbers: 42, 3.5, 1,000, 9/10 (not 20th, 1960s)
     | [^\W_]+(?:-[^\W_]+|'(?!(?:s|re|ve|ll|d|m|t)\b)[^\W_]+)*   # words, well-made, o'clock
     | \.\.\.|--+                        # ellipsis and dashes, as GloVe has them
     | [^\w\s]                          # any other single symbol

@@ -1,0 +1,54 @@
+"""Token ids, length-bucketed batches and padding."""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+# Each shuffled pool of batch_size * POOL_BATCHES examples is sorted by length before it is cut into
+# batches, so batches hold sequences of similar length (little padding) yet vary from epoch to epoch.
+POOL_BATCHES = 50
+
+
+def encode(token_lists: Iterable[Sequence[str]], stoi: dict[str, int], unk_id: int,
+           max_len: int | None = None) -> list[np.ndarray]:
+    """Map tokens to ids (unknown -> unk_id). Empty sequences become a single <unk> so every length >= 1."""
+    out = []
+    for tokens in token_lists:
+        ids = np.fromiter((stoi.get(t, unk_id) for t in tokens), dtype=np.int64, count=len(tokens))
+        if max_len is not None:
+            ids = ids[:max_len]
+        out.append(ids if len(ids) else np.array([unk_id], dtype=np.int64))
+    return out
+
+
+def bucket_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+    """Index batches of similar-length sequences.
+
+    With an rng: shuffled pools, sorted within, batch order shuffled (training). Without: sorted by
+    length once (evaluation; callers restore the original order).
+    """
+    lengths = np.asarray(lengths)
+    if rng is None:
+        order = np.argsort(lengths, kind="stable")
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    perm = rng.permutation(len(lengths))
+    pool = batch_size * POOL_BATCHES
+    batches = []
+    for start in range(0, len(perm), pool):
+        chunk = perm[start:start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def pad_batch(sequences: Sequence[np.ndarray], index: np.ndarray, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(batch, longest) int64 ids padded with pad_id, and the true lengths."""
+    lengths = np.fromiter((len(sequences[i]) for i in index), dtype=np.int64, count=len(index))
+    ids = np.full((len(index), int(lengths.max())), pad_id, dtype=np.int64)
+    for row, i in enumerate(index):
+        ids[row, : lengths[row]] = sequences[i]
+    return torch.from_numpy(ids), torch.from_numpy(lengths)

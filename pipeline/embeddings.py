@@ -1,0 +1,272 @@
+"""Read pre-trained vectors for a given vocabulary only, in one streaming pass.
+
+Memory grows with the vocabulary, not with the vectors file: a line's values are parsed only when
+its word is in the vocabulary, every other line costs one dictionary lookup. Supported layouts:
+
+- glove: text, `word v1 ... vd` per line (.txt, .txt.gz, or the one .txt member of a .zip);
+- word2vec: the same with a `count dim` header line (fastText .vec files are this layout);
+- npy: a float matrix in .npy plus its word list (.parquet with one string column, or .txt with
+  one word per line), read through a memory map so only the needed rows are touched.
+
+Policies, each counted in the alignment report: a byte-order mark and CRLF endings are ignored;
+words with spaces inside (GloVe 840B has them) are recognised by the dimension; the first vector of a
+duplicated word wins; `nan`, `null` and the like are ordinary words; a line with the wrong number of
+values, or non-finite values for a vocabulary word, is an error naming the file and line, or skipped
+and counted (`bad_lines: skip`); words that are not valid UTF-8 can never match and are counted.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.common import PipelineError
+
+BOM = b"\xef\xbb\xbf"
+WORD_LIST_SUFFIXES = (".parquet", ".txt", ".vocab")
+
+
+@dataclass
+class Alignment:
+    """Vectors for the vocabulary words that were found, and what the pass saw."""
+
+    matrix: np.ndarray  # (len(words), dim) float32; rows of words not found are zero
+    found: np.ndarray  # (len(words),) bool
+    by_lowercase: np.ndarray  # (len(words),) bool: found only through the lowercase fallback
+    stats: Counter = field(default_factory=Counter)
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[1]
+
+
+class _Matcher:
+    """Decides, word by word from the vectors file, which vocabulary rows a vector fills."""
+
+    def __init__(self, words: list[str], case_fallback: bool):
+        self.exact = {w.encode("utf-8"): i for i, w in enumerate(words)}
+        self.lower: dict[bytes, list[int]] = {}
+        if case_fallback:
+            for i, w in enumerate(words):
+                lw = w.lower()
+                if lw != w:
+                    self.lower.setdefault(lw.encode("utf-8"), []).append(i)
+        self.n = len(words)
+        self.found = np.zeros(self.n, dtype=bool)
+        self.by_lowercase = np.zeros(self.n, dtype=bool)
+        self.matrix: np.ndarray | None = None
+        self.stats: Counter = Counter()
+
+    def rows_for(self, word: bytes) -> tuple[int | None, list[int] | None]:
+        return self.exact.get(word), self.lower.get(word)
+
+    def start(self, dim: int) -> None:
+        self.matrix = np.zeros((self.n, dim), dtype=np.float32)
+        self.stats["dim"] = dim
+
+    def fill(self, row: int | None, lower_rows: list[int] | None, vector: np.ndarray) -> None:
+        if row is not None:
+            if self.found[row] and not self.by_lowercase[row]:
+                self.stats["duplicate_vocab_words"] += 1  # first vector wins
+            else:
+                self.matrix[row] = vector
+                self.found[row] = True
+                self.by_lowercase[row] = False
+        for r in lower_rows or ():
+            if not self.found[r]:
+                self.matrix[r] = vector
+                self.found[r] = True
+                self.by_lowercase[r] = True
+
+    def result(self) -> Alignment:
+        if self.matrix is None:
+            raise PipelineError("the embeddings file holds no vectors")
+        self.stats["found_exact"] = int((self.found & ~self.by_lowercase).sum())
+        self.stats["found_lowercase"] = int(self.by_lowercase.sum())
+        return Alignment(self.matrix, self.found, self.by_lowercase, self.stats)
+
+
+def _open_text(path: Path) -> io.BufferedIOBase:
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".zip"):
+        zf = zipfile.ZipFile(path)
+        members = [m for m in zf.namelist() if not m.endswith("/")]
+        texts = [m for m in members if m.lower().endswith((".txt", ".vec"))] or members
+        if len(texts) != 1:
+            raise PipelineError(f"{path}: expected one vectors file in the zip, found {texts}; name it in members")
+        return zf.open(texts[0])
+    return open(path, "rb", buffering=1 << 20)
+
+
+def _is_number(token: bytes) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _header(first: bytes) -> tuple[int, int] | None:
+    """(count, dim) when the first line is a word2vec/fastText header."""
+    parts = first.split()
+    if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+        return int(parts[0]), int(parts[1])
+    return None
+
+
+def align_text(path: Path, words: list[str], case_fallback: bool = True, bad_lines: str = "error",
+               has_header: bool | None = None) -> Alignment:
+    """Stream a GloVe or word2vec text file and return the vectors of `words`."""
+    m = _Matcher(words, case_fallback)
+    stats = m.stats
+    dim = None
+
+    def bad(lineno: int, why: str) -> None:
+        if bad_lines == "error":
+            raise PipelineError(f"{path}: line {lineno}: {why} (set embeddings.bad_lines: skip to skip such lines)")
+        stats["bad_lines_skipped"] += 1
+
+    with _open_text(path) as f:
+        lineno = 0
+        for raw in f:
+            lineno += 1
+            if lineno == 1:
+                if raw.startswith(BOM):
+                    raw = raw[len(BOM):]
+                    stats["byte_order_mark"] = 1
+                header = _header(raw) if has_header is not False else None
+                if has_header and header is None:
+                    raise PipelineError(f"{path}: line 1: expected a word2vec header 'count dim', got {raw[:80]!r}")
+                if header:
+                    dim = header[1]
+                    stats["header_count"] = header[0]
+                    m.start(dim)
+                    continue
+            line = raw.rstrip()  # drops \n, \r\n and trailing blanks
+            if not line:
+                stats["blank_lines"] += 1
+                continue
+            stats["lines"] += 1
+            word, _, rest = line.partition(b" ")
+            n_values = rest.count(b" ") + 1 if rest else 0
+            if dim is None:
+                dim = n_values
+                if dim == 0:
+                    raise PipelineError(f"{path}: line {lineno}: no vector values after the word")
+                m.start(dim)
+            if n_values != dim:
+                if n_values < dim:
+                    bad(lineno, f"{n_values} values, expected {dim}")
+                    continue
+                # More fields than the dimension: either a word with spaces inside, or a bad line.
+                head, *values = line.rsplit(b" ", dim)
+                last_word_part = head.rsplit(b" ", 1)[-1]
+                if _is_number(last_word_part) or any(not v for v in values):
+                    bad(lineno, f"{n_values} values, expected {dim}")
+                    continue
+                word, rest = head, line[len(head) + 1:]
+                stats["words_with_spaces"] += 1
+            row, lower_rows = m.rows_for(word)
+            if row is None and lower_rows is None:
+                if not word.isascii():
+                    try:
+                        word.decode("utf-8")
+                    except UnicodeDecodeError:
+                        stats["undecodable_words"] += 1
+                continue
+            try:
+                vector = np.array(rest.split(), dtype=np.float32)
+            except ValueError:
+                bad(lineno, f"non-numeric value in the vector of {word.decode('utf-8', 'replace')!r}")
+                continue
+            if not np.isfinite(vector).all():
+                bad(lineno, f"non-finite value in the vector of {word.decode('utf-8', 'replace')!r}")
+                continue
+            m.fill(row, lower_rows, vector)
+    if dim is None:
+        raise PipelineError(f"{path}: no vectors in the file")
+    return m.result()
+
+
+def read_word_list(path: Path) -> list[str]:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        columns = [c for c in table.column_names if str(table.schema.field(c).type) in ("string", "large_string")]
+        if len(columns) != 1:
+            raise PipelineError(f"{path}: expected one string column of words, found {columns}")
+        return table.column(columns[0]).to_pylist()
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\r\n") for line in f]
+
+
+def align_npy(matrix_path: Path, words_path: Path, words: list[str], case_fallback: bool = True) -> Alignment:
+    """Gather the rows of `words` from a memory-mapped .npy matrix and its word list."""
+    try:
+        vectors = np.load(matrix_path, mmap_mode="r")
+    except ValueError as err:
+        raise PipelineError(f"{matrix_path}: not a .npy array: {err}") from None
+    file_words = read_word_list(words_path)
+    if vectors.ndim != 2 or vectors.shape[0] != len(file_words):
+        raise PipelineError(
+            f"{matrix_path}: shape {vectors.shape} does not match the {len(file_words)} words of {words_path.name}"
+        )
+    m = _Matcher(words, case_fallback)
+    m.start(vectors.shape[1])
+    m.stats["lines"] = len(file_words)
+    for i, word in enumerate(file_words):
+        if word is None:
+            continue
+        row, lower_rows = m.rows_for(word.encode("utf-8"))
+        if row is not None or lower_rows is not None:
+            vector = np.asarray(vectors[i], dtype=np.float32)
+            if not np.isfinite(vector).all():
+                raise PipelineError(f"{matrix_path}: row {i} ({word!r}) has non-finite values")
+            m.fill(row, lower_rows, vector)
+    return m.result()
+
+
+@dataclass(frozen=True)
+class VectorsSource:
+    format: str  # glove | word2vec | npy
+    path: Path
+    words_path: Path | None = None
+
+
+def detect(directory: Path, fmt: str = "auto") -> VectorsSource:
+    """Find the vectors file(s) in `directory` and their format (`fmt` overrides detection)."""
+    files = sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
+    if not files:
+        raise PipelineError(f"{directory}: no embeddings file (did the download stage run?)")
+    npys = [p for p in files if p.suffix.lower() == ".npy"]
+    if fmt == "npy" or (fmt == "auto" and npys):
+        word_lists = [p for p in files if p.suffix.lower() in WORD_LIST_SUFFIXES]
+        if len(npys) != 1 or len(word_lists) != 1:
+            raise PipelineError(
+                f"{directory}: the npy format needs one .npy matrix and one word list "
+                f"({', '.join(WORD_LIST_SUFFIXES)}); found {[p.name for p in files]}"
+            )
+        return VectorsSource("npy", npys[0], word_lists[0])
+    if len(files) != 1:
+        raise PipelineError(f"{directory}: expected one vectors file, found {[p.name for p in files]}")
+    path = files[0]
+    if fmt != "auto":
+        return VectorsSource(fmt, path)
+    with _open_text(path) as f:
+        first = f.readline()
+    return VectorsSource("word2vec" if _header(first.removeprefix(BOM)) else "glove", path)
+
+
+def align(source: VectorsSource, words: list[str], case_fallback: bool = True, bad_lines: str = "error") -> Alignment:
+    if source.format == "npy":
+        return align_npy(source.path, source.words_path, words, case_fallback)
+    return align_text(source.path, words, case_fallback, bad_lines, has_header=source.format == "word2vec")

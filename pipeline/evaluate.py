@@ -1,0 +1,81 @@
+"""Stage evaluate: the trained model on the test split.
+
+Writes metrics/eval.json (accuracy, macro_f1, per-class precision/recall/F1), and under
+metrics/eval/: confusion.csv (one actual,predicted row per example, for DVC's confusion template),
+confusion.png, and misclassified.csv (text, true label, prediction, confidence).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+from pipeline import params as P
+from pipeline.common import atomic_path, run_main, write_json
+from pipeline.data import encode
+from pipeline.inference import MODEL_PATH, load_checkpoint, predict_proba
+
+TEST = Path("data/prepared/test.parquet")
+METRICS = Path("metrics/eval.json")
+PLOTS_DIR = Path("metrics/eval")
+
+
+def classification_metrics(y_true: list[str], y_pred: list[str], labels: list[str]) -> dict:
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": round(float(accuracy_score(y_true, y_pred)), 4),
+        "macro_f1": round(float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)), 4),
+        "per_class": {
+            label: {"precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
+                    "support": int(s)}
+            for label, p, r, f, s in zip(labels, precision, recall, f1, support)
+        },
+    }
+
+
+def plot_confusion(y_true: list[str], y_pred: list[str], labels: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    fig, ax = plt.subplots(figsize=(1.6 * len(labels) + 2.4, 1.4 * len(labels) + 2))
+    ConfusionMatrixDisplay(cm, display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=False, values_format="d")
+    ax.set_title(f"test accuracy {np.trace(cm) / cm.sum():.3f}")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    ep = P.load("evaluate")
+    ckpt = load_checkpoint(MODEL_PATH)
+    test = pd.read_parquet(TEST, columns=["text", "tokens", "label"])
+    sequences = encode(test["tokens"], ckpt.stoi, ckpt.unk_id)
+    probs = predict_proba(ckpt.model, sequences, ep.batch_size)
+    predicted = [ckpt.labels[i] for i in probs.argmax(axis=1)]
+    actual = test["label"].tolist()
+    metrics = classification_metrics(actual, predicted, ckpt.labels)
+    metrics["test_rows"] = len(test)
+
+    PLOTS_DIR.mkdir(parents=True, exist_ok=True)
+    with atomic_path(PLOTS_DIR / "confusion.csv") as tmp:
+        pd.DataFrame({"actual": actual, "predicted": predicted}).to_csv(tmp, index=False)
+    plot_confusion(actual, predicted, ckpt.labels, PLOTS_DIR / "confusion.png")
+    wrong = test.assign(predicted=predicted, confidence=probs.max(axis=1).round(4))
+    wrong = wrong[wrong["label"] != wrong["predicted"]].sort_values("confidence", ascending=False)
+    with atomic_path(PLOTS_DIR / "misclassified.csv") as tmp:
+        wrong[["text", "label", "predicted", "confidence"]].to_csv(tmp, index=False)
+    write_json(METRICS, metrics)
+    print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+          f"{len(wrong)} misclassified of {len(test)}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,86 @@
+"""The saved model (models/model.pt) and batched prediction, shared by train, evaluate and predict.
+
+The checkpoint carries everything needed to classify raw text: weights, model config, vocabulary,
+label names and the tokenizer settings of the prepare stage.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from pipeline.common import PipelineError, atomic_path
+from pipeline.data import bucket_batches, encode, pad_batch
+from pipeline.model import LSTMClassifier, ModelConfig
+from pipeline.text import TextConfig, tokenize
+
+MODEL_PATH = Path("models/model.pt")
+
+
+@dataclass
+class Checkpoint:
+    model: LSTMClassifier
+    itos: list[str]
+    labels: list[str]
+    text_config: TextConfig
+    unk_id: int
+    info: dict
+
+    @property
+    def stoi(self) -> dict[str, int]:
+        return {w: i for i, w in enumerate(self.itos)}
+
+
+def save_checkpoint(path: Path, model: LSTMClassifier, state_dict: dict, itos: list[str], labels: list[str],
+                    text_config: TextConfig, unk_id: int, info: dict) -> None:
+    payload = {
+        "format": 1,
+        "config": model.cfg.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
+        "itos": itos,
+        "labels": labels,
+        "text_config": asdict(text_config),
+        "unk_id": unk_id,
+        "info": info,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu") -> Checkpoint:
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise PipelineError(f"{path}: no trained model (run `make repro` or `dvc repro train` first)") from None
+    except Exception as err:  # a truncated or foreign file: say which file
+        raise PipelineError(f"{path}: cannot load the model: {err}") from None
+    model = LSTMClassifier(ModelConfig(**payload["config"]))
+    model.load_state_dict(payload["state_dict"])
+    model.to(device).eval()
+    return Checkpoint(model, payload["itos"], payload["labels"], TextConfig(**payload["text_config"]),
+                      payload["unk_id"], payload["info"])
+
+
+@torch.no_grad()
+def predict_proba(model: LSTMClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """Class probabilities, (n, classes), in the order of `sequences`."""
+    model.eval()
+    probs = np.zeros((len(sequences), model.cfg.num_classes), dtype=np.float32)
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    for index in bucket_batches(lengths, batch_size):
+        ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
+        logits = model(ids.to(device), lens.to(device))
+        probs[index] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return probs
+
+
+def classify_texts(ckpt: Checkpoint, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    tokens = [tokenize(t, ckpt.text_config) for t in texts]
+    sequences = encode(tokens, ckpt.stoi, ckpt.unk_id)
+    device = next(ckpt.model.parameters()).device
+    return predict_proba(ckpt.model, sequences, batch_size, device)

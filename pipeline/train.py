@@ -1,0 +1,229 @@
+"""Stage train: an LSTM classifier on the aligned embedding matrix, early-stopped on validation accuracy.
+
+Writes models/model.pt (the best epoch), DVCLive metrics and per-epoch curves under metrics/train/,
+and metrics/train/curves.png (a static image of the same curves, for offline plot reports).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline import params as P
+from pipeline.common import PipelineError, atomic_path, read_json, run_main
+from pipeline.data import bucket_batches, encode, pad_batch
+from pipeline.inference import MODEL_PATH, predict_proba, save_checkpoint
+from pipeline.model import LSTMClassifier, ModelConfig
+from pipeline.text import TextConfig
+
+PREPARED = Path("data/prepared")
+VOCAB_DIR = Path("data/vocab")
+LIVE_DIR = Path("metrics/train")
+
+
+def set_determinism(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    # Denormal floats make the CPU backward pass of long sequences about ten times slower.
+    torch.set_flush_denormal(True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("params.yaml: 'train.device' is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    accuracy: float
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class TrainResult:
+    best_state: dict
+    best_epoch: int
+    best_val_accuracy: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def build_model(tp: P.TrainParams, matrix: np.ndarray, num_classes: int) -> LSTMClassifier:
+    cfg = ModelConfig(
+        vocab_size=matrix.shape[0], embedding_dim=matrix.shape[1], num_classes=num_classes,
+        hidden_size=tp.hidden_size, num_layers=tp.num_layers, bidirectional=tp.bidirectional,
+        dropout=tp.dropout, embedding_dropout=tp.embedding_dropout, pooling=tp.pooling,
+    )
+    pretrained = None if tp.embeddings == "random" else torch.from_numpy(matrix)
+    freeze = tp.embeddings in ("frozen", "freeze_then_finetune")
+    return LSTMClassifier(cfg, pretrained, freeze_embeddings=freeze)
+
+
+def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.ndarray, batch_size: int,
+              device: torch.device, optimizer: torch.optim.Optimizer | None = None,
+              rng: np.random.Generator | None = None, grad_clip: float | None = None,
+              progress: str | None = None) -> EpochResult:
+    """One pass over the data; trains when an optimizer is given, else only measures."""
+    training = optimizer is not None
+    model.train(training)
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    batches = bucket_batches(lengths, batch_size, rng if training else None)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total_loss, correct, tokens = 0.0, 0, 0
+    start = time.perf_counter()
+    amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = tqdm(batches, desc=progress, leave=False, disable=progress is None or None, unit="batch")
+    with torch.set_grad_enabled(training):
+        for index in bar:
+            ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
+            ids, lens = ids.to(device, non_blocking=True), lens.to(device, non_blocking=True)
+            target = torch.from_numpy(labels[index]).to(device)
+            with amp:
+                logits = model(ids, lens)
+                loss = loss_fn(logits.float(), target)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                (loss / len(index)).backward()
+                if grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+            total_loss += loss.item()
+            correct += int((logits.argmax(-1) == target).sum())
+            tokens += int(lengths[index].sum())
+            if training and bar.n % 20 == 0:
+                elapsed = time.perf_counter() - start
+                bar.set_postfix(loss=f"{total_loss / max(1, bar.n * batch_size):.3f}",
+                                tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}")
+    n = len(sequences)
+    return EpochResult(total_loss / n, correct / n, tokens, time.perf_counter() - start)
+
+
+def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], train_y: np.ndarray,
+        val_x: list[np.ndarray], val_y: np.ndarray, device: torch.device,
+        on_epoch: Callable[[int, dict], None] | None = None, show_progress: bool = False) -> TrainResult:
+    """Train with early stopping on validation accuracy; returns the best epoch's weights."""
+    model.to(device)
+    params = [p for p in model.parameters()]
+    optimizer = torch.optim.Adam(params, lr=tp.lr, weight_decay=tp.weight_decay)
+    rng = np.random.default_rng(tp.seed)
+    best = TrainResult(copy.deepcopy(model.state_dict()), 0, -1.0)
+    stale = 0
+    start = time.perf_counter()
+    for epoch in range(1, tp.epochs + 1):
+        if tp.embeddings == "freeze_then_finetune":
+            model.set_embeddings_trainable(epoch > tp.freeze_epochs)
+        tr = run_epoch(model, train_x, train_y, tp.batch_size, device, optimizer, rng, tp.grad_clip,
+                       progress=f"epoch {epoch}/{tp.epochs}" if show_progress else None)
+        va = run_epoch(model, val_x, val_y, max(256, tp.batch_size), device)
+        row = {"epoch": epoch, "train_loss": tr.loss, "train_accuracy": tr.accuracy, "val_loss": va.loss,
+               "val_accuracy": va.accuracy, "epoch_seconds": tr.seconds, "train_tokens_per_second": tr.tokens_per_second}
+        best.history.append(row)
+        if va.accuracy > best.best_val_accuracy:
+            best.best_state = copy.deepcopy(model.state_dict())
+            best.best_epoch, best.best_val_accuracy = epoch, va.accuracy
+            stale = 0
+        else:
+            stale += 1
+        if on_epoch:
+            on_epoch(epoch, row)
+        if stale >= tp.patience:
+            break
+    best.seconds = time.perf_counter() - start
+    return best
+
+
+def load_split(name: str, stoi: dict[str, int], unk_id: int, labels: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
+    df = pd.read_parquet(PREPARED / f"{name}.parquet", columns=["tokens", "label"])
+    label_id = {lab: i for i, lab in enumerate(labels)}
+    unknown = sorted(set(df["label"]) - set(label_id))
+    if unknown:
+        raise PipelineError(f"{PREPARED / name}.parquet: label {unknown[0]!r} does not occur in the training split")
+    return encode(df["tokens"], stoi, unk_id), df["label"].map(label_id).to_numpy(dtype=np.int64)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [h[f"train_{metric}"] for h in history], marker="o", label="train")
+        ax.plot(epochs, [h[f"val_{metric}"] for h in history], marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    from dvclive import Live
+
+    tp, prep = P.load("train"), P.load("prepare")
+    set_determinism(tp.seed)
+    device = resolve_device(tp.device)
+    vocab = read_json(VOCAB_DIR / "vocab.json")
+    itos, unk_id = vocab["itos"], vocab["unk_id"]
+    stoi = {w: i for i, w in enumerate(itos)}
+    matrix = np.load(VOCAB_DIR / "embeddings.npy")
+    labels = sorted(pd.read_parquet(PREPARED / "train.parquet", columns=["label"])["label"].unique().tolist())
+    train_x, train_y = load_split("train", stoi, unk_id, labels)
+    val_x, val_y = load_split("val", stoi, unk_id, labels)
+
+    model = build_model(tp, matrix, len(labels))
+    with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        def log_epoch(epoch: int, row: dict) -> None:
+            for split in ("train", "val"):
+                live.log_metric(f"{split}/loss", row[f"{split}_loss"])
+                live.log_metric(f"{split}/accuracy", row[f"{split}_accuracy"])
+            live.log_metric("epoch_seconds", row["epoch_seconds"])
+            live.log_metric("train_tokens_per_second", row["train_tokens_per_second"])
+            live.next_step()
+            print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+                  f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | "
+                  f"{row['epoch_seconds']:.1f}s, {row['train_tokens_per_second']:,.0f} tokens/s", flush=True)
+
+        result = fit(model, tp, train_x, train_y, val_x, val_y, device, log_epoch,
+                     show_progress=os.environ.get("CI") != "true")
+        live.summary["best_epoch"] = result.best_epoch
+        live.summary["best_val_accuracy"] = result.best_val_accuracy
+        live.summary["train_seconds"] = round(result.seconds, 2)
+
+    info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+            "train_seconds": result.seconds, "params": tp.__dict__}
+    save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id, info)
+    plot_curves(result.history, LIVE_DIR / "curves.png")
+    print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
+          f"{result.seconds:.1f}s; saved {MODEL_PATH}")
+
+
+if __name__ == "__main__":
+    run_main(main)

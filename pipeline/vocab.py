@@ -1,0 +1,137 @@
+"""Stage vocab: the vocabulary of the training split and the embedding matrix aligned to it.
+
+Writes data/vocab/vocab.json (index to word; <pad> is 0, <unk> is 1), data/vocab/embeddings.npy
+(float32, one row per vocabulary entry), data/vocab/coverage.json (the most frequent training words
+without a vector, and what the alignment pass counted), and metrics/vocab.json (sizes and coverage).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from pipeline import embeddings as E
+from pipeline import params as P
+from pipeline.common import PipelineError, atomic_path, run_main, write_json
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+PREPARED = Path("data/prepared")
+RAW_EMBEDDINGS = Path("data/raw/embeddings")
+OUT_DIR = Path("data/vocab")
+METRICS = Path("metrics/vocab.json")
+TOP_MISSING = 50
+
+
+def count_tokens(token_lists: Iterable[Iterable[str]]) -> Counter:
+    counts: Counter = Counter()
+    for tokens in token_lists:
+        counts.update(tokens)
+    return counts
+
+
+def build_vocab(counts: Counter, min_freq: int, max_size: int | None) -> list[str]:
+    """Specials first, then words by descending frequency (ties alphabetical, for determinism)."""
+    words = sorted((w for w, c in counts.items() if c >= min_freq and w not in (PAD, UNK)),
+                   key=lambda w: (-counts[w], w))
+    if max_size is not None:
+        words = words[: max_size - 2]
+    return [PAD, UNK] + words
+
+
+def fill_missing(alignment: E.Alignment, itos: list[str], policy: str, seed: int) -> tuple[list[str], np.ndarray]:
+    """Give every vocabulary row a vector according to the out-of-vocabulary policy.
+
+    Returns the (possibly shortened, for policy 'unk') vocabulary and its matrix. <pad> is all zeros.
+    """
+    found = alignment.found.copy()
+    found[[PAD_ID, UNK_ID]] = False
+    if not found.any():
+        raise PipelineError(
+            f"none of the {len(itos) - 2} vocabulary words has a pretrained vector: wrong embeddings file, "
+            "or a case mismatch (try prepare.lowercase: true or vocab.case_fallback: true)"
+        )
+    pretrained = alignment.matrix[found]
+    mean = pretrained.mean(axis=0)
+    std = pretrained.std(axis=0)
+    matrix = alignment.matrix.copy()
+    if policy == "unk":
+        keep = found.copy()
+        keep[[PAD_ID, UNK_ID]] = True
+        itos = [w for w, k in zip(itos, keep) if k]
+        matrix = matrix[keep]
+        missing = np.zeros(len(itos), dtype=bool)
+        missing[UNK_ID] = True
+        fill = "mean"
+    else:
+        missing = ~found
+        missing[PAD_ID] = False
+        fill = policy
+    rng = np.random.default_rng(seed)
+    if fill == "random":
+        # AllenNLP's choice: unknown words look like typical words of the same space.
+        matrix[missing] = rng.normal(mean, std, size=(int(missing.sum()), matrix.shape[1]))
+    elif fill == "mean":
+        matrix[missing] = mean
+    else:  # zeros
+        matrix[missing] = 0.0
+    matrix[PAD_ID] = 0.0
+    return itos, matrix.astype(np.float32)
+
+
+def coverage(counts: Counter, has_vector: dict[str, bool]) -> dict[str, float]:
+    """Share of word types and of running tokens that reach a pretrained vector."""
+    if not counts:
+        return {"type_coverage": 0.0, "token_coverage": 0.0}
+    hit_types = sum(1 for w in counts if has_vector.get(w, False))
+    hit_tokens = sum(c for w, c in counts.items() if has_vector.get(w, False))
+    return {"type_coverage": round(hit_types / len(counts), 4),
+            "token_coverage": round(hit_tokens / sum(counts.values()), 4)}
+
+
+def main() -> None:
+    vp, ep = P.load("vocab"), P.load("embeddings")
+    train = pd.read_parquet(PREPARED / "train.parquet", columns=["tokens"])
+    test = pd.read_parquet(PREPARED / "test.parquet", columns=["tokens"])
+    train_counts, test_counts = count_tokens(train["tokens"]), count_tokens(test["tokens"])
+    itos = build_vocab(train_counts, vp.min_freq, vp.max_size)
+
+    source = E.detect(RAW_EMBEDDINGS, ep.format)
+    alignment = E.align(source, itos, vp.case_fallback, ep.bad_lines)
+    has_vector = {w: bool(f) for w, f in zip(itos, alignment.found)}
+    itos, matrix = fill_missing(alignment, itos, vp.oov, vp.seed)
+
+    missing = sorted((w for w in train_counts if not has_vector.get(w, False)), key=lambda w: (-train_counts[w], w))
+    metrics = {
+        "vocab_size": len(itos),
+        "embedding_dim": int(matrix.shape[1]),
+        "pretrained_rows": int(sum(has_vector.values())),
+        "found_by_lowercase": int(alignment.stats["found_lowercase"]),
+        "train": coverage(train_counts, has_vector),
+        "test": coverage(test_counts, has_vector),
+    }
+    stoi_kept = set(itos)
+    test_tokens = sum(test_counts.values())
+    metrics["test"]["unk_rate"] = round(sum(c for w, c in test_counts.items() if w not in stoi_kept) / max(test_tokens, 1), 4)
+    report = {
+        "embeddings": {"format": source.format, "file": source.path.name, **dict(alignment.stats)},
+        "oov_policy": vp.oov,
+        "train_types_without_vector": len(missing),
+        "most_frequent_train_words_without_vector": [[w, train_counts[w]] for w in missing[:TOP_MISSING]],
+    }
+    with atomic_path(OUT_DIR) as tmp:
+        tmp.mkdir()
+        write_json(tmp / "vocab.json", {"itos": itos, "pad_id": PAD_ID, "unk_id": UNK_ID})
+        np.save(tmp / "embeddings.npy", matrix)
+        write_json(tmp / "coverage.json", report)
+    write_json(METRICS, metrics)
+    print(f"vocab {len(itos)} x {matrix.shape[1]}; pretrained rows {metrics['pretrained_rows']}; "
+          f"train token coverage {metrics['train']['token_coverage']:.2%}, test {metrics['test']['token_coverage']:.2%}")
+
+
+if __name__ == "__main__":
+    run_main(main)

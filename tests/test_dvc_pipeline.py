@@ -1,0 +1,164 @@
+"""The real pipeline under the real DVC, in temporary git repositories, on tiny real data."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import run
+
+ALL_STAGES = {"download_embeddings", "download_corpus", "prepare", "vocab", "train", "evaluate", "baseline"}
+CACHED_OUTPUTS = ["data/raw/embeddings", "data/raw/corpus", "data/prepared", "data/vocab", "models/model.pt"]
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def set_param(repo: Path, section: str, key: str, value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params[section][key] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def tree_digest(path: Path) -> dict[str, bytes]:
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return {str(p.relative_to(path.parent)): p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory, polarity_csv, glove_small) -> Path:
+    """One full `dvc repro`, committed; tests work on copies of it."""
+    from tests.conftest import make_project, tiny_params
+
+    repo = make_project(tmp_path_factory.mktemp("reproduced") / "repo", tiny_params(polarity_csv, glove_small))
+    out = run(["dvc", "repro"], repo).stdout
+    assert stages_run(out) == ALL_STAGES, out
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "repro"], repo)
+    return repo
+
+
+@pytest.fixture
+def repo(reproduced, tmp_path) -> Path:
+    dest = tmp_path / "repo"
+    shutil.copytree(reproduced, dest, symlinks=True)
+    return dest
+
+
+def test_full_repro_writes_every_artefact(repo):
+    for path in CACHED_OUTPUTS:
+        assert (repo / path).exists(), path
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    assert 0.0 <= evaluation["accuracy"] <= 1.0 and 0.0 <= evaluation["macro_f1"] <= 1.0
+    assert set(evaluation["per_class"]) == {"neg", "pos"}
+    baseline = json.loads((repo / "metrics/baseline.json").read_text())
+    assert {"accuracy", "macro_f1"} <= set(baseline)
+    vocab = json.loads((repo / "metrics/vocab.json").read_text())
+    assert vocab["embedding_dim"] == 50 and vocab["pretrained_rows"] > 0
+    confusion = (repo / "metrics/eval/confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 1 + evaluation["test_rows"]
+    assert (repo / "metrics/eval/confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert (repo / "metrics/train/curves.png").read_bytes()[:4] == b"\x89PNG"
+    # Nothing changed: nothing reruns.
+    assert stages_run(run(["dvc", "repro"], repo).stdout) == set()
+
+
+def test_train_param_change_reruns_only_train_and_evaluate(repo):
+    set_param(repo, "train", "lr", 0.01)
+    out = run(["dvc", "repro"], repo).stdout
+    assert stages_run(out) == {"train", "evaluate"}, out
+
+
+def test_vocab_param_change_leaves_download_and_prepare(repo):
+    set_param(repo, "vocab", "min_freq", 2)
+    out = run(["dvc", "repro"], repo).stdout
+    assert stages_run(out) == {"vocab", "train", "evaluate"}, out
+    status = run(["dvc", "params", "diff", "--json"], repo).stdout
+    assert json.loads(status)["params.yaml"]["vocab.min_freq"] == {"old": 1, "new": 2}
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
+    assert "metrics/vocab.json" in diff and "vocab_size" in diff["metrics/vocab.json"]
+
+
+def test_experiment_run_and_show(repo):
+    run(["dvc", "exp", "run", "-n", "faster-lr", "-S", "train.lr=0.003"], repo)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    experiments = [exp for commit in shown for exp in (commit.get("experiments") or [])]
+    found = [e for e in experiments if e.get("name") == "faster-lr"]
+    assert found, shown
+    data = found[0]["revs"][0]["data"]
+    assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 0.003
+    assert "accuracy" in data["metrics"]["metrics/eval.json"]["data"]
+
+
+def test_plots_render_with_static_images(repo, tmp_path):
+    out_dir = tmp_path / "plots"
+    run(["dvc", "plots", "show", "-o", str(out_dir)], repo)
+    html = (out_dir / "index.html").read_text()
+    assert "curves.png" in html and "confusion.png" in html
+    pngs = list(out_dir.rglob("*.png"))
+    assert len(pngs) >= 2 and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def _assert_pull_restores(repo: Path, clone_dir: Path) -> None:
+    """In a fresh clone (empty cache), `dvc pull` restores every output and nothing needs rerunning."""
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "remote"], repo)
+    run(["dvc", "push"], repo)
+    run(["git", "clone", "-q", str(repo), str(clone_dir)], repo.parent)
+    assert not (clone_dir / "models/model.pt").exists()
+    run(["dvc", "pull"], clone_dir)
+    for path in CACHED_OUTPUTS:
+        assert tree_digest(clone_dir / path) == tree_digest(repo / path), path
+    assert stages_run(run(["dvc", "repro"], clone_dir).stdout) == set()
+
+
+def test_push_and_pull_through_directory_remote(repo, tmp_path):
+    run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "remote")], repo)
+    _assert_pull_restores(repo, tmp_path / "clone")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_push_and_pull_through_s3_remote(repo, tmp_path, monkeypatch):
+    """A real S3-protocol server (moto) on 127.0.0.1."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="pipeline-cache")
+        run(["dvc", "remote", "add", "-d", "s3store", "s3://pipeline-cache/dvc"], repo)
+        run(["dvc", "remote", "modify", "s3store", "endpointurl", endpoint], repo)
+        _assert_pull_restores(repo, tmp_path / "clone")
+        listed = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="pipeline-cache")
+        assert listed["KeyCount"] > 0
+    finally:
+        server.stop()
+
+
+def test_failed_stage_leaves_no_output_and_names_the_problem(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["corpus"]["text_column"] = "no_such_column"
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proc = run(["dvc", "repro", "prepare"], project, check=False)
+    assert proc.returncode != 0
+    assert "no text column 'no_such_column'" in proc.stdout and "polarity.csv" in proc.stdout
+    assert not (project / "data/prepared").exists()
+    assert not list((project / "data").glob("*.partial")) and not list((project / "data").glob(".*partial"))

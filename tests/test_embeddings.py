@@ -1,0 +1,104 @@
+"""Streaming alignment of vectors files to a vocabulary."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+from gensim.models import KeyedVectors
+
+from pipeline import embeddings as E
+from pipeline.common import PipelineError
+
+
+def write(path, text: str | bytes):
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    return path
+
+
+def test_matches_gensim_on_real_glove(glove_small):
+    kv = KeyedVectors.load_word2vec_format(glove_small, binary=False, no_header=True)
+    words = ["the", "ö", "of", "absent-word", "n't"]
+    result = E.align_text(glove_small, words)
+    assert result.found.tolist() == [True, True, True, False, True]
+    for i, w in enumerate(words):
+        if result.found[i]:
+            np.testing.assert_array_equal(result.matrix[i], kv[w])
+    assert result.stats["lines"] == len(kv)
+    assert result.dim == 50
+
+
+def test_gzip_and_word2vec_header_and_bom_and_crlf(tmp_path):
+    body = "\ufeff2 3\r\nnan 1 2 3\r\nnull 4 5 6\r\n"
+    path = tmp_path / "vecs.txt.gz"
+    path.write_bytes(gzip.compress(body.encode("utf-8")))
+    source = E.detect(write_dir(tmp_path / "d", path))
+    assert source.format == "word2vec"
+    result = E.align(source, ["null", "nan", "none"])
+    np.testing.assert_array_equal(result.matrix[:2], [[4, 5, 6], [1, 2, 3]])
+    assert result.found.tolist() == [True, True, False]
+    assert result.stats["byte_order_mark"] == 1 and result.stats["header_count"] == 2
+
+
+def write_dir(directory, file):
+    directory.mkdir()
+    target = directory / file.name
+    target.write_bytes(file.read_bytes())
+    return directory
+
+
+def test_wrong_dimension_is_an_error_naming_file_and_line(tmp_path):
+    path = write(tmp_path / "v.txt", "a 1 2 3\nb 1 2\nc 1 2 3\n")
+    with pytest.raises(PipelineError, match=r"v\.txt: line 2: 2 values, expected 3"):
+        E.align_text(path, ["a", "b", "c"])
+
+
+def test_skip_policy_counts_bad_lines(tmp_path):
+    path = write(tmp_path / "v.txt", "a 1 2 3\nb 1 2\nc 1 x 3\nd 1 2 3 4\ne 7 8 9\n")
+    result = E.align_text(path, ["a", "b", "c", "d", "e"], bad_lines="skip")
+    assert result.found.tolist() == [True, False, False, False, True]
+    assert result.stats["bad_lines_skipped"] == 3
+
+
+def test_words_with_spaces_duplicates_and_undecodable_bytes(tmp_path):
+    data = b"a 1 2\nnew york 3 4\na 9 9\n\xff\xfe 5 6\nb 7 8\n"
+    path = write(tmp_path / "v.txt", data)
+    result = E.align_text(path, ["a", "new york", "b"])
+    np.testing.assert_array_equal(result.matrix, [[1, 2], [3, 4], [7, 8]])
+    assert result.stats["words_with_spaces"] == 1
+    assert result.stats["duplicate_vocab_words"] == 1  # the first 'a' wins
+    assert result.stats["undecodable_words"] == 1
+
+
+def test_lowercase_fallback_prefers_exact_match(tmp_path):
+    path = write(tmp_path / "v.txt", "paris 1 1\nrome 2 2\nRome 3 3\n")
+    result = E.align_text(path, ["Paris", "Rome", "rome"], case_fallback=True)
+    np.testing.assert_array_equal(result.matrix, [[1, 1], [3, 3], [2, 2]])
+    assert result.by_lowercase.tolist() == [True, False, False]
+    without = E.align_text(path, ["Paris"], case_fallback=False)
+    assert not without.found.any()
+
+
+def test_npy_matrix_with_parquet_word_list(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "emb"
+    d.mkdir()
+    np.save(d / "m.npy", np.arange(12, dtype=np.float32).reshape(4, 3))
+    pq.write_table(pa.table({"index": ["x", "nan", "null", "y"]}), d / "words.parquet")
+    source = E.detect(d)
+    assert source.format == "npy"
+    result = E.align(source, ["null", "y", "zzz", "nan"])
+    np.testing.assert_array_equal(result.matrix[[0, 1, 3]], [[6, 7, 8], [9, 10, 11], [3, 4, 5]])
+    assert result.found.tolist() == [True, True, False, True]
+
+
+def test_npy_shape_mismatch_is_reported(tmp_path):
+    d = tmp_path / "emb"
+    d.mkdir()
+    np.save(d / "m.npy", np.zeros((3, 2), dtype=np.float32))
+    (d / "words.txt").write_text("a\nb\n")
+    with pytest.raises(PipelineError, match=r"m\.npy: shape \(3, 2\) does not match the 2 words"):
+        E.align(E.detect(d), ["a"])
