@@ -89,6 +89,8 @@ class TrainParams:
     bidirectional: bool
     dropout: float = field(metadata=_range(0, 1, False, True))
     embedding_dropout: float = field(metadata=_range(0, 1, False, True))
+    # Probability of replacing each training token by <unk> (a regulariser for small corpora).
+    word_dropout: float = field(metadata=_range(0, 1, False, True))
     pooling: Literal["last", "max", "mean", "attention"]
     batch_size: int = field(metadata=_range(1))
     lr: float = field(metadata=_range(0, None, True))

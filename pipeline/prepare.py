@@ -42,7 +42,7 @@ def corpus_kind(path: Path) -> str:
 
 
 def read_corpus(path: Path, text_column: str, label_column: str) -> pd.DataFrame:
-    """Read the two named columns as strings; missing values become None. Errors name the file."""
+    """Read the two named columns; only truly empty fields count as missing. Errors name the file."""
     kind = corpus_kind(path)
     try:
         if kind == "parquet":
@@ -63,7 +63,7 @@ def read_corpus(path: Path, text_column: str, label_column: str) -> pd.DataFrame
             )
     out = df[[text_column, label_column]].copy()
     out.columns = ["text", "label"]
-    return out.astype(object).where(out.notna(), None)
+    return out
 
 
 def clean_corpus(df: pd.DataFrame, cfg: TextConfig, drop_labels: list[str], drop_duplicates: bool,
@@ -72,8 +72,8 @@ def clean_corpus(df: pd.DataFrame, cfg: TextConfig, drop_labels: list[str], drop
     report = {"rows_read": len(df)}
     if len(df) == 0:
         raise PipelineError(f"{source}: the corpus is empty")
-    label = df["label"].map(lambda v: None if v is None else str(v).strip())
-    text = df["text"].map(lambda v: "" if v is None else str(v))
+    label = df["label"].map(lambda v: None if pd.isna(v) else str(v).strip())
+    text = df["text"].map(lambda v: "" if pd.isna(v) else str(v))
     keep = label.notna() & (label != "")
     report["dropped_missing_label"] = int((~keep).sum())
     excluded = keep & label.isin(drop_labels)

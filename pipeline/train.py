@@ -84,7 +84,7 @@ def build_model(tp: P.TrainParams, matrix: np.ndarray, num_classes: int) -> LSTM
 def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.ndarray, batch_size: int,
               device: torch.device, optimizer: torch.optim.Optimizer | None = None,
               rng: np.random.Generator | None = None, grad_clip: float | None = None,
-              progress: str | None = None) -> EpochResult:
+              word_dropout: float = 0.0, unk_id: int = 1, progress: str | None = None) -> EpochResult:
     """One pass over the data; trains when an optimizer is given, else only measures."""
     training = optimizer is not None
     model.train(training)
@@ -98,6 +98,10 @@ def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.nda
     with torch.set_grad_enabled(training):
         for index in bar:
             ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
+            if training and word_dropout:
+                # Word dropout: hide random tokens behind <unk> so the model cannot lean on any one word.
+                hide = torch.from_numpy(rng.random(ids.shape) < word_dropout) & (ids != model.cfg.pad_id)
+                ids = ids.masked_fill(hide, unk_id)
             ids, lens = ids.to(device, non_blocking=True), lens.to(device, non_blocking=True)
             target = torch.from_numpy(labels[index]).to(device)
             with amp:
@@ -121,7 +125,7 @@ def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.nda
 
 
 def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], train_y: np.ndarray,
-        val_x: list[np.ndarray], val_y: np.ndarray, device: torch.device,
+        val_x: list[np.ndarray], val_y: np.ndarray, device: torch.device, unk_id: int = 1,
         on_epoch: Callable[[int, dict], None] | None = None, show_progress: bool = False) -> TrainResult:
     """Train with early stopping on validation accuracy; returns the best epoch's weights."""
     model.to(device)
@@ -135,7 +139,7 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
         if tp.embeddings == "freeze_then_finetune":
             model.set_embeddings_trainable(epoch > tp.freeze_epochs)
         tr = run_epoch(model, train_x, train_y, tp.batch_size, device, optimizer, rng, tp.grad_clip,
-                       progress=f"epoch {epoch}/{tp.epochs}" if show_progress else None)
+                       tp.word_dropout, unk_id, progress=f"epoch {epoch}/{tp.epochs}" if show_progress else None)
         va = run_epoch(model, val_x, val_y, max(256, tp.batch_size), device)
         row = {"epoch": epoch, "train_loss": tr.loss, "train_accuracy": tr.accuracy, "val_loss": va.loss,
                "val_accuracy": va.accuracy, "epoch_seconds": tr.seconds, "train_tokens_per_second": tr.tokens_per_second}
@@ -211,7 +215,7 @@ def main() -> None:
                   f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | "
                   f"{row['epoch_seconds']:.1f}s, {row['train_tokens_per_second']:,.0f} tokens/s", flush=True)
 
-        result = fit(model, tp, train_x, train_y, val_x, val_y, device, log_epoch,
+        result = fit(model, tp, train_x, train_y, val_x, val_y, device, unk_id, log_epoch,
                      show_progress=os.environ.get("CI") != "true")
         live.summary["best_epoch"] = result.best_epoch
         live.summary["best_val_accuracy"] = result.best_val_accuracy

@@ -26,7 +26,7 @@ def glove_small() -> Path:
 def polarity_rows() -> list[tuple[str, str]]:
     """200 real movie-review sentences (Pang & Lee), labelled pos/neg."""
     rows = []
-    for line in (GENSIM_DATA / "pang_lee_polarity.cor").read_text(encoding="utf-8").splitlines():
+    for line in (GENSIM_DATA / "pang_lee_polarity.cor").read_text(encoding="cp1252").splitlines():  # the original MR files are Windows-1252
         label, _, text = line.partition(" ")
         rows.append((text.strip(), label.removeprefix("__label__")))
     return rows

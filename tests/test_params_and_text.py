@@ -1,0 +1,68 @@
+"""params.yaml validation and the tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipeline import params as P
+from pipeline.common import PipelineError
+from pipeline.text import TextConfig, tokenize
+from tests.conftest import ROOT
+
+
+def test_the_shipped_params_file_is_valid():
+    sections = P.load_all(ROOT / "params.yaml")
+    assert sections["train"].lr > 0 and sections["prepare"].seed == 42
+
+
+def _write(tmp_path, mutate):
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(data)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["train"].update(lrr=0.1), r"unknown key 'train\.lrr'"),
+    (lambda d: d["train"].update(lr="fast"), r"'train\.lr' must be a number, got 'fast' \(str\)"),
+    (lambda d: d["train"].update(epochs=2.5), r"'train\.epochs' must be an integer"),
+    (lambda d: d["train"].update(bidirectional="yes"), r"'train\.bidirectional' must be true/false"),
+    (lambda d: d["train"].update(pooling="median"), r"'train\.pooling' must be one of 'last', 'max'"),
+    (lambda d: d["train"].update(dropout=1.5), r"'train\.dropout' must be >= 0 and < 1, got 1\.5"),
+    (lambda d: d["vocab"].pop("min_freq"), r"missing key 'vocab\.min_freq'"),
+    (lambda d: d["corpus"].update(drop_labels="plot"), r"'corpus\.drop_labels' must be a list of a string"),
+])
+def test_bad_params_name_the_file_and_key(tmp_path, mutate, message):
+    path = _write(tmp_path, mutate)
+    with pytest.raises(PipelineError, match=message) as err:
+        P.load_all(path)
+    assert str(path) in str(err.value)
+
+
+def test_integers_are_accepted_where_numbers_are_asked(tmp_path):
+    path = _write(tmp_path, lambda d: d["train"].update(lr=1))
+    assert P.load("train", path).lr == 1.0 and isinstance(P.load("train", path).lr, float)
+
+
+def test_invalid_yaml_reports_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: [1,\n")
+    with pytest.raises(PipelineError, match=r"params\.yaml: line \d+, column \d+: invalid YAML"):
+        P.load("train", path)
+
+
+def test_tokenizer_splits_clitics_like_the_embedding_corpora():
+    cfg = TextConfig()
+    assert tokenize("Don't miss the film's <b>well-made</b> finale!", cfg) == [
+        "do", "n't", "miss", "the", "film", "'s", "well-made", "finale", "!"]
+
+
+def test_tokenizer_options():
+    text = "See https://example.com for 3.5 STARS in the 1960s..."
+    assert tokenize(text, TextConfig()) == ["see", "for", "3.5", "stars", "in", "the", "1960s", "..."]
+    assert tokenize(text, TextConfig(numbers="token", lowercase=False))[2:4] == ["<num>", "STARS"]
+    assert "3.5" not in tokenize(text, TextConfig(numbers="drop"))
+    assert tokenize(text, TextConfig(strip_urls=False))[1] == "https"
+    assert len(tokenize(text, TextConfig(max_tokens=3))) == 3

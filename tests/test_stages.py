@@ -1,0 +1,280 @@
+"""The stage functions on small real files: download, prepare, vocab, train, predict."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import io
+import json
+import tarfile
+import threading
+import zipfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipeline import download as D
+from pipeline import params as P
+from pipeline import prepare as PR
+from pipeline import vocab as V
+from pipeline.common import PipelineError
+from pipeline.embeddings import Alignment
+from pipeline.text import TextConfig
+from tests.conftest import ROOT, polarity_rows
+
+# --- download -----------------------------------------------------------------------------------
+
+
+def _src(source, members=(), sha256=None):
+    return P.SourceParams(source=str(source), members=list(members), sha256=sha256)
+
+
+def test_download_local_file_and_zip_member(tmp_path, glove_small):
+    out = tmp_path / "raw" / "emb"
+    written = D.download(_src(glove_small), out)
+    assert written == [out / "test_glove.txt"] and written[0].read_bytes() == glove_small.read_bytes()
+
+    archive = tmp_path / "glove.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(glove_small, "glove/test_glove.txt")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    written = D.download(_src(archive, ["glove/test_glove.txt"], digest), out)
+    assert [p.name for p in out.iterdir()] == ["test_glove.txt"]  # replaced whole, nothing stale
+
+
+def test_download_refuses_escaping_members_and_bad_checksums(tmp_path, glove_small):
+    archive = tmp_path / "evil.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(glove_small, "../../etc/passwd")
+    with pytest.raises(PipelineError, match="escapes the output folder"):
+        D.download(_src(archive, ["../../etc/passwd"]), tmp_path / "out")
+    with pytest.raises(PipelineError, match="sha256 mismatch"):
+        D.download(_src(glove_small, sha256="0" * 64), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.*"))  # no partial directory left behind
+
+
+def test_download_over_http_from_loopback(tmp_path, glove_small):
+    payload = glove_small.read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/vectors/glove.txt"
+        written = D.download(_src(url, sha256=hashlib.sha256(payload).hexdigest()), tmp_path / "out")
+        assert written[0].name == "glove.txt" and written[0].read_bytes() == payload
+    finally:
+        server.shutdown()
+
+
+# --- prepare ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet", ".csv.gz"])
+def test_read_corpus_formats(tmp_path, suffix):
+    df = pd.DataFrame({"t": ["good film", "NA", "null"], "y": ["pos", "neg", "NA"]})
+    path = tmp_path / f"c{suffix}"
+    if suffix.startswith(".csv"):
+        df.to_csv(path, index=False)
+    elif suffix == ".tsv":
+        df.to_csv(path, sep="\t", index=False)
+    elif suffix == ".jsonl":
+        df.to_json(path, orient="records", lines=True)
+    else:
+        df.to_parquet(path)
+    out = PR.read_corpus(path, "t", "y")
+    assert out["text"].tolist() == ["good film", "NA", "null"]  # 'NA' and 'null' are text, not missing
+    assert out["label"].tolist() == ["pos", "neg", "NA"]
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("text,label\nhello,pos\n")
+    with pytest.raises(PipelineError, match=r"c\.csv: no label column 'sentiment'.*columns are: text, label"):
+        PR.read_corpus(path, "text", "sentiment")
+
+
+def test_malformed_csv_names_file_and_line(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('text,label\n"ok",pos\n"unterminated,neg\n')
+    with pytest.raises(PipelineError, match=r"c\.csv: cannot read as csv"):
+        PR.read_corpus(path, "text", "label")
+
+
+def test_clean_corpus_counts_every_drop():
+    df = pd.DataFrame({"text": ["good", "bad", "", "plot text", "good", "fine", None],
+                       "label": ["pos", "neg", "pos", "plot", "pos", None, "neg"]})
+    out, report = PR.clean_corpus(df, TextConfig(), ["plot"], drop_duplicates=True)
+    assert out["text"].tolist() == ["good", "bad"]
+    assert report == {"rows_read": 7, "dropped_missing_label": 1, "dropped_excluded_label": 1,
+                      "dropped_empty_text": 2, "dropped_duplicate_text": 1, "rows_kept": 2,
+                      "class_counts": {"neg": 1, "pos": 1}}
+
+
+def test_empty_and_single_class_corpora_are_refused():
+    with pytest.raises(PipelineError, match="the corpus is empty"):
+        PR.clean_corpus(pd.DataFrame({"text": [], "label": []}), TextConfig(), [], True, "c.csv")
+    single = pd.DataFrame({"text": ["a", "b"], "label": ["pos", "pos"]})
+    with pytest.raises(PipelineError, match=r"c\.csv: only one class \('pos'\)"):
+        PR.clean_corpus(single, TextConfig(), [], True, "c.csv")
+
+
+def test_split_is_stratified_and_seeded():
+    df = pd.DataFrame({"text": [f"t{i}" for i in range(200)], "tokens": [["x"]] * 200,
+                       "label": ["a"] * 140 + ["b"] * 60})
+    one, two = PR.split(df, 0.1, 0.2, seed=7), PR.split(df, 0.1, 0.2, seed=7)
+    for name in ("train", "val", "test"):
+        assert one[name]["text"].tolist() == two[name]["text"].tolist()
+    assert len(one["test"]) == 40 and (one["test"]["label"] == "b").sum() == 12
+    assert not set(one["train"]["text"]) & set(one["test"]["text"])
+
+
+# --- vocab --------------------------------------------------------------------------------------
+
+
+def test_build_vocab_min_freq_max_size_and_order():
+    counts = Counter({"b": 3, "a": 3, "c": 1, "d": 2})
+    assert V.build_vocab(counts, 1, None) == ["<pad>", "<unk>", "a", "b", "d", "c"]
+    assert V.build_vocab(counts, 2, None) == ["<pad>", "<unk>", "a", "b", "d"]
+    assert V.build_vocab(counts, 1, 4) == ["<pad>", "<unk>", "a", "b"]
+
+
+def _alignment(found):
+    matrix = np.zeros((len(found), 2), dtype=np.float32)
+    rows = np.flatnonzero(found)
+    matrix[rows] = np.arange(2 * len(rows), dtype=np.float32).reshape(-1, 2) + 1
+    return Alignment(matrix, np.array(found), np.zeros(len(found), bool))
+
+
+def test_oov_policies():
+    itos = ["<pad>", "<unk>", "a", "b", "c"]
+    found = [False, False, True, False, True]
+    _, zeros = V.fill_missing(_alignment(found), itos, "zeros", 0)
+    assert not zeros[[0, 1, 3]].any() and zeros[2].tolist() == [1, 2]
+    _, mean = V.fill_missing(_alignment(found), itos, "mean", 0)
+    assert mean[3].tolist() == [2, 3] and not mean[0].any()
+    kept, unk = V.fill_missing(_alignment(found), itos, "unk", 0)
+    assert kept == ["<pad>", "<unk>", "a", "c"] and unk[1].tolist() == [2, 3]
+    _, rand = V.fill_missing(_alignment(found), itos, "random", 0)
+    _, again = V.fill_missing(_alignment(found), itos, "random", 0)
+    assert np.array_equal(rand, again) and not rand[0].any() and rand[3].any()
+
+
+def test_random_oov_rows_follow_the_pretrained_statistics():
+    rng = np.random.default_rng(0)
+    n = 4000
+    matrix = rng.normal(3.0, 0.5, size=(n, 4)).astype(np.float32)
+    found = np.ones(n, bool)
+    found[:2002] = False  # specials and 2000 words without vectors
+    alignment = Alignment(np.where(found[:, None], matrix, 0), found, np.zeros(n, bool))
+    _, filled = V.fill_missing(alignment, ["<pad>", "<unk>"] + [f"w{i}" for i in range(n - 2)], "random", 1)
+    assert abs(filled[2:2002].mean() - 3.0) < 0.05 and abs(filled[2:2002].std() - 0.5) < 0.05
+
+
+def test_no_vector_found_is_a_clear_error():
+    with pytest.raises(PipelineError, match="none of the 2 vocabulary words has a pretrained vector"):
+        V.fill_missing(_alignment([False] * 4), ["<pad>", "<unk>", "x", "y"], "random", 0)
+
+
+def test_coverage():
+    counts = Counter({"a": 3, "b": 1})
+    assert V.coverage(counts, {"a": True}) == {"type_coverage": 0.5, "token_coverage": 0.75}
+
+
+# --- train and predict --------------------------------------------------------------------------
+
+
+def _toy_problem(n=240, seed=0):
+    """Label is 1 iff token 3 appears: learnable only by reading the sequence, whatever its length."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for _ in range(n):
+        length = int(rng.integers(2, 25))
+        seq = rng.integers(4, 20, size=length)
+        label = int(rng.random() < 0.5)
+        if label:
+            seq[rng.integers(0, length)] = 3
+        xs.append(seq.astype(np.int64))
+        ys.append(label)
+    return xs, np.array(ys)
+
+
+def _train_params(**over):
+    tp = P.load("train", ROOT / "params.yaml")
+    return dataclasses.replace(tp, **{"hidden_size": 16, "epochs": 6, "patience": 6, "batch_size": 16,
+                                      "embeddings": "random", "lr": 0.01, **over})
+
+
+def _fit_once(tp):
+    from pipeline.train import build_model, fit, set_determinism
+
+    set_determinism(tp.seed)
+    matrix = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    model = build_model(tp, matrix, 2)
+    xs, ys = _toy_problem()
+    return fit(model, tp, xs[:180], ys[:180], xs[180:], ys[180:], torch.device("cpu"))
+
+
+def test_training_learns_and_repeats_exactly():
+    first, second = _fit_once(_train_params()), _fit_once(_train_params())
+    assert first.best_val_accuracy >= 0.9
+    assert [h["val_loss"] for h in first.history] == [h["val_loss"] for h in second.history]
+    for key in first.best_state:
+        assert torch.equal(first.best_state[key], second.best_state[key])
+
+
+def test_early_stopping_stops_after_patience():
+    result = _fit_once(_train_params(epochs=30, patience=1, lr=0.05))
+    assert len(result.history) < 30
+    assert len(result.history) == result.best_epoch + 1
+
+
+def test_predict_cli_reads_args_file_and_stdin(tmp_path, monkeypatch, capsys):
+    from pipeline import predict
+    from pipeline.inference import save_checkpoint
+    from pipeline.train import build_model
+
+    tp = _train_params(embeddings="finetune")
+    itos = ["<pad>", "<unk>", "good", "bad"]
+    model = build_model(tp, np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32), 2)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, model.state_dict(), itos, ["neg", "pos"], TextConfig(), 1, {})
+
+    predict.main(["--model", str(path), "Good film", "bad film"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split("\t")[0] in {"neg", "pos"} and lines[0].endswith("Good film")
+    probs = [float(part.split("=")[1]) for part in lines[0].split("\t")[1].split()]
+    assert abs(sum(probs) - 1) < 1e-3
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("good\n\nbad\n")
+    predict.main(["--model", str(path), "--json", "--file", str(texts)])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["text"] for r in rows] == ["good", "bad"] and set(rows[0]["probabilities"]) == {"neg", "pos"}
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("bad\n"))
+    predict.main(["--model", str(path)])
+    assert capsys.readouterr().out.strip().endswith("\tbad")
+
+    with pytest.raises(PipelineError, match="no trained model"):
+        predict.main(["--model", str(tmp_path / "missing.pt"), "x"])
+
+
+def test_polarity_fixture_is_real_labelled_text():
+    rows = polarity_rows()
+    assert len(rows) == 200 and {label for _, label in rows} == {"pos", "neg"}
