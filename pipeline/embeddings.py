@@ -5,6 +5,9 @@ its word is in the vocabulary, every other line costs one dictionary lookup. Sup
 
 - glove: text, `word v1 ... vd` per line (.txt, .txt.gz, or the one .txt member of a .zip);
 - word2vec: the same with a `count dim` header line (fastText .vec files are this layout);
+- word2vec_binary: the GoogleNews .bin layout (header line, then `word ` and dim little-endian float32);
+- fasttext_bin: a fastText .bin model (gensim's Facebook loader): words it never saw still get
+  vectors from their character n-grams. Loaded whole, since that format cannot be streamed;
 - npy: a float matrix in .npy plus its word list (.parquet with one string column, or .txt with
   one word per line), read through a memory map so only the needed rows are touched.
 
@@ -29,6 +32,7 @@ import numpy as np
 from pipeline.common import PipelineError
 
 BOM = b"\xef\xbb\xbf"
+FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")
 WORD_LIST_SUFFIXES = (".parquet", ".txt", ".vocab")
 
 
@@ -196,6 +200,62 @@ def align_text(path: Path, words: list[str], case_fallback: bool = True, bad_lin
     return m.result()
 
 
+def align_word2vec_binary(path: Path, words: list[str], case_fallback: bool = True) -> Alignment:
+    """Stream a word2vec binary file (the GoogleNews .bin layout): header, then `word<space>` + dim float32."""
+    m = _Matcher(words, case_fallback)
+    chunk = 1 << 22
+    with _open_text(path) as f:
+        header = _header(f.readline().removeprefix(BOM))
+        if header is None:
+            raise PipelineError(f"{path}: line 1: expected a word2vec binary header 'count dim'")
+        count, dim = header
+        m.start(dim)
+        m.stats["header_count"] = count
+        width = dim * 4
+        buf, pos = b"", 0
+        for index in range(count):
+            space = buf.find(b" ", pos)
+            while space < 0 or space + 1 + width > len(buf):
+                more = f.read(chunk)
+                if not more:
+                    raise PipelineError(f"{path}: truncated at vector {index + 1} of {count}")
+                buf, pos = buf[pos:] + more, 0
+                space = buf.find(b" ", pos)
+            word = buf[pos:space].lstrip(b"\n")
+            m.stats["lines"] += 1
+            row, lower_rows = m.rows_for(word)
+            if row is not None or lower_rows is not None:
+                vector = np.frombuffer(buf, dtype="<f4", count=dim, offset=space + 1).copy()
+                if not np.isfinite(vector).all():
+                    raise PipelineError(f"{path}: vector {index + 1} ({word!r}) has non-finite values")
+                m.fill(row, lower_rows, vector)
+            pos = space + 1 + width
+    return m.result()
+
+
+def align_fasttext_bin(path: Path, words: list[str]) -> Alignment:
+    """A fastText .bin model through gensim's Facebook loader: words it never saw get real vectors
+    built from their character n-grams. (The whole model is loaded: .bin files are not streamable.)"""
+    from gensim.models.fasttext import load_facebook_vectors
+
+    try:
+        kv = load_facebook_vectors(str(path))
+    except Exception as err:  # gensim raises assorted errors on foreign files
+        raise PipelineError(f"{path}: cannot read as a fastText .bin model: {err}") from None
+    m = _Matcher(words, case_fallback=False)
+    m.start(kv.vector_size)
+    m.stats["lines"] = len(kv.key_to_index)
+    for i, word in enumerate(words):
+        if word in kv.key_to_index:
+            m.fill(i, None, kv[word])
+        else:
+            vector = kv[word]  # sum of the word's n-gram vectors; zero if it has none
+            if np.any(vector):
+                m.fill(i, None, vector)
+                m.stats["from_subwords"] += 1
+    return m.result()
+
+
 def read_word_list(path: Path) -> list[str]:
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
@@ -237,7 +297,7 @@ def align_npy(matrix_path: Path, words_path: Path, words: list[str], case_fallba
 
 @dataclass(frozen=True)
 class VectorsSource:
-    format: str  # glove | word2vec | npy
+    format: str  # glove | word2vec | word2vec_binary | fasttext_bin | npy
     path: Path
     words_path: Path | None = None
 
@@ -262,11 +322,31 @@ def detect(directory: Path, fmt: str = "auto") -> VectorsSource:
     if fmt != "auto":
         return VectorsSource(fmt, path)
     with _open_text(path) as f:
-        first = f.readline()
-    return VectorsSource("word2vec" if _header(first.removeprefix(BOM)) else "glove", path)
+        head = f.read(1 << 16)
+    if head[:4] == FASTTEXT_MAGIC:
+        return VectorsSource("fasttext_bin", path)
+    first, _, rest = head.removeprefix(BOM).partition(b"\n")
+    if _header(first):
+        # word2vec binary if what follows the header is not text.
+        sample = rest[:4096]
+        binary = b"\0" in sample or not _is_utf8(sample)
+        return VectorsSource("word2vec_binary" if binary else "word2vec", path)
+    return VectorsSource("glove", path)
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return err.start > len(data) - 4  # only a character cut at the end of the sample
+    return True
 
 
 def align(source: VectorsSource, words: list[str], case_fallback: bool = True, bad_lines: str = "error") -> Alignment:
+    if source.format == "fasttext_bin":
+        return align_fasttext_bin(source.path, words)
+    if source.format == "word2vec_binary":
+        return align_word2vec_binary(source.path, words, case_fallback)
     if source.format == "npy":
         return align_npy(source.path, source.words_path, words, case_fallback)
     return align_text(source.path, words, case_fallback, bad_lines, has_header=source.format == "word2vec")

@@ -37,8 +37,9 @@ class SourceParams:
 
 @dataclass(frozen=True)
 class EmbeddingsParams(SourceParams):
-    # auto, glove (text, no header), word2vec (text with a "count dim" header), npy (matrix + word list).
-    format: Literal["auto", "glove", "word2vec", "npy"]
+    # auto, glove (text, no header), word2vec (text with a "count dim" header; fastText .vec),
+    # word2vec_binary (GoogleNews .bin), fasttext_bin (subword vectors for unseen words), npy (matrix + word list).
+    format: Literal["auto", "glove", "word2vec", "word2vec_binary", "fasttext_bin", "npy"]
     # What to do with a vector line of the wrong dimension or with non-numeric values.
     bad_lines: Literal["error", "skip"]
 

@@ -102,3 +102,50 @@ def test_npy_shape_mismatch_is_reported(tmp_path):
     (d / "words.txt").write_text("a\nb\n")
     with pytest.raises(PipelineError, match=r"m\.npy: shape \(3, 2\) does not match the 2 words"):
         E.align(E.detect(d), ["a"])
+
+
+def test_word2vec_binary_matches_gensim(tmp_path, glove_small):
+    kv = KeyedVectors.load_word2vec_format(glove_small, binary=False, no_header=True)
+    d = tmp_path / "w2v"
+    d.mkdir()
+    kv.save_word2vec_format(str(d / "vectors.bin"), binary=True)
+    source = E.detect(d)
+    assert source.format == "word2vec_binary"
+    words = ["of", "missing", "the", "हि"]
+    result = E.align(source, words)
+    assert result.found.tolist() == [True, False, True, True]
+    np.testing.assert_array_equal(result.matrix[[0, 2, 3]], kv[["of", "the", "हि"]])
+    # The same vectors saved as text are detected as word2vec text and give the same matrix.
+    t = tmp_path / "w2vtext"
+    t.mkdir()
+    kv.save_word2vec_format(str(t / "vectors.txt"), binary=False)
+    text_source = E.detect(t)
+    assert text_source.format == "word2vec"
+    np.testing.assert_allclose(E.align(text_source, words).matrix, result.matrix, rtol=1e-6)
+
+
+def test_truncated_word2vec_binary_is_reported(tmp_path):
+    d = tmp_path / "w2v"
+    d.mkdir()
+    (d / "v.bin").write_bytes(b"2 3\nab " + np.float32([1, 2, 3]).tobytes() + b"cd " + b"\x00\x00")
+    with pytest.raises(PipelineError, match=r"v\.bin: truncated at vector 2 of 2"):
+        E.align(E.detect(d, "word2vec_binary"), ["ab"])
+
+
+def test_fasttext_bin_gives_subword_vectors_to_unseen_words(tmp_path):
+    from gensim.models.fasttext import load_facebook_vectors
+
+    from tests.conftest import GENSIM_DATA
+
+    d = tmp_path / "ft"
+    d.mkdir()
+    (d / "model.bin").write_bytes((GENSIM_DATA / "lee_fasttext_new.bin").read_bytes())
+    source = E.detect(d)
+    assert source.format == "fasttext_bin"
+    kv = load_facebook_vectors(str(d / "model.bin"))
+    seen = next(iter(kv.key_to_index))
+    unseen = "blorptastically"
+    assert unseen not in kv.key_to_index
+    result = E.align(source, [seen, unseen])
+    assert result.found.all() and result.stats["from_subwords"] == 1
+    np.testing.assert_allclose(result.matrix, kv[[seen, unseen]], rtol=1e-6)
