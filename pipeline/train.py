@@ -221,8 +221,8 @@ def main() -> None:
         live.summary["best_val_accuracy"] = result.best_val_accuracy
         live.summary["train_seconds"] = round(result.seconds, 2)
 
-    info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-            "train_seconds": result.seconds, "params": tp.__dict__}
+    # No timings in the checkpoint: the same params and seed give a byte-identical model file.
+    info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy, "params": tp.__dict__}
     save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id, info)
     plot_curves(result.history, LIVE_DIR / "curves.png")
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
