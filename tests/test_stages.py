@@ -59,11 +59,20 @@ def test_download_refuses_escaping_members_and_bad_checksums(tmp_path, glove_sma
     assert not list(tmp_path.glob(".out.*"))  # no partial directory left behind
 
 
-def test_download_over_http_from_loopback(tmp_path, glove_small):
+def test_download_over_http_from_loopback_retries_server_errors(tmp_path, glove_small, monkeypatch):
     payload = glove_small.read_bytes()
+    requests = []
+    monkeypatch.setattr(D.time, "sleep", lambda s: None)  # no real back-off wait in tests
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
+            requests.append(self.path)
+            if self.path.endswith("missing.txt"):
+                self.send_error(404)
+                return
+            if len(requests) == 1:  # the first try meets a transient server error
+                self.send_error(503)
+                return
             self.send_response(200)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
@@ -78,6 +87,9 @@ def test_download_over_http_from_loopback(tmp_path, glove_small):
         url = f"http://127.0.0.1:{server.server_address[1]}/vectors/glove.txt"
         written = D.download(_src(url, sha256=hashlib.sha256(payload).hexdigest()), tmp_path / "out")
         assert written[0].name == "glove.txt" and written[0].read_bytes() == payload
+        assert len(requests) == 2
+        with pytest.raises(PipelineError, match=r"missing\.txt: HTTP 404"):
+            D.download(_src(url.replace("glove.txt", "missing.txt")), tmp_path / "out2")
     finally:
         server.shutdown()
 
