@@ -129,8 +129,8 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
         on_epoch: Callable[[int, dict], None] | None = None, show_progress: bool = False) -> TrainResult:
     """Train with early stopping on validation accuracy; returns the best epoch's weights."""
     model.to(device)
-    params = [p for p in model.parameters()]
-    optimizer = torch.optim.Adam(params, lr=tp.lr, weight_decay=tp.weight_decay)
+    # Frozen embeddings get no gradient, and Adam skips them until they are unfrozen.
+    optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     rng = np.random.default_rng(tp.seed)
     best = TrainResult(copy.deepcopy(model.state_dict()), 0, -1.0)
     stale = 0
