@@ -45,6 +45,23 @@ def write_json(path: str | os.PathLike, data) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
+def pyplot():
+    """matplotlib's pyplot on the headless Agg backend (stages run without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, path: str | os.PathLike) -> None:
+    """Write a matplotlib figure as PNG, atomically, and free it."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    pyplot().close(fig)
+
+
 def read_json(path: str | os.PathLike):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -14,7 +14,7 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
 from pipeline import params as P
-from pipeline.common import atomic_path, run_main, write_json
+from pipeline.common import atomic_path, pyplot, run_main, save_png, write_json
 from pipeline.data import encode
 from pipeline.inference import MODEL_PATH, load_checkpoint, predict_proba
 
@@ -37,20 +37,14 @@ def classification_metrics(y_true: list[str], y_pred: list[str], labels: list[st
 
 
 def plot_confusion(y_true: list[str], y_pred: list[str], labels: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
     cm = confusion_matrix(y_true, y_pred, labels=labels)
-    fig, ax = plt.subplots(figsize=(1.6 * len(labels) + 2.4, 1.4 * len(labels) + 2))
+    fig, ax = pyplot().subplots(figsize=(1.6 * len(labels) + 2.4, 1.4 * len(labels) + 2))
     ConfusionMatrixDisplay(cm, display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=False, values_format="d")
     ax.set_title(f"test accuracy {np.trace(cm) / cm.sum():.3f}")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import params as P
-from pipeline.common import PipelineError, atomic_path, read_json, run_main
+from pipeline.common import PipelineError, pyplot, read_json, run_main, save_png
 from pipeline.data import bucket_batches, encode, pad_batch
-from pipeline.inference import MODEL_PATH, predict_proba, save_checkpoint
+from pipeline.inference import MODEL_PATH, save_checkpoint
 from pipeline.model import LSTMClassifier, ModelConfig
 from pipeline.text import TextConfig
 
@@ -168,13 +168,8 @@ def load_split(name: str, stoi: dict[str, int], unk_id: int, labels: list[str]) 
 
 
 def plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(9, 3.4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], marker="o", label="train")
         ax.plot(epochs, [h[f"val_{metric}"] for h in history], marker="o", label="validation")
@@ -183,9 +178,7 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main() -> None:
@@ -221,7 +214,7 @@ def main() -> None:
         live.summary["best_val_accuracy"] = result.best_val_accuracy
         live.summary["train_seconds"] = round(result.seconds, 2)
 
-    # No timings in the checkpoint: the same params and seed give a byte-identical model file.
+    # No timings in the checkpoint: the same params and seed give the same weights and metadata.
     info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy, "params": tp.__dict__}
     save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id, info)
     plot_curves(result.history, LIVE_DIR / "curves.png")
