@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # dvc's experiment queue worker calls `dvc` from PATH, so the venv goes first on it.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test venv lock clean-venv bench
+.PHONY: repro test venv lock clean-venv bench ablation
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	python -m benchmarks.embeddings
 	python -m benchmarks.training
+
+# The README's ablation table, through DVC's experiment queue (commit first: queued runs see only git).
+ablation: $(STAMP)
+	python -m benchmarks.ablation
 
 # Re-pin requirements.txt after editing requirements.in.
 lock: $(STAMP)

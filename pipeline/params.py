@@ -96,7 +96,14 @@ class TrainParams:
     pooling: Literal["last", "max", "mean", "attention"]
     batch_size: int = field(metadata=_range(1))
     lr: float = field(metadata=_range(0, None, True))
+    # constant; cosine: decays per step from lr to 0 over `epochs`; plateau: halves lr after an
+    # epoch without a better validation accuracy.
+    lr_schedule: Literal["constant", "cosine", "plateau"]
+    # Linear warm-up from 0 to lr over this many optimizer steps (0: none).
+    warmup_steps: int = field(metadata=_range(0))
     weight_decay: float = field(metadata=_range(0))
+    # none, or balanced: each class's loss weighted by n_examples / (n_classes * n_in_class).
+    class_weights: Literal["none", "balanced"]
     epochs: int = field(metadata=_range(1))
     # Stop after this many epochs without a better validation accuracy.
     patience: int = field(metadata=_range(1))
@@ -104,6 +111,9 @@ class TrainParams:
     grad_clip: float | None = field(metadata=_range(0, None, True))
     seed: int
     device: Literal["auto", "cpu", "cuda"]
+    # DVCLive logs the mean training loss and the learning rate every this many optimizer steps
+    # (0: per epoch only).
+    log_every_steps: int = field(metadata=_range(0))
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ and metrics/train/curves.png (a static image of the same curves, for offline plo
 from __future__ import annotations
 
 import copy
+import math
 import os
 import random
 import time
@@ -66,7 +67,8 @@ class TrainResult:
     best_state: dict
     best_epoch: int
     best_val_accuracy: float
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # one row per epoch
+    step_losses: list[float] = field(default_factory=list)  # one per optimizer step
     seconds: float = 0.0
 
 
@@ -84,13 +86,21 @@ def build_model(tp: P.TrainParams, matrix: np.ndarray, num_classes: int) -> LSTM
 def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.ndarray, batch_size: int,
               device: torch.device, optimizer: torch.optim.Optimizer | None = None,
               rng: np.random.Generator | None = None, grad_clip: float | None = None,
-              word_dropout: float = 0.0, unk_id: int = 1, progress: str | None = None) -> EpochResult:
-    """One pass over the data; trains when an optimizer is given, else only measures."""
+              word_dropout: float = 0.0, unk_id: int = 1, progress: str | None = None,
+              class_weight: torch.Tensor | None = None,
+              on_step: Callable[[float], None] | None = None) -> EpochResult:
+    """One pass over the data; trains when an optimizer is given, else only measures.
+
+    While training, `class_weight` weights each class's loss (the reported loss stays unweighted) and
+    `on_step` is called after each optimizer step with that batch's mean loss.
+    """
     training = optimizer is not None
     model.train(training)
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     batches = bucket_batches(lengths, batch_size, rng if training else None)
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    weighted_loss_fn = (nn.CrossEntropyLoss(weight=class_weight.to(device), reduction="sum")
+                        if training and class_weight is not None else None)
     total_loss, correct, tokens = 0.0, 0, 0
     start = time.perf_counter()
     amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
@@ -108,11 +118,14 @@ def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.nda
                 logits = model(ids, lens)
                 loss = loss_fn(logits.float(), target)
             if training:
+                objective = loss if weighted_loss_fn is None else weighted_loss_fn(logits.float(), target)
                 optimizer.zero_grad(set_to_none=True)
-                (loss / len(index)).backward()
+                (objective / len(index)).backward()
                 if grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
+                if on_step:
+                    on_step(loss.item() / len(index))
             total_loss += loss.item()
             correct += int((logits.argmax(-1) == target).sum())
             tokens += int(lengths[index].sum())
@@ -124,25 +137,73 @@ def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.nda
     return EpochResult(total_loss / n, correct / n, tokens, time.perf_counter() - start)
 
 
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
+    """Per-class loss weights: None, or 'balanced' (n / (k * count)), so each class weighs the same in total."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier of the base learning rate before optimizer step `step` (counted from 0)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
 def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], train_y: np.ndarray,
         val_x: list[np.ndarray], val_y: np.ndarray, device: torch.device, unk_id: int = 1,
-        on_epoch: Callable[[int, dict], None] | None = None, show_progress: bool = False) -> TrainResult:
-    """Train with early stopping on validation accuracy; returns the best epoch's weights."""
+        on_epoch: Callable[[int, dict], None] | None = None, show_progress: bool = False,
+        on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train with early stopping on validation accuracy; returns the best epoch's weights.
+
+    `on_step(step, row)` is called after every optimizer step (row: loss, lr); `on_epoch(step, row)`
+    after each epoch, with the number of optimizer steps taken so far.
+    """
     model.to(device)
     # Frozen embeddings get no gradient, and Adam skips them until they are unfrozen.
     optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    steps_per_epoch = math.ceil(len(train_x) / tp.batch_size)
+    total_steps = steps_per_epoch * tp.epochs
+    plateau_factor = 1.0  # 'plateau' halves it after each epoch without a better validation accuracy
+    step = 0
+
+    def set_lr() -> float:
+        lr = tp.lr * plateau_factor * lr_factor(tp.lr_schedule, step, total_steps, tp.warmup_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def after_step(loss: float) -> None:
+        nonlocal step
+        best.step_losses.append(loss)
+        if on_step:
+            on_step(step + 1, {"loss": loss, "lr": optimizer.param_groups[0]["lr"]})
+        step += 1
+        set_lr()
+
+    weight = class_weights(train_y, model.cfg.num_classes, tp.class_weights)
     rng = np.random.default_rng(tp.seed)
     best = TrainResult(copy.deepcopy(model.state_dict()), 0, -1.0)
     stale = 0
     start = time.perf_counter()
+    set_lr()
     for epoch in range(1, tp.epochs + 1):
         if tp.embeddings == "freeze_then_finetune":
             model.set_embeddings_trainable(epoch > tp.freeze_epochs)
+        lr_at_start = optimizer.param_groups[0]["lr"]
         tr = run_epoch(model, train_x, train_y, tp.batch_size, device, optimizer, rng, tp.grad_clip,
-                       tp.word_dropout, unk_id, progress=f"epoch {epoch}/{tp.epochs}" if show_progress else None)
+                       tp.word_dropout, unk_id, progress=f"epoch {epoch}/{tp.epochs}" if show_progress else None,
+                       class_weight=weight, on_step=after_step)
         va = run_epoch(model, val_x, val_y, max(256, tp.batch_size), device)
         row = {"epoch": epoch, "train_loss": tr.loss, "train_accuracy": tr.accuracy, "val_loss": va.loss,
-               "val_accuracy": va.accuracy, "epoch_seconds": tr.seconds, "train_tokens_per_second": tr.tokens_per_second}
+               "val_accuracy": va.accuracy, "lr": lr_at_start, "epoch_seconds": tr.seconds,
+               "train_tokens_per_second": tr.tokens_per_second}
         best.history.append(row)
         if va.accuracy > best.best_val_accuracy:
             best.best_state = copy.deepcopy(model.state_dict())
@@ -150,8 +211,11 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
             stale = 0
         else:
             stale += 1
+            if tp.lr_schedule == "plateau":
+                plateau_factor *= 0.5
+                set_lr()
         if on_epoch:
-            on_epoch(epoch, row)
+            on_epoch(step, row)
         if stale >= tp.patience:
             break
     best.seconds = time.perf_counter() - start
@@ -167,9 +231,11 @@ def load_split(name: str, stoi: dict[str, int], unk_id: int, labels: list[str]) 
     return encode(df["tokens"], stoi, unk_id), df["label"].map(label_id).to_numpy(dtype=np.int64)
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def plot_curves(result: TrainResult, path: Path, smooth: int = 20) -> None:
+    """Loss and accuracy per epoch, and the training loss per optimizer step (running mean)."""
+    history = result.history
     epochs = [h["epoch"] for h in history]
-    fig, axes = pyplot().subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = pyplot().subplots(1, 3, figsize=(13, 3.4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], marker="o", label="train")
         ax.plot(epochs, [h[f"val_{metric}"] for h in history], marker="o", label="validation")
@@ -177,6 +243,14 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         ax.legend()
+    losses = np.asarray(result.step_losses)
+    if len(losses):
+        window = max(1, min(smooth, len(losses)))
+        running = np.convolve(losses, np.ones(window) / window, mode="valid")
+        axes[2].plot(np.arange(window, len(losses) + 1), running)
+    axes[2].set_xlabel("optimizer step")
+    axes[2].set_title(f"training loss per step (mean of {smooth})")
+    axes[2].grid(alpha=0.3)
     fig.tight_layout()
     save_png(fig, path)
 
@@ -196,20 +270,34 @@ def main() -> None:
     val_x, val_y = load_split("val", stoi, unk_id, labels)
 
     model = build_model(tp, matrix, len(labels))
+    # One DVCLive step axis for everything: the optimizer step. Per-step series (train/step_loss, lr)
+    # get a point every `log_every_steps` steps, per-epoch series one point at each epoch's last step.
     with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-        def log_epoch(epoch: int, row: dict) -> None:
+        window: list[float] = []
+
+        def log_step(step: int, row: dict) -> None:
+            window.append(row["loss"])
+            if tp.log_every_steps and step % tp.log_every_steps == 0:
+                live.step = step
+                live.log_metric("train/step_loss", sum(window) / len(window))
+                live.log_metric("lr", row["lr"])
+                window.clear()
+
+        def log_epoch(step: int, row: dict) -> None:
+            live.step = step
+            live.log_metric("epoch", row["epoch"])
             for split in ("train", "val"):
                 live.log_metric(f"{split}/loss", row[f"{split}_loss"])
                 live.log_metric(f"{split}/accuracy", row[f"{split}_accuracy"])
             live.log_metric("epoch_seconds", row["epoch_seconds"])
             live.log_metric("train_tokens_per_second", row["train_tokens_per_second"])
-            live.next_step()
-            print(f"epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-                  f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | "
+            live.make_summary()
+            print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+                  f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | lr {row['lr']:.2g} | "
                   f"{row['epoch_seconds']:.1f}s, {row['train_tokens_per_second']:,.0f} tokens/s", flush=True)
 
         result = fit(model, tp, train_x, train_y, val_x, val_y, device, unk_id, log_epoch,
-                     show_progress=os.environ.get("CI") != "true")
+                     show_progress=os.environ.get("CI") != "true", on_step=log_step)
         live.summary["best_epoch"] = result.best_epoch
         live.summary["best_val_accuracy"] = result.best_val_accuracy
         live.summary["train_seconds"] = round(result.seconds, 2)
@@ -217,7 +305,7 @@ def main() -> None:
     # No timings in the checkpoint: the same params and seed give the same weights and metadata.
     info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy, "params": tp.__dict__}
     save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id, info)
-    plot_curves(result.history, LIVE_DIR / "curves.png")
+    plot_curves(result, LIVE_DIR / "curves.png")
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
           f"{result.seconds:.1f}s; saved {MODEL_PATH}")
 

@@ -256,6 +256,80 @@ def test_early_stopping_stops_after_patience():
     assert len(result.history) == result.best_epoch + 1
 
 
+def test_lr_factor_warmup_and_cosine():
+    from pipeline.train import lr_factor
+
+    assert [lr_factor("constant", s, 100, 0) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    assert [lr_factor("constant", s, 100, 4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cosine = [lr_factor("cosine", s, 100, 0) for s in range(100)]
+    assert cosine[0] == 1.0 and abs(cosine[50] - 0.5) < 1e-9 and cosine[-1] < 0.001
+    assert all(a >= b for a, b in zip(cosine, cosine[1:]))
+    # Warm-up, then the cosine starts from the top.
+    assert lr_factor("cosine", 9, 100, 10) == 1.0 and lr_factor("cosine", 10, 100, 10) == 1.0
+
+
+def _fit_with_steps(tp):
+    from pipeline.train import build_model, fit, set_determinism
+
+    set_determinism(tp.seed)
+    model = build_model(tp, np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32), 2)
+    xs, ys = _toy_problem()
+    steps = []
+    result = fit(model, tp, xs[:180], ys[:180], xs[180:], ys[180:], torch.device("cpu"),
+                 on_step=lambda step, row: steps.append((step, row["lr"])))
+    return result, steps
+
+
+def test_cosine_schedule_decays_per_step_to_zero():
+    tp = _train_params(lr_schedule="cosine", epochs=3, patience=3)
+    result, steps = _fit_with_steps(tp)
+    per_epoch = -(-180 // tp.batch_size)
+    assert [s for s, _ in steps] == list(range(1, 3 * per_epoch + 1))
+    lrs = [lr for _, lr in steps]
+    assert lrs[0] == tp.lr and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.01 * tp.lr
+    assert [h["lr"] for h in result.history] == [lrs[0], lrs[per_epoch], lrs[2 * per_epoch]]
+    assert len(result.step_losses) == len(steps)
+
+
+def test_plateau_schedule_halves_lr_after_an_epoch_without_improvement():
+    result, _ = _fit_with_steps(_train_params(lr_schedule="plateau", epochs=12, patience=12, lr=0.05))
+    history, best = result.history, -1.0
+    for before, after in zip(history, history[1:]):
+        improved = before["val_accuracy"] > best
+        best = max(best, before["val_accuracy"])
+        assert after["lr"] == (before["lr"] if improved else before["lr"] / 2)
+    assert history[-1]["lr"] < history[0]["lr"]  # the run had epochs without improvement
+
+
+def test_balanced_class_weights():
+    from pipeline.train import class_weights
+
+    assert class_weights(np.array([0, 0, 0, 1]), 2, "none") is None
+    weights = class_weights(np.array([0, 0, 0, 1]), 2, "balanced")
+    torch.testing.assert_close(weights, torch.tensor([4 / 6, 4 / 2]))
+    # Each class then carries the same total weight.
+    assert float(weights[0] * 3) == float(weights[1] * 1)
+
+
+def test_balanced_class_weights_raise_minority_predictions():
+    """On a 9:1 corpus, weighting the loss makes the model predict the rare class more often."""
+    from pipeline.inference import predict_proba
+    from pipeline.train import build_model, fit, set_determinism
+
+    xs, ys = _toy_problem(n=600, seed=3)
+    keep = [i for i in range(len(ys)) if ys[i] == 0 or i % 9 == 0]  # about one positive in ten
+    xs, ys = [xs[i] for i in keep], ys[keep]
+    predicted_rare = {}
+    for mode in ("none", "balanced"):
+        tp = _train_params(class_weights=mode, epochs=2, patience=2, lr=0.003)
+        set_determinism(tp.seed)
+        model = build_model(tp, np.zeros((20, 8), dtype=np.float32), 2)
+        result = fit(model, tp, xs, ys, xs, ys, torch.device("cpu"))
+        model.load_state_dict(result.best_state)
+        predicted_rare[mode] = int((predict_proba(model, xs).argmax(1) == 1).sum())
+    assert predicted_rare["balanced"] > predicted_rare["none"], predicted_rare
+
+
 def test_predict_cli_reads_args_file_and_stdin(tmp_path, monkeypatch, capsys):
     from pipeline import predict
     from pipeline.inference import save_checkpoint

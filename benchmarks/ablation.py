@@ -1,0 +1,153 @@
+"""Ablation through DVC's experiment queue: what the pretrained vectors and each pooling are worth.
+
+Queues one `dvc exp run` per (variant, seed) on top of the current commit, runs the queue, then reads
+`dvc exp show --json` and writes benchmarks/results/ablation.{json,md}. Variants change one key of
+params.yaml's train section at a time; the rest stays at the committed defaults:
+
+- train.embeddings: random, frozen, finetune, freeze_then_finetune
+- train.pooling: last, max, mean, attention
+
+    python -m benchmarks.ablation                     # 3 seeds, one experiment at a time
+    python -m benchmarks.ablation --seeds 42 --jobs 2
+
+Queued experiments see only what git tracks: commit params.yaml and the code first. The stages
+before train come from DVC's run cache, so only train and evaluate run in each experiment. One job
+at a time by default: two CPU-heavy experiments on two cores slow each other more than twice, and
+train time is one of the reported columns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pipeline import params as P
+
+RESULTS = Path("benchmarks/results")
+PREFIX = "abl"
+VARIANTS = [("embeddings", v) for v in ("random", "frozen", "finetune", "freeze_then_finetune")] + \
+           [("pooling", v) for v in ("last", "max", "mean", "attention")]
+
+
+def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    # The queue's worker calls `dvc` from PATH: make it this environment's.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run(["dvc", *args], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if check and proc.returncode:
+        raise SystemExit(f"dvc {' '.join(args)} failed:\n{proc.stdout}")
+    return proc
+
+
+def experiment_name(key: str, value: str, seed: int) -> str:
+    return f"{PREFIX}-{key}-{value.replace('_', '-')}-s{seed}"
+
+
+def queue(seeds: list[int], defaults: P.TrainParams) -> list[str]:
+    names = []
+    for key, value in VARIANTS:
+        if key == "pooling" and value == defaults.pooling:
+            continue  # the same run as the embeddings row that matches the defaults
+        for seed in seeds:
+            name = experiment_name(key, value, seed)
+            dvc("exp", "remove", name, check=False)  # a rerun replaces the last one
+            dvc("exp", "run", "--queue", "-n", name, "-S", f"train.{key}={value}", "-S", f"train.seed={seed}")
+            names.append(name)
+    return names
+
+
+def wait_for_queue(names: list[str], jobs: int) -> None:
+    dvc("queue", "start", "--jobs", str(jobs))
+    start = time.perf_counter()
+    while True:
+        status = dvc("queue", "status").stdout
+        pending = [line for line in status.splitlines() if any(n in line for n in names)
+                   and ("Queued" in line or "Running" in line)]
+        failed = [line for line in status.splitlines() if any(n in line for n in names) and "Failed" in line]
+        if failed:
+            raise SystemExit("experiments failed (see `dvc queue logs NAME`):\n" + "\n".join(failed))
+        print(f"[{time.perf_counter() - start:5.0f}s] {len(names) - len(pending)}/{len(names)} done", flush=True)
+        if not pending:
+            return
+        time.sleep(15)
+
+
+def collect(names: list[str]) -> list[dict]:
+    shown = json.loads(dvc("exp", "show", "--json").stdout)
+    runs = []
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            if exp.get("name") not in names:
+                continue
+            data = exp["revs"][0]["data"]
+            train = data["params"]["params.yaml"]["data"]["train"]
+            metrics = {path: m.get("data", {}) for path, m in (data.get("metrics") or {}).items()}
+            runs.append({"name": exp["name"], "embeddings": train["embeddings"], "pooling": train["pooling"],
+                         "seed": train["seed"], "accuracy": metrics["metrics/eval.json"]["accuracy"],
+                         "macro_f1": metrics["metrics/eval.json"]["macro_f1"],
+                         "val_accuracy": metrics["metrics/train/metrics.json"]["best_val_accuracy"],
+                         "best_epoch": metrics["metrics/train/metrics.json"]["best_epoch"],
+                         "train_seconds": metrics["metrics/train/metrics.json"]["train_seconds"]})
+    missing = sorted(set(names) - {r["name"] for r in runs})
+    if missing:
+        raise SystemExit(f"no results in `dvc exp show` for: {', '.join(missing)}")
+    return runs
+
+
+def table(runs: list[dict], defaults: P.TrainParams) -> tuple[list[dict], str]:
+    rows = []
+    for key, value in VARIANTS:
+        group = [r for r in runs if r[key] == value and r["pooling" if key == "embeddings" else "embeddings"]
+                 == getattr(defaults, "pooling" if key == "embeddings" else "embeddings")]
+        if not group:
+            continue
+
+        def stat(field: str) -> tuple[float, float, float]:
+            values = [r[field] for r in group]
+            return statistics.mean(values), min(values), max(values)
+
+        rows.append({"key": key, "value": value, "seeds": sorted(r["seed"] for r in group),
+                     **{f: stat(f) for f in ("accuracy", "macro_f1", "val_accuracy", "train_seconds")}})
+    lines = ["| train.embeddings | train.pooling | test accuracy | test macro-F1 | val accuracy | train time (s) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        emb = row["value"] if row["key"] == "embeddings" else defaults.embeddings
+        pool = row["value"] if row["key"] == "pooling" else defaults.pooling
+
+        def fmt(stat: tuple[float, float, float], digits: int = 3) -> str:
+            mean, lo, hi = stat
+            return f"{mean:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})" if lo != hi else f"{mean:.{digits}f}"
+
+        lines.append(f"| {emb} | {pool} | {fmt(row['accuracy'])} | {fmt(row['macro_f1'])} | "
+                     f"{fmt(row['val_accuracy'])} | {fmt(row['train_seconds'], 0)} |")
+    return rows, "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--collect-only", action="store_true", help="only read the finished experiments")
+    args = ap.parse_args()
+    defaults = P.load("train")
+    names = [experiment_name(k, v, s) for k, v in VARIANTS for s in args.seeds
+             if not (k == "pooling" and v == defaults.pooling)]
+    if not args.collect_only:
+        names = queue(args.seeds, defaults)
+        wait_for_queue(names, args.jobs)
+    runs = collect(names)
+    rows, markdown = table(runs, defaults)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ablation.json").write_text(json.dumps({"defaults": defaults.__dict__, "rows": rows, "runs": runs},
+                                                      indent=1) + "\n")
+    (RESULTS / "ablation.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
