@@ -4,7 +4,7 @@ Queues one `dvc exp run` per (variant, seed) on top of the current commit, runs 
 `dvc exp show --json` and writes benchmarks/results/ablation.{json,md}. Variants change one key of
 params.yaml's train section at a time; the rest stays at the committed defaults:
 
-- train.embeddings: random, frozen, finetune, freeze_then_finetune
+- train.embeddings: random, frozen, finetune, freeze_then_finetune, multichannel
 - train.pooling: last, max, mean, attention
 
     python -m benchmarks.ablation                     # 3 seeds, one experiment at a time
@@ -31,7 +31,7 @@ from pipeline import params as P
 
 RESULTS = Path("benchmarks/results")
 PREFIX = "abl"
-VARIANTS = [("embeddings", v) for v in ("random", "frozen", "finetune", "freeze_then_finetune")] + \
+VARIANTS = [("embeddings", v) for v in ("random", "frozen", "finetune", "freeze_then_finetune", "multichannel")] + \
            [("pooling", v) for v in ("last", "max", "mean", "attention")]
 
 

@@ -32,6 +32,9 @@ class ModelConfig:
     embedding_dropout: float = 0.2
     pooling: str = "max"  # last | max | mean | attention
     pad_id: int = 0
+    # 2: a second, always-frozen copy of the pretrained vectors is concatenated to the trainable one
+    # (Kim 2014's multichannel): fine-tuning adapts one copy while the other keeps the original geometry.
+    embedding_channels: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,12 +63,19 @@ class LSTMClassifier(nn.Module):
             with torch.no_grad():
                 self.embedding.weight.copy_(embeddings)
         self.set_embeddings_trainable(not freeze_embeddings)
+        self.static_embedding = None
+        if cfg.embedding_channels == 2:
+            self.static_embedding = nn.Embedding(cfg.vocab_size, cfg.embedding_dim, padding_idx=cfg.pad_id)
+            self.static_embedding.weight.data.copy_(self.embedding.weight.data)
+            self.static_embedding.weight.requires_grad_(False)
+        elif cfg.embedding_channels != 1:
+            raise ValueError(f"embedding_channels must be 1 or 2, got {cfg.embedding_channels}")
         self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
         directions = 2 if cfg.bidirectional else 1
         self.forward_layers = nn.ModuleList()
         self.backward_layers = nn.ModuleList()
         for layer in range(cfg.num_layers):
-            size_in = cfg.embedding_dim if layer == 0 else cfg.hidden_size * directions
+            size_in = cfg.embedding_dim * cfg.embedding_channels if layer == 0 else cfg.hidden_size * directions
             self.forward_layers.append(nn.LSTM(size_in, cfg.hidden_size, batch_first=True))
             if cfg.bidirectional:
                 self.backward_layers.append(nn.LSTM(size_in, cfg.hidden_size, batch_first=True))
@@ -80,7 +90,10 @@ class LSTMClassifier(nn.Module):
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(batch, time) token ids and true lengths -> (batch, features) sentence representation."""
-        x = self.embedding_dropout(self.embedding(ids))
+        x = self.embedding(ids)
+        if self.static_embedding is not None:
+            x = torch.cat([x, self.static_embedding(ids)], dim=-1)
+        x = self.embedding_dropout(x)
         for i, fwd in enumerate(self.forward_layers):
             if i:
                 x = self.between_layers(x)

@@ -83,8 +83,10 @@ class VocabParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    # frozen, finetune, freeze_then_finetune (frozen for freeze_epochs), random (no pretrained vectors).
-    embeddings: Literal["frozen", "finetune", "freeze_then_finetune", "random"]
+    # frozen, finetune, freeze_then_finetune (frozen for freeze_epochs), random (no pretrained vectors),
+    # multichannel (a frozen copy beside a fine-tuned one, concatenated; the tuned one is frozen for
+    # freeze_epochs first).
+    embeddings: Literal["frozen", "finetune", "freeze_then_finetune", "random", "multichannel"]
     freeze_epochs: int = field(metadata=_range(0))
     hidden_size: int = field(metadata=_range(1))
     num_layers: int = field(metadata=_range(1))

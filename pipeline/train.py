@@ -77,9 +77,10 @@ def build_model(tp: P.TrainParams, matrix: np.ndarray, num_classes: int) -> LSTM
         vocab_size=matrix.shape[0], embedding_dim=matrix.shape[1], num_classes=num_classes,
         hidden_size=tp.hidden_size, num_layers=tp.num_layers, bidirectional=tp.bidirectional,
         dropout=tp.dropout, embedding_dropout=tp.embedding_dropout, pooling=tp.pooling,
+        embedding_channels=2 if tp.embeddings == "multichannel" else 1,
     )
     pretrained = None if tp.embeddings == "random" else torch.from_numpy(matrix)
-    freeze = tp.embeddings in ("frozen", "freeze_then_finetune")
+    freeze = tp.embeddings in ("frozen", "freeze_then_finetune", "multichannel")
     return LSTMClassifier(cfg, pretrained, freeze_embeddings=freeze)
 
 
@@ -194,7 +195,7 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
     start = time.perf_counter()
     set_lr()
     for epoch in range(1, tp.epochs + 1):
-        if tp.embeddings == "freeze_then_finetune":
+        if tp.embeddings in ("freeze_then_finetune", "multichannel"):
             model.set_embeddings_trainable(epoch > tp.freeze_epochs)
         lr_at_start = optimizer.param_groups[0]["lr"]
         tr = run_epoch(model, train_x, train_y, tp.batch_size, device, optimizer, rng, tp.grad_clip,

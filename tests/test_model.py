@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
+from pipeline import params as P
 from pipeline.data import bucket_batches, encode, pad_batch
 from pipeline.model import LSTMClassifier, ModelConfig, reverse_within_length
+from pipeline.train import build_model, fit, set_determinism
+from tests.conftest import ROOT
 
 
 def test_reverse_within_length_keeps_padding_in_place_and_is_an_involution():
@@ -69,3 +74,25 @@ def test_encode_and_pad():
     assert [s.tolist() for s in seqs] == [[2, 3], [1], [1]]
     ids, lengths = pad_batch(seqs, np.array([1, 0]))
     assert ids.tolist() == [[1, 0], [2, 3]] and lengths.tolist() == [1, 2]
+
+
+
+def test_multichannel_keeps_a_frozen_copy_beside_the_tuned_one():
+    tp = dataclasses.replace(P.load("train", ROOT / "params.yaml"), embeddings="multichannel", freeze_epochs=1,
+                             hidden_size=8, epochs=2, patience=2, batch_size=8, lr=0.01)
+    set_determinism(0)
+    matrix = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+    model = build_model(tp, matrix, 2)
+    assert model.forward_layers[0].input_size == 8  # two channels of 4
+    rng = np.random.default_rng(1)
+    xs = [rng.integers(2, 12, size=int(rng.integers(1, 6))) for _ in range(40)]
+    ys = np.array([int(2 in x) for x in xs])
+    fit(model, tp, xs, ys, xs, ys, torch.device("cpu"))
+    # After the second epoch: the static channel has not moved, the tuned one has (unfrozen after epoch 1).
+    torch.testing.assert_close(model.static_embedding.weight[1:], torch.from_numpy(matrix)[1:])
+    assert not torch.allclose(model.embedding.weight[2:], torch.from_numpy(matrix)[2:])
+    # Padding still never reaches the output.
+    model.eval()
+    seq = torch.tensor([[5, 9, 2]])
+    padded = torch.cat([seq, torch.zeros(1, 5, dtype=torch.long)], dim=1)
+    torch.testing.assert_close(model(seq, torch.tensor([3])), model(padded, torch.tensor([3])), rtol=1e-5, atol=1e-6)

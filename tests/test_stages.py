@@ -229,7 +229,8 @@ def _toy_problem(n=240, seed=0):
 def _train_params(**over):
     tp = P.load("train", ROOT / "params.yaml")
     return dataclasses.replace(tp, **{"hidden_size": 16, "epochs": 6, "patience": 6, "batch_size": 16,
-                                      "embeddings": "random", "lr": 0.01, **over})
+                                      "embeddings": "random", "lr": 0.01, "lr_schedule": "constant",
+                                      "warmup_steps": 0, "word_dropout": 0.0, "class_weights": "none", **over})
 
 
 def _fit_once(tp):
