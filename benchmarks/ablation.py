@@ -35,12 +35,14 @@ VARIANTS = [("embeddings", v) for v in ("random", "frozen", "finetune", "freeze_
            [("pooling", v) for v in ("last", "max", "mean", "attention")]
 
 
-def dvc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def dvc(*args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
     # The queue's worker calls `dvc` from PATH: make it this environment's.
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run(["dvc", *args], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # Without capture for `queue start`: the worker it leaves running would hold a pipe open.
+    out = subprocess.PIPE if capture else subprocess.DEVNULL
+    proc = subprocess.run(["dvc", *args], env=env, text=True, stdout=out, stderr=subprocess.STDOUT)
     if check and proc.returncode:
-        raise SystemExit(f"dvc {' '.join(args)} failed:\n{proc.stdout}")
+        raise SystemExit(f"dvc {' '.join(args)} failed:\n{proc.stdout or ''}")
     return proc
 
 
@@ -62,7 +64,7 @@ def queue(seeds: list[int], defaults: P.TrainParams) -> list[str]:
 
 
 def wait_for_queue(names: list[str], jobs: int) -> None:
-    dvc("queue", "start", "--jobs", str(jobs))
+    dvc("queue", "start", "--jobs", str(jobs), capture=False)
     start = time.perf_counter()
     while True:
         status = dvc("queue", "status").stdout
@@ -123,6 +125,8 @@ def table(runs: list[dict], defaults: P.TrainParams) -> tuple[list[dict], str]:
             mean, lo, hi = stat
             return f"{mean:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})" if lo != hi else f"{mean:.{digits}f}"
 
+        if (emb, pool) == (defaults.embeddings, defaults.pooling):
+            emb, pool = f"**{emb}**", f"**{pool}** (defaults)"
         lines.append(f"| {emb} | {pool} | {fmt(row['accuracy'])} | {fmt(row['macro_f1'])} | "
                      f"{fmt(row['val_accuracy'])} | {fmt(row['train_seconds'], 0)} |")
     return rows, "\n".join(lines) + "\n"
