@@ -48,7 +48,7 @@ def tiny_params(corpus: Path, embeddings: Path) -> dict:
     params["corpus"].update(source=str(corpus), members=[], text_column="review", label_column="sentiment",
                             drop_labels=[])
     params["prepare"].update(val_size=0.2, test_size=0.2)
-    params["train"].update(hidden_size=16, epochs=2, patience=2, batch_size=16)
+    params["train"].update(hidden_size=16, epochs=2, patience=2, batch_size=16, log_every_steps=3)
     params["baseline"].update(C=[1.0])
     return params
 

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,18 @@ def test_full_repro_writes_every_artefact(repo):
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + evaluation["test_rows"]
     assert (repo / "metrics/eval/confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert (repo / "metrics/train/curves.png").read_bytes()[:4] == b"\x89PNG"
+    # DVCLive: the step axis is the optimizer step; step loss every log_every_steps, epoch rows at epoch ends.
+    every = yaml.safe_load((repo / "params.yaml").read_text())["train"]["log_every_steps"]
+    plots = repo / "metrics/train/plots/metrics"
+    step_rows = (plots / "train/step_loss.tsv").read_text().splitlines()
+    assert step_rows[0] == "step\tstep_loss" and len(step_rows) > 2
+    assert all(int(row.split("\t")[0]) % every == 0 for row in step_rows[1:])
+    epoch_steps = [int(row.split("\t")[0]) for row in (plots / "val/accuracy.tsv").read_text().splitlines()[1:]]
+    train_rows = int(json.loads((repo / "metrics/prepare.json").read_text())["train_rows"])
+    batch = yaml.safe_load((repo / "params.yaml").read_text())["train"]["batch_size"]
+    per_epoch = -(-train_rows // batch)
+    assert epoch_steps == [per_epoch * (i + 1) for i in range(len(epoch_steps))]
+    assert (plots / "lr.tsv").exists()
     # Nothing changed: nothing reruns.
     assert stages_run(run(["dvc", "repro"], repo).stdout) == set()
 
@@ -96,6 +109,30 @@ def test_experiment_run_and_show(repo):
     data = found[0]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 0.003
     assert "accuracy" in data["metrics"]["metrics/eval.json"]["data"]
+
+
+def test_queued_experiments_run_through_the_queue_worker(repo):
+    """`dvc exp run --queue` + `dvc queue start`: the worker finds dvc on PATH and sees the committed params."""
+    run(["dvc", "exp", "run", "--queue", "-S", "train.pooling=last,max"], repo)
+    run(["dvc", "queue", "start", "--jobs", "1"], repo)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if "Failed" in status:
+            raise AssertionError(status)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    else:
+        raise AssertionError(f"queue still busy:\n{status}")
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    done = {}
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            data = exp["revs"][0]["data"]
+            done[data["params"]["params.yaml"]["data"]["train"]["pooling"]] = data["metrics"]["metrics/eval.json"]["data"]
+    assert set(done) == {"last", "max"}, shown
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in done.values())
 
 
 def test_plots_render_with_static_images(repo, tmp_path):
