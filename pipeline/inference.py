@@ -6,6 +6,7 @@ label names and the tokenizer settings of the prepare stage.
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -47,8 +48,12 @@ def save_checkpoint(path: Path, model: LSTMClassifier, state_dict: dict, itos: l
         "unk_id": unk_id,
         "info": info,
     }
+    # Through memory: torch.save names the archive after the file, and the temporary file's name is
+    # random, so saving to it directly would make identical models differ byte for byte (and in DVC).
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu") -> Checkpoint:

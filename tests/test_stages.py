@@ -331,6 +331,20 @@ def test_balanced_class_weights_raise_minority_predictions():
     assert predicted_rare["balanced"] > predicted_rare["none"], predicted_rare
 
 
+def test_the_same_model_saves_to_the_same_bytes(tmp_path):
+    """So that `dvc repro` twice caches one model file, not two."""
+    from pipeline.inference import load_checkpoint, save_checkpoint
+    from pipeline.train import build_model
+
+    model = build_model(_train_params(embeddings="finetune"), np.ones((4, 8), dtype=np.float32), 2)
+    paths = [tmp_path / "a" / "model.pt", tmp_path / "b" / "model.pt"]
+    for path in paths:
+        save_checkpoint(path, model, model.state_dict(), ["<pad>", "<unk>", "x", "y"], ["neg", "pos"], TextConfig(), 1, {})
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert not list(tmp_path.rglob("*.partial"))
+    assert load_checkpoint(paths[0]).labels == ["neg", "pos"]
+
+
 def test_predict_cli_reads_args_file_and_stdin(tmp_path, monkeypatch, capsys):
     from pipeline import predict
     from pipeline.inference import save_checkpoint
