@@ -67,10 +67,11 @@ def wait_for_queue(names: list[str], jobs: int) -> None:
     dvc("queue", "start", "--jobs", str(jobs), capture=False)
     start = time.perf_counter()
     while True:
-        status = dvc("queue", "status").stdout
-        pending = [line for line in status.splitlines() if any(n in line for n in names)
-                   and ("Queued" in line or "Running" in line)]
-        failed = [line for line in status.splitlines() if any(n in line for n in names) and "Failed" in line]
+        # Rows: task, name, created, status; compare the name column exactly (…-s4 is not …-s42).
+        rows = [line.split() for line in dvc("queue", "status").stdout.splitlines()]
+        ours = [r for r in rows if len(r) >= 4 and r[1] in names]
+        pending = [" ".join(r) for r in ours if r[-1] in ("Queued", "Running")]
+        failed = [" ".join(r) for r in ours if r[-1] == "Failed"]
         if failed:
             raise SystemExit("experiments failed (see `dvc queue logs NAME`):\n" + "\n".join(failed))
         print(f"[{time.perf_counter() - start:5.0f}s] {len(names) - len(pending)}/{len(names)} done", flush=True)
@@ -80,7 +81,8 @@ def wait_for_queue(names: list[str], jobs: int) -> None:
 
 
 def collect(names: list[str]) -> list[dict]:
-    shown = json.loads(dvc("exp", "show", "--json").stdout)
+    # -A: also experiments based on earlier commits (after the results themselves were committed).
+    shown = json.loads(dvc("exp", "show", "-A", "--json").stdout)
     runs = []
     for commit in shown:
         for exp in commit.get("experiments") or []:
@@ -89,6 +91,8 @@ def collect(names: list[str]) -> list[dict]:
             data = exp["revs"][0]["data"]
             train = data["params"]["params.yaml"]["data"]["train"]
             metrics = {path: m.get("data", {}) for path, m in (data.get("metrics") or {}).items()}
+            if "metrics/eval.json" not in metrics or "metrics/train/metrics.json" not in metrics:
+                raise SystemExit(f"{exp['name']}: no metrics (failed? see `dvc queue logs {exp['name']}`)")
             runs.append({"name": exp["name"], "embeddings": train["embeddings"], "pooling": train["pooling"],
                          "seed": train["seed"], "accuracy": metrics["metrics/eval.json"]["accuracy"],
                          "macro_f1": metrics["metrics/eval.json"]["macro_f1"],
@@ -104,6 +108,8 @@ def collect(names: list[str]) -> list[dict]:
 def table(runs: list[dict], defaults: P.TrainParams) -> tuple[list[dict], str]:
     rows = []
     for key, value in VARIANTS:
+        if key == "pooling" and value == defaults.pooling:
+            continue  # the defaults' row is already in the embeddings group
         group = [r for r in runs if r[key] == value and r["pooling" if key == "embeddings" else "embeddings"]
                  == getattr(defaults, "pooling" if key == "embeddings" else "embeddings")]
         if not group:

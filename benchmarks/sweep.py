@@ -17,7 +17,6 @@ The sweep file maps a name to `train.*` overrides of params.yaml, plus an option
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -26,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+
+from pipeline import params as P
+from pipeline.common import run_main
 
 
 def _init_worker() -> None:
@@ -50,12 +52,12 @@ def load_data():
 def run_one(job: tuple[str, dict, int, str]) -> dict:
     import torch
 
-    from pipeline import params as P
     from pipeline.inference import predict_proba
     from pipeline.train import build_model, fit, set_determinism
 
     name, overrides, seed, device_name = job
-    tp = dataclasses.replace(P.load("train"), **overrides, seed=seed, device=device_name)
+    tp = P.parse_section("train", {**P.load_yaml()["train"], **overrides, "seed": seed, "device": device_name},
+                         where=f"sweep setting {name!r}")
     matrix, unk_id, labels, splits = load_data()
     set_determinism(tp.seed)
     device = torch.device(device_name)
@@ -102,6 +104,10 @@ def main() -> None:
     args = ap.parse_args()
     spec = yaml.safe_load(args.sweep.read_text())
     seeds = spec.get("seeds", [42])
+    for name, over in spec["settings"].items():  # fail before any training, naming the setting
+        if "seed" in (over or {}):
+            raise SystemExit(f"{args.sweep}: setting {name!r}: give seeds in the top-level 'seeds' list")
+        P.parse_section("train", {**P.load_yaml()["train"], **(over or {})}, where=f"{args.sweep}: setting {name!r}")
     jobs = [(name, over or {}, seed, args.device) for name, over in spec["settings"].items() for seed in seeds]
     start = time.perf_counter()
     runs = []
@@ -122,4 +128,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -114,7 +114,7 @@ class TrainParams:
     seed: int
     device: Literal["auto", "cpu", "cuda"]
     # DVCLive logs the mean training loss and the learning rate every this many optimizer steps
-    # (0: per epoch only).
+    # (0: once per epoch, at its last step).
     log_every_steps: int = field(metadata=_range(0))
 
 

@@ -250,10 +250,52 @@ def plot_curves(result: TrainResult, path: Path, smooth: int = 20) -> None:
         running = np.convolve(losses, np.ones(window) / window, mode="valid")
         axes[2].plot(np.arange(window, len(losses) + 1), running)
     axes[2].set_xlabel("optimizer step")
-    axes[2].set_title(f"training loss per step (mean of {smooth})")
+    axes[2].set_title(f"training loss per step (running mean of {min(smooth, max(1, len(losses)))})")
     axes[2].grid(alpha=0.3)
     fig.tight_layout()
     save_png(fig, path)
+
+
+class LiveLogger:
+    """DVCLive on one step axis for everything: the optimizer step.
+
+    Per-step series (train/step_loss: the mean loss since the previous point, and lr) get a point
+    every `every` steps, or once per epoch when `every` is 0; per-epoch series (loss and accuracy of
+    both splits, timings) one point at each epoch's last step.
+    """
+
+    def __init__(self, live, every: int, lr: float):
+        self.live, self.every = live, every
+        self.window: list[float] = []
+        self.last_lr = lr
+
+    def _log_step_metrics(self, step: int) -> None:
+        self.live.step = step
+        self.live.log_metric("train/step_loss", sum(self.window) / len(self.window))
+        self.live.log_metric("lr", self.last_lr)
+        self.window.clear()
+
+    def step(self, step: int, row: dict) -> None:
+        self.window.append(row["loss"])
+        self.last_lr = row["lr"]
+        if self.every and step % self.every == 0:
+            self._log_step_metrics(step)
+
+    def epoch(self, step: int, row: dict) -> None:
+        if not self.every and self.window:
+            self._log_step_metrics(step)
+        live = self.live
+        live.step = step
+        live.log_metric("epoch", row["epoch"])
+        for split in ("train", "val"):
+            live.log_metric(f"{split}/loss", row[f"{split}_loss"])
+            live.log_metric(f"{split}/accuracy", row[f"{split}_accuracy"])
+        live.log_metric("epoch_seconds", row["epoch_seconds"])
+        live.log_metric("train_tokens_per_second", row["train_tokens_per_second"])
+        live.make_summary()
+        print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+              f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | lr {row['lr']:.2g} | "
+              f"{row['epoch_seconds']:.1f}s, {row['train_tokens_per_second']:,.0f} tokens/s", flush=True)
 
 
 def main() -> None:
@@ -271,34 +313,10 @@ def main() -> None:
     val_x, val_y = load_split("val", stoi, unk_id, labels)
 
     model = build_model(tp, matrix, len(labels))
-    # One DVCLive step axis for everything: the optimizer step. Per-step series (train/step_loss, lr)
-    # get a point every `log_every_steps` steps, per-epoch series one point at each epoch's last step.
     with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-        window: list[float] = []
-
-        def log_step(step: int, row: dict) -> None:
-            window.append(row["loss"])
-            if tp.log_every_steps and step % tp.log_every_steps == 0:
-                live.step = step
-                live.log_metric("train/step_loss", sum(window) / len(window))
-                live.log_metric("lr", row["lr"])
-                window.clear()
-
-        def log_epoch(step: int, row: dict) -> None:
-            live.step = step
-            live.log_metric("epoch", row["epoch"])
-            for split in ("train", "val"):
-                live.log_metric(f"{split}/loss", row[f"{split}_loss"])
-                live.log_metric(f"{split}/accuracy", row[f"{split}_accuracy"])
-            live.log_metric("epoch_seconds", row["epoch_seconds"])
-            live.log_metric("train_tokens_per_second", row["train_tokens_per_second"])
-            live.make_summary()
-            print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-                  f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | lr {row['lr']:.2g} | "
-                  f"{row['epoch_seconds']:.1f}s, {row['train_tokens_per_second']:,.0f} tokens/s", flush=True)
-
-        result = fit(model, tp, train_x, train_y, val_x, val_y, device, unk_id, log_epoch,
-                     show_progress=os.environ.get("CI") != "true", on_step=log_step)
+        logger = LiveLogger(live, tp.log_every_steps, tp.lr)
+        result = fit(model, tp, train_x, train_y, val_x, val_y, device, unk_id, logger.epoch,
+                     show_progress=os.environ.get("CI") != "true", on_step=logger.step)
         live.summary["best_epoch"] = result.best_epoch
         live.summary["best_val_accuracy"] = result.best_val_accuracy
         live.summary["train_seconds"] = round(result.seconds, 2)

@@ -345,6 +345,36 @@ def test_the_same_model_saves_to_the_same_bytes(tmp_path):
     assert load_checkpoint(paths[0]).labels == ["neg", "pos"]
 
 
+@pytest.mark.parametrize("every, step_points", [(2, [2, 4, 6, 8]), (0, [5, 9])])
+def test_live_logger_puts_steps_and_epochs_on_one_axis(tmp_path, every, step_points):
+    """Real DVCLive files: step loss every `every` steps (0: once per epoch), epoch rows at epoch ends."""
+    from dvclive import Live
+
+    from pipeline.train import LiveLogger
+
+    epoch_row = {"train_loss": 0.5, "train_accuracy": 0.7, "val_loss": 0.6, "val_accuracy": 0.65,
+                 "lr": 0.1, "epoch_seconds": 1.0, "train_tokens_per_second": 10.0}
+    with Live(dir=str(tmp_path / "live"), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        logger = LiveLogger(live, every, lr=0.1)
+        for step in range(1, 10):  # two epochs: steps 1-5 and 6-9
+            logger.step(step, {"loss": float(step), "lr": 0.1 / step})
+            if step in (5, 9):
+                logger.epoch(step, {**epoch_row, "epoch": 1 if step == 5 else 2})
+
+    def column(name):
+        rows = [r.split("\t") for r in (tmp_path / "live/plots/metrics" / name).read_text().splitlines()[1:]]
+        return [int(r[0]) for r in rows], [float(r[1]) for r in rows]
+
+    steps, losses = column("train/step_loss.tsv")
+    assert steps == step_points
+    if every == 2:
+        assert losses == [1.5, 3.5, 5.5, 7.5]  # the mean over each window
+    else:
+        assert losses == [3.0, 7.5]
+    assert column("val/accuracy.tsv")[0] == [5, 9]
+    assert column("lr.tsv")[1][-1] == pytest.approx(0.1 / step_points[-1])
+
+
 def test_predict_cli_reads_args_file_and_stdin(tmp_path, monkeypatch, capsys):
     from pipeline import predict
     from pipeline.inference import save_checkpoint
