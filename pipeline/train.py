@@ -1,7 +1,8 @@
 """Stage train: an LSTM classifier on the aligned embedding matrix, early-stopped on validation accuracy.
 
-Writes models/model.pt (the best epoch), DVCLive metrics and per-epoch curves under metrics/train/,
-and metrics/train/curves.png (a static image of the same curves, for offline plot reports).
+Writes models/model.pt (the best epoch), DVCLive metrics and curves under metrics/train/ (per step and
+per epoch, on the optimizer-step axis), and metrics/train/curves.png (a static image of the curves,
+for offline plot reports).
 """
 
 from __future__ import annotations
