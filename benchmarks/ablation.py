@@ -110,8 +110,8 @@ def table(runs: list[dict], defaults: P.TrainParams) -> tuple[list[dict], str]:
     for key, value in VARIANTS:
         if key == "pooling" and value == defaults.pooling:
             continue  # the defaults' row is already in the embeddings group
-        group = [r for r in runs if r[key] == value and r["pooling" if key == "embeddings" else "embeddings"]
-                 == getattr(defaults, "pooling" if key == "embeddings" else "embeddings")]
+        other = "pooling" if key == "embeddings" else "embeddings"  # held at its default in this row
+        group = [r for r in runs if r[key] == value and r[other] == getattr(defaults, other)]
         if not group:
             continue
 

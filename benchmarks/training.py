@@ -43,6 +43,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -199,18 +200,29 @@ def train_tutorial(recipe: str, wl: Workload, matrix: np.ndarray, tp) -> dict:
     model = make_tutorial_model(recipe, matrix, wl.num_classes, tp)
     optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     rng = np.random.default_rng(tp.seed)
+
+    def accuracy(split) -> float:
+        return tutorial_accuracy(model, split, tp.batch_size)
+
+    return train_keep_best(model, wl, lambda: tutorial_epoch(model, wl.train, tp.batch_size, optimizer, rng,
+                                                             tp.grad_clip), accuracy, accuracy)
+
+
+def train_keep_best(model, wl: Workload, train_epoch: Callable[[], dict], val_accuracy: Callable[[tuple], float],
+                    test_accuracy: Callable[[tuple], float]) -> dict:
+    """wl.epochs of train_epoch(); the test accuracy is the best validation epoch's."""
     epochs, best = [], (-1.0, None)
     for _ in range(wl.epochs):
-        row = tutorial_epoch(model, wl.train, tp.batch_size, optimizer, rng, tp.grad_clip)
+        row = train_epoch()
         if wl.val is not None:
-            row["val_accuracy"] = tutorial_accuracy(model, wl.val, tp.batch_size)
+            row["val_accuracy"] = val_accuracy(wl.val)
             if row["val_accuracy"] > best[0]:
                 best = (row["val_accuracy"], copy.deepcopy(model.state_dict()))
         epochs.append(row)
     test = None
     if wl.test is not None:
         model.load_state_dict(best[1])
-        test = tutorial_accuracy(model, wl.test, tp.batch_size)
+        test = test_accuracy(wl.test)
     return summarize_epochs(epochs, test, wl.warmup_epochs)
 
 
@@ -238,22 +250,17 @@ def train_ours(pooling: str, wl: Workload, matrix: np.ndarray, tp) -> dict:
     optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     device = torch.device("cpu")
     rng = np.random.default_rng(tp.seed)
-    epochs, best = [], (-1.0, None)
-    for _ in range(wl.epochs):
+
+    def train_epoch() -> dict:
         steps = bucketed_steps(wl.train[0], tp.batch_size, rng)
         tr = run_epoch(model, *wl.train, tp.batch_size, device, optimizer, rng, tp.grad_clip, tp.word_dropout)
-        row = {"tokens": tr.tokens, "steps": steps, "seconds": tr.seconds}
-        if wl.val is not None:
-            # As pipeline.train.fit does it.
-            row["val_accuracy"] = run_epoch(model, *wl.val, max(256, tp.batch_size), device).accuracy
-            if row["val_accuracy"] > best[0]:
-                best = (row["val_accuracy"], copy.deepcopy(model.state_dict()))
-        epochs.append(row)
-    test = None
-    if wl.test is not None:
-        model.load_state_dict(best[1])
-        test = float((predict_proba(model, wl.test[0]).argmax(-1) == wl.test[1]).mean())
-    return summarize_epochs(epochs, test, wl.warmup_epochs)
+        return {"tokens": tr.tokens, "steps": steps, "seconds": tr.seconds}
+
+    return train_keep_best(
+        model, wl, train_epoch,
+        # Validation as pipeline.train.fit does it; test as evaluate does.
+        lambda split: run_epoch(model, *split, max(256, tp.batch_size), device).accuracy,
+        lambda split: float((predict_proba(model, split[0]).argmax(-1) == split[1]).mean()))
 
 
 def summarize_epochs(epochs: list[dict], test_accuracy: float | None, warmup_epochs: int = 0) -> dict:

@@ -126,9 +126,10 @@ def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.nda
                 if grad_clip:
                     nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
                 optimizer.step()
-                if on_step:
-                    on_step(loss.item() / len(index))
-            total_loss += loss.item()
+            batch_loss = loss.item()
+            if on_step and training:
+                on_step(batch_loss / len(index))
+            total_loss += batch_loss
             correct += int((logits.argmax(-1) == target).sum())
             tokens += int(lengths[index].sum())
             if training and bar.n % 20 == 0:
