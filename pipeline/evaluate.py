@@ -15,8 +15,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 
 from pipeline import params as P
 from pipeline.common import atomic_path, pyplot, run_main, save_png, write_json
-from pipeline.data import encode
-from pipeline.inference import MODEL_PATH, load_checkpoint, predict_proba
+from pipeline.inference import MODEL_PATH, encode_texts, load_checkpoint, predict_proba
 
 TEST = Path("data/prepared/test.parquet")
 METRICS = Path("metrics/eval.json")
@@ -51,7 +50,7 @@ def main() -> None:
     ep = P.load("evaluate")
     ckpt = load_checkpoint(MODEL_PATH)
     test = pd.read_parquet(TEST, columns=["text", "tokens", "label"])
-    sequences = encode(test["tokens"], ckpt.stoi, ckpt.unk_id)
+    sequences = encode_texts(ckpt, test["tokens"])
     probs = predict_proba(ckpt.model, sequences, ep.batch_size)
     predicted = [ckpt.labels[i] for i in probs.argmax(axis=1)]
     actual = test["label"].tolist()

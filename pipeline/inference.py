@@ -30,6 +30,8 @@ class Checkpoint:
     text_config: TextConfig
     unk_id: int
     info: dict
+    max_tokens: int | None = None  # the model's input: at most this many tokens of a text,
+    truncation: str = "head"       # chosen this way (head, tail, head+tail)
 
     @property
     def stoi(self) -> dict[str, int]:
@@ -37,9 +39,11 @@ class Checkpoint:
 
 
 def save_checkpoint(path: Path, model: LSTMClassifier, state_dict: dict, itos: list[str], labels: list[str],
-                    text_config: TextConfig, unk_id: int, info: dict) -> None:
+                    text_config: TextConfig, unk_id: int, info: dict, max_tokens: int | None = None,
+                    truncation: str = "head") -> None:
     payload = {
-        "format": 1,
+        "format": 2,
+        "input": {"max_tokens": max_tokens, "truncation": truncation},
         "config": model.cfg.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "itos": itos,
@@ -63,11 +67,19 @@ def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu")
         raise PipelineError(f"{path}: no trained model (run `make repro` or `dvc repro train` first)") from None
     except Exception as err:  # a truncated or foreign file: say which file
         raise PipelineError(f"{path}: cannot load the model: {err}") from None
+    if not isinstance(payload, dict) or payload.get("format") != 2:
+        raise PipelineError(f"{path}: not a checkpoint of this pipeline's current format "
+                            "(retrain it with `dvc repro train`)")
     model = LSTMClassifier(ModelConfig(**payload["config"]))
     model.load_state_dict(payload["state_dict"])
     model.to(device).eval()
     return Checkpoint(model, payload["itos"], payload["labels"], TextConfig(**payload["text_config"]),
-                      payload["unk_id"], payload["info"])
+                      payload["unk_id"], payload["info"], **payload["input"])
+
+
+def encode_texts(ckpt: Checkpoint, token_lists) -> list[np.ndarray]:
+    """Token lists to the model's input ids, truncated the way the model was trained."""
+    return encode(token_lists, ckpt.stoi, ckpt.unk_id, ckpt.max_tokens, ckpt.truncation)
 
 
 @torch.no_grad()
@@ -85,7 +97,6 @@ def predict_proba(model: LSTMClassifier, sequences: Sequence[np.ndarray], batch_
 
 
 def classify_texts(ckpt: Checkpoint, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    tokens = [tokenize(t, ckpt.text_config) for t in texts]
-    sequences = encode(tokens, ckpt.stoi, ckpt.unk_id)
+    sequences = encode_texts(ckpt, [tokenize(t, ckpt.text_config) for t in texts])
     device = next(ckpt.model.parameters()).device
     return predict_proba(ckpt.model, sequences, batch_size, device)

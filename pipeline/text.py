@@ -1,4 +1,9 @@
-"""Text cleaning and tokenization, shared by the prepare stage and by predict.
+"""Text normalisation, cleaning and tokenization, shared by the prepare stage and by predict.
+
+Text is first normalised the way real-world text needs: Unicode NFKC (full-width letters, ligatures,
+non-breaking spaces and the one-character ellipsis become their plain forms), then typographic quotes,
+apostrophes and dashes are mapped to the ASCII forms the embedding corpora use, so "isn’t" and "isn't"
+give the same tokens. Invisible characters (zero-width spaces, soft hyphens, byte-order marks) go.
 
 The tokenizer follows the conventions of the corpora GloVe and word2vec were trained on: words,
 numbers and single punctuation marks are tokens, and English clitics are split off the way the
@@ -10,10 +15,19 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from dataclasses import dataclass
 
 NUM_TOKEN = "<num>"
 
+# After NFKC: typographic marks to the forms of the embedding corpora (PTB-style "--" for dashes).
+_TYPOGRAPHY = str.maketrans({
+    **dict.fromkeys("\u2018\u2019\u201a\u201b\u2032\u00b4\u0060\u02bc", "'"),  # ‘ ’ ‚ ‛ ′ ´ ` ʼ
+    **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb", '"'),      # “ ” „ ‟ ″ « »
+    **dict.fromkeys("\u2010\u2011\u2212", "-"),                              # hyphens, minus sign
+    **dict.fromkeys("\u2012\u2013\u2014\u2015", "--"),                       # figure, en, em, bar dashes
+    **dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff\u00ad", ""),             # invisible characters
+})
 _HTML_TAG = re.compile(r"<[^>]{0,200}>")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _TOKEN = re.compile(
@@ -37,16 +51,21 @@ class TextConfig:
     strip_html: bool = True
     strip_urls: bool = True
     numbers: str = "keep"  # keep | token | drop
-    max_tokens: int | None = None
 
     @classmethod
     def from_params(cls, p) -> "TextConfig":
-        return cls(p.lowercase, p.strip_html, p.strip_urls, p.numbers, p.max_tokens)
+        return cls(p.lowercase, p.strip_html, p.strip_urls, p.numbers)
+
+
+def normalize(text: str) -> str:
+    """NFKC, then typographic quotes, apostrophes and dashes to their ASCII forms."""
+    return unicodedata.normalize("NFKC", text).translate(_TYPOGRAPHY)
 
 
 def clean(text: str, cfg: TextConfig) -> str:
     if cfg.strip_html:
         text = html.unescape(_HTML_TAG.sub(" ", text))
+    text = normalize(text)  # after unescaping: &rsquo; becomes ’ and then '
     if cfg.strip_urls:
         text = _URL.sub(" ", text)
     if cfg.lowercase:
@@ -61,6 +80,4 @@ def tokenize(text: str, cfg: TextConfig) -> list[str]:
             tokens = [NUM_TOKEN if _NUMBER.fullmatch(t) else t for t in tokens]
         else:
             tokens = [t for t in tokens if not _NUMBER.fullmatch(t)]
-    if cfg.max_tokens is not None:
-        tokens = tokens[: cfg.max_tokens]
     return tokens

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from pipeline import params as P
 from pipeline.common import PipelineError, pyplot, read_json, run_main, save_png
-from pipeline.data import bucket_batches, encode, pad_batch
+from pipeline.data import auto_max_tokens, bucket_batches, encode, pad_batch
 from pipeline.inference import MODEL_PATH, save_checkpoint
 from pipeline.model import LSTMClassifier, ModelConfig
 from pipeline.text import TextConfig
@@ -225,13 +225,25 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
     return best
 
 
-def load_split(name: str, stoi: dict[str, int], unk_id: int, labels: list[str]) -> tuple[list[np.ndarray], np.ndarray]:
-    df = pd.read_parquet(PREPARED / f"{name}.parquet", columns=["tokens", "label"])
+def read_split(name: str) -> pd.DataFrame:
+    return pd.read_parquet(PREPARED / f"{name}.parquet", columns=["tokens", "label"])
+
+
+def encode_split(df: pd.DataFrame, name: str, stoi: dict[str, int], unk_id: int, labels: list[str],
+                 max_tokens: int, truncation: str) -> tuple[list[np.ndarray], np.ndarray]:
     label_id = {lab: i for i, lab in enumerate(labels)}
     unknown = sorted(set(df["label"]) - set(label_id))
     if unknown:
         raise PipelineError(f"{PREPARED / name}.parquet: label {unknown[0]!r} does not occur in the training split")
-    return encode(df["tokens"], stoi, unk_id), df["label"].map(label_id).to_numpy(dtype=np.int64)
+    return (encode(df["tokens"], stoi, unk_id, max_tokens, truncation),
+            df["label"].map(label_id).to_numpy(dtype=np.int64))
+
+
+def resolve_max_tokens(setting: str | int, train_lengths: np.ndarray) -> int:
+    """train.max_tokens: a number as given, or auto: the 95th percentile of the training lengths, capped."""
+    if setting == "auto":
+        return auto_max_tokens(train_lengths, P.AUTO_MAX_TOKENS)
+    return int(setting)
 
 
 def plot_curves(result: TrainResult, path: Path, smooth: int = 20) -> None:
@@ -310,9 +322,15 @@ def main() -> None:
     itos, unk_id = vocab["itos"], vocab["unk_id"]
     stoi = {w: i for i, w in enumerate(itos)}
     matrix = np.load(VOCAB_DIR / "embeddings.npy")
-    labels = sorted(pd.read_parquet(PREPARED / "train.parquet", columns=["label"])["label"].unique().tolist())
-    train_x, train_y = load_split("train", stoi, unk_id, labels)
-    val_x, val_y = load_split("val", stoi, unk_id, labels)
+    train_df, val_df = read_split("train"), read_split("val")
+    labels = sorted(train_df["label"].unique().tolist())
+    lengths = train_df["tokens"].map(len).to_numpy()
+    max_tokens = resolve_max_tokens(tp.max_tokens, lengths)
+    print(f"model input: at most {max_tokens} tokens ({tp.truncation}); "
+          f"{(lengths > max_tokens).mean():.1%} of training texts are longer", flush=True)
+    train_x, train_y = encode_split(train_df, "train", stoi, unk_id, labels, max_tokens, tp.truncation)
+    val_x, val_y = encode_split(val_df, "val", stoi, unk_id, labels, max_tokens, tp.truncation)
+    del train_df, val_df
 
     model = build_model(tp, matrix, len(labels))
     with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
@@ -322,10 +340,12 @@ def main() -> None:
         live.summary["best_epoch"] = result.best_epoch
         live.summary["best_val_accuracy"] = result.best_val_accuracy
         live.summary["train_seconds"] = round(result.seconds, 2)
+        live.summary["max_tokens"] = max_tokens
 
     # No timings in the checkpoint: the same params and seed give the same weights and metadata.
     info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy, "params": tp.__dict__}
-    save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id, info)
+    save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id, info,
+                    max_tokens, tp.truncation)
     plot_curves(result, LIVE_DIR / "curves.png")
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
           f"{result.seconds:.1f}s; saved {MODEL_PATH}")

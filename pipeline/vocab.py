@@ -21,7 +21,6 @@ from pipeline.common import PipelineError, atomic_path, run_main, write_json
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 PREPARED = Path("data/prepared")
-RAW_EMBEDDINGS = Path("data/raw/embeddings")
 OUT_DIR = Path("data/vocab")
 METRICS = Path("metrics/vocab.json")
 TOP_MISSING = 50
@@ -100,7 +99,10 @@ def main() -> None:
     train_counts, test_counts = count_tokens(train["tokens"]), count_tokens(test["tokens"])
     itos = build_vocab(train_counts, vp.min_freq, vp.max_size)
 
-    source = E.detect(RAW_EMBEDDINGS, ep.format)
+    if len(itos) == 2:
+        raise PipelineError(f"params.yaml: the vocabulary is empty: no training word occurs vocab.min_freq="
+                            f"{vp.min_freq} times (the most frequent occurs {max(train_counts.values(), default=0)})")
+    source = E.detect(Path(ep.source), ep.format)
     alignment = E.align(source, itos, vp.case_fallback, ep.bad_lines)
     has_vector = {w: bool(f) for w, f in zip(itos, alignment.found)}
     itos, matrix = fill_missing(alignment, itos, vp.oov, vp.seed)

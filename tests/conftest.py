@@ -44,9 +44,9 @@ def polarity_csv(tmp_path_factory) -> Path:
 def tiny_params(corpus: Path, embeddings: Path) -> dict:
     """The project's params.yaml, pointed at tiny local data and shrunk to train in seconds."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["embeddings"].update(source=str(embeddings), members=[], sha256=None)
-    params["corpus"].update(source=str(corpus), members=[], text_column="review", label_column="sentiment",
-                            drop_labels=[])
+    params["embeddings"].update(download=None, source=str(embeddings), members=[], sha256=None)
+    params["corpus"].update(download=None, source=str(corpus), members=[], text_column="review",
+                            label_column="sentiment", drop_labels=[])
     params["prepare"].update(val_size=0.2, test_size=0.2)
     params["train"].update(hidden_size=16, epochs=2, patience=2, batch_size=16, log_every_steps=3)
     params["baseline"].update(C=[1.0])

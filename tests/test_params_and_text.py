@@ -33,6 +33,8 @@ def _write(tmp_path, mutate):
     (lambda d: d["train"].update(dropout=1.5), r"'train\.dropout' must be >= 0 and < 1, got 1\.5"),
     (lambda d: d["vocab"].pop("min_freq"), r"missing key 'vocab\.min_freq'"),
     (lambda d: d["corpus"].update(drop_labels="plot"), r"'corpus\.drop_labels' must be a list of a string"),
+    (lambda d: d["train"].update(max_tokens="all"), r"'train\.max_tokens' must be one of 'auto' or an integer"),
+    (lambda d: d["train"].update(max_tokens=10**6), r"'train\.max_tokens' must be >= 1 and <= 10000"),
 ])
 def test_bad_params_name_the_file_and_key(tmp_path, mutate, message):
     path = _write(tmp_path, mutate)
@@ -65,4 +67,23 @@ def test_tokenizer_options():
     assert tokenize(text, TextConfig(numbers="token", lowercase=False))[2:4] == ["<num>", "STARS"]
     assert "3.5" not in tokenize(text, TextConfig(numbers="drop"))
     assert tokenize(text, TextConfig(strip_urls=False))[1] == "https"
-    assert len(tokenize(text, TextConfig(max_tokens=3))) == 3
+
+
+def test_typographic_quotes_and_dashes_give_the_plain_tokens():
+    curly = "The film\u2019s best scene isn\u2019t enough \u2014 \u201cdull\u201d\u2026 \uff21\u00a0\ufb01ne"
+    straight = "The film's best scene isn't enough -- \"dull\"... A fine"
+    assert tokenize(curly, TextConfig()) == tokenize(straight, TextConfig()) == [
+        "the", "film", "'s", "best", "scene", "is", "n't", "enough", "--", '"', "dull", '"', "...", "a", "fine"]
+    assert tokenize("don&rsquo;t", TextConfig()) == ["do", "n't"]
+
+
+def test_truncation_strategies():
+    from pipeline.data import auto_max_tokens, truncate
+
+    tokens = list(range(10))
+    assert truncate(tokens, 4, "head") == [0, 1, 2, 3]
+    assert truncate(tokens, 4, "tail") == [6, 7, 8, 9]
+    assert truncate(tokens, 8, "head+tail") == [0, 1, 5, 6, 7, 8, 9, 10][:2] + [4, 5, 6, 7, 8, 9]
+    assert truncate(tokens, 20, "head+tail") == tokens
+    assert auto_max_tokens(list(range(1, 101)), cap=800) == 96
+    assert auto_max_tokens([5000] * 10, cap=800) == 800

@@ -30,33 +30,69 @@ from tests.conftest import ROOT, polarity_rows
 # --- download -----------------------------------------------------------------------------------
 
 
-def _src(source, members=(), sha256=None):
-    return P.SourceParams(source=str(source), members=list(members), sha256=sha256)
+def _src(download, members=(), sha256=None):
+    return P.SourceParams(download=download, members=list(members), sha256=sha256, source="unused")
 
 
-def test_download_local_file_and_zip_member(tmp_path, glove_small):
+@pytest.fixture
+def file_server(tmp_path):
+    """A directory served over HTTP on 127.0.0.1; yields (directory, base URL)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(site), **k)  # noqa: E731
+    http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield site, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_download_file_and_zip_member(tmp_path, glove_small, file_server):
+    site, url = file_server
+    (site / "test_glove.txt").write_bytes(glove_small.read_bytes())
     out = tmp_path / "raw" / "emb"
-    written = D.download(_src(glove_small), out)
+    written = D.download(_src(f"{url}/test_glove.txt"), out)
     assert written == [out / "test_glove.txt"] and written[0].read_bytes() == glove_small.read_bytes()
 
-    archive = tmp_path / "glove.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
+    with zipfile.ZipFile(site / "glove.zip", "w") as zf:
         zf.write(glove_small, "glove/test_glove.txt")
-    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
-    written = D.download(_src(archive, ["glove/test_glove.txt"], digest), out)
+    digest = hashlib.sha256((site / "glove.zip").read_bytes()).hexdigest()
+    written = D.download(_src(f"{url}/glove.zip", ["glove/test_glove.txt"], digest), out)
     assert [p.name for p in out.iterdir()] == ["test_glove.txt"]  # replaced whole, nothing stale
 
 
-def test_download_refuses_escaping_members_and_bad_checksums(tmp_path, glove_small):
-    archive = tmp_path / "evil.tar.gz"
-    with tarfile.open(archive, "w:gz") as tf:
+def test_download_folder_member_keeps_its_layout(tmp_path, file_server):
+    site, url = file_server
+    with tarfile.open(site / "corpus.tar.gz", "w:gz") as tf:
+        for name, text in {"aclImdb/train/pos/1.txt": "good", "aclImdb/test/neg/2.txt": "bad",
+                           "aclImdb/README": "readme"}.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(text)
+            tf.addfile(info, io.BytesIO(text.encode()))
+    out = tmp_path / "raw" / "corpus"
+    written = D.download(_src(f"{url}/corpus.tar.gz", ["aclImdb/train/", "aclImdb/test/"]), out)
+    assert sorted(str(p.relative_to(out)) for p in written) == ["test/neg/2.txt", "train/pos/1.txt"]
+    assert (out / "train/pos/1.txt").read_text() == "good"
+
+
+def test_download_refuses_local_paths_escaping_members_and_bad_checksums(tmp_path, glove_small, file_server):
+    with pytest.raises(PipelineError, match=r"'corpus\.download' is .*test_glove\.txt.*read in place: name it in 'source'"):
+        D.download(_src(str(glove_small)), tmp_path / "out", key="corpus.download")
+    site, url = file_server
+    with tarfile.open(site / "evil.tar.gz", "w:gz") as tf:
         tf.add(glove_small, "../../etc/passwd")
     with pytest.raises(PipelineError, match="escapes the output folder"):
-        D.download(_src(archive, ["../../etc/passwd"]), tmp_path / "out")
+        D.download(_src(f"{url}/evil.tar.gz", ["../../etc/passwd"]), tmp_path / "out")
+    (site / "g.txt").write_bytes(glove_small.read_bytes())
     with pytest.raises(PipelineError, match="sha256 mismatch"):
-        D.download(_src(glove_small, sha256="0" * 64), tmp_path / "out")
+        D.download(_src(f"{url}/g.txt", sha256="0" * 64), tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert not list(tmp_path.glob(".out.*"))  # no partial directory left behind
+
+
+def test_no_download_writes_an_empty_folder(tmp_path):
+    assert D.download(_src(None), tmp_path / "out") == []
+    assert (tmp_path / "out").is_dir() and not list((tmp_path / "out").iterdir())
 
 
 def test_download_over_http_from_loopback_retries_server_errors(tmp_path, glove_small, monkeypatch):
@@ -97,8 +133,15 @@ def test_download_over_http_from_loopback_retries_server_errors(tmp_path, glove_
 # --- prepare ------------------------------------------------------------------------------------
 
 
+def _corpus_params(**over) -> P.CorpusParams:
+    base = dict(download=None, members=[], sha256=None, source="unused", format="auto", encoding="utf-8",
+                header=True, text_column="text", label_column="label", split_column=None, drop_labels=[],
+                label_variants="error")
+    return P.CorpusParams(**{**base, **over})
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet", ".csv.gz"])
-def test_read_corpus_formats(tmp_path, suffix):
+def test_read_table_formats(tmp_path, suffix):
     df = pd.DataFrame({"t": ["good film", "NA", "null"], "y": ["pos", "neg", "NA"]})
     path = tmp_path / f"c{suffix}"
     if suffix.startswith(".csv"):
@@ -109,23 +152,96 @@ def test_read_corpus_formats(tmp_path, suffix):
         df.to_json(path, orient="records", lines=True)
     else:
         df.to_parquet(path)
-    out = PR.read_corpus(path, "t", "y")
+    out, layout = PR.read_corpus(path, _corpus_params(text_column="t", label_column="y"))
+    assert layout == "table"
     assert out["text"].tolist() == ["good film", "NA", "null"]  # 'NA' and 'null' are text, not missing
     assert out["label"].tolist() == ["pos", "neg", "NA"]
+
+
+def test_headerless_csv_and_orange_tab_headers(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("\ufeff1,a fine film\n-1,a dull film\n", encoding="utf-8")
+    out, _ = PR.read_corpus(path, _corpus_params(header=False, text_column="1", label_column="0"))
+    assert out["label"].tolist() == ["1", "-1"] and out["text"].tolist() == ["a fine film", "a dull film"]
+    tab = tmp_path / "r8-train.tab"
+    tab.write_text("Category\tText\nd\tstring\nclass\t\nearn\tprofit rose\nacq\tbought a firm\n")
+    out, _ = PR.read_corpus(tab, _corpus_params(text_column="Text", label_column="Category"))
+    assert out["label"].tolist() == ["earn", "acq"]  # Orange's type and flag rows are not data
 
 
 def test_missing_column_names_file_and_column(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text("text,label\nhello,pos\n")
     with pytest.raises(PipelineError, match=r"c\.csv: no label column 'sentiment'.*columns are: text, label"):
-        PR.read_corpus(path, "text", "sentiment")
+        PR.read_corpus(path, _corpus_params(label_column="sentiment"))
 
 
 def test_malformed_csv_names_file_and_line(tmp_path):
     path = tmp_path / "c.csv"
     path.write_text('text,label\n"ok",pos\n"unterminated,neg\n')
     with pytest.raises(PipelineError, match=r"c\.csv: cannot read as csv"):
-        PR.read_corpus(path, "text", "label")
+        PR.read_corpus(path, _corpus_params())
+
+
+def test_wrong_encoding_and_non_text_column_are_named(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\ncaf\xe9 noir,pos\nbad,neg\n".encode("latin-1"))
+    with pytest.raises(PipelineError, match=r"latin\.csv: not valid utf-8 text .*corpus\.encoding"):
+        PR.read_corpus(path, _corpus_params())
+    out, _ = PR.read_corpus(path, _corpus_params(encoding="latin-1"))
+    assert out["text"][0] == "café noir"
+    numbers = tmp_path / "n.parquet"
+    pd.DataFrame({"text": [1, 2], "label": ["a", "b"]}).to_parquet(numbers)
+    with pytest.raises(PipelineError, match=r"n\.parquet: text column 'text' holds int64 values"):
+        PR.read_corpus(numbers, _corpus_params())
+
+
+def test_fasttext_lines(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("__label__pos a fine film\n\n__label__neg __label__meh dull\n")
+    out, _ = PR.read_corpus(path, _corpus_params())
+    assert out["label"].tolist() == ["pos", "neg"] and out["text"].tolist() == ["a fine film", "dull"]
+    path.write_text("__label__pos ok\nno label here\n")
+    with pytest.raises(PipelineError, match=r"train\.txt: line 2: expected '__label__<label> <text>'"):
+        PR.read_corpus(path, _corpus_params())
+
+
+def test_folder_tree_layout(tmp_path):
+    root = tmp_path / "corpus" / "aclImdb"  # found one level down too
+    for split, label, name, text in [("train", "pos", "1.txt", "great"), ("train", "neg", "2.txt", "awful"),
+                                     ("test", "pos", "3.txt", "superb"), ("test", "neg", "4.txt", "dire")]:
+        (root / split / label).mkdir(parents=True, exist_ok=True)
+        (root / split / label / name).write_text(text)
+    (root / "train" / "labeledBow.feat").write_text("ignored")
+    out, layout = PR.read_corpus(tmp_path / "corpus", _corpus_params())
+    assert layout == "folder tree"
+    assert sorted(zip(out["split"], out["label"], out["text"])) == [
+        ("test", "neg", "dire"), ("test", "pos", "superb"), ("train", "neg", "awful"), ("train", "pos", "great")]
+
+
+def test_folder_of_per_split_parquet_files(tmp_path):
+    data = tmp_path / "hub" / "data"
+    data.mkdir(parents=True)
+    pd.DataFrame({"text": ["a", "b"], "label": [0, 1]}).to_parquet(data / "train-00000-of-00002.parquet")
+    pd.DataFrame({"text": ["c"], "label": [1]}).to_parquet(data / "train-00001-of-00002.parquet")
+    pd.DataFrame({"text": ["d"], "label": [0]}).to_parquet(data / "validation-00000-of-00001.parquet")
+    pd.DataFrame({"text": ["e"], "label": [1]}).to_parquet(data / "test-00000-of-00001.parquet")
+    out, layout = PR.read_corpus(tmp_path / "hub", _corpus_params())
+    assert layout == "one file per split"
+    assert dict(zip(out["text"], out["split"])) == {"a": "train", "b": "train", "c": "train", "d": "val", "e": "test"}
+    (data / "extra.parquet").write_bytes((data / "test-00000-of-00001.parquet").read_bytes())
+    with pytest.raises(PipelineError, match="extra.parquet names no split"):
+        PR.read_corpus(tmp_path / "hub", _corpus_params())
+
+
+def test_split_column_values(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("text,label,part\na,x,train\nb,y,Test\nc,x,validation\nd,y,\n")
+    out, _ = PR.read_corpus(path, _corpus_params(split_column="part"))
+    assert out["split"].fillna("none").tolist() == ["train", "test", "val", "none"]
+    path.write_text("text,label,part\na,x,train\nb,y,holdout\n")
+    with pytest.raises(PipelineError, match=r"c\.csv: data row 2: split column 'part' holds 'holdout'"):
+        PR.read_corpus(path, _corpus_params(split_column="part"))
 
 
 def test_clean_corpus_counts_every_drop():
@@ -138,6 +254,24 @@ def test_clean_corpus_counts_every_drop():
                       "class_counts": {"neg": 1, "pos": 1}}
 
 
+def test_duplicates_keep_the_test_copy():
+    df = pd.DataFrame({"text": ["same", "other", "same", "third"], "label": ["a", "b", "a", "b"],
+                       "split": ["train", "train", "test", "test"]})
+    out, report = PR.clean_corpus(df, TextConfig(), [], drop_duplicates=True)
+    assert report["dropped_duplicate_text"] == 1
+    assert out.loc[out["text"] == "same", "split"].tolist() == ["test"]
+
+
+def test_label_variants_are_an_error_or_merged():
+    df = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["pos", "Pos ", " pos", "neg"]})
+    with pytest.raises(PipelineError, match=r"c\.csv: labels 'pos' \(1\), 'Pos ' \(1\), ' pos' \(1\) differ only"):
+        PR.clean_corpus(df, TextConfig(), [], True, "c.csv")
+    out, report = PR.clean_corpus(df, TextConfig(), [], True, "c.csv", label_variants="merge")
+    assert report["class_counts"] == {"neg": 1, "pos": 3}
+    lone = pd.DataFrame({"text": ["a", "b"], "label": [" pos ", "neg"]})  # one spelling: just stripped
+    assert PR.clean_corpus(lone, TextConfig(), [], True)[0]["label"].tolist() == ["pos", "neg"]
+
+
 def test_empty_and_single_class_corpora_are_refused():
     with pytest.raises(PipelineError, match="the corpus is empty"):
         PR.clean_corpus(pd.DataFrame({"text": [], "label": []}), TextConfig(), [], True, "c.csv")
@@ -146,14 +280,46 @@ def test_empty_and_single_class_corpora_are_refused():
         PR.clean_corpus(single, TextConfig(), [], True, "c.csv")
 
 
-def test_split_is_stratified_and_seeded():
-    df = pd.DataFrame({"text": [f"t{i}" for i in range(200)], "tokens": [["x"]] * 200,
-                       "label": ["a"] * 140 + ["b"] * 60})
-    one, two = PR.split(df, 0.1, 0.2, seed=7), PR.split(df, 0.1, 0.2, seed=7)
-    for name in ("train", "val", "test"):
-        assert one[name]["text"].tolist() == two[name]["text"].tolist()
-    assert len(one["test"]) == 40 and (one["test"]["label"] == "b").sum() == 12
-    assert not set(one["train"]["text"]) & set(one["test"]["text"])
+def _unsplit(n, labels=("a", "b")):
+    return pd.DataFrame({"text": [f"text number {i}" for i in range(n)],
+                         "label": [labels[i % len(labels)] for i in range(n)], "split": [None] * n})
+
+
+def test_hash_split_is_seeded_stratified_and_stable_when_rows_are_added():
+    df = _unsplit(4000)
+    split, info = PR.assign_splits(df, 0.1, 0.2, seed=7)
+    assert info == {"split_from_corpus": 0, "split_by_hash": 4000}
+    shares = pd.crosstab(df["label"], split, normalize="index")
+    assert np.allclose(shares["test"], 0.2, atol=0.03) and np.allclose(shares["val"], 0.1, atol=0.03)
+    again, _ = PR.assign_splits(df.sample(frac=1, random_state=1).sort_index(), 0.1, 0.2, seed=7)
+    assert (again == split).all()
+    grown = pd.concat([df, _unsplit(6000).iloc[4000:]])
+    grown_split, _ = PR.assign_splits(grown, 0.1, 0.2, seed=7)
+    assert (grown_split.iloc[:4000].to_numpy() == split.to_numpy()).all()  # no old row moved
+    other, _ = PR.assign_splits(df, 0.1, 0.2, seed=8)
+    assert (other != split).mean() > 0.2
+
+
+def test_official_test_split_is_kept_and_val_carved_from_train():
+    df = pd.concat([_unsplit(1000).assign(split="train"), _unsplit(1300).iloc[1000:].assign(split="test")])
+    split, info = PR.assign_splits(df.reset_index(drop=True), 0.1, 0.2, seed=0)
+    assert (split.iloc[1000:] == "test").all()
+    assert info["val_carved_from_train"] == (split == "val").sum() and 60 < info["val_carved_from_train"] < 140
+
+
+def test_a_class_too_small_for_the_test_split_is_an_error():
+    df = _unsplit(600)
+    tiny = pd.DataFrame({"text": ["rare one", "rare two", "rare three"], "label": ["c"] * 3, "split": [None] * 3})
+    df = pd.concat([df, tiny], ignore_index=True)
+    seed = next(s for s in range(100) if "test" not in set(PR.assign_splits(df, 0.1, 0.1, s)[0].iloc[-3:]))
+    split, _ = PR.assign_splits(df, 0.1, 0.1, seed)
+    with pytest.raises(PipelineError, match=r"class 'c' has 3 row\(s\) and none fell in the test split"):
+        PR.check_classes(df["label"], split, False, "c.csv")
+    # the corpus's own test split lacking a class is its authors' choice: a warning
+    assert "class 'c' has no test rows" in PR.check_classes(df["label"], split, True, "c.csv")
+    split.iloc[-3:] = "test"
+    with pytest.raises(PipelineError, match="class 'c' has 0 val and 3 test row.*none for training"):
+        PR.check_classes(df["label"], split, True, "c.csv")
 
 
 # --- vocab --------------------------------------------------------------------------------------
