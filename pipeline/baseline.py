@@ -6,6 +6,7 @@ the model is scored once on the test split. Writes metrics/baseline.json.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pandas as pd
@@ -25,19 +26,23 @@ def _identity(tokens):
     return tokens
 
 
-def fit_baseline(train: pd.DataFrame, val: pd.DataFrame, ngram_max: int, grid: list[float], seed: int = 0):
+def fit_baseline(train: pd.DataFrame, val: pd.DataFrame, ngram_max: int, grid: list[float], seed: int = 0,
+                 min_df: int = 1):
     """Fit TF-IDF + logistic regression for each C in grid; return (best pipeline parts, best C, val accuracy)."""
-    # The prepare stage's tokens are reused as they are, so both models see the same text.
+    # The prepare stage's tokens are reused as they are (whole documents), so both models see the same text.
     vectorizer = TfidfVectorizer(analyzer="word", tokenizer=_identity, preprocessor=_identity, token_pattern=None,
-                                 lowercase=False, ngram_range=(1, ngram_max), sublinear_tf=True, min_df=1)
+                                 lowercase=False, ngram_range=(1, ngram_max), sublinear_tf=True, min_df=min_df)
     x_train = vectorizer.fit_transform(train["tokens"].map(list))
     x_val = vectorizer.transform(val["tokens"].map(list))
     best = None
-    for c in grid:
-        clf = LogisticRegression(C=c, max_iter=2000, random_state=seed).fit(x_train, train["label"])
+    # Weakest regularisation last, each fit starting from the previous solution: on 20 classes and
+    # 300k n-grams that is about twice as fast as fitting each C from scratch.
+    clf = LogisticRegression(max_iter=2000, random_state=seed, warm_start=True)
+    for c in sorted(grid):
+        clf.set_params(C=c).fit(x_train, train["label"])
         acc = accuracy_score(val["label"], clf.predict(x_val))
         if best is None or acc > best[2]:
-            best = (clf, c, acc)
+            best = (copy.deepcopy(clf), c, acc)
     return vectorizer, *best
 
 
@@ -45,7 +50,7 @@ def main() -> None:
     bp = P.load("baseline")
     train, val, test = (pd.read_parquet(PREPARED / f"{s}.parquet", columns=["tokens", "label"])
                         for s in ("train", "val", "test"))
-    vectorizer, clf, c, val_acc = fit_baseline(train, val, bp.ngram_max, bp.C)
+    vectorizer, clf, c, val_acc = fit_baseline(train, val, bp.ngram_max, bp.C, min_df=bp.min_df)
     predicted = clf.predict(vectorizer.transform(test["tokens"].map(list)))
     metrics = classification_metrics(test["label"].tolist(), predicted.tolist(), sorted(clf.classes_.tolist()))
     metrics.update({"C": c, "val_accuracy": round(float(val_acc), 4)})

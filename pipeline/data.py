@@ -27,9 +27,9 @@ def truncate(tokens: Sequence, max_tokens: int | None, truncation: str = "head")
     raise ValueError(f"unknown truncation {truncation!r}")
 
 
-def auto_max_tokens(lengths: Sequence[int], cap: int, quantile: float = 95) -> int:
-    """The length that covers `quantile` percent of the texts, at most `cap`."""
-    return int(min(cap, max(1, np.ceil(np.percentile(np.asarray(lengths), quantile)))))
+def auto_max_tokens(lengths: Sequence[int], floor: int, cap: int, quantile: float = 95) -> int:
+    """The length that covers `quantile` percent of the texts, within [floor, cap]."""
+    return int(min(cap, max(floor, np.ceil(np.percentile(np.asarray(lengths), quantile)))))
 
 
 def encode(token_lists: Iterable[Sequence[str]], stoi: dict[str, int], unk_id: int,

@@ -21,7 +21,7 @@ from pipeline.common import PipelineError
 PARAMS_FILE = Path("params.yaml")
 # train.max_tokens: auto stops here; no setting goes past the limit, which keeps one huge document
 # from asking for tens of gigabytes in a padded batch.
-AUTO_MAX_TOKENS = 800
+AUTO_MIN_TOKENS, AUTO_MAX_TOKENS = 128, 800
 MAX_TOKENS_LIMIT = 10_000
 
 
@@ -121,7 +121,8 @@ class TrainParams:
     word_dropout: float = field(metadata=_range(0, 1, False, True))
     pooling: Literal["last", "max", "mean", "attention"]
     # The model reads at most this many tokens of a text (prepare keeps them all, and so does the
-    # baseline). auto: the 95th percentile of the training texts' lengths, at most AUTO_MAX_TOKENS.
+    # baseline). auto: the 95th percentile of the training texts' lengths, within AUTO_MIN_TOKENS
+    # (short texts are never cut) and AUTO_MAX_TOKENS.
     max_tokens: Literal["auto"] | int = field(metadata=_range(1, MAX_TOKENS_LIMIT))
     # Which tokens of a longer text: head (the first), tail (the last), head+tail (the first quarter
     # and the last three quarters of max_tokens: what works best on long reviews).
@@ -156,6 +157,8 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class BaselineParams:
     ngram_max: int = field(metadata=_range(1))
+    # Leave out n-grams seen in fewer training documents (1: keep all).
+    min_df: int = field(metadata=_range(1))
     # Inverse regularisation strengths tried; the best on the validation split is kept.
     C: list[float]
 

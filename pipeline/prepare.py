@@ -268,7 +268,8 @@ def clean_corpus(df: pd.DataFrame, cfg: TextConfig, drop_labels: list[str], drop
     """Tokenize, drop unusable rows, and count each reason for dropping.
 
     Duplicated texts keep one row, the one of the corpus's own test split first, then val, then train,
-    so a duplicate never carries a test text into training."""
+    so a duplicate never carries a test text into training; the corpus's own test split is kept whole
+    (results stay comparable with published ones)."""
     report = {"rows_read": len(df)}
     if len(df) == 0:
         raise PipelineError(f"{source}: the corpus is empty")
@@ -290,8 +291,9 @@ def clean_corpus(df: pd.DataFrame, cfg: TextConfig, drop_labels: list[str], drop
         priority = out["split"].map({"test": 0, "val": 1, "train": 2}).fillna(3)
         order = np.argsort(priority.to_numpy(), kind="stable")
         dup = pd.Series(out["text"].iloc[order].duplicated(keep="first").to_numpy(), index=out.index[order])
+        dup = dup.reindex(out.index) & (out["split"] != "test")  # a given test split stays whole
         report["dropped_duplicate_text"] = int(dup.sum())
-        out = out[~dup.reindex(out.index).to_numpy()]
+        out = out[~dup.to_numpy()]
     out = out.reset_index(drop=True)
     report["rows_kept"] = len(out)
     if len(out) == 0:

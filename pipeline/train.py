@@ -240,9 +240,9 @@ def encode_split(df: pd.DataFrame, name: str, stoi: dict[str, int], unk_id: int,
 
 
 def resolve_max_tokens(setting: str | int, train_lengths: np.ndarray) -> int:
-    """train.max_tokens: a number as given, or auto: the 95th percentile of the training lengths, capped."""
+    """train.max_tokens: a number as given, or auto: the 95th percentile of the training lengths, bounded."""
     if setting == "auto":
-        return auto_max_tokens(train_lengths, P.AUTO_MAX_TOKENS)
+        return auto_max_tokens(train_lengths, P.AUTO_MIN_TOKENS, P.AUTO_MAX_TOKENS)
     return int(setting)
 
 

@@ -200,3 +200,73 @@ def test_failed_stage_leaves_no_output_and_names_the_problem(project):
     assert "no text column 'no_such_column'" in proc.stdout and "polarity.csv" in proc.stdout
     assert not (project / "data/prepared").exists()
     assert not list((project / "data").glob("*.partial")) and not list((project / "data").glob(".*partial"))
+
+
+@pytest.fixture(scope="module")
+def own_data_repo(tmp_path_factory, polarity_csv, glove_small) -> Path:
+    """The README's 'Your own data' recipe: files inside the repository named in corpus/embeddings.source."""
+    from tests.conftest import make_project, tiny_params
+
+    root = tmp_path_factory.mktemp("own") / "repo"
+    (root / "data").mkdir(parents=True)
+    shutil.copy(polarity_csv, root / "data/my_reviews.csv")
+    shutil.copy(glove_small, root / "data/my_vectors.txt")
+    params = tiny_params(root / "data/my_reviews.csv", root / "data/my_vectors.txt")
+    params["corpus"]["source"], params["embeddings"]["source"] = "data/my_reviews.csv", "data/my_vectors.txt"
+    repo = make_project(root, params)
+    assert stages_run(run(["dvc", "repro"], repo).stdout) == ALL_STAGES
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-q", "-m", "repro"], repo)
+    return repo
+
+
+@pytest.fixture
+def own_repo(own_data_repo, tmp_path) -> Path:
+    dest = tmp_path / "repo"
+    shutil.copytree(own_data_repo, dest, symlinks=True)
+    return dest
+
+
+def test_editing_a_local_corpus_file_reruns_prepare_and_what_follows(own_repo):
+    with open(own_repo / "data/my_reviews.csv", "a") as f:
+        f.write('"an extra, quite wonderful film",pos\n')
+    status = run(["dvc", "status"], own_repo).stdout
+    assert "data/my_reviews.csv" in status and "modified" in status, status
+    assert stages_run(run(["dvc", "repro"], own_repo).stdout) == {"prepare", "vocab", "train", "evaluate", "baseline"}
+    assert json.loads((own_repo / "metrics/prepare.json").read_text())["rows_read"] == 201
+    assert "up to date" in run(["dvc", "status"], own_repo).stdout
+
+
+def test_editing_a_local_vectors_file_reruns_vocab_and_what_follows(own_repo):
+    lines = (own_repo / "data/my_vectors.txt").read_text().splitlines()
+    (own_repo / "data/my_vectors.txt").write_text("\n".join(lines[:-5]) + "\n")
+    assert "data/my_vectors.txt" in run(["dvc", "status"], own_repo).stdout
+    assert stages_run(run(["dvc", "repro"], own_repo).stdout) == {"vocab", "train", "evaluate"}
+
+
+def test_dvc_added_corpus_reaches_temp_experiments(own_repo):
+    """`dvc add` keeps the file in DVC's cache and its .dvc file in git: --temp and queued runs see it."""
+    run(["git", "rm", "-q", "--cached", "data/my_reviews.csv"], own_repo)
+    run(["dvc", "add", "data/my_reviews.csv"], own_repo)
+    run(["git", "add", "-A"], own_repo)
+    run(["git", "commit", "-q", "-m", "track the corpus with dvc"], own_repo)
+    assert stages_run(run(["dvc", "repro"], own_repo).stdout) == set()
+    run(["dvc", "exp", "run", "--temp", "-n", "temp-lr", "-S", "train.lr=0.003"], own_repo)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], own_repo).stdout)
+    found = [e for c in shown for e in (c.get("experiments") or []) if e.get("name") == "temp-lr"]
+    assert found and "accuracy" in found[0]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]
+
+
+def test_import_url_corpus_is_updated_through_dvc(own_repo, polarity_csv, tmp_path):
+    upstream = tmp_path / "upstream.csv"
+    shutil.copy(polarity_csv, upstream)
+    run(["dvc", "import-url", str(upstream), "data/imported.csv"], own_repo)
+    set_param(own_repo, "corpus", "source", "data/imported.csv")
+    # The same bytes under a new name: prepare reruns, gives the same splits, and nothing after it reruns.
+    assert stages_run(run(["dvc", "repro"], own_repo).stdout) == {"prepare"}
+    with open(upstream, "a") as f:
+        f.write('"one more, rather dull film",neg\n')
+    run(["dvc", "update", "data/imported.csv.dvc"], own_repo)
+    out = run(["dvc", "repro"], own_repo).stdout
+    assert "prepare" in stages_run(out) and "download_corpus" not in stages_run(out)
+    assert json.loads((own_repo / "metrics/prepare.json").read_text())["rows_read"] == 201

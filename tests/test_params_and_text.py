@@ -85,5 +85,6 @@ def test_truncation_strategies():
     assert truncate(tokens, 4, "tail") == [6, 7, 8, 9]
     assert truncate(tokens, 8, "head+tail") == [0, 1, 5, 6, 7, 8, 9, 10][:2] + [4, 5, 6, 7, 8, 9]
     assert truncate(tokens, 20, "head+tail") == tokens
-    assert auto_max_tokens(list(range(1, 101)), cap=800) == 96
-    assert auto_max_tokens([5000] * 10, cap=800) == 800
+    assert auto_max_tokens(list(range(1, 1001)), floor=128, cap=800) == 800
+    assert auto_max_tokens(list(range(1, 501)), floor=128, cap=800) == 476
+    assert auto_max_tokens([20] * 10, floor=128, cap=800) == 128

@@ -255,11 +255,12 @@ def test_clean_corpus_counts_every_drop():
 
 
 def test_duplicates_keep_the_test_copy():
-    df = pd.DataFrame({"text": ["same", "other", "same", "third"], "label": ["a", "b", "a", "b"],
-                       "split": ["train", "train", "test", "test"]})
+    df = pd.DataFrame({"text": ["same", "other", "same", "third", "third"], "label": ["a", "b", "a", "b", "b"],
+                       "split": ["train", "train", "test", "test", "test"]})
     out, report = PR.clean_corpus(df, TextConfig(), [], drop_duplicates=True)
     assert report["dropped_duplicate_text"] == 1
     assert out.loc[out["text"] == "same", "split"].tolist() == ["test"]
+    assert out.loc[out["text"] == "third", "split"].tolist() == ["test", "test"]  # the given test split stays whole
 
 
 def test_label_variants_are_an_error_or_merged():
