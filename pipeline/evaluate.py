@@ -36,11 +36,26 @@ def classification_metrics(y_true: list[str], y_pred: list[str], labels: list[st
 
 
 def plot_confusion(y_true: list[str], y_pred: list[str], labels: list[str], path: Path) -> None:
-    from sklearn.metrics import ConfusionMatrixDisplay
-
+    """Rows: actual class, columns: predicted. Colour is the share of the row (recall on the diagonal),
+    so rare classes stay visible; cells show counts. Sized and lettered to stay legible at 20+ classes."""
     cm = confusion_matrix(y_true, y_pred, labels=labels)
-    fig, ax = pyplot().subplots(figsize=(1.6 * len(labels) + 2.4, 1.4 * len(labels) + 2))
-    ConfusionMatrixDisplay(cm, display_labels=labels).plot(ax=ax, cmap="Blues", colorbar=False, values_format="d")
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    k = len(labels)
+    cell = 0.9 if k <= 8 else 0.5
+    fig, ax = pyplot().subplots(figsize=(min(24, 2.8 + cell * k), min(22, 2.4 + cell * k)))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fontsize = 10 if k <= 8 else max(5, 9 - k // 6)
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=fontsize,
+                        color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(k), labels, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center",
+                  fontsize=fontsize + 1)
+    ax.set_yticks(range(k), labels, fontsize=fontsize + 1)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the actual class")
     ax.set_title(f"test accuracy {np.trace(cm) / cm.sum():.3f}")
     fig.tight_layout()
     save_png(fig, path)

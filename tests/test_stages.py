@@ -479,6 +479,26 @@ def test_balanced_class_weights():
     assert float(weights[0] * 3) == float(weights[1] * 1)
 
 
+def test_balanced_class_weights_on_many_imbalanced_classes():
+    from pipeline.train import class_weights
+
+    labels = np.repeat(np.arange(12), [400 // (k + 1) for k in range(12)])
+    weights = class_weights(labels, 12, "balanced").numpy()
+    totals = weights * np.bincount(labels)
+    np.testing.assert_allclose(totals, totals[0], rtol=1e-5)  # every class weighs the same in total
+    assert weights[11] > 10 * weights[0]
+
+
+def test_many_imbalanced_classes_reach_every_split():
+    counts = [800 // (k + 1) for k in range(12)]  # 800 down to 66 rows
+    df = pd.DataFrame({"text": [f"class {k} text {i}" for k, n in enumerate(counts) for i in range(n)],
+                       "label": [f"topic-{k}" for k, n in enumerate(counts) for _ in range(n)], "split": None})
+    split, _ = PR.assign_splits(df, 0.1, 0.1, seed=42)
+    assert PR.check_classes(df["label"], split, False, "c.csv") == []
+    shares = pd.crosstab(df["label"], split, normalize="index")
+    assert shares["train"].between(0.65, 0.95).all() and (shares["test"] > 0).all()
+
+
 def test_balanced_class_weights_raise_minority_predictions():
     """On a 9:1 corpus, weighting the loss makes the model predict the rare class more often."""
     from pipeline.inference import predict_proba
@@ -565,12 +585,32 @@ def test_predict_cli_reads_args_file_and_stdin(tmp_path, monkeypatch, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [r["text"] for r in rows] == ["good", "bad"] and set(rows[0]["probabilities"]) == {"neg", "pos"}
 
+    # Typographic and plain apostrophes: the same tokens, so the same prediction.
+    predict.main(["--model", str(path), "--json", "the film\u2019s good, isn\u2019t it", "the film's good, isn't it"])
+    curly, straight = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert curly["probabilities"] == straight["probabilities"]
+
     monkeypatch.setattr("sys.stdin", io.StringIO("bad\n"))
     predict.main(["--model", str(path)])
     assert capsys.readouterr().out.strip().endswith("\tbad")
 
     with pytest.raises(PipelineError, match="no trained model"):
         predict.main(["--model", str(tmp_path / "missing.pt"), "x"])
+
+
+def test_the_checkpoint_carries_the_truncation(tmp_path):
+    from pipeline.inference import encode_texts, load_checkpoint, save_checkpoint
+    from pipeline.train import build_model
+
+    model = build_model(_train_params(embeddings="finetune"), np.ones((4, 8), dtype=np.float32), 2)
+    save_checkpoint(tmp_path / "m.pt", model, model.state_dict(), ["<pad>", "<unk>", "a", "b"], ["x", "y"],
+                    TextConfig(), 1, {}, max_tokens=4, truncation="head+tail")
+    ckpt = load_checkpoint(tmp_path / "m.pt")
+    (ids,) = encode_texts(ckpt, [["a"] * 10 + ["b"] * 10])
+    assert ids.tolist() == [2, 3, 3, 3]  # one head token, three tail tokens
+    torch.save(model.state_dict(), tmp_path / "weights.pt")  # a weights-only file is not a checkpoint
+    with pytest.raises(PipelineError, match=r"weights\.pt: not a checkpoint of this pipeline"):
+        load_checkpoint(tmp_path / "weights.pt")
 
 
 def test_polarity_fixture_is_real_labelled_text():

@@ -1,0 +1,125 @@
+"""The pipeline on real corpora, through params.yaml only: the README's results table.
+
+Each file in benchmarks/corpora/*.yaml holds `section.key: value` settings (where the corpus comes
+from and how its columns are named; nothing about the model). One `dvc exp run --queue` per corpus
+(and seed) applies them with -S on top of the committed params.yaml; the queue runs them one at a time,
+then this script reads `dvc exp show --json` and writes benchmarks/results/corpora.{json,md}.
+
+    python -m benchmarks.corpora                         # every corpus, seed 42
+    python -m benchmarks.corpora reuters_r8 --seeds 42 43 44
+
+The builtin row is the committed params.yaml itself. Queued experiments see only what git tracks:
+commit first. The experiments stay in `dvc exp show` (named corpus-<name>-s<seed>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import yaml
+
+from benchmarks.ablation import RESULTS, dvc, wait_for_queue
+
+CORPORA = Path("benchmarks/corpora")
+
+
+def settings(name: str) -> dict:
+    return {} if name == "builtin" else yaml.safe_load((CORPORA / f"{name}.yaml").read_text())
+
+
+def experiment_name(corpus: str, seed: int) -> str:
+    return f"corpus-{corpus.replace('_', '-')}-s{seed}"
+
+
+def queue(corpora: list[str], seeds: list[int]) -> list[str]:
+    names = []
+    for corpus in corpora:
+        for seed in seeds:
+            name = experiment_name(corpus, seed)
+            dvc("exp", "remove", name, check=False)  # a rerun replaces the last one
+            sets = [f"{key}={json.dumps(value)}" for key, value in settings(corpus).items()]
+            sets += [f"train.seed={seed}"]
+            dvc("exp", "run", "--queue", "-n", name, *[arg for s in sets for arg in ("-S", s)])
+            names.append(name)
+    return names
+
+
+def collect(names: dict[str, tuple[str, int]]) -> list[dict]:
+    shown = json.loads(dvc("exp", "show", "-A", "--json").stdout)
+    runs = []
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            if exp.get("name") not in names:
+                continue
+            data = exp["revs"][0]["data"]
+            m = {path: v.get("data", {}) for path, v in (data.get("metrics") or {}).items()}
+            if "metrics/eval.json" not in m or "metrics/baseline.json" not in m:
+                raise SystemExit(f"{exp['name']}: no metrics (failed? see `dvc queue logs {exp['name']}`)")
+            corpus, seed = names[exp["name"]]
+            prep, train = m["metrics/prepare.json"], m["metrics/train/metrics.json"]
+            runs.append({
+                "corpus": corpus, "seed": seed, "name": exp["name"],
+                "classes": len(prep["class_counts"]), "train_rows": prep["train_rows"], "val_rows": prep["val_rows"],
+                "test_rows": prep["test_rows"], "split": "given" if prep.get("split_from_corpus") else "hash",
+                "mean_tokens": prep["train_tokens"]["mean"], "max_tokens": train.get("max_tokens"),
+                "lstm_accuracy": m["metrics/eval.json"]["accuracy"], "lstm_macro_f1": m["metrics/eval.json"]["macro_f1"],
+                "baseline_accuracy": m["metrics/baseline.json"]["accuracy"],
+                "baseline_macro_f1": m["metrics/baseline.json"]["macro_f1"],
+                "val_accuracy": train["best_val_accuracy"], "train_seconds": train["train_seconds"],
+            })
+    missing = sorted(set(names) - {r["name"] for r in runs})
+    if missing:
+        raise SystemExit(f"no results in `dvc exp show` for: {', '.join(missing)}")
+    return runs
+
+
+def table(runs: list[dict], corpora: list[str]) -> str:
+    lines = ["| corpus | classes | train / val / test | split | mean tokens (model reads) | LSTM accuracy | "
+             "LSTM macro-F1 | baseline accuracy | baseline macro-F1 | train s |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    for corpus in corpora:
+        group = [r for r in runs if r["corpus"] == corpus]
+        if not group:
+            continue
+        first = group[0]
+
+        def mean(key: str, digits: int = 3) -> str:
+            values = [r[key] for r in group]
+            text = f"{statistics.mean(values):.{digits}f}"
+            return text + (f" ({min(values):.{digits}f}–{max(values):.{digits}f})" if len(values) > 1 else "")
+
+        lines.append(f"| {corpus} | {first['classes']} | {first['train_rows']:,} / {first['val_rows']:,} / "
+                     f"{first['test_rows']:,} | {first['split']} | {first['mean_tokens']:.0f} ({first['max_tokens']}) | "
+                     f"{mean('lstm_accuracy')} | {mean('lstm_macro_f1')} | {mean('baseline_accuracy')} | "
+                     f"{mean('baseline_macro_f1')} | {mean('train_seconds', 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    available = ["builtin"] + sorted(p.stem for p in CORPORA.glob("*.yaml"))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("corpora", nargs="*", default=available, help=f"default: all of {', '.join(available)}")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[42])
+    ap.add_argument("--collect-only", action="store_true", help="only read the finished experiments")
+    args = ap.parse_args()
+    unknown = sorted(set(args.corpora) - set(available))
+    if unknown:
+        raise SystemExit(f"unknown corpus {unknown[0]!r}; known: {', '.join(available)}")
+    names = {experiment_name(c, s): (c, s) for c in args.corpora for s in args.seeds}
+    if not args.collect_only:
+        queued = queue(args.corpora, args.seeds)
+        wait_for_queue(queued, jobs=1)
+    runs = collect(names)
+    markdown = table(runs, args.corpora)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "corpora.json").write_text(json.dumps(
+        {"settings": {c: settings(c) for c in args.corpora}, "runs": runs}, indent=1) + "\n")
+    (RESULTS / "corpora.md").write_text(markdown)
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main()
