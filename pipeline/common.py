@@ -25,6 +25,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(target.parent, f".{target.name}.*.partial")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     # mkdtemp made a directory; callers writing a single file get a path inside nothing yet.
     tmp.rmdir()
@@ -38,6 +39,17 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def remove_stale(directory: Path, pattern: str) -> None:
+    """Delete what a killed run left behind (its temporary files or folders matching `pattern`).
+
+    Only ever called for the one output a stage is about to write, so nothing live matches."""
+    for leftover in directory.glob(pattern):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def write_json(path: str | os.PathLike, data) -> None:

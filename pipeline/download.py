@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import http.client
 import os
 import shutil
 import subprocess
@@ -36,7 +37,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from pipeline import params as P
-from pipeline.common import PipelineError, atomic_path, run_main
+from pipeline.common import PipelineError, atomic_path, remove_stale, run_main
 
 RAW_DIR = Path("data/raw")
 CHUNK = 1 << 20
@@ -50,11 +51,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _copy_with_progress(src, dst, total: int | None, desc: str) -> None:
+def _copy_with_progress(src, dst, total: int | None, desc: str) -> int:
+    """Copy src to dst in blocks with a progress bar; returns the number of bytes copied."""
+    copied = 0
     with tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=None) as bar:
         for block in iter(lambda: src.read(CHUNK), b""):
             dst.write(block)
             bar.update(len(block))
+            copied += len(block)
+    return copied
+
+
+class _ShortBody(Exception):
+    """The server closed the connection before sending the Content-Length it announced."""
 
 
 def fetch_url(url: str, dest_dir: Path, retries: int = 3, timeout: float = 60.0) -> Path:
@@ -65,12 +74,19 @@ def fetch_url(url: str, dest_dir: Path, retries: int = 3, timeout: float = 60.0)
         try:
             with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as out:
                 length = resp.headers.get("Content-Length")
-                _copy_with_progress(resp, out, int(length) if length else None, name)
+                expected = int(length) if length and length.isdigit() else None
+                received = _copy_with_progress(resp, out, expected, name)
+            # http.client does not complain when a body ends early: compare with what was announced.
+            if expected is not None and received != expected:
+                raise _ShortBody(f"received {received:,} of the {expected:,} bytes its Content-Length announced")
             return dest
         except urllib.error.HTTPError as err:
             if err.code < 500 or attempt == retries:
                 raise PipelineError(f"{url}: HTTP {err.code} {err.reason}") from None
-        except (urllib.error.URLError, OSError, TimeoutError) as err:
+        except _ShortBody as err:
+            if attempt == retries:
+                raise PipelineError(f"{url}: {err} (the transfer was cut short {retries} times)") from None
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as err:
             if attempt == retries:
                 raise PipelineError(f"{url}: download failed after {retries} tries: {err}") from None
         time.sleep(2 ** (attempt - 1))
@@ -204,7 +220,12 @@ def download(src: P.SourceParams, out_dir: Path, key: str = "download") -> list[
     """Fetch `src.download` and write its files into out_dir, atomically. Returns the files written.
 
     With no download, out_dir becomes an empty folder (the data is read from `src.source`)."""
-    with tempfile.TemporaryDirectory(prefix="download-") as tmp, atomic_path(out_dir) as staging:
+    # The fetched file waits beside the output, not in /tmp: a killed run's leftovers are then found
+    # and removed by the next run (and a large file is not copied across file systems).
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(out_dir.parent, f".download-{out_dir.name}-*")
+    with tempfile.TemporaryDirectory(prefix=f".download-{out_dir.name}-", dir=out_dir.parent) as tmp, \
+            atomic_path(out_dir) as staging:
         if src.download is None:
             staging.mkdir()
             return []

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,13 @@ def _open_text(path: Path) -> io.BufferedIOBase:
     return open(path, "rb", buffering=1 << 20)
 
 
+_READ_ERRORS = (EOFError, OSError, zlib.error, zipfile.BadZipFile)
+
+
+def _unreadable(path: Path, err: Exception) -> PipelineError:
+    return PipelineError(f"{path}: cannot read to the end ({err}): a truncated or corrupt file?")
+
+
 def _is_number(token: bytes) -> bool:
     try:
         float(token)
@@ -131,73 +139,87 @@ def align_text(path: Path, words: list[str], case_fallback: bool = True, bad_lin
     """Stream a GloVe or word2vec text file and return the vectors of `words`."""
     m = _Matcher(words, case_fallback)
     stats = m.stats
-    dim = None
 
     def bad(lineno: int, why: str) -> None:
         if bad_lines == "error":
             raise PipelineError(f"{path}: line {lineno}: {why} (set embeddings.bad_lines: skip to skip such lines)")
         stats["bad_lines_skipped"] += 1
 
-    with _open_text(path) as f:
-        lineno = 0
-        for raw in f:
-            lineno += 1
-            if lineno == 1:
-                if raw.startswith(BOM):
-                    raw = raw[len(BOM):]
-                    stats["byte_order_mark"] = 1
-                header = _header(raw) if has_header is not False else None
-                if has_header and header is None:
-                    raise PipelineError(f"{path}: line 1: expected a word2vec header 'count dim', got {raw[:80]!r}")
-                if header:
-                    dim = header[1]
-                    stats["header_count"] = header[0]
-                    m.start(dim)
-                    continue
-            line = raw.rstrip()  # drops \n, \r\n and trailing blanks
-            if not line:
-                stats["blank_lines"] += 1
-                continue
-            stats["lines"] += 1
-            word, _, rest = line.partition(b" ")
-            n_values = rest.count(b" ") + 1 if rest else 0
-            if dim is None:
-                dim = n_values
-                if dim == 0:
-                    raise PipelineError(f"{path}: line {lineno}: no vector values after the word")
-                m.start(dim)
-            if n_values != dim:
-                if n_values < dim:
-                    bad(lineno, f"{n_values} values, expected {dim}")
-                    continue
-                # More fields than the dimension: either a word with spaces inside, or a bad line.
-                head, *values = line.rsplit(b" ", dim)
-                last_word_part = head.rsplit(b" ", 1)[-1]
-                if _is_number(last_word_part) or any(not v for v in values):
-                    bad(lineno, f"{n_values} values, expected {dim}")
-                    continue
-                word, rest = head, line[len(head) + 1:]
-                stats["words_with_spaces"] += 1
-            row, lower_rows = m.rows_for(word)
-            if row is None and lower_rows is None:
-                if not word.isascii():
-                    try:
-                        word.decode("utf-8")
-                    except UnicodeDecodeError:
-                        stats["undecodable_words"] += 1
-                continue
-            try:
-                vector = np.array(rest.split(), dtype=np.float32)
-            except ValueError:
-                bad(lineno, f"non-numeric value in the vector of {word.decode('utf-8', 'replace')!r}")
-                continue
-            if not np.isfinite(vector).all():
-                bad(lineno, f"non-finite value in the vector of {word.decode('utf-8', 'replace')!r}")
-                continue
-            m.fill(row, lower_rows, vector)
+    try:
+        with _open_text(path) as f:
+            dim = _stream_text(f, path, m, bad, has_header)
+    except _READ_ERRORS as err:
+        raise _unreadable(path, err) from None
     if dim is None:
         raise PipelineError(f"{path}: no vectors in the file")
+    declared = stats.get("header_count")
+    if declared is not None and stats["lines"] + stats["bad_lines_skipped"] < declared:
+        raise PipelineError(f"{path}: the header announces {declared:,} vectors but the file holds "
+                            f"{stats['lines']:,}: it was cut short")
     return m.result()
+
+
+def _stream_text(f, path: Path, m: "_Matcher", bad, has_header: bool | None) -> int | None:
+    """The line loop of align_text; returns the dimension (None for a file without vectors)."""
+    stats = m.stats
+    dim = None
+    lineno = 0
+    for raw in f:
+        lineno += 1
+        if lineno == 1:
+            if raw.startswith(BOM):
+                raw = raw[len(BOM):]
+                stats["byte_order_mark"] = 1
+            header = _header(raw) if has_header is not False else None
+            if has_header and header is None:
+                raise PipelineError(f"{path}: line 1: expected a word2vec header 'count dim', got {raw[:80]!r}")
+            if header:
+                dim = header[1]
+                stats["header_count"] = header[0]
+                m.start(dim)
+                continue
+        line = raw.rstrip()  # drops \n, \r\n and trailing blanks
+        if not line:
+            stats["blank_lines"] += 1
+            continue
+        stats["lines"] += 1
+        word, _, rest = line.partition(b" ")
+        n_values = rest.count(b" ") + 1 if rest else 0
+        if dim is None:
+            dim = n_values
+            if dim == 0:
+                raise PipelineError(f"{path}: line {lineno}: no vector values after the word")
+            m.start(dim)
+        if n_values != dim:
+            if n_values < dim:
+                bad(lineno, f"{n_values} values, expected {dim}")
+                continue
+            # More fields than the dimension: either a word with spaces inside, or a bad line.
+            head, *values = line.rsplit(b" ", dim)
+            last_word_part = head.rsplit(b" ", 1)[-1]
+            if _is_number(last_word_part) or any(not v for v in values):
+                bad(lineno, f"{n_values} values, expected {dim}")
+                continue
+            word, rest = head, line[len(head) + 1:]
+            stats["words_with_spaces"] += 1
+        row, lower_rows = m.rows_for(word)
+        if row is None and lower_rows is None:
+            if not word.isascii():
+                try:
+                    word.decode("utf-8")
+                except UnicodeDecodeError:
+                    stats["undecodable_words"] += 1
+            continue
+        try:
+            vector = np.array(rest.split(), dtype=np.float32)
+        except ValueError:
+            bad(lineno, f"non-numeric value in the vector of {word.decode('utf-8', 'replace')!r}")
+            continue
+        if not np.isfinite(vector).all():
+            bad(lineno, f"non-finite value in the vector of {word.decode('utf-8', 'replace')!r}")
+            continue
+        m.fill(row, lower_rows, vector)
+    return dim
 
 
 def align_word2vec_binary(path: Path, words: list[str], case_fallback: bool = True) -> Alignment:
@@ -328,8 +350,11 @@ def detect(directory: Path, fmt: str = "auto") -> VectorsSource:
     path = files[0]
     if fmt != "auto":
         return VectorsSource(fmt, path)
-    with _open_text(path) as f:
-        head = f.read(1 << 16)
+    try:
+        with _open_text(path) as f:
+            head = f.read(1 << 16)
+    except _READ_ERRORS as err:
+        raise _unreadable(path, err) from None
     if head[:4] == FASTTEXT_MAGIC:
         return VectorsSource("fasttext_bin", path)
     first, _, rest = head.removeprefix(BOM).partition(b"\n")

@@ -102,6 +102,8 @@ class VocabParams:
     oov: Literal["random", "zeros", "mean", "unk"]
     # When a word has no exact match, try its lowercased form.
     case_fallback: bool
+    # Stop when fewer than this share of the training tokens find a pretrained vector (0: never).
+    min_token_coverage: float = field(metadata=_range(0, 1))
     seed: int
 
 

@@ -21,6 +21,9 @@ from pipeline.inference import MODEL_PATH, classify_texts, load_checkpoint
 
 def read_texts(args: argparse.Namespace) -> list[str]:
     if args.texts and args.texts != ["-"]:
+        blank = [i + 1 for i, t in enumerate(args.texts) if not t.strip()]
+        if blank:
+            raise PipelineError(f"text argument {blank[0]} is empty: nothing to classify")
         return args.texts
     if args.file:
         try:

@@ -42,7 +42,8 @@ def build_vocab(counts: Counter, min_freq: int, max_size: int | None) -> list[st
     return [PAD, UNK] + words
 
 
-def fill_missing(alignment: E.Alignment, itos: list[str], policy: str, seed: int) -> tuple[list[str], np.ndarray]:
+def fill_missing(alignment: E.Alignment, itos: list[str], policy: str, seed: int,
+                 source: str = "the embeddings file") -> tuple[list[str], np.ndarray]:
     """Give every vocabulary row a vector according to the out-of-vocabulary policy.
 
     Returns the (possibly shortened, for policy 'unk') vocabulary and its matrix. <pad> is all zeros.
@@ -51,12 +52,15 @@ def fill_missing(alignment: E.Alignment, itos: list[str], policy: str, seed: int
     found[[PAD_ID, UNK_ID]] = False
     if not found.any():
         raise PipelineError(
-            f"none of the {len(itos) - 2} vocabulary words has a pretrained vector: wrong embeddings file, "
+            f"{source}: none of the {len(itos) - 2} vocabulary words has a vector in it: wrong embeddings file, "
             "or a case mismatch (try prepare.lowercase: true or vocab.case_fallback: true)"
         )
     pretrained = alignment.matrix[found]
     mean = pretrained.mean(axis=0)
-    std = pretrained.std(axis=0)
+    # With very few vectors found, a dimension's std can be 0 (one vector: all of them), and every
+    # random row would be the same vector: fall back to the spread of all found values, or 0.1.
+    overall = float(pretrained.std()) if pretrained.size > 1 else 0.0
+    std = np.where(pretrained.std(axis=0) > 0, pretrained.std(axis=0), overall if overall > 0 else 0.1)
     matrix = alignment.matrix.copy()
     if policy == "unk":
         keep = found.copy()
@@ -105,7 +109,15 @@ def main() -> None:
     source = E.detect(Path(ep.source), ep.format)
     alignment = E.align(source, itos, vp.case_fallback, ep.bad_lines)
     has_vector = {w: bool(f) for w, f in zip(itos, alignment.found)}
-    itos, matrix = fill_missing(alignment, itos, vp.oov, vp.seed)
+    coverage_train = coverage(train_counts, has_vector)
+    if coverage_train["token_coverage"] < vp.min_token_coverage:
+        raise PipelineError(
+            f"{source.path}: only {coverage_train['token_coverage']:.1%} of the training tokens "
+            f"({coverage_train['type_coverage']:.1%} of the word types) have a vector in this file, below "
+            f"vocab.min_token_coverage={vp.min_token_coverage}: wrong vectors for this corpus or language, or "
+            "a case or tokenization mismatch? Lower vocab.min_token_coverage to go on anyway"
+        )
+    itos, matrix = fill_missing(alignment, itos, vp.oov, vp.seed, str(source.path))
 
     missing = sorted((w for w in train_counts if not has_vector.get(w, False)), key=lambda w: (-train_counts[w], w))
     metrics = {

@@ -149,3 +149,18 @@ def test_fasttext_bin_gives_subword_vectors_to_unseen_words(tmp_path):
     result = E.align(source, [seen, unseen])
     assert result.found.all() and result.stats["from_subwords"] == 1
     np.testing.assert_allclose(result.matrix, kv[[seen, unseen]], rtol=1e-6)
+
+
+def test_truncated_gzip_and_short_word2vec_file_name_the_file(tmp_path, glove_small):
+    import gzip
+
+    full = gzip.compress(glove_small.read_bytes())
+    cut = tmp_path / "vectors.txt.gz"
+    cut.write_bytes(full[: len(full) // 2])
+    with pytest.raises(PipelineError, match=r"vectors\.txt\.gz: cannot read to the end .*truncated"):
+        E.align(E.detect(cut), ["the", "of"])
+    lines = glove_small.read_text().splitlines()
+    short = tmp_path / "short.vec"
+    short.write_text(f"{len(lines) + 10} 50\n" + "\n".join(lines) + "\n")
+    with pytest.raises(PipelineError, match=r"short\.vec: the header announces 86 vectors but the file holds 76"):
+        E.align(E.detect(short), ["the"])

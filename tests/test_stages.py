@@ -90,6 +90,46 @@ def test_download_refuses_local_paths_escaping_members_and_bad_checksums(tmp_pat
     assert not list(tmp_path.glob(".out.*"))  # no partial directory left behind
 
 
+def test_a_truncated_http_body_fails_and_keeps_nothing(tmp_path, glove_small, monkeypatch):
+    """The server announces the whole file in Content-Length, then closes after half of it."""
+    payload = glove_small.read_bytes()
+    monkeypatch.setattr(D.time, "sleep", lambda s: None)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[: len(payload) // 2])
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/glove.txt"
+        half, whole = len(payload) // 2, len(payload)
+        with pytest.raises(PipelineError, match=rf"glove\.txt: received {half:,} of the {whole:,} bytes"):
+            D.download(_src(url), tmp_path / "raw" / "embeddings")
+    finally:
+        server.shutdown()
+    assert not (tmp_path / "raw" / "embeddings").exists()
+    assert not [p.name for p in (tmp_path / "raw").iterdir()]  # no partial output, no temporary file
+
+
+def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path, file_server):
+    site, url = file_server
+    (site / "v.txt").write_text("the 0.1 0.2\n")
+    raw = tmp_path / "raw"
+    (raw / ".embeddings.abc123.partial").mkdir(parents=True)  # what kill -9 leaves mid-download
+    (raw / ".embeddings.abc123.partial" / "big.bin").write_bytes(b"x" * 1000)
+    (raw / ".download-embeddings-xyz").mkdir()
+    D.download(_src(f"{url}/v.txt"), raw / "embeddings")
+    assert sorted(p.name for p in raw.iterdir()) == ["embeddings"]
+
+
 def test_no_download_writes_an_empty_folder(tmp_path):
     assert D.download(_src(None), tmp_path / "out") == []
     assert (tmp_path / "out").is_dir() and not list((tmp_path / "out").iterdir())
@@ -365,6 +405,13 @@ def test_random_oov_rows_follow_the_pretrained_statistics():
     assert abs(filled[2:2002].mean() - 3.0) < 0.05 and abs(filled[2:2002].std() - 0.5) < 0.05
 
 
+def test_a_single_found_vector_still_gives_distinct_random_rows():
+    alignment = Alignment(np.array([[0, 0], [0, 0], [0.5, -0.5], [0, 0], [0, 0]], dtype=np.float32),
+                          np.array([False, False, True, False, False]), np.zeros(5, dtype=bool))
+    _, matrix = V.fill_missing(alignment, ["<pad>", "<unk>", "the", "x", "y"], "random", seed=0)
+    assert not np.allclose(matrix[3], matrix[4]) and not np.allclose(matrix[3], matrix[2])
+
+
 def test_no_vector_found_is_a_clear_error():
     with pytest.raises(PipelineError, match="none of the 2 vocabulary words has a pretrained vector"):
         V.fill_missing(_alignment([False] * 4), ["<pad>", "<unk>", "x", "y"], "random", 0)
@@ -596,6 +643,11 @@ def test_predict_cli_reads_args_file_and_stdin(tmp_path, monkeypatch, capsys):
 
     with pytest.raises(PipelineError, match="no trained model"):
         predict.main(["--model", str(tmp_path / "missing.pt"), "x"])
+    with pytest.raises(PipelineError, match="text argument 1 is empty"):
+        predict.main(["--model", str(path), ""])
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    with pytest.raises(PipelineError, match="no text to classify"):
+        predict.main(["--model", str(path)])
 
 
 def test_the_checkpoint_carries_the_truncation(tmp_path):
