@@ -71,42 +71,113 @@ def corpus_kind(path: Path, fmt: str = "auto") -> str:
 
 
 def _decode_error(path: Path, err: UnicodeDecodeError, encoding: str) -> PipelineError:
-    return PipelineError(f"{path}: not valid {encoding} text ({err.reason} at byte {err.start}); "
+    line = _first_undecodable_line(path, encoding) if path.is_file() else None
+    where = f"line {line}: " if line else ""
+    return PipelineError(f"{path}: {where}not valid {encoding} text ({err.reason}); "
                          "set corpus.encoding (e.g. latin-1 or cp1252)")
+
+
+def _opener(path: Path):
+    """open, or the decompressing open its suffix asks for (.gz, .bz2, .xz)."""
+    import bz2
+    import gzip
+    import lzma
+
+    return {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+
+
+def open_text(path: Path, encoding: str = "utf-8"):
+    """A text file, decompressed by its suffix, with universal newlines."""
+    return _opener(path)(path, "rt", encoding=encoding, newline=None)
+
+
+def _read_lines(path: Path, encoding: str, parse) -> tuple[list, list]:
+    """Run parse(line, lineno) -> (text, label) over the non-blank lines; decoding and
+    decompression failures become errors naming the file and line."""
+    texts, labels = [], []
+    lineno = 0
+    try:
+        with open_text(path, encoding) as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    text, label = parse(line, lineno)
+                    texts.append(text)
+                    labels.append(label)
+    except UnicodeDecodeError as err:
+        raise _decode_error(path, err, encoding) from None
+    except (EOFError, OSError) as err:
+        raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
+    return texts, labels
 
 
 def read_fasttext(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
     """fastText's supervised format: `__label__a [__label__b ...] text` per line (the first label is kept)."""
-    import io
 
-    opener = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz"}.get(path.suffix.lower())
-    texts, labels = [], []
-    try:
-        if opener:
-            import bz2
-            import gzip
-            import lzma
+    def parse(line: str, lineno: int) -> tuple[str, str]:
+        m = _FASTTEXT_LABEL.match(line.lstrip())
+        if not m:
+            raise PipelineError(f"{path}: line {lineno}: expected '__label__<label> <text>', got {line[:60]!r}")
+        rest = line.lstrip()[m.end():]
+        while (more := _FASTTEXT_LABEL.match(rest)):  # further labels of multi-label lines
+            rest = rest[more.end():]
+        return rest.strip(), m.group(1)
 
-            raw = {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}[opener](path, "rb")
-            f = io.TextIOWrapper(raw, encoding=encoding, newline=None)
-        else:
-            f = open(path, encoding=encoding, newline=None)
-        with f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                m = _FASTTEXT_LABEL.match(line.lstrip())
-                if not m:
-                    raise PipelineError(f"{path}: line {lineno}: expected '__label__<label> <text>', "
-                                        f"got {line[:60]!r}")
-                rest = line.lstrip()[m.end():]
-                while (more := _FASTTEXT_LABEL.match(rest)):  # further labels of multi-label lines
-                    rest = rest[more.end():]
-                labels.append(m.group(1))
-                texts.append(rest.strip())
-    except UnicodeDecodeError as err:
-        raise _decode_error(path, err, encoding) from None
+    texts, labels = _read_lines(path, encoding, parse)
     return pd.DataFrame({"text": texts, "label": labels})
+
+
+def read_jsonl(path: Path, text_column: str, label_column: str, split_column: str | None,
+               encoding: str = "utf-8") -> pd.DataFrame:
+    """JSON lines, one object per line; a malformed line is an error naming its number."""
+    import json
+
+    columns = [c for c in (text_column, label_column, split_column) if c]
+
+    def parse(line: str, lineno: int):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise PipelineError(f"{path}: line {lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
+        if not isinstance(row, dict):
+            raise PipelineError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+        for role, column in zip(("text", "label", "split"), columns):
+            if column not in row:
+                raise PipelineError(f"{path}: line {lineno}: no {role} field '{column}' (params corpus.{role}_column); "
+                                    f"fields are: {', '.join(row)}")
+        text = row[text_column]
+        if text is not None and not isinstance(text, str):
+            raise PipelineError(f"{path}: line {lineno}: text field '{text_column}' holds "
+                                f"{type(text).__name__} {text!r}, not text")
+        return text, tuple(row[c] for c in columns[1:])
+
+    texts, rest = _read_lines(path, encoding, parse)
+    out = {text_column: texts, label_column: [r[0] for r in rest]}
+    if split_column:
+        out[split_column] = [r[1] for r in rest]
+    return pd.DataFrame(out)
+
+
+def _first_undecodable_line(path: Path, encoding: str) -> int | None:
+    """The number of the first line that does not decode (text readers decode whole blocks, so the
+    error they raise knows no line)."""
+    with _opener(path)(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError:
+                return lineno
+    return None
+
+
+def _swallowed_rows(df: pd.DataFrame, sep: str) -> int | None:
+    """The first data row (1-based) holding a field that spans lines and separators: an unbalanced
+    quote that made the parser read many rows as one field. (A TSV field cannot hold a tab otherwise.)"""
+    for column in df.columns:
+        values = df[column].astype(str)
+        bad = values.str.contains("\n", regex=False) & values.str.contains(sep, regex=False)
+        if bad.any():
+            return int(np.flatnonzero(bad.to_numpy())[0]) + 1
+    return None
 
 
 def _orange_extra_header(path: Path, df: pd.DataFrame) -> int:
@@ -126,7 +197,7 @@ def read_table(path: Path, kind: str, text_column: str, label_column: str, split
         if kind == "parquet":
             df = pd.read_parquet(path)
         elif kind == "jsonl":
-            df = pd.read_json(path, lines=True, dtype=False, encoding=encoding)
+            df = read_jsonl(path, text_column, label_column, split_column, encoding)
         else:
             # Only empty fields are missing: 'NA', 'null' or 'nan' are text like any other.
             df = pd.read_csv(path, sep="," if kind == "csv" else "\t", dtype=str, keep_default_na=False,
@@ -135,6 +206,10 @@ def read_table(path: Path, kind: str, text_column: str, label_column: str, split
                 df.columns = [str(c) for c in df.columns]
             if kind == "tsv" and header:
                 df = df.iloc[_orange_extra_header(path, df):]
+            if kind == "tsv" and (row := _swallowed_rows(df, "\t")) is not None:
+                raise PipelineError(
+                    f"{path}: data row {row}: a field runs over several lines and tabs, so a quote opened "
+                    "there (a stray '\"'?) swallowed the rows after it; quote or remove it")
     except UnicodeDecodeError as err:
         raise _decode_error(path, err, encoding) from None
     except (ValueError, pd.errors.ParserError, OSError, EOFError) as err:

@@ -226,7 +226,7 @@ def test_malformed_csv_names_file_and_line(tmp_path):
 def test_wrong_encoding_and_non_text_column_are_named(tmp_path):
     path = tmp_path / "latin.csv"
     path.write_bytes("text,label\ncaf\xe9 noir,pos\nbad,neg\n".encode("latin-1"))
-    with pytest.raises(PipelineError, match=r"latin\.csv: not valid utf-8 text .*corpus\.encoding"):
+    with pytest.raises(PipelineError, match=r"latin\.csv: line 2: not valid utf-8 text .*corpus\.encoding"):
         PR.read_corpus(path, _corpus_params())
     out, _ = PR.read_corpus(path, _corpus_params(encoding="latin-1"))
     assert out["text"][0] == "café noir"
@@ -234,6 +234,20 @@ def test_wrong_encoding_and_non_text_column_are_named(tmp_path):
     pd.DataFrame({"text": [1, 2], "label": ["a", "b"]}).to_parquet(numbers)
     with pytest.raises(PipelineError, match=r"n\.parquet: text column 'text' holds int64 values"):
         PR.read_corpus(numbers, _corpus_params())
+
+
+def test_malformed_json_line_and_unbalanced_tsv_quote_are_named(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "fine", "label": "pos"}\n{"text": "oops", "label": \n{"text": "x", "label": "neg"}\n')
+    with pytest.raises(PipelineError, match=r"c\.jsonl: line 2, column \d+: invalid JSON"):
+        PR.read_corpus(path, _corpus_params())
+    tsv = tmp_path / "c.tsv"
+    rows = [f"review number {i}\t{'pos' if i % 2 else 'neg'}" for i in range(400)]
+    rows[9] = '"unbalanced start ' + rows[9]
+    rows[49] = rows[49].replace("\t", '"\t')  # a quote 40 lines further down closes it
+    tsv.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    with pytest.raises(PipelineError, match=r"c\.tsv: data row 10: a field runs over several lines and tabs"):
+        PR.read_corpus(tsv, _corpus_params())
 
 
 def test_fasttext_lines(tmp_path):
