@@ -23,7 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import params as P
-from pipeline.common import PipelineError, pyplot, read_json, run_main, save_png
+from pipeline.common import PipelineError, atomic_path, pyplot, read_json, run_main, save_png
 from pipeline.data import auto_max_tokens, bucket_batches, encode, pad_batch
 from pipeline.inference import MODEL_PATH, save_checkpoint
 from pipeline.model import LSTMClassifier, ModelConfig
@@ -333,20 +333,23 @@ def main() -> None:
     del train_df, val_df
 
     model = build_model(tp, matrix, len(labels))
-    with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-        logger = LiveLogger(live, tp.log_every_steps, tp.lr)
-        result = fit(model, tp, train_x, train_y, val_x, val_y, device, unk_id, logger.epoch,
-                     show_progress=os.environ.get("CI") != "true", on_step=logger.step)
-        live.summary["best_epoch"] = result.best_epoch
-        live.summary["best_val_accuracy"] = result.best_val_accuracy
-        live.summary["train_seconds"] = round(result.seconds, 2)
-        live.summary["max_tokens"] = max_tokens
-
-    # No timings in the checkpoint: the same params and seed give the same weights and metadata.
-    info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy, "params": tp.__dict__}
-    save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id, info,
-                    max_tokens, tp.truncation)
-    plot_curves(result, LIVE_DIR / "curves.png")
+    # DVCLive writes into a staging folder that replaces metrics/train only when training is done, so
+    # an interrupted run never leaves its epochs where `dvc metrics show` would take them for current.
+    with atomic_path(LIVE_DIR) as staging:
+        with Live(dir=str(staging), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+            logger = LiveLogger(live, tp.log_every_steps, tp.lr)
+            result = fit(model, tp, train_x, train_y, val_x, val_y, device, unk_id, logger.epoch,
+                         show_progress=os.environ.get("CI") != "true", on_step=logger.step)
+            live.summary["best_epoch"] = result.best_epoch
+            live.summary["best_val_accuracy"] = result.best_val_accuracy
+            live.summary["train_seconds"] = round(result.seconds, 2)
+            live.summary["max_tokens"] = max_tokens
+        plot_curves(result, staging / "curves.png")
+        # No timings in the checkpoint: the same params and seed give the same weights and metadata.
+        info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                "params": tp.__dict__}
+        save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id,
+                        info, max_tokens, tp.truncation)
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
           f"{result.seconds:.1f}s; saved {MODEL_PATH}")
 

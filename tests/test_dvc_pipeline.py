@@ -191,6 +191,17 @@ def test_push_and_pull_through_s3_remote(repo, tmp_path, monkeypatch):
         server.stop()
 
 
+def test_a_bad_param_keeps_the_last_good_outputs(repo):
+    """`-S train.pooling=avg`: the stage fails with the key named, and the model and the training
+    metrics of the last good run stay (persist: true outputs, replaced only on success)."""
+    before = {p: tree_digest(repo / p) for p in ("models/model.pt", "metrics/train", "metrics/eval.json")}
+    proc = run(["dvc", "exp", "run", "-S", "train.pooling=avg"], repo, check=False)
+    assert proc.returncode != 0 and "'train.pooling' must be one of" in proc.stdout, proc.stdout
+    assert {p: tree_digest(repo / p) for p in before} == before
+    set_param(repo, "train", "pooling", "attention")  # back to the committed value: nothing to redo
+    assert stages_run(run(["dvc", "repro"], repo).stdout) == set()
+
+
 def test_failed_stage_leaves_no_output_and_names_the_problem(project):
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["corpus"]["text_column"] = "no_such_column"
@@ -270,3 +281,52 @@ def test_import_url_corpus_is_updated_through_dvc(own_repo, polarity_csv, tmp_pa
     out = run(["dvc", "repro"], own_repo).stdout
     assert "prepare" in stages_run(out) and "download_corpus" not in stages_run(out)
     assert json.loads((own_repo / "metrics/prepare.json").read_text())["rows_read"] == 201
+
+
+def _kill_stage_when_it_runs(repo: Path, stage: str, delay: float) -> int:
+    """Start `dvc repro`, kill -9 the stage's own process `delay` seconds after it starts; return dvc's code."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import VENV_BIN
+
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", CI="true")
+    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = f"pipeline.{stage.split('_')[0]}".encode()
+    deadline = time.monotonic() + 120
+    killed = False
+    while proc.poll() is None and time.monotonic() < deadline and not killed:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                cwd = os.readlink(f"/proc/{pid}/cwd")
+            except OSError:
+                continue
+            if target in cmdline and b"-m" in cmdline and cwd == str(repo):
+                time.sleep(delay)
+                os.kill(int(pid), signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.02)
+    code = proc.wait(timeout=300)
+    assert killed, f"{stage} never ran"
+    return code
+
+
+@pytest.mark.parametrize("stage, delay", [("prepare", 1.0), ("vocab", 1.0), ("train", 3.0)])
+def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage, delay):
+    """Fault injection: kill -9 a stage mid-work; the next `dvc repro` finishes, caches nothing corrupt
+    and leaves no temporary files. (Killed downloads: test_leftovers_of_a_killed_run_are_removed_by_the_next.)"""
+    repo = tmp_path / "repo"
+    shutil.copytree(own_data_repo, repo, symlinks=True)
+    set_param(repo, "prepare", "seed", 7)  # a new split: every stage from prepare on must run again
+    assert _kill_stage_when_it_runs(repo, stage, delay) != 0
+    out = run(["dvc", "repro"], repo).stdout
+    assert stage in stages_run(out), out
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+    leftovers = [str(p.relative_to(repo)) for p in repo.rglob("*")
+                 if p.name.endswith(".partial") or p.name.startswith(".download-")]
+    assert leftovers == []
+    assert json.loads((repo / "metrics/eval.json").read_text())["test_rows"] > 0
+    assert json.loads((repo / "metrics/prepare.json").read_text())["rows_kept"] == 200
