@@ -427,8 +427,8 @@ def test_a_single_found_vector_still_gives_distinct_random_rows():
 
 
 def test_no_vector_found_is_a_clear_error():
-    with pytest.raises(PipelineError, match="none of the 2 vocabulary words has a pretrained vector"):
-        V.fill_missing(_alignment([False] * 4), ["<pad>", "<unk>", "x", "y"], "random", 0)
+    with pytest.raises(PipelineError, match=r"vec\.txt: none of the 2 vocabulary words has a vector in it"):
+        V.fill_missing(_alignment([False] * 4), ["<pad>", "<unk>", "x", "y"], "random", 0, "data/vec.txt")
 
 
 def test_coverage():
