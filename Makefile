@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 # dvc's experiment queue worker calls `dvc` from PATH, so the venv goes first on it.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test venv lock clean-venv bench ablation
+.PHONY: repro test venv lock clean-venv bench ablation corpora
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ bench: $(STAMP)
 # The README's ablation table, through DVC's experiment queue (commit first: queued runs see only git).
 ablation: $(STAMP)
 	python -m benchmarks.ablation
+
+# The README's real-corpora table: each benchmarks/corpora/*.yaml through the DVC queue (commit first).
+corpora: $(STAMP)
+	python -m benchmarks.corpora
 
 # Re-pin requirements.txt after editing requirements.in.
 lock: $(STAMP)

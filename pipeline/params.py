@@ -221,6 +221,19 @@ def _check_range(key: str, value, spec, where: str) -> None:
         raise PipelineError(f"{where}: '{key}' must be {' and '.join(s for s in (lo_s, hi_s) if s)}, got {value!r}")
 
 
+REMOTE_PREFIXES = ("http://", "https://", "pypi:", "gensim-data:", "s3://", "gs://", "file://")
+
+
+def check_local_source(section: str, src: SourceParams, where: str = str(PARAMS_FILE)) -> None:
+    """`source` is a path the stage reads in place; something to fetch belongs in `download`."""
+    if src.source.startswith(REMOTE_PREFIXES):
+        raise PipelineError(
+            f"{where}: '{section}.source' is {src.source!r}, which is fetched, not read in place: set "
+            f"'{section}.download: {src.source}' and leave '{section}.source: data/raw/{section}' "
+            "(what the download stage writes)"
+        )
+
+
 def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
     """Validate one section's mapping against its dataclass and return an instance."""
     cls = SECTIONS[name]

@@ -436,6 +436,7 @@ def length_stats(tokens: pd.Series) -> dict:
 
 def main() -> None:
     corpus, prep = P.load("corpus"), P.load("prepare")
+    P.check_local_source("corpus", corpus)
     source = Path(corpus.source)
     raw, layout = read_corpus(source, corpus)
     df, report = clean_corpus(raw, TextConfig.from_params(prep), corpus.drop_labels, prep.drop_duplicates,

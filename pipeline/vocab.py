@@ -98,6 +98,7 @@ def coverage(counts: Counter, has_vector: dict[str, bool]) -> dict[str, float]:
 
 def main() -> None:
     vp, ep = P.load("vocab"), P.load("embeddings")
+    P.check_local_source("embeddings", ep)
     train = pd.read_parquet(PREPARED / "train.parquet", columns=["tokens"])
     test = pd.read_parquet(PREPARED / "test.parquet", columns=["tokens"])
     train_counts, test_counts = count_tokens(train["tokens"]), count_tokens(test["tokens"])

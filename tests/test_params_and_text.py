@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import yaml
 
@@ -41,6 +43,13 @@ def test_bad_params_name_the_file_and_key(tmp_path, mutate, message):
     with pytest.raises(PipelineError, match=message) as err:
         P.load_all(path)
     assert str(path) in str(err.value)
+
+
+def test_a_url_as_source_points_to_download():
+    src = P.SourceParams(download=None, members=[], sha256=None, source="https://example.org/c.csv")
+    with pytest.raises(PipelineError, match=r"'corpus\.source' is 'https://example\.org/c\.csv'.*'corpus\.download: https"):
+        P.check_local_source("corpus", src)
+    P.check_local_source("corpus", dataclasses.replace(src, source="data/my.csv"))
 
 
 def test_integers_are_accepted_where_numbers_are_asked(tmp_path):
