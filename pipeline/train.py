@@ -230,13 +230,19 @@ def read_split(name: str) -> pd.DataFrame:
 
 
 def encode_split(df: pd.DataFrame, name: str, stoi: dict[str, int], unk_id: int, labels: list[str],
-                 max_tokens: int, truncation: str) -> tuple[list[np.ndarray], np.ndarray]:
+                 max_tokens: int | None, truncation: str) -> tuple[list[np.ndarray], np.ndarray]:
     label_id = {lab: i for i, lab in enumerate(labels)}
     unknown = sorted(set(df["label"]) - set(label_id))
     if unknown:
         raise PipelineError(f"{PREPARED / name}.parquet: label {unknown[0]!r} does not occur in the training split")
     return (encode(df["tokens"], stoi, unk_id, max_tokens, truncation),
             df["label"].map(label_id).to_numpy(dtype=np.int64))
+
+
+def load_split(name: str, stoi: dict[str, int], unk_id: int, labels: list[str], max_tokens: int | None = None,
+               truncation: str = "head") -> tuple[list[np.ndarray], np.ndarray]:
+    """A prepared split as id sequences and label ids (used by the benchmarks)."""
+    return encode_split(read_split(name), name, stoi, unk_id, labels, max_tokens, truncation)
 
 
 def resolve_max_tokens(setting: str | int, train_lengths: np.ndarray) -> int:
