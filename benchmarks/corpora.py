@@ -6,7 +6,7 @@ from and how its columns are named; nothing about the model). One `dvc exp run -
 then this script reads `dvc exp show --json` and writes benchmarks/results/corpora.{json,md}.
 
     python -m benchmarks.corpora                         # every corpus, seed 42
-    python -m benchmarks.corpora reuters_r8 --seeds 42 43 44
+    python -m benchmarks.corpora reuters_r8 --seeds 42 43 44   # replaces only reuters_r8's rows
 
 The builtin row is the committed params.yaml itself. Queued experiments see only what git tracks:
 commit first. The experiments stay in `dvc exp show` (named corpus-<name>-s<seed>).
@@ -113,10 +113,14 @@ def main() -> None:
         queued = queue(args.corpora, args.seeds)
         wait_for_queue(queued, jobs=1)
     runs = collect(names)
-    markdown = table(runs, args.corpora)
+    # Corpora not run this time keep their earlier rows (a slow corpus need not rerun with the rest).
+    path = RESULTS / "corpora.json"
+    earlier = json.loads(path.read_text())["runs"] if path.exists() else []
+    runs = [r for r in earlier if r["corpus"] not in args.corpora] + runs
+    shown = [c for c in available if any(r["corpus"] == c for r in runs)]
+    markdown = table(runs, shown)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "corpora.json").write_text(json.dumps(
-        {"settings": {c: settings(c) for c in args.corpora}, "runs": runs}, indent=1) + "\n")
+    path.write_text(json.dumps({"settings": {c: settings(c) for c in shown}, "runs": runs}, indent=1) + "\n")
     (RESULTS / "corpora.md").write_text(markdown)
     print(markdown)
 

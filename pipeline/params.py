@@ -142,6 +142,9 @@ class TrainParams:
     epochs: int = field(metadata=_range(1))
     # Stop after this many epochs without a better validation accuracy.
     patience: int = field(metadata=_range(1))
+    # Small corpora: when `epochs` would take fewer optimizer steps than this, epochs and patience are
+    # stretched by the same factor (and the cosine schedule with them). 0: never.
+    min_steps: int = field(metadata=_range(0))
     # Clip the gradient norm to this value (null: no clipping).
     grad_clip: float | None = field(metadata=_range(0, None, True))
     seed: int

@@ -159,6 +159,13 @@ def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> 
     return 1.0
 
 
+def stretched_epochs(tp: P.TrainParams, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs, patience): as set, or stretched alike until training takes at least min_steps optimizer
+    steps. A corpus of 1,200 long reviews has 37 batches an epoch: 15 epochs are too few updates."""
+    epochs = max(tp.epochs, math.ceil(tp.min_steps / steps_per_epoch))
+    return epochs, math.ceil(tp.patience * epochs / tp.epochs)
+
+
 def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], train_y: np.ndarray,
         val_x: list[np.ndarray], val_y: np.ndarray, device: torch.device, unk_id: int = 1,
         on_epoch: Callable[[int, dict], None] | None = None, show_progress: bool = False,
@@ -172,7 +179,8 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
     # Frozen embeddings get no gradient, and Adam skips them until they are unfrozen.
     optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     steps_per_epoch = math.ceil(len(train_x) / tp.batch_size)
-    total_steps = steps_per_epoch * tp.epochs
+    epochs, patience = stretched_epochs(tp, steps_per_epoch)
+    total_steps = steps_per_epoch * epochs
     plateau_factor = 1.0  # 'plateau' halves it after each epoch without a better validation accuracy
     step = 0
 
@@ -196,12 +204,12 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
     stale = 0
     start = time.perf_counter()
     set_lr()
-    for epoch in range(1, tp.epochs + 1):
+    for epoch in range(1, epochs + 1):
         if tp.embeddings in ("freeze_then_finetune", "multichannel"):
             model.set_embeddings_trainable(epoch > tp.freeze_epochs)
         lr_at_start = optimizer.param_groups[0]["lr"]
         tr = run_epoch(model, train_x, train_y, tp.batch_size, device, optimizer, rng, tp.grad_clip,
-                       tp.word_dropout, unk_id, progress=f"epoch {epoch}/{tp.epochs}" if show_progress else None,
+                       tp.word_dropout, unk_id, progress=f"epoch {epoch}/{epochs}" if show_progress else None,
                        class_weight=weight, on_step=after_step)
         va = run_epoch(model, val_x, val_y, max(256, tp.batch_size), device)
         row = {"epoch": epoch, "train_loss": tr.loss, "train_accuracy": tr.accuracy, "val_loss": va.loss,
@@ -219,7 +227,7 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
                 set_lr()
         if on_epoch:
             on_epoch(step, row)
-        if stale >= tp.patience:
+        if stale >= patience:
             break
     best.seconds = time.perf_counter() - start
     return best

@@ -49,7 +49,7 @@ def tiny_params(corpus: Path, embeddings: Path) -> dict:
                             label_column="sentiment", drop_labels=[])
     params["prepare"].update(val_size=0.2, test_size=0.2)
     params["vocab"].update(min_token_coverage=0.2)  # the fixture's 76 GloVe words cover 31% of the tokens
-    params["train"].update(hidden_size=16, epochs=2, patience=2, batch_size=16, log_every_steps=3)
+    params["train"].update(hidden_size=16, epochs=2, patience=2, min_steps=0, batch_size=16, log_every_steps=3)
     params["baseline"].update(C=[1.0])
     return params
 

@@ -305,7 +305,7 @@ def _kill_stage_when_it_runs(repo: Path, stage: str, delay: float) -> int:
                 continue
             if target in cmdline and b"-m" in cmdline and cwd == str(repo):
                 time.sleep(delay)
-                os.kill(int(pid), signal.SIGKILL)
+                os.kill(int(pid), signal.SIGKILL)  # a stage that already ended: ProcessLookupError
                 killed = True
                 break
         time.sleep(0.02)
@@ -314,14 +314,19 @@ def _kill_stage_when_it_runs(repo: Path, stage: str, delay: float) -> int:
     return code
 
 
-@pytest.mark.parametrize("stage, delay", [("prepare", 1.0), ("vocab", 1.0), ("train", 3.0)])
+@pytest.mark.parametrize("stage, delay", [("prepare", 0.5), ("vocab", 0.5), ("train", 6.0)])
 def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage, delay):
-    """Fault injection: kill -9 a stage mid-work; the next `dvc repro` finishes, caches nothing corrupt
-    and leaves no temporary files. (Killed downloads: test_leftovers_of_a_killed_run_are_removed_by_the_next.)"""
+    """Fault injection: kill -9 a stage mid-work; the last good outputs stay, and the next `dvc repro`
+    finishes, caches nothing corrupt and leaves no temporary files.
+    (Killed downloads: test_leftovers_of_a_killed_run_are_removed_by_the_next.)"""
     repo = tmp_path / "repo"
     shutil.copytree(own_data_repo, repo, symlinks=True)
     set_param(repo, "prepare", "seed", 7)  # a new split: every stage from prepare on must run again
+    set_param(repo, "train", "epochs", 40)  # long enough to be killed mid-training
+    set_param(repo, "train", "patience", 40)
+    before = tree_digest(repo / "metrics/train")
     assert _kill_stage_when_it_runs(repo, stage, delay) != 0
+    assert tree_digest(repo / "metrics/train") == before  # no epochs of the killed run
     out = run(["dvc", "repro"], repo).stdout
     assert stage in stages_run(out), out
     assert "up to date" in run(["dvc", "status"], repo).stdout
@@ -330,3 +335,4 @@ def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage, de
     assert leftovers == []
     assert json.loads((repo / "metrics/eval.json").read_text())["test_rows"] > 0
     assert json.loads((repo / "metrics/prepare.json").read_text())["rows_kept"] == 200
+    assert tree_digest(repo / "metrics/train") != before

@@ -456,7 +456,7 @@ def _toy_problem(n=240, seed=0):
 
 def _train_params(**over):
     tp = P.load("train", ROOT / "params.yaml")
-    return dataclasses.replace(tp, **{"hidden_size": 16, "epochs": 6, "patience": 6, "batch_size": 16,
+    return dataclasses.replace(tp, **{"hidden_size": 16, "epochs": 6, "patience": 6, "min_steps": 0, "batch_size": 16,
                                       "embeddings": "random", "lr": 0.01, "lr_schedule": "constant",
                                       "warmup_steps": 0, "word_dropout": 0.0, "class_weights": "none", **over})
 
@@ -483,6 +483,15 @@ def test_early_stopping_stops_after_patience():
     result = _fit_once(_train_params(epochs=30, patience=1, lr=0.05))
     assert len(result.history) < 30
     assert len(result.history) == result.best_epoch + 1
+
+
+def test_small_corpora_get_more_epochs_and_patience():
+    from pipeline.train import stretched_epochs
+
+    tp = _train_params(epochs=15, patience=5, min_steps=1000)
+    assert stretched_epochs(tp, steps_per_epoch=322) == (15, 5)   # 4,830 steps already
+    assert stretched_epochs(tp, steps_per_epoch=37) == (28, 10)   # 1,200 long reviews
+    assert stretched_epochs(dataclasses.replace(tp, min_steps=0), 37) == (15, 5)
 
 
 def test_lr_factor_warmup_and_cosine():
