@@ -80,28 +80,40 @@ def wait_for_queue(names: list[str], jobs: int) -> None:
         time.sleep(15)
 
 
-def collect(names: list[str]) -> list[dict]:
+def named_experiments(names) -> list[tuple[str, dict]]:
+    """(name, data) of the experiments in `dvc exp show` with one of these names."""
     # -A: also experiments based on earlier commits (after the results themselves were committed).
     shown = json.loads(dvc("exp", "show", "-A", "--json").stdout)
-    runs = []
-    for commit in shown:
-        for exp in commit.get("experiments") or []:
-            if exp.get("name") not in names:
-                continue
-            data = exp["revs"][0]["data"]
-            train = data["params"]["params.yaml"]["data"]["train"]
-            metrics = {path: m.get("data", {}) for path, m in (data.get("metrics") or {}).items()}
-            if "metrics/eval.json" not in metrics or "metrics/train/metrics.json" not in metrics:
-                raise SystemExit(f"{exp['name']}: no metrics (failed? see `dvc queue logs {exp['name']}`)")
-            runs.append({"name": exp["name"], "embeddings": train["embeddings"], "pooling": train["pooling"],
-                         "seed": train["seed"], "accuracy": metrics["metrics/eval.json"]["accuracy"],
-                         "macro_f1": metrics["metrics/eval.json"]["macro_f1"],
-                         "val_accuracy": metrics["metrics/train/metrics.json"]["best_val_accuracy"],
-                         "best_epoch": metrics["metrics/train/metrics.json"]["best_epoch"],
-                         "train_seconds": metrics["metrics/train/metrics.json"]["train_seconds"]})
+    return [(exp["name"], exp["revs"][0]["data"]) for commit in shown for exp in commit.get("experiments") or []
+            if exp.get("name") in names]
+
+
+def metrics_of(name: str, data: dict, needed: tuple[str, ...]) -> dict[str, dict]:
+    """An experiment's metrics by file; an error naming the experiment if one of `needed` is missing."""
+    metrics = {path: m.get("data", {}) for path, m in (data.get("metrics") or {}).items()}
+    if not all(path in metrics for path in needed):
+        raise SystemExit(f"{name}: no metrics (failed? see `dvc queue logs {name}`)")
+    return metrics
+
+
+def check_all_found(names, runs: list[dict]) -> None:
     missing = sorted(set(names) - {r["name"] for r in runs})
     if missing:
         raise SystemExit(f"no results in `dvc exp show` for: {', '.join(missing)}")
+
+
+def collect(names: list[str]) -> list[dict]:
+    runs = []
+    for name, data in named_experiments(names):
+        train = data["params"]["params.yaml"]["data"]["train"]
+        metrics = metrics_of(name, data, ("metrics/eval.json", "metrics/train/metrics.json"))
+        runs.append({"name": name, "embeddings": train["embeddings"], "pooling": train["pooling"],
+                     "seed": train["seed"], "accuracy": metrics["metrics/eval.json"]["accuracy"],
+                     "macro_f1": metrics["metrics/eval.json"]["macro_f1"],
+                     "val_accuracy": metrics["metrics/train/metrics.json"]["best_val_accuracy"],
+                     "best_epoch": metrics["metrics/train/metrics.json"]["best_epoch"],
+                     "train_seconds": metrics["metrics/train/metrics.json"]["train_seconds"]})
+    check_all_found(names, runs)
     return runs
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.ablation import RESULTS, dvc, wait_for_queue
+from benchmarks.ablation import RESULTS, check_all_found, dvc, metrics_of, named_experiments, wait_for_queue
 
 CORPORA = Path("benchmarks/corpora")
 
@@ -48,31 +48,23 @@ def queue(corpora: list[str], seeds: list[int]) -> list[str]:
 
 
 def collect(names: dict[str, tuple[str, int]]) -> list[dict]:
-    shown = json.loads(dvc("exp", "show", "-A", "--json").stdout)
     runs = []
-    for commit in shown:
-        for exp in commit.get("experiments") or []:
-            if exp.get("name") not in names:
-                continue
-            data = exp["revs"][0]["data"]
-            m = {path: v.get("data", {}) for path, v in (data.get("metrics") or {}).items()}
-            if "metrics/eval.json" not in m or "metrics/baseline.json" not in m:
-                raise SystemExit(f"{exp['name']}: no metrics (failed? see `dvc queue logs {exp['name']}`)")
-            corpus, seed = names[exp["name"]]
-            prep, train = m["metrics/prepare.json"], m["metrics/train/metrics.json"]
-            runs.append({
-                "corpus": corpus, "seed": seed, "name": exp["name"],
-                "classes": len(prep["class_counts"]), "train_rows": prep["train_rows"], "val_rows": prep["val_rows"],
-                "test_rows": prep["test_rows"], "split": "given" if prep.get("split_from_corpus") else "hash",
-                "mean_tokens": prep["train_tokens"]["mean"], "max_tokens": train.get("max_tokens"),
-                "lstm_accuracy": m["metrics/eval.json"]["accuracy"], "lstm_macro_f1": m["metrics/eval.json"]["macro_f1"],
-                "baseline_accuracy": m["metrics/baseline.json"]["accuracy"],
-                "baseline_macro_f1": m["metrics/baseline.json"]["macro_f1"],
-                "val_accuracy": train["best_val_accuracy"], "train_seconds": train["train_seconds"],
-            })
-    missing = sorted(set(names) - {r["name"] for r in runs})
-    if missing:
-        raise SystemExit(f"no results in `dvc exp show` for: {', '.join(missing)}")
+    for name, data in named_experiments(names):
+        m = metrics_of(name, data, ("metrics/eval.json", "metrics/baseline.json", "metrics/prepare.json",
+                                    "metrics/train/metrics.json"))
+        corpus, seed = names[name]
+        prep, train = m["metrics/prepare.json"], m["metrics/train/metrics.json"]
+        runs.append({
+            "corpus": corpus, "seed": seed, "name": name,
+            "classes": len(prep["class_counts"]), "train_rows": prep["train_rows"], "val_rows": prep["val_rows"],
+            "test_rows": prep["test_rows"], "split": "given" if prep.get("split_from_corpus") else "hash",
+            "mean_tokens": prep["train_tokens"]["mean"], "max_tokens": train.get("max_tokens"),
+            "lstm_accuracy": m["metrics/eval.json"]["accuracy"], "lstm_macro_f1": m["metrics/eval.json"]["macro_f1"],
+            "baseline_accuracy": m["metrics/baseline.json"]["accuracy"],
+            "baseline_macro_f1": m["metrics/baseline.json"]["macro_f1"],
+            "val_accuracy": train["best_val_accuracy"], "train_seconds": train["train_seconds"],
+        })
+    check_all_found(names, runs)
     return runs
 
 

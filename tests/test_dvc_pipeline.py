@@ -38,7 +38,11 @@ def reproduced(tmp_path_factory, polarity_csv, glove_small) -> Path:
     """One full `dvc repro`, committed; tests work on copies of it."""
     from tests.conftest import make_project, tiny_params
 
-    repo = make_project(tmp_path_factory.mktemp("reproduced") / "repo", tiny_params(polarity_csv, glove_small))
+    return repro_and_commit(make_project(tmp_path_factory.mktemp("reproduced") / "repo",
+                                         tiny_params(polarity_csv, glove_small)))
+
+
+def repro_and_commit(repo: Path) -> Path:
     out = run(["dvc", "repro"], repo).stdout
     assert stages_run(out) == ALL_STAGES, out
     run(["git", "add", "-A"], repo)
@@ -46,11 +50,15 @@ def reproduced(tmp_path_factory, polarity_csv, glove_small) -> Path:
     return repo
 
 
+def copy_of(repo: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "repo"
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest
+
+
 @pytest.fixture
 def repo(reproduced, tmp_path) -> Path:
-    dest = tmp_path / "repo"
-    shutil.copytree(reproduced, dest, symlinks=True)
-    return dest
+    return copy_of(reproduced, tmp_path)
 
 
 def test_full_repro_writes_every_artefact(repo):
@@ -224,18 +232,12 @@ def own_data_repo(tmp_path_factory, polarity_csv, glove_small) -> Path:
     shutil.copy(glove_small, root / "data/my_vectors.txt")
     params = tiny_params(root / "data/my_reviews.csv", root / "data/my_vectors.txt")
     params["corpus"]["source"], params["embeddings"]["source"] = "data/my_reviews.csv", "data/my_vectors.txt"
-    repo = make_project(root, params)
-    assert stages_run(run(["dvc", "repro"], repo).stdout) == ALL_STAGES
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-q", "-m", "repro"], repo)
-    return repo
+    return repro_and_commit(make_project(root, params))
 
 
 @pytest.fixture
 def own_repo(own_data_repo, tmp_path) -> Path:
-    dest = tmp_path / "repo"
-    shutil.copytree(own_data_repo, dest, symlinks=True)
-    return dest
+    return copy_of(own_data_repo, tmp_path)
 
 
 def test_editing_a_local_corpus_file_reruns_prepare_and_what_follows(own_repo):
@@ -319,8 +321,7 @@ def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage, de
     """Fault injection: kill -9 a stage mid-work; the last good outputs stay, and the next `dvc repro`
     finishes, caches nothing corrupt and leaves no temporary files.
     (Killed downloads: test_leftovers_of_a_killed_run_are_removed_by_the_next.)"""
-    repo = tmp_path / "repo"
-    shutil.copytree(own_data_repo, repo, symlinks=True)
+    repo = copy_of(own_data_repo, tmp_path)
     set_param(repo, "prepare", "seed", 7)  # a new split: every stage from prepare on must run again
     set_param(repo, "train", "epochs", 40)  # long enough to be killed mid-training
     set_param(repo, "train", "patience", 40)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.server
@@ -34,17 +35,40 @@ def _src(download, members=(), sha256=None):
     return P.SourceParams(download=download, members=list(members), sha256=sha256, source="unused")
 
 
+@contextlib.contextmanager
+def loopback_server(handler):
+    """An HTTP server on 127.0.0.1 in a thread; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def serve_directory(site: Path):
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=str(site), **k)
+
+        def log_message(self, *args):
+            pass
+
+    return loopback_server(Handler)
+
+
 @pytest.fixture
 def file_server(tmp_path):
     """A directory served over HTTP on 127.0.0.1; yields (directory, base URL)."""
     site = tmp_path / "site"
     site.mkdir()
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(site), **k)  # noqa: E731
-    http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield site, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_directory(site) as url:
+        yield site, url
 
 
 def test_download_file_and_zip_member(tmp_path, glove_small, file_server):
@@ -95,7 +119,7 @@ def test_a_truncated_http_body_fails_and_keeps_nothing(tmp_path, glove_small, mo
     payload = glove_small.read_bytes()
     monkeypatch.setattr(D.time, "sleep", lambda s: None)
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self):
             self.send_response(200)
             self.send_header("Content-Length", str(len(payload)))
@@ -103,18 +127,10 @@ def test_a_truncated_http_body_fails_and_keeps_nothing(tmp_path, glove_small, mo
             self.wfile.write(payload[: len(payload) // 2])
             self.close_connection = True
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/glove.txt"
+    with loopback_server(Handler) as base:
         half, whole = len(payload) // 2, len(payload)
         with pytest.raises(PipelineError, match=rf"glove\.txt: received {half:,} of the {whole:,} bytes"):
-            D.download(_src(url), tmp_path / "raw" / "embeddings")
-    finally:
-        server.shutdown()
+            D.download(_src(f"{base}/glove.txt"), tmp_path / "raw" / "embeddings")
     assert not (tmp_path / "raw" / "embeddings").exists()
     assert not [p.name for p in (tmp_path / "raw").iterdir()]  # no partial output, no temporary file
 
@@ -140,7 +156,7 @@ def test_download_over_http_from_loopback_retries_server_errors(tmp_path, glove_
     requests = []
     monkeypatch.setattr(D.time, "sleep", lambda s: None)  # no real back-off wait in tests
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self):
             requests.append(self.path)
             if self.path.endswith("missing.txt"):
@@ -154,20 +170,13 @@ def test_download_over_http_from_loopback_retries_server_errors(tmp_path, glove_
             self.end_headers()
             self.wfile.write(payload)
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/vectors/glove.txt"
+    with loopback_server(Handler) as base:
+        url = f"{base}/vectors/glove.txt"
         written = D.download(_src(url, sha256=hashlib.sha256(payload).hexdigest()), tmp_path / "out")
         assert written[0].name == "glove.txt" and written[0].read_bytes() == payload
         assert len(requests) == 2
         with pytest.raises(PipelineError, match=r"missing\.txt: HTTP 404"):
             D.download(_src(url.replace("glove.txt", "missing.txt")), tmp_path / "out2")
-    finally:
-        server.shutdown()
 
 
 # --- prepare ------------------------------------------------------------------------------------
@@ -709,12 +718,8 @@ def test_gensim_data_model_through_a_loopback_mirror(tmp_path, monkeypatch, glov
     (site / "list.json").write_text(json.dumps({"corpora": {}, "models": {
         name: {"file_name": f"{name}.gz", "parts": 1, "checksum": md5}}}))
 
-    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(site), **k)  # noqa: E731
-    http.server.SimpleHTTPRequestHandler.log_message = lambda *a: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("GENSIM_DATA_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    with serve_directory(site) as base:
+        monkeypatch.setenv("GENSIM_DATA_URL", base)
         monkeypatch.setenv("GENSIM_DATA_DIR", str(tmp_path / "gensim-cache"))
         out = tmp_path / "raw"
         written = D.download(_src(f"gensim-data:{name}"), out)
@@ -725,5 +730,3 @@ def test_gensim_data_model_through_a_loopback_mirror(tmp_path, monkeypatch, glov
         np.testing.assert_allclose(result.matrix[:2], kv[["the", "of"]], rtol=1e-6)
         with pytest.raises(PipelineError, match="gensim-data:no-such-model"):
             D.download(_src("gensim-data:no-such-model"), tmp_path / "raw2")
-    finally:
-        server.shutdown()
