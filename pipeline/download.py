@@ -32,6 +32,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
@@ -236,7 +237,11 @@ def download(src: P.SourceParams, out_dir: Path, key: str = "download") -> list[
                 raise PipelineError(f"{src.download}: sha256 mismatch: expected {src.sha256}, got {actual}")
         staging.mkdir()
         if src.members:
-            written = extract_members(fetched, src.members, staging)
+            try:
+                written = extract_members(fetched, src.members, staging)
+            except (EOFError, OSError, zlib.error, tarfile.TarError, zipfile.BadZipFile) as err:
+                raise PipelineError(f"{src.download}: cannot read {fetched.name} to the end ({err}): "
+                                    "a truncated or corrupt archive?") from None
         else:
             shutil.move(str(fetched), staging / fetched.name)
             written = [staging / fetched.name]

@@ -135,6 +135,24 @@ def test_a_truncated_http_body_fails_and_keeps_nothing(tmp_path, glove_small, mo
     assert not [p.name for p in (tmp_path / "raw").iterdir()]  # no partial output, no temporary file
 
 
+@pytest.mark.parametrize("name, members", [("v.txt.gz", ["v.txt"]), ("v.tar.gz", ["v.txt"])])
+def test_a_truncated_archive_names_the_file(tmp_path, glove_small, file_server, name, members):
+    import gzip
+
+    site, url = file_server
+    if name.endswith(".tar.gz"):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tf:
+            tf.add(glove_small, "v.txt")
+        data = buffer.getvalue()
+    else:
+        data = gzip.compress(glove_small.read_bytes())
+    (site / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(PipelineError, match=rf"{name}: cannot read {name} to the end .*truncated or corrupt"):
+        D.download(_src(f"{url}/{name}", members), tmp_path / "raw" / "emb")
+    assert not (tmp_path / "raw" / "emb").exists()
+
+
 def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path, file_server):
     site, url = file_server
     (site / "v.txt").write_text("the 0.1 0.2\n")
