@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,7 @@ def _read_lines(path: Path, encoding: str, parse) -> tuple[list, list]:
                     labels.append(label)
     except UnicodeDecodeError as err:
         raise _decode_error(path, err, encoding) from None
-    except (EOFError, OSError) as err:
+    except (EOFError, OSError, zlib.error) as err:
         raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
     return texts, labels
 
@@ -212,7 +213,7 @@ def read_table(path: Path, kind: str, text_column: str, label_column: str, split
                     "there (a stray '\"'?) swallowed the rows after it; quote or remove it")
     except UnicodeDecodeError as err:
         raise _decode_error(path, err, encoding) from None
-    except (ValueError, pd.errors.ParserError, OSError, EOFError) as err:
+    except (ValueError, pd.errors.ParserError, OSError, EOFError, zlib.error) as err:
         raise PipelineError(f"{path}: cannot read as {kind}: {err}") from None
     wanted = [("text", text_column), ("label", label_column)] + ([("split", split_column)] if split_column else [])
     for role, column in wanted:

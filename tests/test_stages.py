@@ -277,6 +277,18 @@ def test_malformed_json_line_and_unbalanced_tsv_quote_are_named(tmp_path):
         PR.read_corpus(tsv, _corpus_params())
 
 
+@pytest.mark.parametrize("name", ["c.csv.gz", "c.jsonl.gz"])
+def test_a_truncated_compressed_corpus_names_the_file(tmp_path, name):
+    import gzip
+
+    rows = "".join(f'{{"text": "review {i}", "label": "pos"}}\n' for i in range(2000)) if "jsonl" in name \
+        else "text,label\n" + "".join(f"review {i},pos\n" for i in range(2000))
+    data = gzip.compress(rows.encode())
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(PipelineError, match=rf"{name.replace('.', '[.]')}: cannot read"):
+        PR.read_corpus(tmp_path / name, _corpus_params())
+
+
 def test_fasttext_lines(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("__label__pos a fine film\n\n__label__neg __label__meh dull\n")
