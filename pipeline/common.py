@@ -7,13 +7,20 @@ import json
 import os
 import shutil
 import sys
+import tarfile
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator
 
 
 class PipelineError(Exception):
     """An error caused by the user's input (data, params, paths), reported without a traceback."""
+
+
+# What reading a truncated or corrupt file (compressed, archived or plain) raises, in any reader.
+READ_ERRORS = (EOFError, OSError, zlib.error, zipfile.BadZipFile, tarfile.TarError)
 
 
 @contextlib.contextmanager

@@ -32,13 +32,12 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-import zlib
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
 from pipeline import params as P
-from pipeline.common import PipelineError, atomic_path, remove_stale, run_main
+from pipeline.common import READ_ERRORS, PipelineError, atomic_path, remove_stale, run_main
 
 RAW_DIR = Path("data/raw")
 CHUNK = 1 << 20
@@ -239,7 +238,7 @@ def download(src: P.SourceParams, out_dir: Path, key: str = "download") -> list[
         if src.members:
             try:
                 written = extract_members(fetched, src.members, staging)
-            except (EOFError, OSError, zlib.error, tarfile.TarError, zipfile.BadZipFile) as err:
+            except READ_ERRORS as err:
                 raise PipelineError(f"{src.download}: cannot read {fetched.name} to the end ({err}): "
                                     "a truncated or corrupt archive?") from None
         else:

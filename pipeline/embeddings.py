@@ -23,14 +23,13 @@ from __future__ import annotations
 import gzip
 import io
 import zipfile
-import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import PipelineError
+from pipeline.common import READ_ERRORS, PipelineError
 
 BOM = b"\xef\xbb\xbf"
 FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")
@@ -111,9 +110,6 @@ def _open_text(path: Path) -> io.BufferedIOBase:
     return open(path, "rb", buffering=1 << 20)
 
 
-_READ_ERRORS = (EOFError, OSError, zlib.error, zipfile.BadZipFile)
-
-
 def _unreadable(path: Path, err: Exception) -> PipelineError:
     return PipelineError(f"{path}: cannot read to the end ({err}): a truncated or corrupt file?")
 
@@ -148,7 +144,7 @@ def align_text(path: Path, words: list[str], case_fallback: bool = True, bad_lin
     try:
         with _open_text(path) as f:
             dim = _stream_text(f, path, m, bad, has_header)
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise _unreadable(path, err) from None
     if dim is None:
         raise PipelineError(f"{path}: no vectors in the file")
@@ -353,7 +349,7 @@ def detect(directory: Path, fmt: str = "auto") -> VectorsSource:
     try:
         with _open_text(path) as f:
             head = f.read(1 << 16)
-    except _READ_ERRORS as err:
+    except READ_ERRORS as err:
         raise _unreadable(path, err) from None
     if head[:4] == FASTTEXT_MAGIC:
         return VectorsSource("fasttext_bin", path)

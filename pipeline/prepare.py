@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from pipeline import params as P
-from pipeline.common import PipelineError, atomic_path, run_main, write_json
+from pipeline.common import READ_ERRORS, PipelineError, atomic_path, run_main, write_json
 from pipeline.text import TextConfig, tokenize
 
 OUT_DIR = Path("data/prepared")
@@ -106,7 +105,7 @@ def _read_lines(path: Path, encoding: str, parse) -> tuple[list, list]:
                     labels.append(label)
     except UnicodeDecodeError as err:
         raise _decode_error(path, err, encoding) from None
-    except (EOFError, OSError, zlib.error) as err:
+    except READ_ERRORS as err:
         raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
     return texts, labels
 
@@ -213,7 +212,7 @@ def read_table(path: Path, kind: str, text_column: str, label_column: str, split
                     "there (a stray '\"'?) swallowed the rows after it; quote or remove it")
     except UnicodeDecodeError as err:
         raise _decode_error(path, err, encoding) from None
-    except (ValueError, pd.errors.ParserError, OSError, EOFError, zlib.error) as err:
+    except (ValueError, pd.errors.ParserError, *READ_ERRORS) as err:
         raise PipelineError(f"{path}: cannot read as {kind}: {err}") from None
     wanted = [("text", text_column), ("label", label_column)] + ([("split", split_column)] if split_column else [])
     for role, column in wanted:
