@@ -285,8 +285,20 @@ def test_import_url_corpus_is_updated_through_dvc(own_repo, polarity_csv, tmp_pa
     assert json.loads((own_repo / "metrics/prepare.json").read_text())["rows_read"] == 201
 
 
-def _kill_stage_when_it_runs(repo: Path, stage: str, delay: float) -> int:
-    """Start `dvc repro`, kill -9 the stage's own process `delay` seconds after it starts; return dvc's code."""
+# Where each stage stages its outputs before the atomic rename, and what shows it is mid-work there.
+MID_WORK = {
+    "prepare": ("data", ".prepared.*.partial", "*"),
+    "vocab": ("data", ".vocab.*.partial", "*"),
+    "train": ("metrics", ".train.*.partial", "**/*.tsv"),  # DVCLive has logged a step
+}
+
+
+def _kill_stage_mid_work(repo: Path, stage: str) -> int:
+    """Start `dvc repro` and kill -9 the stage's own process while its staged outputs are half
+    written; return dvc's exit code.
+
+    No sleeps to guess at: the stage runs in short slices between SIGSTOP and SIGCONT, and is looked
+    at only while stopped, so the kill lands mid-work on a fast machine and a slow one alike."""
     import os
     import signal
     import subprocess
@@ -295,29 +307,41 @@ def _kill_stage_when_it_runs(repo: Path, stage: str, delay: float) -> int:
 
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", CI="true")
     proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    target = f"pipeline.{stage.split('_')[0]}".encode()
-    deadline = time.monotonic() + 120
-    killed = False
-    while proc.poll() is None and time.monotonic() < deadline and not killed:
-        for pid in filter(str.isdigit, os.listdir("/proc")):
+    target = f"pipeline.{stage}".encode()
+    folder, staging, evidence = MID_WORK[stage]
+    deadline = time.monotonic() + 300
+    pid = None
+    while pid is None and proc.poll() is None and time.monotonic() < deadline:
+        for entry in filter(str.isdigit, os.listdir("/proc")):
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                cwd = os.readlink(f"/proc/{pid}/cwd")
+                argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+                cwd = os.readlink(f"/proc/{entry}/cwd")
             except OSError:
                 continue
-            if target in cmdline and b"-m" in cmdline and cwd == str(repo):
-                time.sleep(delay)
-                os.kill(int(pid), signal.SIGKILL)  # a stage that already ended: ProcessLookupError
-                killed = True
+            # The Python process itself (`python -m pipeline.X`), never a `sh -c "..."` wrapper
+            # around it: dash (/bin/sh when SHELL is unset, as in CI) forks rather than execs, and
+            # killing only the shell would leave the stage running to the end.
+            if cwd == str(repo) and any(a == b"-m" and b == target for a, b in zip(argv, argv[1:])):
+                pid = int(entry)
                 break
-        time.sleep(0.02)
+        time.sleep(0.005)
+    assert pid is not None, f"{stage} never ran"
+    mid_work = False
+    while not mid_work and time.monotonic() < deadline:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            break
+        mid_work = any(any(d.glob(evidence)) for d in (repo / folder).glob(staging))
+        os.kill(pid, signal.SIGKILL if mid_work else signal.SIGCONT)
+        time.sleep(0.0002)
     code = proc.wait(timeout=300)
-    assert killed, f"{stage} never ran"
+    assert mid_work, f"{stage} ended before it was seen mid-work"
     return code
 
 
-@pytest.mark.parametrize("stage, delay", [("prepare", 0.5), ("vocab", 0.5), ("train", 6.0)])
-def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage, delay):
+@pytest.mark.parametrize("stage", ["prepare", "vocab", "train"])
+def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage):
     """Fault injection: kill -9 a stage mid-work; the last good outputs stay, and the next `dvc repro`
     finishes, caches nothing corrupt and leaves no temporary files.
     (Killed downloads: test_leftovers_of_a_killed_run_are_removed_by_the_next.)"""
@@ -326,7 +350,7 @@ def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage, de
     set_param(repo, "train", "epochs", 40)  # long enough to be killed mid-training
     set_param(repo, "train", "patience", 40)
     before = tree_digest(repo / "metrics/train")
-    assert _kill_stage_when_it_runs(repo, stage, delay) != 0
+    assert _kill_stage_mid_work(repo, stage) != 0
     assert tree_digest(repo / "metrics/train") == before  # no epochs of the killed run
     out = run(["dvc", "repro"], repo).stdout
     assert stage in stages_run(out), out
