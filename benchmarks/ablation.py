@@ -96,6 +96,14 @@ def metrics_of(name: str, data: dict, needed: tuple[str, ...]) -> dict[str, dict
     return metrics
 
 
+def report_of(name: str, data: dict, path: str) -> dict:
+    """A plain report (not a DVC metric) as the experiment committed it, e.g. metrics/train/metrics.json."""
+    proc = subprocess.run(["git", "show", f"{data['rev']}:{path}"], text=True, capture_output=True)
+    if proc.returncode:
+        raise SystemExit(f"{name}: no {path} in its commit {data['rev'][:8]}: {proc.stderr.strip()}")
+    return json.loads(proc.stdout)
+
+
 def check_all_found(names, runs: list[dict]) -> None:
     missing = sorted(set(names) - {r["name"] for r in runs})
     if missing:
@@ -106,13 +114,13 @@ def collect(names: list[str]) -> list[dict]:
     runs = []
     for name, data in named_experiments(names):
         train = data["params"]["params.yaml"]["data"]["train"]
-        metrics = metrics_of(name, data, ("metrics/eval.json", "metrics/train/metrics.json"))
+        metrics = metrics_of(name, data, ("metrics/eval.json", "metrics/train/best.json"))
+        lstm, best = metrics["metrics/eval.json"], metrics["metrics/train/best.json"]
         runs.append({"name": name, "embeddings": train["embeddings"], "pooling": train["pooling"],
-                     "seed": train["seed"], "accuracy": metrics["metrics/eval.json"]["accuracy"],
-                     "macro_f1": metrics["metrics/eval.json"]["macro_f1"],
-                     "val_accuracy": metrics["metrics/train/metrics.json"]["best_val_accuracy"],
-                     "best_epoch": metrics["metrics/train/metrics.json"]["best_epoch"],
-                     "train_seconds": metrics["metrics/train/metrics.json"]["train_seconds"]})
+                     "seed": train["seed"], "accuracy": lstm["lstm_test_accuracy"],
+                     "macro_f1": lstm["lstm_test_macro_f1"], "val_accuracy": best["lstm_best_val_accuracy"],
+                     "best_epoch": best["lstm_best_epoch"],
+                     "train_seconds": report_of(name, data, "metrics/train/metrics.json")["train_seconds"]})
     check_all_found(names, runs)
     return runs
 

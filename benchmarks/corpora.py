@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.ablation import RESULTS, check_all_found, dvc, metrics_of, named_experiments, wait_for_queue
+from benchmarks.ablation import (RESULTS, check_all_found, dvc, metrics_of, named_experiments, report_of,
+                                 wait_for_queue)
 
 CORPORA = Path("benchmarks/corpora")
 
@@ -50,19 +51,20 @@ def queue(corpora: list[str], seeds: list[int]) -> list[str]:
 def collect(names: dict[str, tuple[str, int]]) -> list[dict]:
     runs = []
     for name, data in named_experiments(names):
-        m = metrics_of(name, data, ("metrics/eval.json", "metrics/baseline.json", "metrics/prepare.json",
-                                    "metrics/train/metrics.json"))
+        m = metrics_of(name, data, ("metrics/eval.json", "metrics/baseline.json", "metrics/train/best.json"))
         corpus, seed = names[name]
-        prep, train = m["metrics/prepare.json"], m["metrics/train/metrics.json"]
+        prep = report_of(name, data, "metrics/prepare.json")
+        train = {**report_of(name, data, "metrics/train/metrics.json"), **m["metrics/train/best.json"]}
         runs.append({
             "corpus": corpus, "seed": seed, "name": name,
             "classes": len(prep["class_counts"]), "train_rows": prep["train_rows"], "val_rows": prep["val_rows"],
             "test_rows": prep["test_rows"], "split": "given" if prep.get("split_from_corpus") else "hash",
             "mean_tokens": prep["train_tokens"]["mean"], "max_tokens": train.get("max_tokens"),
-            "lstm_accuracy": m["metrics/eval.json"]["accuracy"], "lstm_macro_f1": m["metrics/eval.json"]["macro_f1"],
-            "baseline_accuracy": m["metrics/baseline.json"]["accuracy"],
-            "baseline_macro_f1": m["metrics/baseline.json"]["macro_f1"],
-            "val_accuracy": train["best_val_accuracy"], "train_seconds": train["train_seconds"],
+            "lstm_accuracy": m["metrics/eval.json"]["lstm_test_accuracy"],
+            "lstm_macro_f1": m["metrics/eval.json"]["lstm_test_macro_f1"],
+            "baseline_accuracy": m["metrics/baseline.json"]["baseline_test_accuracy"],
+            "baseline_macro_f1": m["metrics/baseline.json"]["baseline_test_macro_f1"],
+            "val_accuracy": train["lstm_best_val_accuracy"], "train_seconds": train["train_seconds"],
         })
     check_all_found(names, runs)
     return runs

@@ -1,8 +1,9 @@
 """Stage train: an LSTM classifier on the aligned embedding matrix, early-stopped on validation accuracy.
 
-Writes models/model.pt (the best epoch), DVCLive metrics and curves under metrics/train/ (per step and
-per epoch, on the optimizer-step axis), and metrics/train/curves.png (a static image of the curves,
-for offline plot reports).
+Writes models/model.pt (the best epoch), metrics/train/best.json (the saved epoch and its validation
+accuracy: what `dvc exp show` compares), and DVCLive's folder metrics/train/: per-epoch loss and
+accuracy over epochs, step loss and learning rate over optimizer steps, metrics.json (DVCLive's
+summary: the last values, timings; a plain output), and curves.png (a static image of the curves).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import params as P
-from pipeline.common import PipelineError, atomic_path, pyplot, read_json, run_main, save_png
+from pipeline.common import PipelineError, atomic_path, pyplot, read_json, run_main, save_png, write_json
 from pipeline.data import auto_max_tokens, bucket_batches, encode, pad_batch
 from pipeline.inference import MODEL_PATH, save_checkpoint
 from pipeline.model import LSTMClassifier, ModelConfig
@@ -32,6 +33,7 @@ from pipeline.text import TextConfig
 PREPARED = Path("data/prepared")
 VOCAB_DIR = Path("data/vocab")
 LIVE_DIR = Path("metrics/train")
+BEST = "best.json"  # in LIVE_DIR
 
 
 def set_determinism(seed: int) -> None:
@@ -285,11 +287,11 @@ def plot_curves(result: TrainResult, path: Path, smooth: int = 20) -> None:
 
 
 class LiveLogger:
-    """DVCLive on one step axis for everything: the optimizer step.
+    """DVCLive, each series on its own axis.
 
-    Per-step series (train/step_loss: the mean loss since the previous point, and lr) get a point
-    every `every` steps, or once per epoch when `every` is 0; per-epoch series (loss and accuracy of
-    both splits, timings) one point at each epoch's last step.
+    Per-step series (train/step_loss: the mean loss since the previous point, and lr) have the
+    optimizer step as their `step`, a point every `every` steps, or once per epoch when `every` is 0;
+    per-epoch series (loss and accuracy of both splits, timings) have the epoch number.
     """
 
     def __init__(self, live, every: int, lr: float):
@@ -313,8 +315,7 @@ class LiveLogger:
         if not self.every and self.window:
             self._log_step_metrics(step)
         live = self.live
-        live.step = step
-        live.log_metric("epoch", row["epoch"])
+        live.step = row["epoch"]
         for split in ("train", "val"):
             live.log_metric(f"{split}/loss", row[f"{split}_loss"])
             live.log_metric(f"{split}/accuracy", row[f"{split}_accuracy"])
@@ -358,6 +359,9 @@ def main() -> None:
             live.summary["best_val_accuracy"] = result.best_val_accuracy
             live.summary["train_seconds"] = round(result.seconds, 2)
             live.summary["max_tokens"] = max_tokens
+        # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
+        write_json(staging / BEST, {"lstm_best_val_accuracy": round(result.best_val_accuracy, 4),
+                                    "lstm_best_epoch": result.best_epoch})
         plot_curves(result, staging / "curves.png")
         # No timings in the checkpoint: the same params and seed give the same weights and metadata.
         info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,

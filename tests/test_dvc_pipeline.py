@@ -64,28 +64,35 @@ def repo(reproduced, tmp_path) -> Path:
 def test_full_repro_writes_every_artefact(repo):
     for path in CACHED_OUTPUTS:
         assert (repo / path).exists(), path
-    evaluation = json.loads((repo / "metrics/eval.json").read_text())
-    assert 0.0 <= evaluation["accuracy"] <= 1.0 and 0.0 <= evaluation["macro_f1"] <= 1.0
+    # The metrics `dvc exp show` compares, each named once; the details are plain reports beside them.
+    metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)[""]["data"]
+    names = [key for m in metrics.values() for key in m["data"]]
+    assert sorted(names) == ["baseline_test_accuracy", "baseline_test_macro_f1", "lstm_best_epoch",
+                             "lstm_best_val_accuracy", "lstm_test_accuracy", "lstm_test_macro_f1"], metrics
+    evaluation = json.loads((repo / "metrics/eval/report.json").read_text())
+    assert json.loads((repo / "metrics/eval.json").read_text()) == {
+        "lstm_test_accuracy": evaluation["accuracy"], "lstm_test_macro_f1": evaluation["macro_f1"]}
     assert set(evaluation["per_class"]) == {"neg", "pos"}
-    baseline = json.loads((repo / "metrics/baseline.json").read_text())
-    assert {"accuracy", "macro_f1"} <= set(baseline)
+    baseline = json.loads((repo / "metrics/baseline/report.json").read_text())
+    assert {"accuracy", "macro_f1", "per_class", "C"} <= set(baseline)
     vocab = json.loads((repo / "metrics/vocab.json").read_text())
     assert vocab["embedding_dim"] == 50 and vocab["pretrained_rows"] > 0
     confusion = (repo / "metrics/eval/confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + evaluation["test_rows"]
     assert (repo / "metrics/eval/confusion.png").read_bytes()[:4] == b"\x89PNG"
     assert (repo / "metrics/train/curves.png").read_bytes()[:4] == b"\x89PNG"
-    # DVCLive: the step axis is the optimizer step; step loss every log_every_steps, epoch rows at epoch ends.
+    # DVCLive: step loss every log_every_steps optimizer steps; per-epoch series over epochs 1, 2, ...
     every = yaml.safe_load((repo / "params.yaml").read_text())["train"]["log_every_steps"]
     plots = repo / "metrics/train/plots/metrics"
     step_rows = (plots / "train/step_loss.tsv").read_text().splitlines()
     assert step_rows[0] == "step\tstep_loss" and len(step_rows) > 2
     assert all(int(row.split("\t")[0]) % every == 0 for row in step_rows[1:])
-    epoch_steps = [int(row.split("\t")[0]) for row in (plots / "val/accuracy.tsv").read_text().splitlines()[1:]]
-    train_rows = int(json.loads((repo / "metrics/prepare.json").read_text())["train_rows"])
-    batch = yaml.safe_load((repo / "params.yaml").read_text())["train"]["batch_size"]
-    per_epoch = -(-train_rows // batch)
-    assert epoch_steps == [per_epoch * (i + 1) for i in range(len(epoch_steps))]
+    val_rows = [row.split("\t") for row in (plots / "val/accuracy.tsv").read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in val_rows] == list(range(1, len(val_rows) + 1))
+    # The saved epoch's figures, not the last epoch's.
+    best = json.loads((repo / "metrics/train/best.json").read_text())
+    assert best["lstm_best_val_accuracy"] == round(max(float(r[1]) for r in val_rows), 4)
+    assert float(val_rows[best["lstm_best_epoch"] - 1][1]) == max(float(r[1]) for r in val_rows)
     assert (plots / "lr.tsv").exists()
     # Nothing changed: nothing reruns.
     assert stages_run(run(["dvc", "repro"], repo).stdout) == set()
@@ -104,8 +111,9 @@ def test_vocab_param_change_leaves_download_and_prepare(repo):
     status = run(["dvc", "params", "diff", "--json"], repo).stdout
     change = json.loads(status)["params.yaml"]["vocab.min_freq"]
     assert (change["old"], change["new"]) == (1, 2)
-    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], repo).stdout)
-    assert "metrics/vocab.json" in diff and "vocab_size" in diff["metrics/vocab.json"]
+    diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo).stdout)
+    assert {"lstm_test_accuracy", "lstm_test_macro_f1"} <= set(diff["metrics/eval.json"]), diff
+    assert "metrics/vocab.json" in run(["git", "diff", "--name-only"], repo).stdout  # the report moved too
 
 
 def test_experiment_run_and_show(repo):
@@ -116,7 +124,7 @@ def test_experiment_run_and_show(repo):
     assert found, shown
     data = found[0]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 0.003
-    assert "accuracy" in data["metrics"]["metrics/eval.json"]["data"]
+    assert "lstm_test_accuracy" in data["metrics"]["metrics/eval.json"]["data"]
 
 
 def test_queued_experiments_run_through_the_queue_worker(repo):
@@ -140,7 +148,7 @@ def test_queued_experiments_run_through_the_queue_worker(repo):
             data = exp["revs"][0]["data"]
             done[data["params"]["params.yaml"]["data"]["train"]["pooling"]] = data["metrics"]["metrics/eval.json"]["data"]
     assert set(done) == {"last", "max"}, shown
-    assert all(0.0 <= m["accuracy"] <= 1.0 for m in done.values())
+    assert all(0.0 <= m["lstm_test_accuracy"] <= 1.0 for m in done.values())
 
 
 def test_plots_render_with_static_images(repo, tmp_path):
@@ -202,7 +210,8 @@ def test_push_and_pull_through_s3_remote(repo, tmp_path, monkeypatch):
 def test_a_bad_param_keeps_the_last_good_outputs(repo):
     """`-S train.pooling=avg`: the stage fails with the key named, and the model and the training
     metrics of the last good run stay (persist: true outputs, replaced only on success)."""
-    before = {p: tree_digest(repo / p) for p in ("models/model.pt", "metrics/train", "metrics/eval.json")}
+    before = {p: tree_digest(repo / p) for p in ("models/model.pt", "metrics/train", "metrics/eval.json",
+                                                 "metrics/eval/report.json")}
     proc = run(["dvc", "exp", "run", "-S", "train.pooling=avg"], repo, check=False)
     assert proc.returncode != 0 and "'train.pooling' must be one of" in proc.stdout, proc.stdout
     assert {p: tree_digest(repo / p) for p in before} == before
@@ -267,7 +276,7 @@ def test_dvc_added_corpus_reaches_temp_experiments(own_repo):
     run(["dvc", "exp", "run", "--temp", "-n", "temp-lr", "-S", "train.lr=0.003"], own_repo)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], own_repo).stdout)
     found = [e for c in shown for e in (c.get("experiments") or []) if e.get("name") == "temp-lr"]
-    assert found and "accuracy" in found[0]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]
+    assert found and "lstm_test_accuracy" in found[0]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]
 
 
 def test_import_url_corpus_is_updated_through_dvc(own_repo, polarity_csv, tmp_path):
@@ -358,6 +367,6 @@ def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage):
     leftovers = [str(p.relative_to(repo)) for p in repo.rglob("*")
                  if p.name.endswith(".partial") or p.name.startswith(".download-")]
     assert leftovers == []
-    assert json.loads((repo / "metrics/eval.json").read_text())["test_rows"] > 0
+    assert json.loads((repo / "metrics/eval/report.json").read_text())["test_rows"] > 0
     assert json.loads((repo / "metrics/prepare.json").read_text())["rows_kept"] == 200
     assert tree_digest(repo / "metrics/train") != before

@@ -642,8 +642,8 @@ def test_the_same_model_saves_to_the_same_bytes(tmp_path):
 
 
 @pytest.mark.parametrize("every, step_points", [(2, [2, 4, 6, 8]), (0, [5, 9])])
-def test_live_logger_puts_steps_and_epochs_on_one_axis(tmp_path, every, step_points):
-    """Real DVCLive files: step loss every `every` steps (0: once per epoch), epoch rows at epoch ends."""
+def test_live_logger_puts_step_series_on_steps_and_epoch_series_on_epochs(tmp_path, every, step_points):
+    """Real DVCLive files: step loss every `every` steps (0: once per epoch); epoch rows over epochs."""
     from dvclive import Live
 
     from pipeline.train import LiveLogger
@@ -667,7 +667,8 @@ def test_live_logger_puts_steps_and_epochs_on_one_axis(tmp_path, every, step_poi
         assert losses == [1.5, 3.5, 5.5, 7.5]  # the mean over each window
     else:
         assert losses == [3.0, 7.5]
-    assert column("val/accuracy.tsv")[0] == [5, 9]
+    assert column("val/accuracy.tsv")[0] == [1, 2]
+    assert column("train/loss.tsv")[0] == [1, 2]
     assert column("lr.tsv")[1][-1] == pytest.approx(0.1 / step_points[-1])
 
 
