@@ -178,6 +178,64 @@ def test_push_and_pull_through_directory_remote(repo, tmp_path):
     _assert_pull_restores(repo, tmp_path / "clone")
 
 
+def _share_through(repo: Path, tmp_path: Path) -> Path:
+    """A bare git repository as `origin` and a directory DVC remote, both holding the current commit."""
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    run(["dvc", "remote", "add", "-d", "store", str(tmp_path / "dvc-store")], repo)
+    run(["git", "commit", "-q", "-am", "share"], repo)
+    run(["git", "remote", "add", "origin", str(origin)], repo)
+    run(["git", "push", "-q", "origin", "HEAD"], repo)
+    run(["dvc", "push"], repo)
+    return origin
+
+
+def test_experiments_are_shared_with_exp_push_and_exp_pull(repo, tmp_path):
+    """An experiment travels as a git ref (to origin) and its outputs (to the DVC remote); a fresh
+    clone pulls it, sees its metrics in `dvc exp show`, and applies it with nothing to rerun."""
+    origin = _share_through(repo, tmp_path)
+    run(["dvc", "exp", "run", "-n", "shared-lr", "-S", "train.lr=0.003"], repo)
+    run(["dvc", "exp", "push", "origin", "shared-lr"], repo)
+    clone = tmp_path / "clone"
+    branch = run(["git", "branch", "--show-current"], repo).stdout.strip()
+    run(["git", "clone", "-q", "-b", branch, str(origin), str(clone)], tmp_path)
+    assert "shared-lr" in run(["dvc", "exp", "list", "--all-commits", "origin"], clone).stdout
+    run(["dvc", "exp", "pull", "origin", "shared-lr"], clone)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], clone).stdout)
+    found = [e for c in shown for e in (c.get("experiments") or []) if e.get("name") == "shared-lr"]
+    assert found, shown
+    theirs = json.loads((repo / "metrics/eval.json").read_text())
+    assert found[0]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"] == theirs
+    run(["dvc", "exp", "apply", "shared-lr"], clone)
+    assert (clone / "models/model.pt").read_bytes() == (repo / "models/model.pt").read_bytes()
+    assert "up to date" in run(["dvc", "status"], clone).stdout
+
+
+def test_model_versions_are_tagged_and_fetched_from_the_registry(repo, tmp_path):
+    """dvc.yaml's `artifacts:` entry + GTO tags: `dvc artifacts get` by version, by stage, and latest."""
+    _share_through(repo, tmp_path)
+    first = (repo / "models/model.pt").read_bytes()
+    run(["gto", "register", "text-classifier", "--version", "v1.0.0"], repo)
+    run(["gto", "assign", "text-classifier", "--version", "v1.0.0", "--stage", "prod"], repo)
+    set_param(repo, "train", "lr", 0.01)
+    run(["dvc", "repro"], repo)
+    second = (repo / "models/model.pt").read_bytes()
+    assert second != first
+    run(["git", "commit", "-q", "-am", "retrained"], repo)
+    run(["dvc", "push"], repo)
+    run(["gto", "register", "text-classifier", "--version", "v1.1.0"], repo)
+
+    def fetch(*how: str) -> bytes:
+        out = tmp_path / f"fetched-{'-'.join(how)}.pt"
+        run(["dvc", "artifacts", "get", str(repo), "text-classifier", *how, "-o", str(out)], tmp_path)
+        return out.read_bytes()
+
+    assert fetch("--rev", "v1.0.0") == first
+    assert fetch("--stage", "prod") == first
+    assert fetch() == second  # the latest version
+    assert fetch("--rev", "v1.1.0") == second
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
