@@ -12,6 +12,7 @@ import copy
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,6 +183,9 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
     optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     steps_per_epoch = math.ceil(len(train_x) / tp.batch_size)
     epochs, patience = stretched_epochs(tp, steps_per_epoch)
+    if tp.embeddings == "freeze_then_finetune" and epochs <= tp.freeze_epochs:
+        print(f"warning: train.epochs ({epochs}) <= train.freeze_epochs ({tp.freeze_epochs}): the embeddings "
+              "stay frozen for the whole run; lower freeze_epochs to fine-tune them", file=sys.stderr, flush=True)
     total_steps = steps_per_epoch * epochs
     plateau_factor = 1.0  # 'plateau' halves it after each epoch without a better validation accuracy
     step = 0
@@ -263,13 +267,20 @@ def resolve_max_tokens(setting: str | int, train_lengths: np.ndarray) -> int:
 
 
 def plot_curves(result: TrainResult, path: Path, smooth: int = 20) -> None:
-    """Loss and accuracy per epoch, and the training loss per optimizer step (running mean)."""
+    """Loss and accuracy per epoch, with the saved (best) epoch marked, and the training loss per
+    optimizer step (running mean)."""
+    from matplotlib.ticker import MaxNLocator
+
     history = result.history
     epochs = [h["epoch"] for h in history]
     fig, axes = pyplot().subplots(1, 3, figsize=(13, 3.4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [h[f"train_{metric}"] for h in history], marker="o", label="train")
         ax.plot(epochs, [h[f"val_{metric}"] for h in history], marker="o", label="validation")
+        if result.best_epoch:  # the weights in model.pt are this epoch's, not the last one's
+            ax.axvline(result.best_epoch, color="grey", linestyle="--", linewidth=1,
+                       label=f"saved (epoch {result.best_epoch})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # 2 epochs: ticks 1 and 2, never 1.5
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
@@ -279,6 +290,7 @@ def plot_curves(result: TrainResult, path: Path, smooth: int = 20) -> None:
         window = max(1, min(smooth, len(losses)))
         running = np.convolve(losses, np.ones(window) / window, mode="valid")
         axes[2].plot(np.arange(window, len(losses) + 1), running)
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].set_xlabel("optimizer step")
     axes[2].set_title(f"training loss per step (running mean of {min(smooth, max(1, len(losses)))})")
     axes[2].grid(alpha=0.3)

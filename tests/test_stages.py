@@ -518,6 +518,13 @@ def test_training_learns_and_repeats_exactly():
         assert torch.equal(first.best_state[key], second.best_state[key])
 
 
+def test_a_run_too_short_to_unfreeze_the_embeddings_says_so(capsys):
+    _fit_once(_train_params(embeddings="freeze_then_finetune", freeze_epochs=3, epochs=2, patience=2))
+    assert "stay frozen for the whole run" in capsys.readouterr().err
+    _fit_once(_train_params(embeddings="freeze_then_finetune", freeze_epochs=1, epochs=2, patience=2))
+    assert "stay frozen" not in capsys.readouterr().err
+
+
 def test_early_stopping_stops_after_patience():
     result = _fit_once(_train_params(epochs=30, patience=1, lr=0.05))
     assert len(result.history) < 30
