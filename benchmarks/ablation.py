@@ -117,8 +117,8 @@ def collect(names: list[str]) -> list[dict]:
         metrics = metrics_of(name, data, ("metrics/eval.json", "metrics/train/best.json"))
         lstm, best = metrics["metrics/eval.json"], metrics["metrics/train/best.json"]
         runs.append({"name": name, "embeddings": train["embeddings"], "pooling": train["pooling"],
-                     "seed": train["seed"], "accuracy": lstm["lstm_test_accuracy"],
-                     "macro_f1": lstm["lstm_test_macro_f1"], "val_accuracy": best["lstm_best_val_accuracy"],
+                     "seed": train["seed"], "accuracy": lstm["lstm_test_acc"],
+                     "macro_f1": lstm["lstm_test_f1"], "val_accuracy": best["lstm_val_acc"],
                      "best_epoch": best["lstm_best_epoch"],
                      "train_seconds": report_of(name, data, "metrics/train/metrics.json")["train_seconds"]})
     check_all_found(names, runs)

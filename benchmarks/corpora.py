@@ -60,11 +60,11 @@ def collect(names: dict[str, tuple[str, int]]) -> list[dict]:
             "classes": len(prep["class_counts"]), "train_rows": prep["train_rows"], "val_rows": prep["val_rows"],
             "test_rows": prep["test_rows"], "split": "given" if prep.get("split_from_corpus") else "hash",
             "mean_tokens": prep["train_tokens"]["mean"], "max_tokens": train.get("max_tokens"),
-            "lstm_accuracy": m["metrics/eval.json"]["lstm_test_accuracy"],
-            "lstm_macro_f1": m["metrics/eval.json"]["lstm_test_macro_f1"],
-            "baseline_accuracy": m["metrics/baseline.json"]["baseline_test_accuracy"],
-            "baseline_macro_f1": m["metrics/baseline.json"]["baseline_test_macro_f1"],
-            "val_accuracy": train["lstm_best_val_accuracy"], "train_seconds": train["train_seconds"],
+            "lstm_accuracy": m["metrics/eval.json"]["lstm_test_acc"],
+            "lstm_macro_f1": m["metrics/eval.json"]["lstm_test_f1"],
+            "baseline_accuracy": m["metrics/baseline.json"]["baseline_test_acc"],
+            "baseline_macro_f1": m["metrics/baseline.json"]["baseline_test_f1"],
+            "val_accuracy": train["lstm_val_acc"], "train_seconds": train["train_seconds"],
         })
     check_all_found(names, runs)
     return runs

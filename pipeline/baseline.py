@@ -1,8 +1,8 @@
 """Stage baseline: TF-IDF n-grams + logistic regression on the same split, for an honest comparison.
 
 The regularisation strength is chosen on the validation split (like the LSTM's early stopping), then
-the model is scored once on the test split. Writes metrics/baseline.json (baseline_test_accuracy and
-baseline_test_macro_f1, for `dvc exp show`) and metrics/baseline/report.json (per class, the chosen C,
+the model is scored once on the test split. Writes metrics/baseline.json (baseline_test_acc and
+baseline_test_f1, for `dvc exp show`) and metrics/baseline/report.json (per class, the chosen C,
 its validation accuracy).
 """
 

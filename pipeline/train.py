@@ -372,7 +372,7 @@ def main() -> None:
             live.summary["train_seconds"] = round(result.seconds, 2)
             live.summary["max_tokens"] = max_tokens
         # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
-        write_json(staging / BEST, {"lstm_best_val_accuracy": round(result.best_val_accuracy, 4),
+        write_json(staging / BEST, {"lstm_val_acc": round(result.best_val_accuracy, 4),
                                     "lstm_best_epoch": result.best_epoch})
         plot_curves(result, staging / "curves.png")
         # No timings in the checkpoint: the same params and seed give the same weights and metadata.

@@ -73,6 +73,7 @@ def make_project(dest: Path, params: dict) -> Path:
     (dest / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
     shutil.copy(ROOT / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")
+    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")  # vega templates and the offline page
     (dest / ".gitignore").write_text("__pycache__/\n")
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], dest)

@@ -67,11 +67,11 @@ def test_full_repro_writes_every_artefact(repo):
     # The metrics `dvc exp show` compares, each named once; the details are plain reports beside them.
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)[""]["data"]
     names = [key for m in metrics.values() for key in m["data"]]
-    assert sorted(names) == ["baseline_test_accuracy", "baseline_test_macro_f1", "lstm_best_epoch",
-                             "lstm_best_val_accuracy", "lstm_test_accuracy", "lstm_test_macro_f1"], metrics
+    assert sorted(names) == ["baseline_test_acc", "baseline_test_f1", "lstm_best_epoch",
+                             "lstm_test_acc", "lstm_test_f1", "lstm_val_acc"], metrics
     evaluation = json.loads((repo / "metrics/eval/report.json").read_text())
     assert json.loads((repo / "metrics/eval.json").read_text()) == {
-        "lstm_test_accuracy": evaluation["accuracy"], "lstm_test_macro_f1": evaluation["macro_f1"]}
+        "lstm_test_acc": evaluation["accuracy"], "lstm_test_f1": evaluation["macro_f1"]}
     assert set(evaluation["per_class"]) == {"neg", "pos"}
     baseline = json.loads((repo / "metrics/baseline/report.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "C"} <= set(baseline)
@@ -91,7 +91,7 @@ def test_full_repro_writes_every_artefact(repo):
     assert [int(r[0]) for r in val_rows] == list(range(1, len(val_rows) + 1))
     # The saved epoch's figures, not the last epoch's.
     best = json.loads((repo / "metrics/train/best.json").read_text())
-    assert best["lstm_best_val_accuracy"] == round(max(float(r[1]) for r in val_rows), 4)
+    assert best["lstm_val_acc"] == round(max(float(r[1]) for r in val_rows), 4)
     assert float(val_rows[best["lstm_best_epoch"] - 1][1]) == max(float(r[1]) for r in val_rows)
     assert (plots / "lr.tsv").exists()
     # Nothing changed: nothing reruns.
@@ -112,7 +112,7 @@ def test_vocab_param_change_leaves_download_and_prepare(repo):
     change = json.loads(status)["params.yaml"]["vocab.min_freq"]
     assert (change["old"], change["new"]) == (1, 2)
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo).stdout)
-    assert {"lstm_test_accuracy", "lstm_test_macro_f1"} <= set(diff["metrics/eval.json"]), diff
+    assert {"lstm_test_acc", "lstm_test_f1"} <= set(diff["metrics/eval.json"]), diff
     assert "metrics/vocab.json" in run(["git", "diff", "--name-only"], repo).stdout  # the report moved too
 
 
@@ -124,7 +124,7 @@ def test_experiment_run_and_show(repo):
     assert found, shown
     data = found[0]["revs"][0]["data"]
     assert data["params"]["params.yaml"]["data"]["train"]["lr"] == 0.003
-    assert "lstm_test_accuracy" in data["metrics"]["metrics/eval.json"]["data"]
+    assert "lstm_test_acc" in data["metrics"]["metrics/eval.json"]["data"]
 
 
 def test_queued_experiments_run_through_the_queue_worker(repo):
@@ -148,7 +148,7 @@ def test_queued_experiments_run_through_the_queue_worker(repo):
             data = exp["revs"][0]["data"]
             done[data["params"]["params.yaml"]["data"]["train"]["pooling"]] = data["metrics"]["metrics/eval.json"]["data"]
     assert set(done) == {"last", "max"}, shown
-    assert all(0.0 <= m["lstm_test_accuracy"] <= 1.0 for m in done.values())
+    assert all(0.0 <= m["lstm_test_acc"] <= 1.0 for m in done.values())
 
 
 def test_plots_render_with_static_images(repo, tmp_path):
@@ -334,7 +334,7 @@ def test_dvc_added_corpus_reaches_temp_experiments(own_repo):
     run(["dvc", "exp", "run", "--temp", "-n", "temp-lr", "-S", "train.lr=0.003"], own_repo)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], own_repo).stdout)
     found = [e for c in shown for e in (c.get("experiments") or []) if e.get("name") == "temp-lr"]
-    assert found and "lstm_test_accuracy" in found[0]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]
+    assert found and "lstm_test_acc" in found[0]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]
 
 
 def test_import_url_corpus_is_updated_through_dvc(own_repo, polarity_csv, tmp_path):
