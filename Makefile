@@ -6,6 +6,9 @@ PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 STAMP := $(VENV)/.installed
+# Builds the editable install of this package (its console scripts) without build isolation, so offline
+# once installed. Python 3.11's venv ships setuptools 65.5, which cannot build it without `wheel`.
+SETUPTOOLS := setuptools==84.2.1
 # dvc's experiment queue worker calls `dvc` from PATH, so the venv goes first on it.
 export PATH := $(BIN):$(PATH)
 
@@ -13,9 +16,10 @@ export PATH := $(BIN):$(PATH)
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt "$(SETUPTOOLS)"
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 repro: $(STAMP)
@@ -40,7 +44,7 @@ corpora: $(STAMP)
 lock: $(STAMP)
 	$(VENV)/bin/python -m pip install --quiet -r requirements.in
 	( echo "# Generated from requirements.in with 'pip freeze' on Python 3.11 (see Makefile 'lock')."; \
-	  $(VENV)/bin/python -m pip freeze | sed 's/^torch==2.13.0+cpu/torch==2.13.0/' ) > requirements.txt
+	  $(VENV)/bin/python -m pip freeze --exclude-editable | sed 's/^torch==2.13.0+cpu/torch==2.13.0/' ) > requirements.txt
 
 clean-venv:
 	rm -rf $(VENV)

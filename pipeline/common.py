@@ -90,6 +90,12 @@ def read_json(path: str | os.PathLike):
         raise PipelineError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
 
 
+def command_name(module: str, script: str) -> str:
+    """What a usage line should call the command: the console script when run through it, else
+    `python -m <module>` (argparse would say `predict.py` or `__main__.py`, which nobody can type)."""
+    return script if Path(sys.argv[0]).name == script else f"python -m {module}"
+
+
 def run_main(main: Callable[[], None]) -> None:
     """Run a stage's main(); turn PipelineError into one clear line on stderr and exit status 1."""
     try:

@@ -60,6 +60,18 @@ def save_checkpoint(path: Path, model: LSTMClassifier, state_dict: dict, itos: l
         tmp.write_bytes(buffer.getvalue())
 
 
+def require_model_file(path: Path) -> Path:
+    """`path` if it is a file; else an error for the command line: where it looked, how to name another.
+
+    A relative path is relative to the current directory, so the default works in a checkout's root."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: no trained model at {path.resolve()}; pass --model PATH to a checkpoint "
+                            "(the models/model.pt of a trained checkout), or train one with `make repro` "
+                            "in the repository")
+    return path
+
+
 def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu") -> Checkpoint:
     try:
         payload = torch.load(path, map_location=device, weights_only=True)

@@ -168,6 +168,21 @@ class BaselineParams:
     C: list[float]
 
 
+@dataclass(frozen=True)
+class PredictParams:
+    # The optional stage predict_batch: classify every row of `input` (a CSV, TSV, JSON-lines or Parquet
+    # file; the text formats may be .gz, .bz2 or .xz) and write it to `output` (.parquet, .csv, .tsv or
+    # .jsonl) with predicted_label and one prob_<label> column per class. `input` is a DVC dependency.
+    input: str
+    text_column: str
+    output: str
+    # Text encoding of CSV, TSV and JSON-lines input.
+    encoding: str
+    batch_size: int = field(metadata=_range(1))
+    # Rows read, classified and written at a time: memory stays the same whatever the file's size.
+    chunk_rows: int = field(metadata=_range(1))
+
+
 SECTIONS = {
     "embeddings": EmbeddingsParams,
     "corpus": CorpusParams,
@@ -176,6 +191,7 @@ SECTIONS = {
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "baseline": BaselineParams,
+    "predict": PredictParams,
 }
 
 

@@ -1,11 +1,18 @@
 """Classify text with the trained model.
 
-    python -m pipeline.predict "a gripping, beautifully acted film"
+    python -m pipeline.predict "a gripping, beautifully acted film"   # or: textclf-predict "..."
     python -m pipeline.predict --file reviews.txt        # one text per line
     cat reviews.txt | python -m pipeline.predict         # one text per line on stdin
     python -m pipeline.predict --json "..."              # one JSON object per text
+    python -m pipeline.predict --input reviews.csv --text-column text --output predictions.parquet
 
-Prints, per text, the predicted label and the probability of each class.
+Prints, per text, the predicted label and the probability of each class. Texts given as arguments
+come first, then the lines of --file, then the lines of stdin when '-' is among the arguments (or when
+neither texts nor --file are given). With --input, every row of a CSV, TSV, JSON-lines or Parquet file
+is classified and written to --output with one probability column per class (see predict_batch).
+
+--model defaults to models/model.pt relative to the current directory: the trained model, when run
+from a checkout's root. From anywhere else, pass --model.
 """
 
 from __future__ import annotations
@@ -15,26 +22,34 @@ import json
 import sys
 from pathlib import Path
 
-from pipeline.common import PipelineError, run_main
-from pipeline.inference import MODEL_PATH, classify_texts, load_checkpoint
+from pipeline.common import PipelineError, command_name, run_main
+from pipeline.inference import MODEL_PATH, classify_texts, load_checkpoint, require_model_file
+
+SCRIPT = "textclf-predict"
+
+
+def _read_lines(source, name: str) -> list[str]:
+    try:
+        text = source() if callable(source) else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise PipelineError(f"{name}: cannot read: {err}") from None
+    return [line for line in text.splitlines() if line.strip()]
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
-    if args.texts and args.texts != ["-"]:
-        blank = [i + 1 for i, t in enumerate(args.texts) if not t.strip()]
-        if blank:
-            raise PipelineError(f"text argument {blank[0]} is empty: nothing to classify")
-        return args.texts
+    """Argument texts, then --file's lines, then stdin's lines ('-' asks for them; so does giving nothing)."""
+    given = [t for t in args.texts if t != "-"]
+    blank = [i + 1 for i, t in enumerate(args.texts) if t != "-" and not t.strip()]
+    if blank:
+        raise PipelineError(f"text argument {blank[0]} is empty: nothing to classify")
+    texts = list(given)
     if args.file:
-        try:
-            lines = Path(args.file).read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as err:
-            raise PipelineError(f"{args.file}: cannot read: {err}") from None
-    else:
+        texts += _read_lines(args.file, args.file)
+    if "-" in args.texts or not (given or args.file):
         if sys.stdin.isatty():
             raise PipelineError("no text given: pass texts as arguments, --file PATH, or lines on stdin")
-        lines = sys.stdin.read().splitlines()
-    return [line for line in lines if line.strip()]
+        texts += _read_lines(sys.stdin.read, "stdin")
+    return texts
 
 
 def format_result(text: str, labels: list[str], probs, as_json: bool) -> str:
@@ -46,21 +61,62 @@ def format_result(text: str, labels: list[str], probs, as_json: bool) -> str:
     return f"{labels[best]}\t{shown}\t{text}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Classify text with the trained model (models/model.pt).")
-    parser.add_argument("texts", nargs="*", help="texts to classify ('-' or none: read stdin)")
-    parser.add_argument("--file", "-f", help="read one text per line from this file")
-    parser.add_argument("--model", default=str(MODEL_PATH), help="checkpoint path (default: %(default)s)")
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=command_name("pipeline.predict", SCRIPT),
+        description="Classify texts with a trained model: texts as arguments, --file, stdin, or a whole "
+                    "table with --input/--output.")
+    parser.add_argument("texts", nargs="*", help="texts to classify ('-': also read lines from stdin)")
+    parser.add_argument("--file", "-f", help="also classify each line of this file (after the argument texts)")
+    parser.add_argument("--model", default=str(MODEL_PATH),
+                        help="checkpoint path (default: %(default)s, relative to the current directory)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per text")
-    args = parser.parse_args(argv)
+    batch = parser.add_argument_group("batch prediction over a table file")
+    batch.add_argument("--input", "-i", help="a .csv, .tsv, .jsonl or .parquet file (text formats may be .gz, .bz2, .xz)")
+    batch.add_argument("--output", "-o", help="where to write: .parquet, .csv, .tsv or .jsonl")
+    batch.add_argument("--text-column", default="text", help="the input's text column (default: %(default)s)")
+    batch.add_argument("--encoding", default="utf-8", help="text encoding of CSV, TSV and JSON-lines input")
+    batch.add_argument("--batch-size", type=int, default=256, help="texts per forward pass (default: %(default)s)")
+    batch.add_argument("--chunk-rows", type=int, default=10_000,
+                       help="rows read, classified and written at a time (default: %(default)s)")
+    return parser
+
+
+def run_batch(args: argparse.Namespace) -> None:
+    from pipeline.predict_batch import describe, predict_file
+
+    if args.texts or args.file or args.json:
+        raise PipelineError("--input classifies the rows of a table file: give no texts, --file or --json with it")
+    if not args.output:
+        raise PipelineError("--input needs --output (a .parquet, .csv, .tsv or .jsonl file to write)")
+    if args.batch_size < 1 or args.chunk_rows < 1:
+        raise PipelineError("--batch-size and --chunk-rows must be at least 1")
+    ckpt = load_checkpoint(require_model_file(Path(args.model)))
+    summary = predict_file(ckpt, Path(args.input), Path(args.output), args.text_column, args.batch_size,
+                           args.chunk_rows, args.encoding)
+    print(describe(summary, Path(args.output)), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.input:
+        return run_batch(args)
+    if args.output:
+        raise PipelineError("--output is for batch prediction: pass --input FILE too")
+    model_path = require_model_file(Path(args.model))  # before reading stdin: fail fast on a wrong path
     texts = read_texts(args)
     if not texts:
         raise PipelineError("no text to classify (the input was empty)")
-    ckpt = load_checkpoint(Path(args.model))
+    ckpt = load_checkpoint(model_path)
     probs = classify_texts(ckpt, texts)
     for text, p in zip(texts, probs):
         print(format_result(text, ckpt.labels, p, args.json))
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script textclf-predict: errors as one line on stderr, exit status 1."""
     run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

