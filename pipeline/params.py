@@ -149,6 +149,9 @@ class TrainParams:
     grad_clip: float | None = field(metadata=_range(0, None, True))
     seed: int
     device: Literal["auto", "cpu", "cuda"]
+    # CPU threads for training. auto: the machine's cores shared evenly among the DVC experiment-queue
+    # workers running on it (`dvc queue start -j 2` on two cores: one each), all of them otherwise.
+    threads: Literal["auto"] | int = field(metadata=_range(1))
     # DVCLive logs the mean training loss and the learning rate every this many optimizer steps
     # (0: once per epoch, at its last step).
     log_every_steps: int = field(metadata=_range(0))

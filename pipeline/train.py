@@ -46,6 +46,28 @@ def set_determinism(seed: int) -> None:
     torch.set_flush_denormal(True)
 
 
+def queue_workers(proc: Path = Path("/proc")) -> int:
+    """How many DVC experiment-queue workers (`dvc exp queue-worker`) run on this machine."""
+    count = 0
+    for entry in proc.glob("[0-9]*"):
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours to read
+            continue
+        count += any(a == b"exp" and b == b"queue-worker" for a, b in zip(argv, argv[1:]))
+    return count
+
+
+def resolve_threads(setting: str | int, cores: int, workers: int, in_queue: bool) -> int:
+    """train.threads: a number as given; auto: the cores shared evenly among the queue's running
+    workers (this run counts as one of them when a worker runs it, else as one more). Two trainings on
+    two cores with two threads each run several times slower in total than with one each."""
+    if setting != "auto":
+        return int(setting)
+    sharers = max(1, workers if in_queue else workers + 1)
+    return max(1, cores // sharers)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -345,6 +367,10 @@ def main() -> None:
     tp, prep = P.load("train"), P.load("prepare")
     set_determinism(tp.seed)
     device = resolve_device(tp.device)
+    # A queued experiment runs in a temporary copy under .dvc/tmp/exps.
+    in_queue = f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}" in f"{Path.cwd()}{os.sep}"
+    threads = resolve_threads(tp.threads, len(os.sched_getaffinity(0)), queue_workers(), in_queue)
+    torch.set_num_threads(threads)
     vocab = read_json(VOCAB_DIR / "vocab.json")
     itos, unk_id = vocab["itos"], vocab["unk_id"]
     stoi = {w: i for i, w in enumerate(itos)}
@@ -353,7 +379,7 @@ def main() -> None:
     labels = sorted(train_df["label"].unique().tolist())
     lengths = train_df["tokens"].map(len).to_numpy()
     max_tokens = resolve_max_tokens(tp.max_tokens, lengths)
-    print(f"model input: at most {max_tokens} tokens ({tp.truncation}); "
+    print(f"{threads} CPU thread(s); model input: at most {max_tokens} tokens ({tp.truncation}); "
           f"{(lengths > max_tokens).mean():.1%} of training texts are longer", flush=True)
     train_x, train_y = encode_split(train_df, "train", stoi, unk_id, labels, max_tokens, tp.truncation)
     val_x, val_y = encode_split(val_df, "val", stoi, unk_id, labels, max_tokens, tp.truncation)

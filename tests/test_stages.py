@@ -768,3 +768,28 @@ def test_gensim_data_model_through_a_loopback_mirror(tmp_path, monkeypatch, glov
         np.testing.assert_allclose(result.matrix[:2], kv[["the", "of"]], rtol=1e-6)
         with pytest.raises(PipelineError, match="gensim-data:no-such-model"):
             D.download(_src("gensim-data:no-such-model"), tmp_path / "raw2")
+
+
+def test_threads_auto_shares_the_cores_among_queue_workers():
+    from pipeline.train import resolve_threads
+
+    assert resolve_threads("auto", cores=2, workers=0, in_queue=False) == 2   # `dvc repro` alone
+    assert resolve_threads("auto", cores=2, workers=1, in_queue=True) == 2    # `dvc queue start -j 1`
+    assert resolve_threads("auto", cores=2, workers=2, in_queue=True) == 1    # `-j 2`: one core each
+    assert resolve_threads("auto", cores=16, workers=3, in_queue=True) == 5
+    assert resolve_threads("auto", cores=2, workers=1, in_queue=False) == 1   # a repro beside a queue run
+    assert resolve_threads("auto", cores=1, workers=4, in_queue=True) == 1
+    assert resolve_threads(3, cores=2, workers=2, in_queue=True) == 3
+
+
+def test_queue_workers_are_counted_from_their_command_lines(tmp_path):
+    from pipeline.train import queue_workers
+
+    for pid, argv in {"11": [b"/v/bin/python", b"/v/bin/dvc", b"exp", b"queue-worker", b"dvc-exp-1@localhost"],
+                      "12": [b"dvc", b"exp", b"queue-worker", b"dvc-exp-2@localhost", b"--clean"],
+                      "13": [b"sh", b"-c", b"dvc exp queue-worker x"],  # one string: a shell, not a worker
+                      "14": [b"python", b"-m", b"pipeline.train"]}.items():
+        (tmp_path / pid).mkdir()
+        (tmp_path / pid / "cmdline").write_bytes(b"\0".join(argv) + b"\0")
+    (tmp_path / "self").mkdir()
+    assert queue_workers(tmp_path) == 2
