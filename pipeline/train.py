@@ -9,6 +9,9 @@ summary: the last values, timings; a plain output), and curves.png (a static ima
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
+import json
 import math
 import os
 import random
@@ -34,6 +37,11 @@ from pipeline.text import TextConfig
 PREPARED = Path("data/prepared")
 VOCAB_DIR = Path("data/vocab")
 LIVE_DIR = Path("metrics/train")
+# What an interrupted training resumes from: its last finished epoch. Beside the model, not a DVC
+# output, git-ignored; removed when training ends.
+RESUME_PATH = Path("models/.train-resume.pt")
+# The code that shapes a run: a resume state from other code is not used.
+TRAIN_CODE = ("pipeline/train.py", "pipeline/model.py", "pipeline/data.py")
 BEST = "best.json"  # in LIVE_DIR
 
 
@@ -194,11 +202,15 @@ def stretched_epochs(tp: P.TrainParams, steps_per_epoch: int) -> tuple[int, int]
 def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], train_y: np.ndarray,
         val_x: list[np.ndarray], val_y: np.ndarray, device: torch.device, unk_id: int = 1,
         on_epoch: Callable[[int, dict], None] | None = None, show_progress: bool = False,
-        on_step: Callable[[int, dict], None] | None = None) -> TrainResult:
+        on_step: Callable[[int, dict], None] | None = None, resume_from: dict | None = None,
+        on_checkpoint: Callable[[dict], None] | None = None) -> TrainResult:
     """Train with early stopping on validation accuracy; returns the best epoch's weights.
 
     `on_step(step, row)` is called after every optimizer step (row: loss, lr); `on_epoch(step, row)`
-    after each epoch, with the number of optimizer steps taken so far.
+    after each epoch, with the number of optimizer steps taken so far. `on_checkpoint(state)` gets,
+    after each epoch, everything needed to go on from there (weights, optimizer, random generators,
+    early-stopping state); `fit(..., resume_from=state)` goes on from it and ends as the uninterrupted
+    run would have, to the bit on the same machine.
     """
     model.to(device)
     # Frozen embeddings get no gradient, and Adam skips them until they are unfrozen.
@@ -230,9 +242,25 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
     rng = np.random.default_rng(tp.seed)
     best = TrainResult(copy.deepcopy(model.state_dict()), 0, -1.0)
     stale = 0
-    start = time.perf_counter()
+    first_epoch, seconds_before = 1, 0.0
+    if resume_from is not None:
+        r = resume_from
+        model.load_state_dict(r["model"])
+        if tp.embeddings in ("freeze_then_finetune", "multichannel"):
+            model.set_embeddings_trainable(r["epoch"] > tp.freeze_epochs)  # as the optimizer last saw it
+        optimizer.load_state_dict(r["optimizer"])
+        rng.bit_generator.state = r["numpy_rng"]
+        torch.set_rng_state(r["torch_rng"])
+        random.setstate(r["python_rng"])
+        step, plateau_factor, stale = r["step"], r["plateau_factor"], r["stale"]
+        best = TrainResult(r["best_state"], r["best_epoch"], r["best_val_accuracy"], list(r["history"]),
+                           list(r["step_losses"]))
+        first_epoch, seconds_before = r["epoch"] + 1, r["seconds"]
+        if stale >= patience:  # it had stopped early; only the end was lost
+            first_epoch = epochs + 1
+    start = time.perf_counter() - seconds_before
     set_lr()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(first_epoch, epochs + 1):
         if tp.embeddings in ("freeze_then_finetune", "multichannel"):
             model.set_embeddings_trainable(epoch > tp.freeze_epochs)
         lr_at_start = optimizer.param_groups[0]["lr"]
@@ -255,6 +283,15 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
                 set_lr()
         if on_epoch:
             on_epoch(step, row)
+        if on_checkpoint:
+            on_checkpoint({
+                "epoch": epoch, "model": copy.deepcopy(model.state_dict()), "optimizer": optimizer.state_dict(),
+                "numpy_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(), "step": step, "plateau_factor": plateau_factor, "stale": stale,
+                "best_state": best.best_state, "best_epoch": best.best_epoch,
+                "best_val_accuracy": best.best_val_accuracy, "history": best.history,
+                "step_losses": best.step_losses, "seconds": time.perf_counter() - start,
+            })
         if stale >= patience:
             break
     best.seconds = time.perf_counter() - start
@@ -320,6 +357,39 @@ def plot_curves(result: TrainResult, path: Path, smooth: int = 20) -> None:
     save_png(fig, path)
 
 
+def run_key(tp: P.TrainParams, prep: P.PrepareParams, threads: int, inputs: list[Path],
+            code: tuple[str, ...] = TRAIN_CODE) -> str:
+    """What identifies a training run: its params and thread count (float sums depend on it), the
+    bytes of its inputs and of the training code. A resume state is used only by a run with the same key."""
+    digest = hashlib.sha256(json.dumps([tp.__dict__, prep.__dict__, threads], sort_keys=True, default=str).encode())
+    for path in [*inputs, *map(Path, code)]:
+        digest.update(str(path).encode())
+        if path.is_file():
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def save_resume_state(path: Path, key: str, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save({"key": key, **state}, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
+def load_resume_state(path: Path, key: str) -> dict | None:
+    """The state an interrupted run with this key left, or None (none, another run's, or unreadable)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)  # a file this stage wrote
+    except Exception as err:  # a damaged file costs the epochs it held, nothing more
+        print(f"warning: {path}: cannot read the resume state ({err}); training from the start", file=sys.stderr)
+        return None
+    return state if isinstance(state, dict) and state.get("key") == key else None
+
+
 class LiveLogger:
     """DVCLive, each series on its own axis.
 
@@ -332,6 +402,15 @@ class LiveLogger:
         self.live, self.every = live, every
         self.window: list[float] = []
         self.last_lr = lr
+        self.events: list[tuple[str, int, dict]] = []  # what was logged, to replay after a resume
+        self.quiet = False
+
+    def replay(self, events: list[tuple[str, int, dict]]) -> None:
+        """Log again what an interrupted run had logged (its DVCLive folder was staged, and is gone)."""
+        self.quiet = True
+        for kind, step, row in events:
+            getattr(self, kind)(step, row)
+        self.quiet = False
 
     def _log_step_metrics(self, step: int) -> None:
         self.live.step = step
@@ -340,12 +419,14 @@ class LiveLogger:
         self.window.clear()
 
     def step(self, step: int, row: dict) -> None:
+        self.events.append(("step", step, row))
         self.window.append(row["loss"])
         self.last_lr = row["lr"]
         if self.every and step % self.every == 0:
             self._log_step_metrics(step)
 
     def epoch(self, step: int, row: dict) -> None:
+        self.events.append(("epoch", step, row))
         if not self.every and self.window:
             self._log_step_metrics(step)
         live = self.live
@@ -356,6 +437,8 @@ class LiveLogger:
         live.log_metric("epoch_seconds", row["epoch_seconds"])
         live.log_metric("train_tokens_per_second", row["train_tokens_per_second"])
         live.make_summary()
+        if self.quiet:
+            return
         print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
               f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | lr {row['lr']:.2g} | "
               f"{row['epoch_seconds']:.1f}s, {row['train_tokens_per_second']:,.0f} tokens/s", flush=True)
@@ -386,26 +469,39 @@ def main() -> None:
     del train_df, val_df
 
     model = build_model(tp, matrix, len(labels))
+    key = run_key(tp, prep, threads, [PREPARED / "train.parquet", PREPARED / "val.parquet", VOCAB_DIR / "vocab.json",
+                             VOCAB_DIR / "embeddings.npy"])
+    resume_from = load_resume_state(RESUME_PATH, key)
+    if resume_from is not None:
+        print(f"resuming after epoch {resume_from['epoch']} (from {RESUME_PATH}, left by an interrupted run "
+              "with the same params and data)", flush=True)
     # DVCLive writes into a staging folder that replaces metrics/train only when training is done, so
     # an interrupted run never leaves its epochs where `dvc metrics show` would take them for current.
     with atomic_path(LIVE_DIR) as staging:
         with Live(dir=str(staging), dvcyaml=None, save_dvc_exp=False, report=None) as live:
             logger = LiveLogger(live, tp.log_every_steps, tp.lr)
+            if resume_from is not None:
+                logger.replay(resume_from["live_events"])
             result = fit(model, tp, train_x, train_y, val_x, val_y, device, unk_id, logger.epoch,
-                         show_progress=os.environ.get("CI") != "true", on_step=logger.step)
+                         show_progress=os.environ.get("CI") != "true", on_step=logger.step,
+                         resume_from=resume_from,
+                         on_checkpoint=lambda state: save_resume_state(
+                             RESUME_PATH, key, {**state, "live_events": logger.events}))
             live.summary["best_epoch"] = result.best_epoch
             live.summary["best_val_accuracy"] = result.best_val_accuracy
             live.summary["train_seconds"] = round(result.seconds, 2)
             live.summary["max_tokens"] = max_tokens
+            live.summary["threads"] = threads
         # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
         write_json(staging / BEST, {"lstm_val_acc": round(result.best_val_accuracy, 4),
                                     "lstm_best_epoch": result.best_epoch})
         plot_curves(result, staging / "curves.png")
         # No timings in the checkpoint: the same params and seed give the same weights and metadata.
         info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-                "params": tp.__dict__}
+                "params": tp.__dict__, "threads": threads}
         save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id,
                         info, max_tokens, tp.truncation)
+    RESUME_PATH.unlink(missing_ok=True)
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
           f"{result.seconds:.1f}s; saved {MODEL_PATH}")
 

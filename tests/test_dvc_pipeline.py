@@ -82,7 +82,9 @@ def test_full_repro_writes_every_artefact(repo):
     assert len(predictions) == evaluation["test_rows"]
     assert ((predictions["prob_neg"] + predictions["prob_pos"]) - 1).abs().max() < 1e-5
     card = (repo / "models/MODEL_CARD.md").read_text()
-    assert str(evaluation["accuracy"]) in card and "Limits" in card
+    from pipeline.card import _cell
+    assert f"| LSTM (this model) | {_cell(evaluation['accuracy'])} | {_cell(evaluation['macro_f1'])} |" in card
+    assert "## Limits" in card
     baseline = json.loads((repo / "metrics/baseline/report.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "C"} <= set(baseline)
     vocab = json.loads((repo / "metrics/vocab.json").read_text())
@@ -363,11 +365,12 @@ def test_import_url_corpus_is_updated_through_dvc(own_repo, polarity_csv, tmp_pa
     assert json.loads((own_repo / "metrics/prepare.json").read_text())["rows_read"] == 201
 
 
-# Where each stage stages its outputs before the atomic rename, and what shows it is mid-work there.
+# What shows a stage mid-work: its staged outputs half written (before the atomic rename), or, for
+# train, an epoch finished (its resume state written) and the next one under way.
 MID_WORK = {
-    "prepare": ("data", ".prepared.*.partial", "*"),
-    "vocab": ("data", ".vocab.*.partial", "*"),
-    "train": ("metrics", ".train.*.partial", "**/*.tsv"),  # DVCLive has logged a step
+    "prepare": lambda repo: any(any(d.glob("*")) for d in (repo / "data").glob(".prepared.*.partial")),
+    "vocab": lambda repo: any(any(d.glob("*")) for d in (repo / "data").glob(".vocab.*.partial")),
+    "train": lambda repo: (repo / "models/.train-resume.pt").is_file(),
 }
 
 
@@ -386,7 +389,7 @@ def _kill_stage_mid_work(repo: Path, stage: str) -> int:
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", CI="true")
     proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = f"pipeline.{stage}".encode()
-    folder, staging, evidence = MID_WORK[stage]
+    is_mid_work = MID_WORK[stage]
     deadline = time.monotonic() + 300
     pid = None
     while pid is None and proc.poll() is None and time.monotonic() < deadline:
@@ -403,19 +406,40 @@ def _kill_stage_mid_work(repo: Path, stage: str) -> int:
                 pid = int(entry)
                 break
         time.sleep(0.005)
-    assert pid is not None, f"{stage} never ran"
     mid_work = False
-    while not mid_work and time.monotonic() < deadline:
-        try:
-            os.kill(pid, signal.SIGSTOP)
-        except ProcessLookupError:
-            break
-        mid_work = any(any(d.glob(evidence)) for d in (repo / folder).glob(staging))
-        os.kill(pid, signal.SIGKILL if mid_work else signal.SIGCONT)
-        time.sleep(0.0002)
-    code = proc.wait(timeout=300)
+    try:
+        assert pid is not None, f"{stage} never ran"
+        while not mid_work and time.monotonic() < deadline:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                _wait_until_stopped(pid)
+            except ProcessLookupError:
+                break
+            mid_work = is_mid_work(repo)
+            os.kill(pid, signal.SIGKILL if mid_work else signal.SIGCONT)
+            time.sleep(0.0002)
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:  # a failed assertion above: leave no `dvc repro` behind
+            proc.kill()
+            proc.wait()
     assert mid_work, f"{stage} ended before it was seen mid-work"
     return code
+
+
+def _wait_until_stopped(pid: int) -> None:
+    """SIGSTOP is asynchronous: wait until the kernel reports the process stopped (state T)."""
+    stat = Path(f"/proc/{pid}/stat")
+    while True:
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            raise ProcessLookupError(pid) from None
+        if state in ("T", "t", "Z", "X"):  # stopped, or already dead
+            if state in ("Z", "X"):
+                raise ProcessLookupError(pid)
+            return
+        time.sleep(0.0001)
 
 
 @pytest.mark.parametrize("stage", ["prepare", "vocab", "train"])
@@ -423,15 +447,30 @@ def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage):
     """Fault injection: kill -9 a stage mid-work; the last good outputs stay, and the next `dvc repro`
     finishes, caches nothing corrupt and leaves no temporary files.
     (Killed downloads: test_leftovers_of_a_killed_run_are_removed_by_the_next.)"""
-    repo = copy_of(own_data_repo, tmp_path)
-    set_param(repo, "prepare", "seed", 7)  # a new split: every stage from prepare on must run again
-    set_param(repo, "train", "epochs", 40)  # long enough to be killed mid-training
-    set_param(repo, "train", "patience", 40)
+    def changed_copy(dest: Path) -> Path:
+        repo = copy_of(own_data_repo, dest)
+        set_param(repo, "prepare", "seed", 7)  # a new split: every stage from prepare on must run again
+        set_param(repo, "train", "epochs", 12)  # long enough to be killed mid-training
+        set_param(repo, "train", "patience", 12)
+        set_param(repo, "train", "threads", 1)  # the same float sums in both runs compared below
+        return repo
+
+    repo = changed_copy(tmp_path / "killed")
     before = tree_digest(repo / "metrics/train")
     assert _kill_stage_mid_work(repo, stage) != 0
     assert tree_digest(repo / "metrics/train") == before  # no epochs of the killed run
     out = run(["dvc", "repro"], repo).stdout
     assert stage in stages_run(out), out
+    if stage == "train":
+        # It went on from its last finished epoch, and ended as a run never interrupted ends.
+        assert re.search(r"resuming after epoch \d+", out), out
+        assert not (repo / "models/.train-resume.pt").exists()
+        uninterrupted = changed_copy(tmp_path / "uninterrupted")
+        run(["dvc", "repro"], uninterrupted)
+        assert (repo / "models/model.pt").read_bytes() == (uninterrupted / "models/model.pt").read_bytes()
+        for series in ("train", "val", "lr.tsv"):  # not the timings
+            path = f"metrics/train/plots/metrics/{series}"
+            assert tree_digest(repo / path) == tree_digest(uninterrupted / path), series
     assert "up to date" in run(["dvc", "status"], repo).stdout
     leftovers = [str(p.relative_to(repo)) for p in repo.rglob("*")
                  if p.name.endswith(".partial") or p.name.startswith(".download-")]

@@ -793,3 +793,48 @@ def test_queue_workers_are_counted_from_their_command_lines(tmp_path):
         (tmp_path / pid / "cmdline").write_bytes(b"\0".join(argv) + b"\0")
     (tmp_path / "self").mkdir()
     assert queue_workers(tmp_path) == 2
+
+
+def test_an_interrupted_training_resumes_and_ends_as_an_uninterrupted_one(tmp_path):
+    """The state saved after epoch 3, through the resume file, into a fresh model with other random
+    draws behind it: the rest of the run is the uninterrupted run's, to the bit."""
+    from pipeline.train import build_model, fit, load_resume_state, save_resume_state, set_determinism
+
+    tp = _train_params(epochs=6, patience=6, word_dropout=0.1, lr_schedule="cosine", dropout=0.3,
+                       embeddings="freeze_then_finetune", freeze_epochs=2)
+    matrix = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
+    xs, ys = _toy_problem()
+
+    def run(resume_from=None, on_checkpoint=None, seed=tp.seed):
+        set_determinism(seed)
+        return fit(build_model(tp, matrix, 2), tp, xs[:180], ys[:180], xs[180:], ys[180:], torch.device("cpu"),
+                   resume_from=resume_from, on_checkpoint=on_checkpoint)
+
+    full = run()
+
+    class Interrupted(Exception):
+        pass
+
+    def save_then_stop(state):
+        save_resume_state(tmp_path / "resume.pt", "key-1", state)
+        if state["epoch"] == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(on_checkpoint=save_then_stop)
+    assert load_resume_state(tmp_path / "resume.pt", "another-run") is None  # other params or data
+    state = load_resume_state(tmp_path / "resume.pt", "key-1")
+    resumed = run(resume_from=state, seed=tp.seed + 1)
+    assert [h["val_loss"] for h in resumed.history] == [h["val_loss"] for h in full.history]
+    assert resumed.step_losses == full.step_losses
+    assert resumed.best_epoch == full.best_epoch
+    for key in full.best_state:
+        assert torch.equal(resumed.best_state[key], full.best_state[key]), key
+
+
+def test_a_damaged_resume_file_means_training_from_the_start(tmp_path, capsys):
+    from pipeline.train import load_resume_state
+
+    (tmp_path / "resume.pt").write_bytes(b"PK\x03\x04 not a whole archive")
+    assert load_resume_state(tmp_path / "resume.pt", "key") is None
+    assert "training from the start" in capsys.readouterr().err
