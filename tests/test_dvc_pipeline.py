@@ -110,6 +110,34 @@ def test_full_repro_writes_every_artefact(repo):
     assert stages_run(run(["dvc", "repro"], repo).stdout) == set()
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_the_exported_model_gives_the_trained_models_probabilities_on_the_test_split(repo, fmt):
+    """The issue's bar: the `textclf-export` files, run by onnxruntime / TorchScript, against the
+    predict stage's probabilities (the PyTorch model) on every text of the test split, to 1e-5."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.export import encode_batch, read_sidecar
+
+    output = repo / f"models/model.{'onnx' if fmt == 'onnx' else 'torchscript.pt'}"
+    run(["textclf-export", "--format", fmt, "--output", str(output)], repo)
+    expected = pd.read_parquet(repo / "data/predictions/test.parquet")
+    meta = read_sidecar(Path(f"{output}.json"))
+    ids, lengths = encode_batch(meta, expected["text"].tolist())
+    if fmt == "onnx":
+        import onnxruntime
+
+        got = onnxruntime.InferenceSession(str(output)).run(None, {"ids": ids, "lengths": lengths})[0]
+    else:
+        import torch
+
+        with torch.no_grad():
+            got = torch.jit.load(str(output))(torch.from_numpy(ids), torch.from_numpy(lengths)).numpy()
+    want = expected[[f"prob_{label}" for label in meta["labels"]]].to_numpy()
+    assert got.shape == want.shape and len(want) > 0
+    assert np.abs(got - want).max() < 1e-5
+
+
 def test_train_param_change_reruns_only_train_and_evaluate(repo):
     set_param(repo, "train", "lr", 0.01)
     out = run(["dvc", "repro"], repo).stdout
