@@ -7,6 +7,7 @@ the schema, that none is missing, and that each value has the right type and ran
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import types
 import typing
@@ -169,18 +170,25 @@ class BaselineParams:
     min_df: int = field(metadata=_range(1))
     # Inverse regularisation strengths tried; the best on the validation split is kept.
     C: list[float]
+    # Above this many training rows, the out-of-core model: hashed n-grams (2**hash_bits columns, no
+    # vocabulary in memory) and logistic regression by SGD, read in chunks of chunk_rows, `epochs` passes.
+    streaming_above: int = field(metadata=_range(0))
+    hash_bits: int = field(metadata=_range(10, 28))
+    chunk_rows: int = field(metadata=_range(1))
+    epochs: int = field(metadata=_range(1))
 
 
 @dataclass(frozen=True)
 class PredictParams:
-    # The optional stage predict_batch: classify every row of `input` (a CSV, TSV, JSON-lines or Parquet
-    # file; the text formats may be .gz, .bz2 or .xz) and write it to `output` (.parquet, .csv, .tsv or
-    # .jsonl) with predicted_label and one prob_<label> column per class. `input` is a DVC dependency.
+    # The DVC stage `predict` (python -m pipeline.predict_batch; it runs on every `dvc repro`): classify
+    # every row of `input` (a CSV, TSV, JSON-lines or Parquet file; the text formats may be .gz, .bz2 or
+    # .xz) and write it to `output` (.parquet, .csv, .tsv or .jsonl) with predicted_label and one
+    # prob_<label> column per class. `input` is a DVC dependency.
     input: str
     text_column: str
     output: str
-    # Text encoding of CSV, TSV and JSON-lines input.
-    encoding: str
+    # Text encoding of CSV, TSV and JSON-lines input (a name Python knows: utf-8, latin-1, cp1252, ...).
+    encoding: str = field(metadata={"encoding": True})
     batch_size: int = field(metadata=_range(1))
     # Rows read, classified and written at a time: memory stays the same whatever the file's size.
     chunk_rows: int = field(metadata=_range(1))
@@ -243,6 +251,14 @@ def _check_range(key: str, value, spec, where: str) -> None:
         raise PipelineError(f"{where}: '{key}' must be {' and '.join(s for s in (lo_s, hi_s) if s)}, got {value!r}")
 
 
+def _check_encoding(key: str, value: str, where: str) -> None:
+    try:
+        codecs.lookup(value)
+    except LookupError:
+        raise PipelineError(f"{where}: '{key}' is {value!r}, not a text encoding Python knows "
+                            "(e.g. utf-8, latin-1, cp1252)") from None
+
+
 REMOTE_PREFIXES = ("http://", "https://", "pypi:", "gensim-data:", "s3://", "gs://", "file://")
 
 
@@ -281,6 +297,8 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
         if tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and float in typing.get_args(tp)):
             value = float(value) if value is not None else None
         _check_range(f"{name}.{key}", value, f.metadata, where)
+        if f.metadata.get("encoding"):
+            _check_encoding(f"{name}.{key}", value, where)
         values[key] = value
     return cls(**values)
 

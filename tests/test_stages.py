@@ -838,3 +838,43 @@ def test_a_damaged_resume_file_means_training_from_the_start(tmp_path, capsys):
     (tmp_path / "resume.pt").write_bytes(b"PK\x03\x04 not a whole archive")
     assert load_resume_state(tmp_path / "resume.pt", "key") is None
     assert "training from the start" in capsys.readouterr().err
+
+
+def test_hashed_tfidf_weighs_like_tfidfvectorizer(tmp_path):
+    """Streamed in chunks of 3 rows, the hashed TF-IDF gives each document the weights sklearn's
+    TfidfVectorizer(sublinear_tf=True, min_df) gives it (the columns differ: hashed, not a vocabulary)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from pipeline.baseline import HashedTfidf, _identity, read_chunks
+
+    docs = [t.split() for t in ["a good good film", "a bad film", "good acting , bad plot", "bad bad bad",
+                                "a film", "an odd one", "good"]]
+    path = tmp_path / "train.parquet"
+    pd.DataFrame({"tokens": docs, "label": ["x"] * len(docs)}).to_parquet(path)
+    hashed = HashedTfidf(ngram_max=2, bits=20, min_df=2).fit(read_chunks(path, 3))
+    exact = TfidfVectorizer(analyzer="word", tokenizer=_identity, preprocessor=_identity, token_pattern=None,
+                            lowercase=False, ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    want = exact.fit_transform(docs)
+    got = hashed.transform(pd.Series(docs))
+    for i in range(len(docs)):
+        assert np.allclose(sorted(got[i].data[got[i].data > 0]), sorted(want[i].data)), docs[i]
+
+
+def test_the_out_of_core_baseline_learns_from_chunks(tmp_path):
+    from pipeline.baseline import fit_streaming, read_chunks
+
+    rng = np.random.default_rng(0)
+    filler = ["the", "film", "plot", "actors", "scene", "story"]
+
+    def split(n):
+        labels = rng.choice(["neg", "pos"], n)
+        tokens = [list(rng.choice(filler, 6)) + [("great" if lab == "pos" else "awful")] for lab in labels]
+        return pd.DataFrame({"tokens": tokens, "label": labels})
+
+    for name, n in (("train", 300), ("val", 60), ("test", 60)):
+        split(n).to_parquet(tmp_path / f"{name}.parquet")
+    features, clf, c, val_acc = fit_streaming(lambda s: tmp_path / f"{s}.parquet", ngram_max=2, grid=[0.1, 10.0],
+                                              min_df=2, bits=16, chunk_rows=40, epochs=3)
+    assert val_acc == 1.0 and c in (0.1, 10.0)
+    test = next(read_chunks(tmp_path / "test.parquet", 1000))
+    assert (clf.predict(features.transform(test["tokens"])) == test["label"].to_numpy()).all()
