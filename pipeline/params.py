@@ -62,7 +62,7 @@ class CorpusParams(SourceParams):
     # test/<label>/*.txt).
     format: Literal["auto", "csv", "tsv", "jsonl", "parquet", "fasttext", "folder"]
     # Text encoding of CSV, TSV, JSON lines, fastText and folder-tree files (e.g. utf-8, latin-1, cp1252).
-    encoding: str
+    encoding: str = field(metadata={"encoding": True})
     # Whether CSV/TSV files start with a row of column names; without one, columns are named 0, 1, 2, ...
     header: bool
     text_column: str

@@ -37,6 +37,9 @@ def _write(tmp_path, mutate):
     (lambda d: d["corpus"].update(drop_labels="plot"), r"'corpus\.drop_labels' must be a list of a string"),
     (lambda d: d["train"].update(max_tokens="all"), r"'train\.max_tokens' must be one of 'auto' or an integer"),
     (lambda d: d["train"].update(max_tokens=10**6), r"'train\.max_tokens' must be >= 1 and <= 10000"),
+    (lambda d: d["corpus"].update(encoding="utf9"), r"'corpus\.encoding' is 'utf9', not a text encoding"),
+    (lambda d: d["train"].update(threads=0), r"'train\.threads' must be >= 1"),
+    (lambda d: d["baseline"].update(hash_bits=40), r"'baseline\.hash_bits' must be >= 10 and <= 28"),
 ])
 def test_bad_params_name_the_file_and_key(tmp_path, mutate, message):
     path = _write(tmp_path, mutate)
