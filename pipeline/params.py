@@ -153,6 +153,10 @@ class TrainParams:
     # CPU threads for training. auto: the machine's cores shared evenly among the DVC experiment-queue
     # workers running on it (`dvc queue start -j 2` on two cores: one each), all of them otherwise.
     threads: Literal["auto"] | int = field(metadata=_range(1))
+    # Data-parallel training in this many processes on this machine, launched with torchrun (gloo on
+    # CPU, NCCL on GPUs); each process takes a share of every epoch's batches (so the effective batch is
+    # processes x batch_size). 1: one process.
+    processes: int = field(metadata=_range(1))
     # DVCLive logs the mean training loss and the learning rate every this many optimizer steps
     # (0: once per epoch, at its last step).
     log_every_steps: int = field(metadata=_range(0))

@@ -90,6 +90,7 @@ class EpochResult:
     accuracy: float
     tokens: int
     seconds: float
+    examples: int = 0
 
     @property
     def tokens_per_second(self) -> float:
@@ -123,16 +124,25 @@ def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.nda
               rng: np.random.Generator | None = None, grad_clip: float | None = None,
               word_dropout: float = 0.0, unk_id: int = 1, progress: str | None = None,
               class_weight: torch.Tensor | None = None,
-              on_step: Callable[[float], None] | None = None) -> EpochResult:
+              on_step: Callable[[float], None] | None = None, forward: Callable | None = None,
+              shard: tuple[int, int] = (0, 1), noise_rng: np.random.Generator | None = None) -> EpochResult:
     """One pass over the data; trains when an optimizer is given, else only measures.
 
     While training, `class_weight` weights each class's loss (the reported loss stays unweighted) and
-    `on_step` is called after each optimizer step with that batch's mean loss.
+    `on_step` is called after each optimizer step with that batch's mean loss. Data-parallel training
+    passes `forward` (the DistributedDataParallel wrapper, which averages gradients across processes),
+    `shard` (rank, world size: every process draws the same batches from the same seed and takes every
+    world-th one, as many as the others) and `noise_rng` (word dropout, different in each process).
     """
     training = optimizer is not None
     model.train(training)
+    forward = forward or model
+    noise_rng = noise_rng or rng
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     batches = bucket_batches(lengths, batch_size, rng if training else None)
+    rank, world = shard
+    if training and world > 1:
+        batches = batches[rank: len(batches) - len(batches) % world: world]
     loss_fn = nn.CrossEntropyLoss(reduction="sum")
     weighted_loss_fn = (nn.CrossEntropyLoss(weight=class_weight.to(device), reduction="sum")
                         if training and class_weight is not None else None)
@@ -145,12 +155,12 @@ def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.nda
             ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
             if training and word_dropout:
                 # Word dropout: hide random tokens behind <unk> so the model cannot lean on any one word.
-                hide = torch.from_numpy(rng.random(ids.shape) < word_dropout) & (ids != model.cfg.pad_id)
+                hide = torch.from_numpy(noise_rng.random(ids.shape) < word_dropout) & (ids != model.cfg.pad_id)
                 ids = ids.masked_fill(hide, unk_id)
             ids, lens = ids.to(device, non_blocking=True), lens.to(device, non_blocking=True)
             target = torch.from_numpy(labels[index]).to(device)
             with amp:
-                logits = model(ids, lens)
+                logits = forward(ids, lens)
                 loss = loss_fn(logits.float(), target)
             if training:
                 objective = loss if weighted_loss_fn is None else weighted_loss_fn(logits.float(), target)
@@ -169,8 +179,21 @@ def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.nda
                 elapsed = time.perf_counter() - start
                 bar.set_postfix(loss=f"{total_loss / max(1, bar.n * batch_size):.3f}",
                                 tok_s=f"{tokens / max(elapsed, 1e-9):,.0f}")
-    n = len(sequences)
-    return EpochResult(total_loss / n, correct / n, tokens, time.perf_counter() - start)
+    n = sum(len(index) for index in batches)
+    return EpochResult(total_loss / n, correct / n, tokens, time.perf_counter() - start, n)
+
+
+def combined(result: EpochResult, world: int) -> EpochResult:
+    """One process's share of an epoch made whole: loss, accuracy and tokens over all processes."""
+    if world == 1:
+        return result
+    import torch.distributed as dist
+
+    totals = torch.tensor([result.loss * result.examples, result.accuracy * result.examples, result.examples,
+                           result.tokens], dtype=torch.float64)
+    dist.all_reduce(totals)
+    n = totals[2].item()
+    return EpochResult(totals[0].item() / n, totals[1].item() / n, int(totals[3].item()), result.seconds, int(n))
 
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
@@ -203,7 +226,7 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
         val_x: list[np.ndarray], val_y: np.ndarray, device: torch.device, unk_id: int = 1,
         on_epoch: Callable[[int, dict], None] | None = None, show_progress: bool = False,
         on_step: Callable[[int, dict], None] | None = None, resume_from: dict | None = None,
-        on_checkpoint: Callable[[dict], None] | None = None) -> TrainResult:
+        on_checkpoint: Callable[[dict], None] | None = None, shard: tuple[int, int] = (0, 1)) -> TrainResult:
     """Train with early stopping on validation accuracy; returns the best epoch's weights.
 
     `on_step(step, row)` is called after every optimizer step (row: loss, lr); `on_epoch(step, row)`
@@ -211,11 +234,17 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
     after each epoch, everything needed to go on from there (weights, optimizer, random generators,
     early-stopping state); `fit(..., resume_from=state)` goes on from it and ends as the uninterrupted
     run would have, to the bit on the same machine.
+
+    Under torchrun (`shard` = rank, world size, the process group initialised), each process trains on
+    its share of every epoch's batches through DistributedDataParallel, which averages the gradients;
+    every process then holds the same weights, measures the same validation accuracy and stops at the
+    same epoch.
     """
+    rank, world = shard
     model.to(device)
     # Frozen embeddings get no gradient, and Adam skips them until they are unfrozen.
     optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
-    steps_per_epoch = math.ceil(len(train_x) / tp.batch_size)
+    steps_per_epoch = math.ceil(len(train_x) / tp.batch_size) // world
     epochs, patience = stretched_epochs(tp, steps_per_epoch)
     if tp.embeddings == "freeze_then_finetune" and epochs <= tp.freeze_epochs:
         print(f"warning: train.epochs ({epochs}) <= train.freeze_epochs ({tp.freeze_epochs}): the embeddings "
@@ -239,7 +268,9 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
         set_lr()
 
     weight = class_weights(train_y, model.cfg.num_classes, tp.class_weights)
-    rng = np.random.default_rng(tp.seed)
+    rng = np.random.default_rng(tp.seed)  # batch order: the same in every process
+    noise_rng = np.random.default_rng([tp.seed, rank]) if world > 1 else None  # word dropout: each its own
+    forward, trainable = None, None
     best = TrainResult(copy.deepcopy(model.state_dict()), 0, -1.0)
     stale = 0
     first_epoch, seconds_before = 1, 0.0
@@ -263,10 +294,19 @@ def fit(model: LSTMClassifier, tp: P.TrainParams, train_x: list[np.ndarray], tra
     for epoch in range(first_epoch, epochs + 1):
         if tp.embeddings in ("freeze_then_finetune", "multichannel"):
             model.set_embeddings_trainable(epoch > tp.freeze_epochs)
+        if world > 1 and trainable != [p.requires_grad for p in model.parameters()]:
+            # DistributedDataParallel syncs the parameters that needed gradients when it was made:
+            # made again when the embeddings are unfrozen.
+            from torch.nn.parallel import DistributedDataParallel
+
+            forward = DistributedDataParallel(model)
+            trainable = [p.requires_grad for p in model.parameters()]
         lr_at_start = optimizer.param_groups[0]["lr"]
         tr = run_epoch(model, train_x, train_y, tp.batch_size, device, optimizer, rng, tp.grad_clip,
                        tp.word_dropout, unk_id, progress=f"epoch {epoch}/{epochs}" if show_progress else None,
-                       class_weight=weight, on_step=after_step)
+                       class_weight=weight, on_step=after_step, forward=forward, shard=shard,
+                       noise_rng=noise_rng)
+        tr = combined(tr, world)
         va = run_epoch(model, val_x, val_y, max(256, tp.batch_size), device)
         row = {"epoch": epoch, "train_loss": tr.loss, "train_accuracy": tr.accuracy, "val_loss": va.loss,
                "val_accuracy": va.accuracy, "lr": lr_at_start, "epoch_seconds": tr.seconds,
@@ -444,16 +484,49 @@ class LiveLogger:
               f"{row['epoch_seconds']:.1f}s, {row['train_tokens_per_second']:,.0f} tokens/s", flush=True)
 
 
-def main() -> None:
-    from dvclive import Live
+def launch_processes(processes: int) -> None:
+    """`train.processes` > 1 on one machine: this stage again under torchrun, one process per share.
+    (Across machines, run torchrun yourself with its rendezvous flags: README, 'Past one machine'.)"""
+    import subprocess
 
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+           "-m", "pipeline.train"]
+    print(f"training in {processes} processes: {' '.join(cmd[1:])}", flush=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+        raise PipelineError(f"training under torchrun failed (exit status {code}); see the processes' output above")
+
+
+def main() -> None:
     tp, prep = P.load("train"), P.load("prepare")
+    if tp.processes > 1 and "LOCAL_RANK" not in os.environ:
+        return launch_processes(tp.processes)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
     set_determinism(tp.seed)
     device = resolve_device(tp.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     # A queued experiment runs in a temporary copy under .dvc/tmp/exps.
     in_queue = f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}" in f"{Path.cwd()}{os.sep}"
-    threads = resolve_threads(tp.threads, len(os.sched_getaffinity(0)), queue_workers(), in_queue)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = resolve_threads(tp.threads, len(os.sched_getaffinity(0)) // local_processes or 1, queue_workers(),
+                              in_queue)
     torch.set_num_threads(threads)
+    try:
+        train_and_save(tp, prep, device, threads, rank, world)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def train_and_save(tp: P.TrainParams, prep: P.PrepareParams, device: torch.device, threads: int, rank: int,
+                   world: int) -> None:
+    """Load the data, train, and (process 0 only, when there are several) write the model and metrics."""
+    from dvclive import Live
+
     vocab = read_json(VOCAB_DIR / "vocab.json")
     itos, unk_id = vocab["itos"], vocab["unk_id"]
     stoi = {w: i for i, w in enumerate(itos)}
@@ -462,16 +535,24 @@ def main() -> None:
     labels = sorted(train_df["label"].unique().tolist())
     lengths = train_df["tokens"].map(len).to_numpy()
     max_tokens = resolve_max_tokens(tp.max_tokens, lengths)
-    print(f"{threads} CPU thread(s); model input: at most {max_tokens} tokens ({tp.truncation}); "
-          f"{(lengths > max_tokens).mean():.1%} of training texts are longer", flush=True)
+    if rank == 0:
+        print(f"{world} process(es) of {threads} CPU thread(s); model input: at most {max_tokens} tokens "
+              f"({tp.truncation}); {(lengths > max_tokens).mean():.1%} of training texts are longer", flush=True)
     train_x, train_y = encode_split(train_df, "train", stoi, unk_id, labels, max_tokens, tp.truncation)
     val_x, val_y = encode_split(val_df, "val", stoi, unk_id, labels, max_tokens, tp.truncation)
     del train_df, val_df
 
     model = build_model(tp, matrix, len(labels))
+    if world > 1:
+        torch.manual_seed(tp.seed + rank)  # the same initial weights everywhere; each its own dropout
+        shard = (rank, world)
+        if rank != 0:  # the others train their share and write nothing
+            fit(model, tp, train_x, train_y, val_x, val_y, device, unk_id, shard=shard)
+            return
     key = run_key(tp, prep, threads, [PREPARED / "train.parquet", PREPARED / "val.parquet", VOCAB_DIR / "vocab.json",
                              VOCAB_DIR / "embeddings.npy"])
-    resume_from = load_resume_state(RESUME_PATH, key)
+    # Resuming is for one process: under torchrun the state would be each process's own.
+    resume_from = load_resume_state(RESUME_PATH, key) if world == 1 else None
     if resume_from is not None:
         print(f"resuming after epoch {resume_from['epoch']} (from {RESUME_PATH}, left by an interrupted run "
               "with the same params and data)", flush=True)
@@ -484,21 +565,22 @@ def main() -> None:
                 logger.replay(resume_from["live_events"])
             result = fit(model, tp, train_x, train_y, val_x, val_y, device, unk_id, logger.epoch,
                          show_progress=os.environ.get("CI") != "true", on_step=logger.step,
-                         resume_from=resume_from,
-                         on_checkpoint=lambda state: save_resume_state(
+                         resume_from=resume_from, shard=(rank, world),
+                         on_checkpoint=None if world > 1 else lambda state: save_resume_state(
                              RESUME_PATH, key, {**state, "live_events": logger.events}))
             live.summary["best_epoch"] = result.best_epoch
             live.summary["best_val_accuracy"] = result.best_val_accuracy
             live.summary["train_seconds"] = round(result.seconds, 2)
             live.summary["max_tokens"] = max_tokens
             live.summary["threads"] = threads
+            live.summary["processes"] = world
         # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
         write_json(staging / BEST, {"lstm_val_acc": round(result.best_val_accuracy, 4),
                                     "lstm_best_epoch": result.best_epoch})
         plot_curves(result, staging / "curves.png")
         # No timings in the checkpoint: the same params and seed give the same weights and metadata.
         info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-                "params": tp.__dict__, "threads": threads}
+                "params": tp.__dict__, "threads": threads, "processes": world}
         save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id,
                         info, max_tokens, tp.truncation)
     RESUME_PATH.unlink(missing_ok=True)

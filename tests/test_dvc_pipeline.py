@@ -144,6 +144,23 @@ def test_train_param_change_reruns_only_train_and_evaluate(repo):
     assert stages_run(out) == AFTER_TRAIN, out
 
 
+def test_train_processes_runs_torchrun_and_writes_once(repo):
+    """train.processes: 2 under `dvc repro`: the stage relaunches itself under torchrun (gloo); process 0
+    alone writes the model and the metrics, one row per epoch."""
+    from pipeline.inference import load_checkpoint
+
+    set_param(repo, "train", "processes", 2)
+    out = run(["dvc", "repro"], repo).stdout
+    assert stages_run(out) == AFTER_TRAIN, out
+    assert "training in 2 processes" in out
+    assert json.loads((repo / "metrics/train/metrics.json").read_text())["processes"] == 2
+    epochs = [int(row.split("\t")[0]) for row in
+              (repo / "metrics/train/plots/metrics/val/accuracy.tsv").read_text().splitlines()[1:]]
+    assert epochs == list(range(1, len(epochs) + 1)) and epochs
+    assert load_checkpoint(repo / "models/model.pt").info["processes"] == 2
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+
+
 def test_vocab_param_change_leaves_download_and_prepare(repo):
     set_param(repo, "vocab", "min_freq", 2)
     out = run(["dvc", "repro"], repo).stdout

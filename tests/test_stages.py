@@ -878,3 +878,28 @@ def test_the_out_of_core_baseline_learns_from_chunks(tmp_path):
     assert val_acc == 1.0 and c in (0.1, 10.0)
     test = next(read_chunks(tmp_path / "test.parquet", 1000))
     assert (clf.predict(features.transform(test["tokens"])) == test["label"].to_numpy()).all()
+
+
+def test_data_parallel_training_under_torchrun_learns_like_one_process():
+    """Two gloo processes launched by torchrun: each takes half of every epoch's batches, the gradients
+    are averaged (DistributedDataParallel, rebuilt when the embeddings unfreeze), and both end with the
+    same weights and a validation accuracy as good as one process's."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "tests.ddp_toy"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
+                  key=lambda r: r["rank"])
+    assert [r["rank"] for r in runs] == [0, 1] and all(r["world"] == 2 for r in runs)
+    assert runs[0]["checksum"] == runs[1]["checksum"]  # one model, not two
+    assert runs[0]["steps"] == 8 * (180 // 8 // 2)    # half the batches each
+    single = _fit_once(_train_params(epochs=8, patience=8, word_dropout=0.1, embeddings="freeze_then_finetune",
+                                     freeze_epochs=2, batch_size=8))
+    assert runs[0]["val"] >= single.best_val_accuracy - 0.05 and runs[0]["val"] >= 0.9

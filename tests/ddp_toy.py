@@ -1,0 +1,35 @@
+"""Run by tests under torchrun: the toy problem of test_stages trained data-parallel, one JSON line
+per process (its rank, the validation accuracy and a checksum of its final weights)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pipeline.train import build_model, fit, set_determinism
+from tests.test_stages import _toy_problem, _train_params
+
+
+def main() -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(1)
+    tp = _train_params(epochs=8, patience=8, word_dropout=0.1, embeddings="freeze_then_finetune",
+                       freeze_epochs=2, batch_size=8)
+    set_determinism(tp.seed)
+    model = build_model(tp, np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32), 2)
+    torch.manual_seed(tp.seed + rank)
+    xs, ys = _toy_problem()
+    result = fit(model, tp, xs[:180], ys[:180], xs[180:], ys[180:], torch.device("cpu"), shard=(rank, world))
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    print(json.dumps({"rank": rank, "world": world, "val": result.best_val_accuracy, "epochs": len(result.history),
+                      "checksum": checksum, "steps": len(result.step_losses)}), flush=True)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
