@@ -12,7 +12,7 @@ SETUPTOOLS := setuptools==84.2.1
 # dvc's experiment queue worker calls `dvc` from PATH, so the venv goes first on it.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test venv lock clean-venv bench ablation corpora
+.PHONY: repro test venv lock clean-venv bench ablation corpora scale queue-threads
 
 venv: $(STAMP)
 
@@ -39,6 +39,14 @@ ablation: $(STAMP)
 # The README's real-corpora table: each benchmarks/corpora/*.yaml through the DVC queue (commit first).
 corpora: $(STAMP)
 	python -m benchmarks.corpora
+
+# The README's scale table: each stage on 10k, 100k and 1M synthetic documents (needs `make repro` first).
+scale: $(STAMP)
+	python -m benchmarks.scale
+
+# The README's queue table: two trainings at once through `dvc queue start -j 2` (commit first).
+queue-threads: $(STAMP)
+	python -m benchmarks.queue_threads
 
 # Re-pin requirements.txt after editing requirements.in.
 lock: $(STAMP)
