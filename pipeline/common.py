@@ -101,6 +101,17 @@ def save_png(fig, path: str | os.PathLike) -> None:
     pyplot().close(fig)
 
 
+def json_object_line(line: str, path: str | os.PathLike, lineno: int) -> dict:
+    """One line of a JSON-lines file as an object; an error naming the file, line and column otherwise."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise PipelineError(f"{path}: line {lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
+    if not isinstance(row, dict):
+        raise PipelineError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
 def read_json(path: str | os.PathLike):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

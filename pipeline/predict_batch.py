@@ -48,7 +48,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from pipeline.common import READ_ERRORS, PipelineError, atomic_path, check_output_file, run_main
+from pipeline.common import READ_ERRORS, PipelineError, atomic_path, check_output_file, json_object_line, run_main
 from pipeline.inference import Checkpoint, classify_texts
 
 LABEL_COLUMN = "predicted_label"
@@ -208,13 +208,7 @@ def _jsonl_rows(path: Path, encoding: str) -> Iterator[tuple[int, dict]]:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise PipelineError(f"{path}: line {lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
-                if not isinstance(row, dict):
-                    raise PipelineError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
-                yield lineno, row
+                yield lineno, json_object_line(line, path, lineno)
     except READ_ERRORS as err:
         raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
 

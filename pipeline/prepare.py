@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import params as P
-from pipeline.common import READ_ERRORS, PipelineError, atomic_path, run_main, write_json
+from pipeline.common import READ_ERRORS, PipelineError, atomic_path, json_object_line, run_main, write_json
 from pipeline.text import TextConfig, tokenize
 
 OUT_DIR = Path("data/prepared")
@@ -129,17 +129,11 @@ def read_fasttext(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
 def read_jsonl(path: Path, text_column: str, label_column: str, split_column: str | None,
                encoding: str = "utf-8") -> pd.DataFrame:
     """JSON lines, one object per line; a malformed line is an error naming its number."""
-    import json
 
     columns = [c for c in (text_column, label_column, split_column) if c]
 
     def parse(line: str, lineno: int):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise PipelineError(f"{path}: line {lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
-        if not isinstance(row, dict):
-            raise PipelineError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
+        row = json_object_line(line, path, lineno)
         for role, column in zip(("text", "label", "split"), columns):
             if column not in row:
                 raise PipelineError(f"{path}: line {lineno}: no {role} field '{column}' (params corpus.{role}_column); "

@@ -4,7 +4,6 @@ per process (its rank, the validation accuracy and a checksum of its final weigh
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import torch
