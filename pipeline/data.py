@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -44,6 +45,47 @@ def encode(token_lists: Iterable[Sequence[str]], stoi: dict[str, int], unk_id: i
     return out
 
 
+class TokenIds:
+    """A split's texts as id sequences over the vocab stage's compact arrays (memory-mapped int32 ids
+    and their offsets): each text cut to max_tokens the way `encode` cuts it, an empty text read as a
+    single <unk>, made only when a batch asks for it. What `encode` returns, in 4 bytes per token on
+    disk instead of Python objects in memory."""
+
+    def __init__(self, folder: Path, name: str, unk_id: int, max_tokens: int | None = None,
+                 truncation: str = "head"):
+        self.ids = np.load(folder / f"{name}.ids.npy", mmap_mode="r")
+        self.offsets = np.load(folder / f"{name}.offsets.npy")
+        self.unk_id, self.max_tokens, self.truncation = unk_id, max_tokens, truncation
+        self.full_lengths = np.diff(self.offsets)
+        cut = self.full_lengths if max_tokens is None else np.minimum(self.full_lengths, max_tokens)
+        self.lengths = np.maximum(cut, 1)
+
+    def __len__(self) -> int:
+        return len(self.full_lengths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        if start == end:
+            return np.array([self.unk_id], dtype=np.int64)
+        n, limit = end - start, self.max_tokens
+        if limit is None or n <= limit:
+            return np.asarray(self.ids[start:end], dtype=np.int64)
+        if self.truncation == "head":
+            return np.asarray(self.ids[start:start + limit], dtype=np.int64)
+        if self.truncation == "tail":
+            return np.asarray(self.ids[end - limit:end], dtype=np.int64)
+        head = limit // 4
+        return np.concatenate([self.ids[start:start + head], self.ids[end - (limit - head):end]]).astype(np.int64)
+
+
+def sequence_lengths(sequences: Sequence) -> np.ndarray:
+    """Each sequence's length, without building the sequences when they know their lengths."""
+    known = getattr(sequences, "lengths", None)
+    if known is not None:
+        return np.asarray(known, dtype=np.int64)
+    return np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+
+
 def bucket_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
     """Index batches of similar-length sequences.
 
@@ -67,8 +109,9 @@ def bucket_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
 
 def pad_batch(sequences: Sequence[np.ndarray], index: np.ndarray, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(batch, longest) int64 ids padded with pad_id, and the true lengths."""
-    lengths = np.fromiter((len(sequences[i]) for i in index), dtype=np.int64, count=len(index))
-    ids = np.full((len(index), int(lengths.max())), pad_id, dtype=np.int64)
-    for row, i in enumerate(index):
-        ids[row, : lengths[row]] = sequences[i]
+    batch = [sequences[i] for i in index]
+    lengths = np.fromiter((len(s) for s in batch), dtype=np.int64, count=len(batch))
+    ids = np.full((len(batch), int(lengths.max())), pad_id, dtype=np.int64)
+    for row, seq in enumerate(batch):
+        ids[row, : lengths[row]] = seq
     return torch.from_numpy(ids), torch.from_numpy(lengths)

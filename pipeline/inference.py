@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.common import PipelineError, atomic_path
-from pipeline.data import bucket_batches, encode, pad_batch
+from pipeline.data import bucket_batches, encode, pad_batch, sequence_lengths
 from pipeline.model import LSTMClassifier, ModelConfig
 from pipeline.text import TextConfig, tokenize
 
@@ -100,7 +100,7 @@ def predict_proba(model: LSTMClassifier, sequences: Sequence[np.ndarray], batch_
     """Class probabilities, (n, classes), in the order of `sequences`."""
     model.eval()
     probs = np.zeros((len(sequences), model.cfg.num_classes), dtype=np.float32)
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    lengths = sequence_lengths(sequences)
     for index in bucket_batches(lengths, batch_size):
         ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
         logits = model(ids.to(device), lens.to(device))

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from pipeline import params as P
 from pipeline.common import PipelineError, atomic_path, pyplot, read_json, run_main, save_png, write_json
-from pipeline.data import auto_max_tokens, bucket_batches, encode, pad_batch
+from pipeline.data import TokenIds, auto_max_tokens, bucket_batches, encode, pad_batch, sequence_lengths
 from pipeline.inference import MODEL_PATH, save_checkpoint
 from pipeline.model import LSTMClassifier, ModelConfig
 from pipeline.text import TextConfig
@@ -138,7 +138,7 @@ def run_epoch(model: LSTMClassifier, sequences: list[np.ndarray], labels: np.nda
     model.train(training)
     forward = forward or model
     noise_rng = noise_rng or rng
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    lengths = sequence_lengths(sequences)
     batches = bucket_batches(lengths, batch_size, rng if training else None)
     rank, world = shard
     if training and world > 1:
@@ -342,14 +342,20 @@ def read_split(name: str) -> pd.DataFrame:
     return pd.read_parquet(PREPARED / f"{name}.parquet", columns=["tokens", "label"])
 
 
-def encode_split(df: pd.DataFrame, name: str, stoi: dict[str, int], unk_id: int, labels: list[str],
-                 max_tokens: int | None, truncation: str) -> tuple[list[np.ndarray], np.ndarray]:
+def label_ids(values: pd.Series, labels: list[str], name: str) -> np.ndarray:
+    """Labels as class ids (the order of `labels`); a label the training split lacks is an error."""
     label_id = {lab: i for i, lab in enumerate(labels)}
-    unknown = sorted(set(df["label"]) - set(label_id))
+    unknown = sorted(set(values) - set(label_id))
     if unknown:
         raise PipelineError(f"{PREPARED / name}.parquet: label {unknown[0]!r} does not occur in the training split")
-    return (encode(df["tokens"], stoi, unk_id, max_tokens, truncation),
-            df["label"].map(label_id).to_numpy(dtype=np.int64))
+    return values.map(label_id).to_numpy(dtype=np.int64)
+
+
+def encode_split(df: pd.DataFrame, name: str, stoi: dict[str, int], unk_id: int, labels: list[str],
+                 max_tokens: int | None, truncation: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """A split's token lists as id sequences in memory (the benchmarks' way; the stage reads the
+    vocab stage's compact ids through TokenIds, which gives the same sequences)."""
+    return encode(df["tokens"], stoi, unk_id, max_tokens, truncation), label_ids(df["label"], labels, name)
 
 
 def load_split(name: str, stoi: dict[str, int], unk_id: int, labels: list[str], max_tokens: int | None = None,
@@ -529,18 +535,20 @@ def train_and_save(tp: P.TrainParams, prep: P.PrepareParams, device: torch.devic
 
     vocab = read_json(VOCAB_DIR / "vocab.json")
     itos, unk_id = vocab["itos"], vocab["unk_id"]
-    stoi = {w: i for i, w in enumerate(itos)}
     matrix = np.load(VOCAB_DIR / "embeddings.npy")
-    train_df, val_df = read_split("train"), read_split("val")
-    labels = sorted(train_df["label"].unique().tolist())
-    lengths = train_df["tokens"].map(len).to_numpy()
+    # The texts as the vocab stage's compact ids, memory-mapped (4 bytes a token, read as batches ask):
+    # no token strings are read here. Labels from the prepared splits.
+    train_labels, val_labels = (pd.read_parquet(PREPARED / f"{name}.parquet", columns=["label"])["label"]
+                                for name in ("train", "val"))
+    labels = sorted(train_labels.unique().tolist())
+    lengths = TokenIds(VOCAB_DIR, "train", unk_id).full_lengths
     max_tokens = resolve_max_tokens(tp.max_tokens, lengths)
     if rank == 0:
         print(f"{world} process(es) of {threads} CPU thread(s); model input: at most {max_tokens} tokens "
               f"({tp.truncation}); {(lengths > max_tokens).mean():.1%} of training texts are longer", flush=True)
-    train_x, train_y = encode_split(train_df, "train", stoi, unk_id, labels, max_tokens, tp.truncation)
-    val_x, val_y = encode_split(val_df, "val", stoi, unk_id, labels, max_tokens, tp.truncation)
-    del train_df, val_df
+    train_x = TokenIds(VOCAB_DIR, "train", unk_id, max_tokens, tp.truncation)
+    val_x = TokenIds(VOCAB_DIR, "val", unk_id, max_tokens, tp.truncation)
+    train_y, val_y = label_ids(train_labels, labels, "train"), label_ids(val_labels, labels, "val")
 
     model = build_model(tp, matrix, len(labels))
     if world > 1:

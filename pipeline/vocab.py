@@ -33,6 +33,37 @@ def count_tokens(token_lists: Iterable[Iterable[str]]) -> Counter:
     return counts
 
 
+def write_token_ids(split: Path, itos: list[str], unk_id: int, out: Path, name: str, chunk_rows: int = 100_000) -> int:
+    """A prepared split as vocabulary ids, written once for training: `<name>.ids.npy` (int32, every
+    text end to end) and `<name>.offsets.npy` (int64, one more than the texts: text i is
+    ids[offsets[i]:offsets[i+1]]). Read in chunks, looked up in C (pyarrow), so neither the token
+    strings nor Python lists of them are held for the whole split. Returns the number of texts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    vocab = pa.array(itos, type=pa.string())
+    with pq.ParquetFile(split) as f:
+        rows = f.metadata.num_rows
+        total = sum(int(pc.sum(pc.list_value_length(b.column(0))).as_py() or 0)
+                    for b in f.iter_batches(batch_size=chunk_rows, columns=["tokens"]))
+        ids = np.lib.format.open_memmap(out / f"{name}.ids.npy", mode="w+", dtype=np.int32, shape=(total,))
+        offsets = np.zeros(rows + 1, dtype=np.int64)
+        row = at = 0
+        for batch in f.iter_batches(batch_size=chunk_rows, columns=["tokens"]):
+            tokens = batch.column(0)
+            found = pc.index_in(tokens.flatten(), value_set=vocab).fill_null(unk_id)
+            chunk = found.to_numpy(zero_copy_only=False).astype(np.int32)
+            ids[at: at + len(chunk)] = chunk
+            lengths = pc.list_value_length(tokens).fill_null(0).to_numpy(zero_copy_only=False)
+            offsets[row + 1: row + 1 + len(lengths)] = at + np.cumsum(lengths)
+            row, at = row + len(lengths), at + len(chunk)
+    ids.flush()
+    del ids
+    np.save(out / f"{name}.offsets.npy", offsets)
+    return rows
+
+
 def build_vocab(counts: Counter, min_freq: int, max_size: int | None) -> list[str]:
     """Specials first, then words by descending frequency (ties alphabetical, for determinism)."""
     words = sorted((w for w, c in counts.items() if c >= min_freq and w not in (PAD, UNK)),
@@ -143,6 +174,8 @@ def main() -> None:
         write_json(tmp / "vocab.json", {"itos": itos, "pad_id": PAD_ID, "unk_id": UNK_ID})
         np.save(tmp / "embeddings.npy", matrix)
         write_json(tmp / "coverage.json", report)
+        for name in ("train", "val"):  # what training reads
+            write_token_ids(PREPARED / f"{name}.parquet", itos, UNK_ID, tmp, name)
     write_json(METRICS, metrics)
     print(f"vocab {len(itos)} x {matrix.shape[1]}; pretrained rows {metrics['pretrained_rows']}; "
           f"train token coverage {metrics['train']['token_coverage']:.2%}, test {metrics['test']['token_coverage']:.2%}")

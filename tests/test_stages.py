@@ -903,3 +903,24 @@ def test_data_parallel_training_under_torchrun_learns_like_one_process():
     single = _fit_once(_train_params(epochs=8, patience=8, word_dropout=0.1, embeddings="freeze_then_finetune",
                                      freeze_epochs=2, batch_size=8))
     assert runs[0]["val"] >= single.best_val_accuracy - 0.05 and runs[0]["val"] >= 0.9
+
+
+@pytest.mark.parametrize("max_tokens, truncation", [(None, "head"), (3, "head"), (3, "tail"), (5, "head+tail")])
+def test_compact_token_ids_give_what_encode_gives(tmp_path, max_tokens, truncation):
+    """The vocab stage's int32 ids + offsets, read through TokenIds, are the sequences `encode` makes
+    from the token lists: unknown words, truncation and empty texts alike; read in chunks of 2 rows."""
+    from pipeline.data import TokenIds, encode, sequence_lengths
+    from pipeline.vocab import write_token_ids
+
+    token_lists = [["a", "good", "film"], [], ["zzz"], list("abcdefghij"), ["good"] * 7 + ["end"]]
+    pd.DataFrame({"tokens": token_lists, "label": ["x"] * 5}).to_parquet(tmp_path / "train.parquet")
+    itos = ["<pad>", "<unk>", "a", "good", "film", "b", "c", "end", "j"]
+    assert write_token_ids(tmp_path / "train.parquet", itos, 1, tmp_path, "train", chunk_rows=2) == 5
+    ids = np.load(tmp_path / "train.ids.npy", mmap_mode="r")
+    assert ids.dtype == np.int32 and len(ids) == sum(map(len, token_lists))
+    compact = TokenIds(tmp_path, "train", 1, max_tokens, truncation)
+    expected = encode(token_lists, {w: i for i, w in enumerate(itos)}, 1, max_tokens, truncation)
+    assert len(compact) == len(expected)
+    for i, want in enumerate(expected):
+        assert compact[i].tolist() == want.tolist(), i
+    assert sequence_lengths(compact).tolist() == [len(e) for e in expected]
