@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import pandas as pd
 
 from pipeline import embeddings as E
 from pipeline import params as P
@@ -62,6 +61,17 @@ def write_token_ids(split: Path, itos: list[str], unk_id: int, out: Path, name: 
     del ids
     np.save(out / f"{name}.offsets.npy", offsets)
     return rows
+
+
+def count_split_tokens(split: Path, chunk_rows: int = 100_000) -> Counter:
+    """Token counts of a prepared split, read in chunks: memory follows the vocabulary, not the split."""
+    import pyarrow.parquet as pq
+
+    counts: Counter = Counter()
+    with pq.ParquetFile(split) as f:
+        for batch in f.iter_batches(batch_size=chunk_rows, columns=["tokens"]):
+            counts.update(batch.column(0).flatten().to_pylist())
+    return counts
 
 
 def build_vocab(counts: Counter, min_freq: int, max_size: int | None) -> list[str]:
@@ -130,9 +140,7 @@ def coverage(counts: Counter, has_vector: dict[str, bool]) -> dict[str, float]:
 def main() -> None:
     vp, ep = P.load("vocab"), P.load("embeddings")
     P.check_local_source("embeddings", ep)
-    train = pd.read_parquet(PREPARED / "train.parquet", columns=["tokens"])
-    test = pd.read_parquet(PREPARED / "test.parquet", columns=["tokens"])
-    train_counts, test_counts = count_tokens(train["tokens"]), count_tokens(test["tokens"])
+    train_counts, test_counts = (count_split_tokens(PREPARED / f"{name}.parquet") for name in ("train", "test"))
     itos = build_vocab(train_counts, vp.min_freq, vp.max_size)
 
     if len(itos) == 2:

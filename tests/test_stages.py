@@ -924,3 +924,11 @@ def test_compact_token_ids_give_what_encode_gives(tmp_path, max_tokens, truncati
     for i, want in enumerate(expected):
         assert compact[i].tolist() == want.tolist(), i
     assert sequence_lengths(compact).tolist() == [len(e) for e in expected]
+
+
+def test_split_tokens_are_counted_in_chunks_like_all_at_once(tmp_path):
+    from pipeline.vocab import count_split_tokens, count_tokens
+
+    token_lists = [["a", "b", "a"], [], ["c"], ["a", "c", "d", "d"], ["b"]]
+    pd.DataFrame({"tokens": token_lists}).to_parquet(tmp_path / "s.parquet")
+    assert count_split_tokens(tmp_path / "s.parquet", chunk_rows=2) == count_tokens(token_lists)
