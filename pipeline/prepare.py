@@ -33,6 +33,7 @@ from pipeline.text import TextConfig, tokenize
 OUT_DIR = Path("data/prepared")
 REPORT = Path("metrics/prepare.json")
 SPLITS = ("train", "val", "test")
+ROW_GROUP = 20_000
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "dev": "val", "test": "test", "testing": "test"}
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".zip")
@@ -446,7 +447,8 @@ def main() -> None:
     with atomic_path(OUT_DIR) as tmp:
         tmp.mkdir()
         for name, part in parts.items():
-            part.to_parquet(tmp / f"{name}.parquet", index=False)
+            # Row groups of ROW_GROUP rows: the stages after this one read the splits a group at a time.
+            part.to_parquet(tmp / f"{name}.parquet", index=False, row_group_size=ROW_GROUP)
     report["layout"] = layout
     report.update(split_info)
     report.update({f"{name}_rows": len(part) for name, part in parts.items()})

@@ -63,7 +63,7 @@ def write_token_ids(split: Path, itos: list[str], unk_id: int, out: Path, name: 
     return rows
 
 
-def count_split_tokens(split: Path, chunk_rows: int = 100_000) -> Counter:
+def count_split_tokens(split: Path, chunk_rows: int = 20_000) -> Counter:
     """Token counts of a prepared split, read in chunks: memory follows the vocabulary, not the split."""
     import pyarrow.parquet as pq
 
