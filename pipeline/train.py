@@ -514,6 +514,9 @@ def main() -> None:
     if world > 1:
         import torch.distributed as dist
 
+        if device.type == "cuda":  # one GPU per process on each machine
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     # A queued experiment runs in a temporary copy under .dvc/tmp/exps.
     in_queue = f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}" in f"{Path.cwd()}{os.sep}"

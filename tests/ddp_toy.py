@@ -1,9 +1,12 @@
-"""Run by tests under torchrun: the toy problem of test_stages trained data-parallel, one JSON line
-per process (its rank, the validation accuracy and a checksum of its final weights)."""
+"""Run by tests under torchrun: the toy problem of test_stages trained data-parallel. Each process
+writes $DDP_TOY_OUT/rank<N>.json (its rank, the validation accuracy and a checksum of its final
+weights): one file each, since lines printed at once by two processes can interleave."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,8 +28,10 @@ def main() -> None:
     xs, ys = _toy_problem()
     result = fit(model, tp, xs[:180], ys[:180], xs[180:], ys[180:], torch.device("cpu"), shard=(rank, world))
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
-    print(json.dumps({"rank": rank, "world": world, "val": result.best_val_accuracy, "epochs": len(result.history),
-                      "checksum": checksum, "steps": len(result.step_losses)}), flush=True)
+    out = Path(os.environ["DDP_TOY_OUT"]) / f"rank{rank}.json"
+    out.write_text(json.dumps({"rank": rank, "world": world, "val": result.best_val_accuracy,
+                               "epochs": len(result.history), "checksum": checksum,
+                               "steps": len(result.step_losses)}))
     dist.destroy_process_group()
 
 

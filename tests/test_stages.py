@@ -880,7 +880,7 @@ def test_the_out_of_core_baseline_learns_from_chunks(tmp_path):
     assert (clf.predict(features.transform(test["tokens"])) == test["label"].to_numpy()).all()
 
 
-def test_data_parallel_training_under_torchrun_learns_like_one_process():
+def test_data_parallel_training_under_torchrun_learns_like_one_process(tmp_path):
     """Two gloo processes launched by torchrun: each takes half of every epoch's batches, the gradients
     are averaged (DistributedDataParallel, rebuilt when the embeddings unfreeze), and both end with the
     same weights and a validation accuracy as good as one process's."""
@@ -893,10 +893,9 @@ def test_data_parallel_training_under_torchrun_learns_like_one_process():
 
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            "-m", "tests.ddp_toy"], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "DDP_TOY_OUT": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    runs = sorted((json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")),
-                  key=lambda r: r["rank"])
+    runs = sorted((json.loads(f.read_text()) for f in tmp_path.glob("rank*.json")), key=lambda r: r["rank"])
     assert [r["rank"] for r in runs] == [0, 1] and all(r["world"] == 2 for r in runs)
     assert runs[0]["checksum"] == runs[1]["checksum"]  # one model, not two
     assert runs[0]["steps"] == 8 * (180 // 8 // 2)    # half the batches each
