@@ -106,7 +106,7 @@ def fit_streaming(split_path, ngram_max: int, grid: list[float], min_df: int, bi
     Logistic regression by SGD with the L2 penalty alpha = 1 / (C * n), which matches
     LogisticRegression's C on n training rows; every C's model learns from each chunk as it is read."""
     features = HashedTfidf(ngram_max, bits, min_df).fit(read_chunks(split_path("train"), chunk_rows))
-    labels = sorted({lab for chunk in read_chunks(split_path("train"), chunk_rows) for lab in chunk["label"]})
+    labels = sorted(pq.read_table(split_path("train"), columns=["label"]).column("label").unique().to_pylist())
     n = pq.read_metadata(split_path("train")).num_rows
     models = {c: SGDClassifier(loss="log_loss", alpha=1.0 / (c * n), random_state=seed) for c in grid}
     rng = np.random.default_rng(seed)
