@@ -91,6 +91,9 @@ class PrepareParams:
     val_size: float = field(metadata=_range(0, 1, True, True))
     test_size: float = field(metadata=_range(0, 1, True, True))
     seed: int
+    # Processes that clean and tokenize the corpus, a chunk of rows each. auto: the machine's cores
+    # (shared among running DVC queue workers). The prepared data is the same for any number.
+    workers: Literal["auto"] | int = field(metadata=_range(1))
 
 
 @dataclass(frozen=True)

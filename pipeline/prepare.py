@@ -13,27 +13,48 @@ Rows without one are assigned by a hash of their text and `prepare.seed`, so the
 in the same split and adding rows never moves old ones. Every token is kept: truncation belongs to the
 model's input (`train.max_tokens`), and the baseline reads whole documents.
 
+The corpus streams through in chunks of CHUNK_ROWS rows: `prepare.workers` processes clean and tokenize
+them, each chunk into its own shard file; the main process keeps a few bytes per row (a 128-bit hash of
+the text, its label, length and split), decides which rows stay (duplicates found across chunks by that
+hash), and copies each kept row from the shards to its split. Memory follows the chunk size, not the
+corpus, and the output is the same for any number of workers.
+
 Writes data/prepared/{train,val,test}.parquet (text, tokens, label) and metrics/prepare.json: rows
 read, dropped (and why), kept per split and class, and token-length statistics.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import functools
 import hashlib
+import itertools
+import multiprocessing
 import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from pipeline import params as P
-from pipeline.common import READ_ERRORS, PipelineError, atomic_path, json_object_line, run_main, write_json
+from pipeline.common import READ_ERRORS, PipelineError, atomic_path, cpu_share, json_object_line, run_main, write_json
 from pipeline.text import TextConfig, tokenize
 
 OUT_DIR = Path("data/prepared")
 REPORT = Path("metrics/prepare.json")
 SPLITS = ("train", "val", "test")
-ROW_GROUP = 20_000
+ROW_GROUP = 20_000    # rows per Parquet row group of the prepared splits
+CHUNK_ROWS = 10_000   # rows read and tokenized at a time, by one worker
+SPLIT_CODE = {"test": 0, "val": 1, "train": 2}  # in this order, the priority among copies of a text
+NO_SPLIT = 3
+OUTPUT_SCHEMA = pa.schema([("text", pa.string()), ("tokens", pa.list_(pa.string())), ("label", pa.string())])
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                "dev": "val", "test": "test", "testing": "test"}
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".zip")
@@ -92,26 +113,30 @@ def open_text(path: Path, encoding: str = "utf-8"):
     return _opener(path)(path, "rt", encoding=encoding, newline=None)
 
 
-def _read_lines(path: Path, encoding: str, parse) -> tuple[list, list]:
-    """Run parse(line, lineno) -> (text, label) over the non-blank lines; decoding and
+def _iter_lines(path: Path, encoding: str, parse, chunk_rows: int) -> Iterator[tuple[list, list]]:
+    """parse(line, lineno) -> (text, rest) over the non-blank lines, `chunk_rows` at a time; decoding and
     decompression failures become errors naming the file and line."""
-    texts, labels = [], []
+    texts, rests = [], []
     lineno = 0
     try:
         with open_text(path, encoding) as f:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
-                    text, label = parse(line, lineno)
+                    text, rest = parse(line, lineno)
                     texts.append(text)
-                    labels.append(label)
+                    rests.append(rest)
+                    if len(texts) == chunk_rows:
+                        yield texts, rests
+                        texts, rests = [], []
     except UnicodeDecodeError as err:
         raise _decode_error(path, err, encoding) from None
     except READ_ERRORS as err:
         raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
-    return texts, labels
+    if texts:
+        yield texts, rests
 
 
-def read_fasttext(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
+def iter_fasttext(path: Path, encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """fastText's supervised format: `__label__a [__label__b ...] text` per line (the first label is kept)."""
 
     def parse(line: str, lineno: int) -> tuple[str, str]:
@@ -123,12 +148,12 @@ def read_fasttext(path: Path, encoding: str = "utf-8") -> pd.DataFrame:
             rest = rest[more.end():]
         return rest.strip(), m.group(1)
 
-    texts, labels = _read_lines(path, encoding, parse)
-    return pd.DataFrame({"text": texts, "label": labels})
+    for texts, labels in _iter_lines(path, encoding, parse, chunk_rows):
+        yield pd.DataFrame({"text": texts, "label": labels})
 
 
-def read_jsonl(path: Path, text_column: str, label_column: str, split_column: str | None,
-               encoding: str = "utf-8") -> pd.DataFrame:
+def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: str | None,
+               encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """JSON lines, one object per line; a malformed line is an error naming its number."""
 
     columns = [c for c in (text_column, label_column, split_column) if c]
@@ -145,11 +170,11 @@ def read_jsonl(path: Path, text_column: str, label_column: str, split_column: st
                                 f"{type(text).__name__} {text!r}, not text")
         return text, tuple(row[c] for c in columns[1:])
 
-    texts, rest = _read_lines(path, encoding, parse)
-    out = {text_column: texts, label_column: [r[0] for r in rest]}
-    if split_column:
-        out[split_column] = [r[1] for r in rest]
-    return pd.DataFrame(out)
+    for texts, rests in _iter_lines(path, encoding, parse, chunk_rows):
+        out = {"text": texts, "label": [r[0] for r in rests]}
+        if split_column:
+            out["split"] = [r[1] for r in rests]
+        yield pd.DataFrame(out)
 
 
 def _first_undecodable_line(path: Path, encoding: str) -> int | None:
@@ -183,44 +208,81 @@ def _orange_extra_header(path: Path, df: pd.DataFrame) -> int:
     return 2 if types <= _ORANGE_TYPES else 0
 
 
-def read_table(path: Path, kind: str, text_column: str, label_column: str, split_column: str | None = None,
-               encoding: str = "utf-8", header: bool = True) -> pd.DataFrame:
-    """The text, label (and split) columns of one table; only truly empty fields count as missing."""
-    if kind == "fasttext":
-        return read_fasttext(path, encoding)
-    try:
-        if kind == "parquet":
-            df = pd.read_parquet(path)
-        elif kind == "jsonl":
-            df = read_jsonl(path, text_column, label_column, split_column, encoding)
-        else:
-            # Only empty fields are missing: 'NA', 'null' or 'nan' are text like any other.
-            df = pd.read_csv(path, sep="," if kind == "csv" else "\t", dtype=str, keep_default_na=False,
-                             na_values=[""], encoding=encoding, header=0 if header else None)
+def _check_columns(path: Path, columns, wanted: list[tuple[str, str]]) -> None:
+    for role, column in wanted:
+        if column not in columns:
+            raise PipelineError(
+                f"{path}: no {role} column '{column}' (params corpus.{role}_column); "
+                f"columns are: {', '.join(map(str, columns))}"
+            )
+
+
+def _delimited_chunks(path: Path, kind: str, wanted, encoding: str, header: bool,
+                      chunk_rows: int) -> Iterator[pd.DataFrame]:
+    # Only empty fields are missing: 'NA', 'null' or 'nan' are text like any other.
+    reader = pd.read_csv(path, sep="," if kind == "csv" else "\t", dtype=str, keep_default_na=False,
+                         na_values=[""], encoding=encoding, header=0 if header else None, chunksize=chunk_rows)
+    rows = 0
+    with reader:
+        for df in reader:
             if not header:
                 df.columns = [str(c) for c in df.columns]
-            if kind == "tsv" and header:
-                df = df.iloc[_orange_extra_header(path, df):]
+            if rows == 0:
+                _check_columns(path, df.columns, wanted)
+                if kind == "tsv" and header:
+                    df = df.iloc[_orange_extra_header(path, df):]
             if kind == "tsv" and (row := _swallowed_rows(df, "\t")) is not None:
                 raise PipelineError(
-                    f"{path}: data row {row}: a field runs over several lines and tabs, so a quote opened "
+                    f"{path}: data row {rows + row}: a field runs over several lines and tabs, so a quote opened "
                     "there (a stray '\"'?) swallowed the rows after it; quote or remove it")
+            rows += len(df)
+            yield df
+
+
+def _parquet_chunks(path: Path, wanted, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as f:
+        _check_columns(path, f.schema_arrow.names, wanted)
+        for batch in f.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(c for _, c in wanted))):
+            yield batch.to_pandas()
+
+
+def iter_table(path: Path, kind: str, text_column: str, label_column: str, split_column: str | None = None,
+               encoding: str = "utf-8", header: bool = True, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """The text, label (and split) columns of one table, as frames of at most `chunk_rows` rows named
+    text, label (and split); only truly empty fields count as missing."""
+    if kind == "fasttext":
+        yield from iter_fasttext(path, encoding, chunk_rows)
+        return
+    if kind == "jsonl":
+        yield from iter_jsonl(path, text_column, label_column, split_column, encoding, chunk_rows)
+        return
+    wanted = [("text", text_column), ("label", label_column)] + ([("split", split_column)] if split_column else [])
+    chunks = (_parquet_chunks(path, wanted, chunk_rows) if kind == "parquet"
+              else _delimited_chunks(path, kind, wanted, encoding, header, chunk_rows))
+    try:
+        for df in chunks:
+            text = df[text_column]
+            if kind == "parquet" and not (text.dtype == object or pd.api.types.is_string_dtype(text)):
+                raise PipelineError(f"{path}: text column '{text_column}' holds {text.dtype} values, not text")
+            yield pd.DataFrame({role: df[column].to_numpy() for role, column in wanted})
     except UnicodeDecodeError as err:
         raise _decode_error(path, err, encoding) from None
     except (ValueError, pd.errors.ParserError, *READ_ERRORS) as err:
         raise PipelineError(f"{path}: cannot read as {kind}: {err}") from None
-    wanted = [("text", text_column), ("label", label_column)] + ([("split", split_column)] if split_column else [])
-    for role, column in wanted:
-        if column not in df.columns:
-            raise PipelineError(
-                f"{path}: no {role} column '{column}' (params corpus.{role}_column); "
-                f"columns are: {', '.join(map(str, df.columns))}"
-            )
-    text = df[text_column]
-    if kind in ("parquet", "jsonl") and not (text.dtype == object or pd.api.types.is_string_dtype(text)):
-        raise PipelineError(f"{path}: text column '{text_column}' holds {text.dtype} values, not text")
-    out = pd.DataFrame({role: df[column].to_numpy() for role, column in wanted})
-    return out
+
+
+def read_table(path: Path, kind: str, text_column: str, label_column: str, split_column: str | None = None,
+               encoding: str = "utf-8", header: bool = True) -> pd.DataFrame:
+    """A whole table at once (iter_table's chunks, joined)."""
+    return _joined(iter_table(path, kind, text_column, label_column, split_column, encoding, header),
+                   ["text", "label"] + (["split"] if split_column and kind != "fasttext" else []))
+
+
+def _joined(chunks: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
+    parts = list(chunks)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: [] for c in columns}, dtype=object)
 
 
 def _split_of_name(name: str) -> str | None:
@@ -251,9 +313,10 @@ def _folder_tree_root(root: Path) -> Path | None:
     return None
 
 
-def read_folder_tree(root: Path, encoding: str = "utf-8") -> pd.DataFrame:
+def iter_folder_tree(root: Path, encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """`<split>/<label>/*.txt`: one document per file. Files directly in a split folder are ignored."""
     texts, labels, splits = [], [], []
+    found = False
     for split_dir in sorted(d for d in root.iterdir() if d.is_dir() and _split_of_name(d.name)):
         for label_dir in sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
             for path in sorted(p for p in label_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
@@ -263,22 +326,28 @@ def read_folder_tree(root: Path, encoding: str = "utf-8") -> pd.DataFrame:
                     raise _decode_error(path, err, encoding) from None
                 labels.append(label_dir.name)
                 splits.append(_split_of_name(split_dir.name))
-    if not texts:
+                if len(texts) == chunk_rows:
+                    yield pd.DataFrame({"text": texts, "label": labels, "split": splits})
+                    texts, labels, splits, found = [], [], [], True
+    if texts:
+        yield pd.DataFrame({"text": texts, "label": labels, "split": splits})
+    elif not found:
         raise PipelineError(f"{root}: no documents under <split>/<label>/")
-    return pd.DataFrame({"text": texts, "label": labels, "split": splits})
 
 
-def read_corpus(source: Path, c: P.CorpusParams) -> tuple[pd.DataFrame, str]:
-    """Rows of text, label and split (None where the corpus gives none), and the layout read."""
+def corpus_chunks(source: Path, c: P.CorpusParams, chunk_rows: int = CHUNK_ROWS) -> tuple[Iterator[pd.DataFrame], str]:
+    """The corpus as frames of at most `chunk_rows` rows of text, label and split (None where the corpus
+    gives none), read lazily; and the layout found. Layout errors are raised here, reading errors as
+    the chunks are read."""
     if not source.exists():
         raise PipelineError(f"{source}: no such file or folder (params corpus.source)")
     if source.is_file():
-        df = read_table(source, corpus_kind(source, c.format), c.text_column, c.label_column, c.split_column,
-                        c.encoding, c.header)
-        return _with_split_column(df, source, c.split_column), "table"
+        chunks = iter_table(source, corpus_kind(source, c.format), c.text_column, c.label_column, c.split_column,
+                            c.encoding, c.header, chunk_rows)
+        return _with_split_column(chunks, source, c.split_column), "table"
     tree = _folder_tree_root(source) if c.format in ("auto", "folder") else None
     if tree is not None:
-        return read_folder_tree(tree, c.encoding), "folder tree"
+        return iter_folder_tree(tree, c.encoding, chunk_rows), "folder tree"
     if c.format == "folder":
         raise PipelineError(f"{source}: expected folders <split>/<label>/ with one text file per document")
     files = _visible_files(source)
@@ -286,96 +355,59 @@ def read_corpus(source: Path, c: P.CorpusParams) -> tuple[pd.DataFrame, str]:
         raise PipelineError(f"{source}: the folder is empty (did the download stage fetch anything? "
                             "corpus.download is null: point corpus.source at your corpus)")
     if len(files) == 1:
-        return read_corpus(files[0], c)
+        return corpus_chunks(files[0], c, chunk_rows)
     named = {f: _split_of_name(f.name) or _split_of_name(f.parent.name) for f in files}
     unnamed = [str(f.relative_to(source)) for f, s in named.items() if s is None]
     if unnamed:
         raise PipelineError(f"{source}: {len(files)} files, and {', '.join(unnamed[:5])} names no split "
                             "(train, val/validation/dev, test); keep one table, or one file per split")
-    parts = []
-    for f, split_name in named.items():
-        part = read_table(f, corpus_kind(f, c.format), c.text_column, c.label_column, None, c.encoding, c.header)
-        parts.append(part.assign(split=split_name))
-    return pd.concat(parts, ignore_index=True), "one file per split"
+    chunks = (part.assign(split=split_name) for f, split_name in named.items()
+              for part in iter_table(f, corpus_kind(f, c.format), c.text_column, c.label_column, None, c.encoding,
+                                     c.header, chunk_rows))
+    return chunks, "one file per split"
 
 
-def _with_split_column(df: pd.DataFrame, path: Path, split_column: str | None) -> pd.DataFrame:
-    if not split_column:
-        return df.assign(split=None)
-    raw = df["split"].map(lambda v: None if pd.isna(v) or str(v).strip() == "" else str(v).strip().lower())
-    unknown = sorted({v for v in raw.dropna() if v not in SPLIT_NAMES})
-    if unknown:
-        row = int(np.flatnonzero(raw.isin(unknown).to_numpy())[0])
-        raise PipelineError(
-            f"{path}: data row {row + 1}: split column '{split_column}' holds {unknown[0]!r}; "
-            "expected train, val (validation, valid, dev) or test, or an empty value"
-        )
-    return df.assign(split=raw.map(lambda v: None if pd.isna(v) else SPLIT_NAMES[v]))
+def read_corpus(source: Path, c: P.CorpusParams, chunk_rows: int = CHUNK_ROWS) -> tuple[pd.DataFrame, str]:
+    """The whole corpus at once (corpus_chunks, joined): rows of text, label and split."""
+    chunks, layout = corpus_chunks(source, c, chunk_rows)
+    return _joined(chunks, ["text", "label", "split"]), layout
 
 
-def normalize_labels(labels: pd.Series, variants: str, source: str) -> pd.Series:
-    """Labels as strings, stripped. Spellings that differ only by case or blanks are an error, or merged."""
-    raw = labels.map(lambda v: None if pd.isna(v) else str(v))
-    present = raw.dropna()
-    key = present.map(lambda v: v.strip().casefold())
-    spellings = present.groupby(key).agg(lambda s: s.value_counts().to_dict())
-    clashes = {k: v for k, v in spellings.items() if len(v) > 1}
-    if clashes and variants == "error":
-        k, counts = sorted(clashes.items())[0]
-        shown = ", ".join(f"{s!r} ({n})" for s, n in counts.items())
-        raise PipelineError(
-            f"{source}: labels {shown} differ only by case or surrounding blanks"
-            f"{f' ({len(clashes)} such groups)' if len(clashes) > 1 else ''}; fix the data, or set "
-            "corpus.label_variants: merge to merge each group into its most frequent spelling"
-        )
-    # Each group becomes its most frequent spelling (ties: the first in sorted order), stripped.
-    canonical = {k: sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))[0][0].strip() for k, v in spellings.items()}
-    return raw.map(lambda v: None if pd.isna(v) else canonical[v.strip().casefold()])
+def _with_split_column(chunks: Iterable[pd.DataFrame], path: Path, split_column: str | None) -> Iterator[pd.DataFrame]:
+    rows = 0
+    for df in chunks:
+        if not split_column:
+            yield df.assign(split=None)
+            continue
+        raw = df["split"].map(lambda v: None if pd.isna(v) or str(v).strip() == "" else str(v).strip().lower())
+        unknown = sorted({v for v in raw.dropna() if v not in SPLIT_NAMES})
+        if unknown:
+            row = rows + int(np.flatnonzero(raw.isin(unknown).to_numpy())[0])
+            raise PipelineError(
+                f"{path}: data row {row + 1}: split column '{split_column}' holds {unknown[0]!r}; "
+                "expected train, val (validation, valid, dev) or test, or an empty value"
+            )
+        rows += len(df)
+        yield df.assign(split=raw.map(lambda v: None if pd.isna(v) else SPLIT_NAMES[v]))
 
 
-def clean_corpus(df: pd.DataFrame, cfg: TextConfig, drop_labels: list[str], drop_duplicates: bool,
-                 source: str = "corpus", label_variants: str = "error") -> tuple[pd.DataFrame, dict]:
-    """Tokenize, drop unusable rows, and count each reason for dropping.
-
-    Duplicated texts keep one row, the one of the corpus's own test split first, then val, then train,
-    so a duplicate never carries a test text into training; the corpus's own test split is kept whole
-    (results stay comparable with published ones)."""
-    report = {"rows_read": len(df)}
-    if len(df) == 0:
-        raise PipelineError(f"{source}: the corpus is empty")
-    if "split" not in df:
-        df = df.assign(split=None)
-    label = normalize_labels(df["label"], label_variants, source)
-    text = df["text"].map(lambda v: "" if pd.isna(v) else str(v))
-    keep = label.notna() & (label != "")
-    report["dropped_missing_label"] = int((~keep).sum())
-    excluded = keep & label.isin([str(d).strip() for d in drop_labels])
-    report["dropped_excluded_label"] = int(excluded.sum())
-    keep &= ~excluded
-    tokens = text.map(lambda t: tokenize(t, cfg))
-    empty = keep & (tokens.map(len) == 0)
-    report["dropped_empty_text"] = int(empty.sum())
-    keep &= ~empty
-    out = pd.DataFrame({"text": text[keep], "tokens": tokens[keep], "label": label[keep], "split": df["split"][keep]})
-    if drop_duplicates:
-        priority = out["split"].map({"test": 0, "val": 1, "train": 2}).fillna(3)
-        order = np.argsort(priority.to_numpy(), kind="stable")
-        dup = pd.Series(out["text"].iloc[order].duplicated(keep="first").to_numpy(), index=out.index[order])
-        dup = dup.reindex(out.index) & (out["split"] != "test")  # a given test split stays whole
-        report["dropped_duplicate_text"] = int(dup.sum())
-        out = out[~dup.to_numpy()]
-    out = out.reset_index(drop=True)
-    report["rows_kept"] = len(out)
-    if len(out) == 0:
-        raise PipelineError(f"{source}: no usable rows left after dropping {report}")
-    classes = out["label"].value_counts()
-    if len(classes) < 2:
-        raise PipelineError(f"{source}: only one class ({classes.index[0]!r}) left; a classifier needs two or more")
-    report["class_counts"] = {str(k): int(v) for k, v in classes.sort_index().items()}
-    return out, report
+# --- tokenizing, a chunk at a time (in worker processes) ------------------------------------------
 
 
-def text_hash_unit(texts: pd.Series, seed: int) -> np.ndarray:
+@dataclass
+class ChunkFacts:
+    """What deciding which rows to keep, and where they go, needs of each row of a chunk: a few bytes
+    a row. The text and tokens themselves stay in the chunk's shard file."""
+    labels: list            # the chunk's distinct raw labels, as strings
+    label_code: np.ndarray  # int32 index into labels per row; -1: no label
+    n_tokens: np.ndarray    # int32
+    key: np.ndarray         # (rows, 2) uint64: a 128-bit hash of the text, which duplicates share
+    given: np.ndarray       # int8 split code given by the corpus (NO_SPLIT: none)
+    hashed: np.ndarray      # int8 split code from the seeded hash of the text
+    carve: np.ndarray       # bool: the hash falls below val_size (val carved from given train rows)
+
+
+def text_hash_unit(texts, seed: int) -> np.ndarray:
     """A number in [0, 1) per text, from a keyed hash of the text alone: stable across runs,
     machines and appended rows, independent of the label (so classes are split alike)."""
     key = seed.to_bytes(8, "little", signed=True)
@@ -384,30 +416,204 @@ def text_hash_unit(texts: pd.Series, seed: int) -> np.ndarray:
          for t in texts), dtype=np.float64, count=len(texts))
 
 
-def assign_splits(df: pd.DataFrame, val_size: float, test_size: float, seed: int) -> tuple[pd.Series, dict]:
-    """Each row's split: the corpus's own where it has one, else by the text's hash.
+def hashed_split_codes(u: np.ndarray, val_size: float, test_size: float) -> np.ndarray:
+    """test below test_size, val below test_size + val_size, else train."""
+    return np.where(u < test_size, SPLIT_CODE["test"],
+                    np.where(u < test_size + val_size, SPLIT_CODE["val"], SPLIT_CODE["train"])).astype(np.int8)
 
-    Unassigned rows: test below test_size, val below test_size + val_size, else train. When the corpus
-    names its test rows but no val rows, val is carved from its train rows (val_size of them)."""
-    if val_size + test_size >= 1:
-        raise PipelineError("params.yaml: 'prepare.val_size' + 'prepare.test_size' must be below 1")
-    given = df["split"]
-    u = text_hash_unit(df["text"], seed)
-    hashed = np.where(u < test_size, "test", np.where(u < test_size + val_size, "val", "train"))
-    split = given.where(given.notna(), pd.Series(hashed, index=df.index))
-    info = {"split_from_corpus": int(given.notna().sum()), "split_by_hash": int(given.isna().sum())}
-    has_val = (given == "val").any()
-    if (given == "test").any() and not has_val:
-        carve = (given == "train") & (u < val_size)
-        split = split.where(~carve, "val")
-        info["val_carved_from_train"] = int(carve.sum())
+
+def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float,
+                   test_size: float) -> tuple[pa.Table, ChunkFacts]:
+    """Clean and tokenize a chunk of rows: the text and tokens as an Arrow table, and each row's facts."""
+    text = ["" if pd.isna(v) else str(v) for v in df["text"]]
+    raw_label = [None if pd.isna(v) else str(v) for v in df["label"]]
+    label_code, labels = pd.factorize(pd.Series(raw_label, dtype=object))
+    tokens = [tokenize(t, cfg) for t in text]
+    u = text_hash_unit(text, seed)
+    digests = b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in text)
+    given = df["split"].map(SPLIT_CODE) if "split" in df else pd.Series(np.nan, index=df.index)
+    facts = ChunkFacts(
+        labels=list(labels), label_code=label_code.astype(np.int32),
+        n_tokens=np.fromiter(map(len, tokens), dtype=np.int32, count=len(tokens)),
+        key=np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2),
+        given=given.fillna(NO_SPLIT).to_numpy(dtype=np.int8),
+        hashed=hashed_split_codes(u, val_size, test_size), carve=u < val_size)
+    table = pa.table({"text": pa.array(text, pa.string()), "tokens": pa.array(tokens, pa.list_(pa.string()))})
+    return table, facts
+
+
+def _tokenize_to_shard(df: pd.DataFrame, shard: Path, cfg: TextConfig, seed: int, val_size: float,
+                       test_size: float) -> ChunkFacts:
+    table, facts = tokenize_chunk(df, cfg, seed, val_size, test_size)
+    pq.write_table(table, shard)
+    return facts
+
+
+def tokenize_corpus(chunks: Iterable[pd.DataFrame], shard_dir: Path, cfg: TextConfig, prep: P.PrepareParams,
+                    workers: int) -> tuple[list[Path], list[ChunkFacts]]:
+    """Tokenize every chunk into its own shard file under `shard_dir`, on `workers` processes; the
+    shards and their facts, in the corpus's order. At most two chunks per worker are in flight, so
+    memory follows the chunk size, not the corpus."""
+    task = functools.partial(_tokenize_to_shard, cfg=cfg, seed=prep.seed, val_size=prep.val_size,
+                             test_size=prep.test_size)
+    chunks = iter(chunks)
+    head = list(itertools.islice(chunks, 2))
+    numbered = enumerate(itertools.chain(head, chunks))
+    shards, facts = [], []
+    progress = tqdm(unit=" rows", desc="prepare", disable=None, mininterval=2)
+
+    def done(f: ChunkFacts) -> None:
+        facts.append(f)
+        progress.update(len(f.n_tokens))
+
+    with progress:
+        if workers == 1 or len(head) < 2:  # one chunk: not worth starting processes
+            for i, df in numbered:
+                shards.append(shard_dir / f"{i:06d}.parquet")
+                done(task(df, shards[-1]))
+            return shards, facts
+        # spawn, not fork: the parent may already run Arrow's threads, which a fork would copy mid-work.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            try:
+                pending = collections.deque()
+                for i, df in numbered:
+                    shards.append(shard_dir / f"{i:06d}.parquet")
+                    pending.append(pool.submit(task, df, shards[-1]))
+                    while len(pending) >= 2 * workers:
+                        done(pending.popleft().result())
+                while pending:
+                    done(pending.popleft().result())
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+    return shards, facts
+
+
+# --- deciding which rows to keep and where they go (in the main process) --------------------------
+
+
+@dataclass
+class CorpusFacts:
+    """Every row's facts, the chunks' joined; raw labels numbered across the whole corpus."""
+    spellings: list[str]    # each distinct raw label, in order of first appearance
+    label: np.ndarray       # int32 index into spellings; -1: no label
+    n_tokens: np.ndarray
+    key: np.ndarray
+    given: np.ndarray
+    hashed: np.ndarray
+    carve: np.ndarray
+    chunk_rows: list[int]
+
+    @classmethod
+    def join(cls, facts: list[ChunkFacts]) -> "CorpusFacts":
+        ids: dict[str, int] = {}
+        labels = []
+        for f in facts:
+            lookup = np.array([ids.setdefault(s, len(ids)) for s in f.labels] + [-1], dtype=np.int32)
+            labels.append(lookup[f.label_code])  # code -1 reads the trailing -1
+
+        def joined(arrays, dtype, shape=(0,)):
+            return np.concatenate(arrays) if arrays else np.zeros(shape, dtype)
+
+        return cls(list(ids), joined(labels, np.int32), joined([f.n_tokens for f in facts], np.int32),
+                   joined([f.key for f in facts], np.uint64, (0, 2)), joined([f.given for f in facts], np.int8),
+                   joined([f.hashed for f in facts], np.int8), joined([f.carve for f in facts], bool),
+                   [len(f.n_tokens) for f in facts])
+
+
+def canonical_labels(spellings: list[str], counts: np.ndarray, variants: str, source: str) -> list[str]:
+    """Each raw label's class name: stripped. Spellings that differ only by case or surrounding blanks
+    are an error, or (variants: merge) each group becomes its most frequent spelling."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(spellings):
+        groups.setdefault(s.strip().casefold(), []).append(i)
+    # Within a group: most frequent first, then first seen.
+    groups = {k: sorted(v, key=lambda i: -counts[i]) for k, v in groups.items()}
+    clashes = {k: v for k, v in groups.items() if len(v) > 1}
+    if clashes and variants == "error":
+        k, members = sorted(clashes.items())[0]
+        shown = ", ".join(f"{spellings[i]!r} ({counts[i]})" for i in members)
+        raise PipelineError(
+            f"{source}: labels {shown} differ only by case or surrounding blanks"
+            f"{f' ({len(clashes)} such groups)' if len(clashes) > 1 else ''}; fix the data, or set "
+            "corpus.label_variants: merge to merge each group into its most frequent spelling"
+        )
+    # Ties in a merged group: the first spelling in sorted order.
+    canonical = {k: min((spellings[i] for i in v if counts[i] == counts[v[0]])).strip() for k, v in groups.items()}
+    return [canonical[s.strip().casefold()] for s in spellings]
+
+
+def select_rows(rows: CorpusFacts, canonical: list[str], drop_labels: list[str], drop_duplicates: bool,
+                source: str) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+    """Which rows to keep, each row's class (an index into the sorted class names; -1: none), the class
+    names, and the count of each reason for dropping.
+
+    Duplicated texts keep one row, the one of the corpus's own test split first, then val, then train,
+    so a duplicate never carries a test text into training; the corpus's own test split is kept whole
+    (results stay comparable with published ones)."""
+    n = len(rows.label)
+    report = {"rows_read": n}
+    if n == 0:
+        raise PipelineError(f"{source}: the corpus is empty")
+    names = sorted({c for c in canonical if c != ""})
+    index = {name: i for i, name in enumerate(names)}
+    spelling_class = np.array([index.get(c, -1) for c in canonical] + [-1], dtype=np.int32)
+    row_class = spelling_class[rows.label]  # label -1 reads the trailing -1
+    keep = row_class >= 0
+    report["dropped_missing_label"] = int((~keep).sum())
+    dropped = {str(d).strip() for d in drop_labels}
+    excluded_class = np.array([name in dropped for name in names] + [False])
+    excluded = keep & excluded_class[row_class]
+    report["dropped_excluded_label"] = int(excluded.sum())
+    keep &= ~excluded
+    empty = keep & (rows.n_tokens == 0)
+    report["dropped_empty_text"] = int(empty.sum())
+    keep &= ~empty
+    if drop_duplicates:
+        candidates = np.flatnonzero(keep)
+        # Sorted by text hash, then split priority, then position: the first of each run is kept.
+        order = candidates[np.lexsort((candidates, rows.given[candidates], rows.key[candidates, 1],
+                                       rows.key[candidates, 0]))]
+        keys = rows.key[order]
+        repeat = np.zeros(len(order), dtype=bool)
+        repeat[1:] = (keys[1:] == keys[:-1]).all(axis=1)
+        dup = order[repeat & (rows.given[order] != SPLIT_CODE["test"])]  # a given test split stays whole
+        report["dropped_duplicate_text"] = int(len(dup))
+        keep[dup] = False
+    report["rows_kept"] = int(keep.sum())
+    if report["rows_kept"] == 0:
+        raise PipelineError(f"{source}: no usable rows left after dropping {report}")
+    counts = np.bincount(row_class[keep], minlength=len(names))
+    present = [i for i in range(len(names)) if counts[i]]
+    if len(present) < 2:
+        raise PipelineError(f"{source}: only one class ({names[present[0]]!r}) left; a classifier needs two or more")
+    report["class_counts"] = {names[i]: int(counts[i]) for i in present}
+    return keep, row_class, names, report
+
+
+def final_splits(given: np.ndarray, hashed: np.ndarray, carve: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Each row's split code: the corpus's own where it has one, else the hashed one. When the corpus
+    names test rows but no val rows, val is carved from its train rows (those whose hash falls below
+    val_size)."""
+    kept_given = given[keep]
+    split = np.where(given != NO_SPLIT, given, hashed).astype(np.int8)
+    info = {"split_from_corpus": int((kept_given != NO_SPLIT).sum()), "split_by_hash": int((kept_given == NO_SPLIT).sum())}
+    if (kept_given == SPLIT_CODE["test"]).any() and not (kept_given == SPLIT_CODE["val"]).any():
+        moved = (given == SPLIT_CODE["train"]) & carve
+        split[moved] = SPLIT_CODE["val"]
+        info["val_carved_from_train"] = int((moved & keep).sum())
     return split, info
 
 
-def check_classes(labels: pd.Series, split: pd.Series, test_from_corpus: bool, source: str) -> list[str]:
-    """Errors for classes the splits cannot serve; warnings (returned) where only the corpus can say."""
+def check_val_test_sizes(val_size: float, test_size: float) -> None:
+    if val_size + test_size >= 1:
+        raise PipelineError("params.yaml: 'prepare.val_size' + 'prepare.test_size' must be below 1")
+
+
+def check_classes(counts: pd.DataFrame, test_from_corpus: bool, source: str) -> list[str]:
+    """Errors for classes the splits cannot serve; warnings (returned) where only the corpus can say.
+    `counts`: rows per class (index) and split (columns train, val, test)."""
     warnings = []
-    counts = pd.crosstab(labels, split).reindex(columns=list(SPLITS), fill_value=0)
     for label, row in counts.iterrows():
         if row["train"] == 0:
             raise PipelineError(f"{source}: class {label!r} has {row['val']} val and {row['test']} test row(s) "
@@ -423,43 +629,133 @@ def check_classes(labels: pd.Series, split: pd.Series, test_from_corpus: bool, s
     return warnings
 
 
-def length_stats(tokens: pd.Series) -> dict:
-    lengths = tokens.map(len).to_numpy()
+def split_counts(row_class: np.ndarray, split: np.ndarray, keep: np.ndarray, names: list[str]) -> pd.DataFrame:
+    """Kept rows per class and split, for the classes that have any."""
+    counts = np.zeros((len(names), len(SPLIT_CODE)), dtype=np.int64)
+    np.add.at(counts, (row_class[keep], split[keep]), 1)
+    table = pd.DataFrame(counts, index=names, columns=list(SPLIT_CODE))[list(SPLITS)]
+    return table[table.sum(axis=1) > 0]
+
+
+def length_stats(lengths: np.ndarray) -> dict:
     return {"mean": round(float(lengths.mean()), 2), "median": int(np.median(lengths)),
             "p95": int(np.ceil(np.percentile(lengths, 95))), "max": int(lengths.max())}
+
+
+# --- the whole-corpus helpers the tests and small callers use ------------------------------------
+
+
+def clean_corpus(df: pd.DataFrame, cfg: TextConfig, drop_labels: list[str], drop_duplicates: bool,
+                 source: str = "corpus", label_variants: str = "error") -> tuple[pd.DataFrame, dict]:
+    """The prepare stage's cleaning on one in-memory frame: the kept rows (text, tokens, label, the
+    corpus's own split) and the count of each reason for dropping."""
+    if "split" not in df:
+        df = df.assign(split=None)
+    table, facts = tokenize_chunk(df, cfg, seed=0, val_size=0.1, test_size=0.1)
+    rows = CorpusFacts.join([facts])
+    counts = np.bincount(rows.label[rows.label >= 0], minlength=len(rows.spellings))
+    canonical = canonical_labels(rows.spellings, counts, label_variants, source)
+    keep, row_class, names, report = select_rows(rows, canonical, drop_labels, drop_duplicates, source)
+    idx = np.flatnonzero(keep)
+    out = pd.DataFrame({"text": table.column("text").take(idx).to_pylist(),
+                        "tokens": table.column("tokens").take(idx).to_pylist(),
+                        "label": [names[c] for c in row_class[idx]],
+                        "split": df["split"].to_numpy()[idx]})
+    return out, report
+
+
+def assign_splits(df: pd.DataFrame, val_size: float, test_size: float, seed: int) -> tuple[pd.Series, dict]:
+    """Each row's split name (see final_splits) for an in-memory frame of text and split."""
+    check_val_test_sizes(val_size, test_size)
+    u = text_hash_unit(df["text"].astype(str).tolist(), seed)
+    given = df["split"].map(SPLIT_CODE).fillna(NO_SPLIT).to_numpy(dtype=np.int8)
+    split, info = final_splits(given, hashed_split_codes(u, val_size, test_size), u < val_size,
+                               np.ones(len(df), dtype=bool))
+    return pd.Series(np.array(list(SPLIT_CODE))[split], index=df.index), info
+
+
+# --- writing ----------------------------------------------------------------------------------------
+
+
+def write_splits(shards: list[Path], rows: CorpusFacts, keep: np.ndarray, split: np.ndarray,
+                 row_class: np.ndarray, names: list[str], out_dir: Path) -> None:
+    """Copy each kept row from the shards to its split's file, in the corpus's order, with its class
+    name; row groups of ROW_GROUP rows (the later stages read a group at a time)."""
+    label_names = pa.array(names, pa.string())
+    buffered: dict[str, list[pa.Table]] = {name: [] for name in SPLITS}
+    with contextlib.ExitStack() as stack:
+        writers = {name: stack.enter_context(pq.ParquetWriter(out_dir / f"{name}.parquet", OUTPUT_SCHEMA))
+                   for name in SPLITS}
+
+        def flush(name: str, everything: bool = False) -> None:
+            table = pa.concat_tables(buffered[name])
+            whole = len(table) if everything else len(table) // ROW_GROUP * ROW_GROUP
+            if whole:
+                writers[name].write_table(table.slice(0, whole), row_group_size=ROW_GROUP)
+            buffered[name] = [table.slice(whole)] if whole < len(table) else []
+
+        start = 0
+        for shard, n in zip(shards, rows.chunk_rows):
+            table = pq.read_table(shard)
+            part_keep, part_split, part_class = keep[start:start + n], split[start:start + n], row_class[start:start + n]
+            start += n
+            for name in SPLITS:
+                idx = np.flatnonzero(part_keep & (part_split == SPLIT_CODE[name]))
+                if len(idx):
+                    buffered[name].append(table.take(idx).append_column("label", label_names.take(part_class[idx])))
+                    if sum(len(t) for t in buffered[name]) >= ROW_GROUP:
+                        flush(name)
+            shard.unlink()  # disk holds the corpus about twice at most, not three times
+        for name in SPLITS:
+            if buffered[name]:
+                flush(name, everything=True)
+
+
+def prepare(source: Path, corpus: P.CorpusParams, prep: P.PrepareParams, out_dir: Path, workers: int,
+            chunk_rows: int = CHUNK_ROWS) -> dict:
+    """Read, clean, tokenize, deduplicate and split the corpus into out_dir/{train,val,test}.parquet,
+    a chunk at a time; the report."""
+    check_val_test_sizes(prep.val_size, prep.test_size)
+    chunks, layout = corpus_chunks(source, corpus, chunk_rows)
+    shard_dir = out_dir / ".shards"
+    shard_dir.mkdir(parents=True)
+    shards, facts = tokenize_corpus(chunks, shard_dir, TextConfig.from_params(prep), prep, workers)
+    rows = CorpusFacts.join(facts)
+    del facts
+    counts = np.bincount(rows.label[rows.label >= 0], minlength=len(rows.spellings))
+    canonical = canonical_labels(rows.spellings, counts, corpus.label_variants, str(source))
+    keep, row_class, names, report = select_rows(rows, canonical, corpus.drop_labels, prep.drop_duplicates, str(source))
+    split, split_info = final_splits(rows.given, rows.hashed, rows.carve, keep)
+    by_split = split_counts(row_class, split, keep, names)
+    test_from_corpus = bool((rows.given[keep] == SPLIT_CODE["test"]).any())
+    warnings = check_classes(by_split, test_from_corpus, str(source))
+    for name in ("train", "test"):
+        if by_split[name].sum() == 0:
+            raise PipelineError(f"{source}: the {name} split is empty")
+    if by_split["val"].sum() == 0:
+        raise PipelineError(f"{source}: the val split is empty (raise prepare.val_size)")
+    write_splits(shards, rows, keep, split, row_class, names, out_dir)
+    shard_dir.rmdir()
+    report["layout"] = layout
+    report.update(split_info)
+    report.update({f"{name}_rows": int(by_split[name].sum()) for name in SPLITS})
+    report["class_counts_by_split"] = {name: {str(k): int(v) for k, v in by_split[name].items() if v}
+                                       for name in SPLITS}
+    report["train_tokens"] = length_stats(rows.n_tokens[keep & (split == SPLIT_CODE["train"])])
+    if warnings:
+        report["warnings"] = warnings
+    return report
 
 
 def main() -> None:
     corpus, prep = P.load("corpus"), P.load("prepare")
     P.check_local_source("corpus", corpus)
-    source = Path(corpus.source)
-    raw, layout = read_corpus(source, corpus)
-    df, report = clean_corpus(raw, TextConfig.from_params(prep), corpus.drop_labels, prep.drop_duplicates,
-                              source=str(source), label_variants=corpus.label_variants)
-    split, split_info = assign_splits(df, prep.val_size, prep.test_size, prep.seed)
-    warnings = check_classes(df["label"], split, bool((df["split"] == "test").any()), str(source))
-    parts = {name: df.loc[split == name, ["text", "tokens", "label"]].reset_index(drop=True) for name in SPLITS}
-    for name in ("train", "test"):
-        if parts[name].empty:
-            raise PipelineError(f"{source}: the {name} split is empty")
-    if parts["val"].empty:
-        raise PipelineError(f"{source}: the val split is empty (raise prepare.val_size)")
+    workers = cpu_share(prep.workers)
     with atomic_path(OUT_DIR) as tmp:
-        tmp.mkdir()
-        for name, part in parts.items():
-            # Row groups of ROW_GROUP rows: the stages after this one read the splits a group at a time.
-            part.to_parquet(tmp / f"{name}.parquet", index=False, row_group_size=ROW_GROUP)
-    report["layout"] = layout
-    report.update(split_info)
-    report.update({f"{name}_rows": len(part) for name, part in parts.items()})
-    report["class_counts_by_split"] = {name: {str(k): int(v) for k, v in part["label"].value_counts().sort_index().items()}
-                                       for name, part in parts.items()}
-    report["train_tokens"] = length_stats(parts["train"]["tokens"])
-    if warnings:
-        report["warnings"] = warnings
+        report = prepare(Path(corpus.source), corpus, prep, tmp, workers)
     write_json(REPORT, report)
-    print(", ".join(f"{k}={v}" for k, v in report.items() if not isinstance(v, (dict, list))))
-    for w in warnings:
+    print(", ".join(f"{k}={v}" for k, v in report.items() if not isinstance(v, (dict, list))), f"workers={workers}")
+    for w in report.get("warnings", []):
         print(f"warning: {w}")
 
 

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import params as P
-from pipeline.common import PipelineError, atomic_path, pyplot, read_json, run_main, save_png, write_json
+from pipeline.common import PipelineError, atomic_path, cpu_share, pyplot, read_json, run_main, save_png, write_json
 from pipeline.data import TokenIds, auto_max_tokens, bucket_batches, encode, pad_batch, sequence_lengths
 from pipeline.inference import MODEL_PATH, save_checkpoint
 from pipeline.model import LSTMClassifier, ModelConfig
@@ -52,28 +52,6 @@ def set_determinism(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     # Denormal floats make the CPU backward pass of long sequences about ten times slower.
     torch.set_flush_denormal(True)
-
-
-def queue_workers(proc: Path = Path("/proc")) -> int:
-    """How many DVC experiment-queue workers (`dvc exp queue-worker`) run on this machine."""
-    count = 0
-    for entry in proc.glob("[0-9]*"):
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:  # gone, or not ours to read
-            continue
-        count += any(a == b"exp" and b == b"queue-worker" for a, b in zip(argv, argv[1:]))
-    return count
-
-
-def resolve_threads(setting: str | int, cores: int, workers: int, in_queue: bool) -> int:
-    """train.threads: a number as given; auto: the cores shared evenly among the queue's running
-    workers (this run counts as one of them when a worker runs it, else as one more). Two trainings on
-    two cores with two threads each run several times slower in total than with one each."""
-    if setting != "auto":
-        return int(setting)
-    sharers = max(1, workers if in_queue else workers + 1)
-    return max(1, cores // sharers)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -518,11 +496,8 @@ def main() -> None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    # A queued experiment runs in a temporary copy under .dvc/tmp/exps.
-    in_queue = f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}" in f"{Path.cwd()}{os.sep}"
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    threads = resolve_threads(tp.threads, len(os.sched_getaffinity(0)) // local_processes or 1, queue_workers(),
-                              in_queue)
+    threads = cpu_share(tp.threads, len(os.sched_getaffinity(0)) // local_processes or 1)
     torch.set_num_threads(threads)
     try:
         train_and_save(tp, prep, device, threads, rank, world)

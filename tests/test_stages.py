@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -408,12 +409,84 @@ def test_a_class_too_small_for_the_test_split_is_an_error():
     seed = next(s for s in range(100) if "test" not in set(PR.assign_splits(df, 0.1, 0.1, s)[0].iloc[-3:]))
     split, _ = PR.assign_splits(df, 0.1, 0.1, seed)
     with pytest.raises(PipelineError, match=r"class 'c' has 3 row\(s\) and none fell in the test split"):
-        PR.check_classes(df["label"], split, False, "c.csv")
+        PR.check_classes(_by_split(df["label"], split), False, "c.csv")
     # the corpus's own test split lacking a class is its authors' choice: a warning
-    assert "class 'c' has no test rows" in PR.check_classes(df["label"], split, True, "c.csv")
+    assert "class 'c' has no test rows" in PR.check_classes(_by_split(df["label"], split), True, "c.csv")
     split.iloc[-3:] = "test"
     with pytest.raises(PipelineError, match="class 'c' has 0 val and 3 test row.*none for training"):
-        PR.check_classes(df["label"], split, True, "c.csv")
+        PR.check_classes(_by_split(df["label"], split), True, "c.csv")
+
+
+def _by_split(labels: pd.Series, split: pd.Series) -> pd.DataFrame:
+    return pd.crosstab(labels, split).reindex(columns=list(PR.SPLITS), fill_value=0)
+
+
+def _prepare_params(**over) -> P.PrepareParams:
+    base = dict(lowercase=True, strip_html=True, strip_urls=True, numbers="keep", drop_duplicates=True,
+                val_size=0.2, test_size=0.2, seed=3, workers=1)
+    return P.PrepareParams(**{**base, **over})
+
+
+def _prepared(out: Path) -> dict:
+    return {name: pd.read_parquet(out / f"{name}.parquet").assign(tokens=lambda d: d["tokens"].map(list))
+            for name in PR.SPLITS}
+
+
+def test_prepare_in_chunks_and_workers_gives_what_all_at_once_gives(tmp_path):
+    """Chunks of 7 rows on one process and on two, and the whole corpus as one chunk: the same splits,
+    rows, order and report. A text's test copy in a later chunk wins over its train copy in an earlier
+    one; labels are merged, excluded and missing across chunk borders."""
+    rows = [(f"review {i} of a {'fine' if i % 2 else 'dull'} film", "Pos " if i == 5 else ("pos" if i % 2 else "neg"),
+             "test" if i % 9 == 0 else "train") for i in range(120)]
+    rows[3] = ("review 90 of a dull film", "neg", "train")   # a copy of test row 90, 87 rows earlier
+    rows[40] = ("plot summary", "plot", "train")
+    rows[41] = ("", "pos", "train")
+    rows[42] = ("no label", None, "train")
+    path = tmp_path / "c.csv"
+    pd.DataFrame(rows, columns=["text", "label", "part"]).to_csv(path, index=False)
+    corpus = _corpus_params(split_column="part", drop_labels=["plot"], label_variants="merge")
+    results = []
+    for chunk_rows, workers in [(7, 1), (7, 2), (10_000, 1)]:
+        out = tmp_path / f"out-{chunk_rows}-{workers}"
+        report = PR.prepare(path, corpus, _prepare_params(workers=workers), out, workers, chunk_rows=chunk_rows)
+        assert sorted(p.name for p in out.iterdir()) == ["test.parquet", "train.parquet", "val.parquet"]  # no shards left
+        results.append((report, _prepared(out)))
+    (report, splits), *others = results
+    for other_report, other_splits in others:
+        assert other_report == report
+        for name in PR.SPLITS:
+            pd.testing.assert_frame_equal(other_splits[name], splits[name])
+    assert report["dropped_duplicate_text"] == 1 and report["dropped_excluded_label"] == 1
+    assert report["dropped_missing_label"] == 1 and report["dropped_empty_text"] == 1
+    assert "review 90 of a dull film" in splits["test"]["text"].tolist()
+    assert "review 90 of a dull film" not in splits["train"]["text"].tolist() + splits["val"]["text"].tolist()
+    assert report["class_counts"] == {"neg": 58, "pos": 58}  # 'Pos ' merged into 'pos'
+    assert report["val_carved_from_train"] == report["val_rows"] > 0
+
+
+def test_prepare_writes_row_groups_across_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(PR, "ROW_GROUP", 25)
+    path = tmp_path / "c.jsonl"
+    pd.DataFrame({"text": [f"text number {i}" for i in range(200)], "label": ["a", "b"] * 100}).to_json(
+        path, orient="records", lines=True)
+    PR.prepare(path, _corpus_params(), _prepare_params(val_size=0.1, test_size=0.1), tmp_path / "out", 1, chunk_rows=9)
+    train = pq.ParquetFile(tmp_path / "out/train.parquet")
+    sizes = [train.metadata.row_group(i).num_rows for i in range(train.num_row_groups)]
+    assert sizes[:-1] == [25] * (len(sizes) - 1) and 0 < sizes[-1] <= 25 and sum(sizes) > 100
+
+
+def test_errors_name_the_row_across_chunks(tmp_path):
+    tsv = tmp_path / "c.tsv"
+    rows = [f"review number {i}\t{'pos' if i % 2 else 'neg'}" for i in range(400)]
+    rows[29] = '"unbalanced start ' + rows[29]
+    rows[69] = rows[69].replace("\t", '"\t')
+    tsv.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    with pytest.raises(PipelineError, match=r"c\.tsv: data row 30: a field runs over several lines"):
+        PR.read_corpus(tsv, _corpus_params(), chunk_rows=16)
+    path = tmp_path / "c.csv"
+    path.write_text("text,label,part\n" + "".join(f"t{i},x,train\n" for i in range(40)) + "b,y,holdout\n")
+    with pytest.raises(PipelineError, match=r"c\.csv: data row 41: split column 'part' holds 'holdout'"):
+        PR.read_corpus(path, _corpus_params(split_column="part"), chunk_rows=16)
 
 
 # --- vocab --------------------------------------------------------------------------------------
@@ -610,7 +683,7 @@ def test_many_imbalanced_classes_reach_every_split():
     df = pd.DataFrame({"text": [f"class {k} text {i}" for k, n in enumerate(counts) for i in range(n)],
                        "label": [f"topic-{k}" for k, n in enumerate(counts) for _ in range(n)], "split": None})
     split, _ = PR.assign_splits(df, 0.1, 0.1, seed=42)
-    assert PR.check_classes(df["label"], split, False, "c.csv") == []
+    assert PR.check_classes(_by_split(df["label"], split), False, "c.csv") == []
     shares = pd.crosstab(df["label"], split, normalize="index")
     assert shares["train"].between(0.65, 0.95).all() and (shares["test"] > 0).all()
 
@@ -771,7 +844,7 @@ def test_gensim_data_model_through_a_loopback_mirror(tmp_path, monkeypatch, glov
 
 
 def test_threads_auto_shares_the_cores_among_queue_workers():
-    from pipeline.train import resolve_threads
+    from pipeline.common import resolve_threads
 
     assert resolve_threads("auto", cores=2, workers=0, in_queue=False) == 2   # `dvc repro` alone
     assert resolve_threads("auto", cores=2, workers=1, in_queue=True) == 2    # `dvc queue start -j 1`
@@ -783,7 +856,7 @@ def test_threads_auto_shares_the_cores_among_queue_workers():
 
 
 def test_queue_workers_are_counted_from_their_command_lines(tmp_path):
-    from pipeline.train import queue_workers
+    from pipeline.common import queue_workers
 
     for pid, argv in {"11": [b"/v/bin/python", b"/v/bin/dvc", b"exp", b"queue-worker", b"dvc-exp-1@localhost"],
                       "12": [b"dvc", b"exp", b"queue-worker", b"dvc-exp-2@localhost", b"--clean"],
