@@ -3,8 +3,11 @@
 Synthetic corpora from the built-in data: each document joins three Rotten Tomatoes snippets of one
 label (about 70 tokens), so the text is real and the labels stay learnable. Every stage runs as its
 own process (`python -m pipeline.<stage>`, as `dvc repro` runs it) in a scratch project under
-benchmarks/.cache/scale/<docs>/, alone on the machine; its peak RSS is the kernel's (wait4). The real
-GloVe 6B 50d vectors from data/raw/embeddings (run `make repro` first).
+benchmarks/.cache/scale/<docs>/, alone on the machine. Peak memory is the largest sum of the resident
+sets of the stage's process and all its children (prepare's workers), sampled every 20 ms, or the
+kernel's peak for the stage's own process (wait4) where that is larger. The real GloVe 6B 50d vectors
+from data/raw/embeddings (run `make repro` first). prepare runs once per --prepare-workers count (1 and
+2: the speed-up of a second worker); the later stages read the last one's output, which is the same.
 
     python -m benchmarks.scale                                  # 10k, 100k, 1M documents
     python -m benchmarks.scale --docs 10000 100000 --stages prepare vocab
@@ -21,6 +24,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -53,7 +57,7 @@ def make_corpus(path: Path, docs: int, seed: int = 0, chunk: int = 100_000) -> N
     tmp.replace(path)
 
 
-def project(docs: int) -> Path:
+def project(docs: int, prepare_workers: int = 1) -> Path:
     """A scratch project for one corpus size: params.yaml pointed at the corpus and the real vectors."""
     where = CACHE / str(docs)
     where.mkdir(parents=True, exist_ok=True)
@@ -64,35 +68,62 @@ def project(docs: int) -> Path:
     params["corpus"].update(download=None, source=str(corpus), members=[], drop_labels=[])
     params["embeddings"].update(download=None, source=str(EMBEDDINGS), members=[])
     params["train"].update(epochs=1, patience=1, min_steps=0)
+    params["prepare"]["workers"] = prepare_workers
     (where / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return where
 
 
+def tree_rss_peak(pid: int, stop: threading.Event, peak: list[int]) -> None:
+    """Sample the summed RSS of `pid` and its descendants until `stop`; the largest sum into peak[0]."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    while not stop.wait(0.02):
+        total = 0
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:  # ended between listing and reading
+                pass
+        peak[0] = max(peak[0], total)
+
+
 def run_stage(stage: str, cwd: Path) -> dict:
-    """Run one stage as its own process; its wall time and peak RSS (kernel accounting, via wait4)."""
+    """Run one stage as its own process; its wall time and peak memory (see the module's doc)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), CI="true")
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", f"pipeline.{stage}"], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stop, peak = threading.Event(), [0]
+    sampler = threading.Thread(target=tree_rss_peak, args=(proc.pid, stop, peak), daemon=True)
+    sampler.start()
     output = proc.stdout.read().decode(errors="replace")
+    stop.set()
+    sampler.join()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     proc.returncode = code
-    row = {"stage": stage, "seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-           "exit": code}
+    row = {"stage": stage, "seconds": round(seconds, 2),
+           "peak_rss_mb": round(max(usage.ru_maxrss * 1024, peak[0]) / 2**20, 1), "exit": code}
     if code != 0:
         row["error"] = output[-2000:]
     return row
 
 
-def measure(docs: int, stages: list[str], train_max_docs: int) -> list[dict]:
-    where = project(docs)
+def measure(docs: int, stages: list[str], train_max_docs: int, prepare_workers: list[int]) -> list[dict]:
     rows = []
-    for stage in stages:
+    runs = [(stage, w) for stage in stages for w in (prepare_workers if stage == "prepare" else [None])]
+    for stage, workers in runs:
         if stage == "train" and docs > train_max_docs:
             continue
+        where = project(docs, workers or prepare_workers[-1])
         row = {"docs": docs, **run_stage(stage, where)}
+        if workers:
+            row["workers"] = workers
         if stage == "prepare" and row["exit"] == 0:
             report = json.loads((where / "metrics/prepare.json").read_text())
             row["rows_kept"] = report["rows_kept"]
@@ -106,18 +137,24 @@ def measure(docs: int, stages: list[str], train_max_docs: int) -> list[dict]:
     return rows
 
 
+def label(row: dict) -> str:
+    """The stage, and for prepare its workers."""
+    w = row.get("workers")
+    return f"{row['stage']} ({w} worker{'s' if w > 1 else ''})" if w else row["stage"]
+
+
 def table(rows: list[dict]) -> str:
     tokens = {r["docs"]: r["tokens"] for r in rows if r.get("tokens")}
     lines = ["| docs | stage | wall (s) | peak RSS (MB) | docs/s | tokens/s |", "|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         if r["exit"] != 0:
-            lines.append(f"| {r['docs']:,} | {r['stage']} | failed | {r['peak_rss_mb']:,.0f} | | |")
+            lines.append(f"| {r['docs']:,} | {label(r)} | failed | {r['peak_rss_mb']:,.0f} | | |")
             continue
         per_doc = r["docs"] / r["seconds"]
         tok = tokens.get(r["docs"])
-        lines.append(f"| {r['docs']:,} | {r['stage']} | {r['seconds']:,.1f} | {r['peak_rss_mb']:,.0f} | "
+        lines.append(f"| {r['docs']:,} | {label(r)} | {r['seconds']:,.1f} | {r['peak_rss_mb']:,.0f} | "
                      f"{per_doc:,.0f} | {tok / r['seconds']:,.0f} |" if tok else
-                     f"| {r['docs']:,} | {r['stage']} | {r['seconds']:,.1f} | {r['peak_rss_mb']:,.0f} | {per_doc:,.0f} | |")
+                     f"| {r['docs']:,} | {label(r)} | {r['seconds']:,.1f} | {r['peak_rss_mb']:,.0f} | {per_doc:,.0f} | |")
     return "\n".join(lines)
 
 
@@ -125,8 +162,8 @@ def growth(rows: list[dict], to_docs: int = 10_000_000) -> str:
     """From the two largest sizes each stage ran at: the growth ratio, and a straight line to `to_docs`."""
     lines = ["| stage | from | to | time x | memory x | at 10M: time (s) | at 10M: peak RSS (GB) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
-    for stage in STAGES:
-        ok = sorted((r for r in rows if r["stage"] == stage and r["exit"] == 0), key=lambda r: r["docs"])
+    for stage in dict.fromkeys(label(r) for r in rows):
+        ok = sorted((r for r in rows if label(r) == stage and r["exit"] == 0), key=lambda r: r["docs"])
         if len(ok) < 2:
             continue
         a, b = ok[-2], ok[-1]
@@ -145,20 +182,34 @@ def main() -> None:
     parser.add_argument("--docs", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     parser.add_argument("--train-max-docs", type=int, default=100_000)
+    parser.add_argument("--prepare-workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--report-only", action="store_true", help="rewrite scale.md from scale.json")
     args = parser.parse_args()
     if args.report_only:
         return write_report(json.loads((RESULTS / "scale.json").read_text()))
     if not SNIPPETS.exists() or not EMBEDDINGS.exists():
         raise SystemExit("run `make repro` first: the benchmark builds its corpora from data/raw/")
-    rows = [row for docs in args.docs for row in measure(docs, args.stages, args.train_max_docs)]
+    rows = [row for docs in args.docs for row in measure(docs, args.stages, args.train_max_docs, args.prepare_workers)]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(rows, indent=2) + "\n")
     write_report(rows)
 
 
+def worker_speedups(rows: list[dict]) -> str:
+    """prepare's documents per second on each worker count, against one worker, per corpus size."""
+    lines = []
+    for docs in sorted({r["docs"] for r in rows}):
+        runs = {r["workers"]: r for r in rows if r["docs"] == docs and r.get("workers") and r["exit"] == 0}
+        if 1 in runs and len(runs) > 1:
+            lines += [f"- {docs:,} documents, {w} workers: {runs[1]['seconds'] / r['seconds']:.2f}x the documents "
+                      f"per second of one worker" for w, r in sorted(runs.items()) if w != 1]
+    return "\n".join(lines)
+
+
 def write_report(rows: list[dict]) -> None:
     report = f"{table(rows)}\n\nGrowth between the two largest sizes, and a straight line to 10M documents:\n\n{growth(rows)}\n"
+    if speedups := worker_speedups(rows):
+        report += f"\nprepare on more than one worker:\n\n{speedups}\n"
     (RESULTS / "scale.md").write_text(report)
     print(report)
 

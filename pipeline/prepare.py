@@ -32,7 +32,8 @@ import hashlib
 import itertools
 import multiprocessing
 import re
-from concurrent.futures import ProcessPoolExecutor
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -445,7 +446,9 @@ def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float
 def _tokenize_to_shard(df: pd.DataFrame, shard: Path, cfg: TextConfig, seed: int, val_size: float,
                        test_size: float) -> ChunkFacts:
     table, facts = tokenize_chunk(df, cfg, seed, val_size, test_size)
-    pq.write_table(table, shard)
+    # Read back once, soon: Arrow's own uncompressed format costs nothing to write or to map back.
+    with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
     return facts
 
 
@@ -469,7 +472,7 @@ def tokenize_corpus(chunks: Iterable[pd.DataFrame], shard_dir: Path, cfg: TextCo
     with progress:
         if workers == 1 or len(head) < 2:  # one chunk: not worth starting processes
             for i, df in numbered:
-                shards.append(shard_dir / f"{i:06d}.parquet")
+                shards.append(shard_dir / f"{i:06d}.arrow")
                 done(task(df, shards[-1]))
             return shards, facts
         # spawn, not fork: the parent may already run Arrow's threads, which a fork would copy mid-work.
@@ -477,7 +480,7 @@ def tokenize_corpus(chunks: Iterable[pd.DataFrame], shard_dir: Path, cfg: TextCo
             try:
                 pending = collections.deque()
                 for i, df in numbered:
-                    shards.append(shard_dir / f"{i:06d}.parquet")
+                    shards.append(shard_dir / f"{i:06d}.arrow")
                     pending.append(pool.submit(task, df, shards[-1]))
                     while len(pending) >= 2 * workers:
                         done(pending.popleft().result())
@@ -512,13 +515,19 @@ class CorpusFacts:
             lookup = np.array([ids.setdefault(s, len(ids)) for s in f.labels] + [-1], dtype=np.int32)
             labels.append(lookup[f.label_code])  # code -1 reads the trailing -1
 
-        def joined(arrays, dtype, shape=(0,)):
-            return np.concatenate(arrays) if arrays else np.zeros(shape, dtype)
+        def joined(name: str, dtype, shape=(0,)) -> np.ndarray:
+            # One field at a time, each chunk's copy dropped once joined: memory peaks at the joined
+            # arrays plus one field, not twice all of them.
+            parts = [getattr(f, name) for f in facts]
+            for f in facts:
+                setattr(f, name, None)
+            return np.concatenate(parts) if parts else np.zeros(shape, dtype)
 
-        return cls(list(ids), joined(labels, np.int32), joined([f.n_tokens for f in facts], np.int32),
-                   joined([f.key for f in facts], np.uint64, (0, 2)), joined([f.given for f in facts], np.int8),
-                   joined([f.hashed for f in facts], np.int8), joined([f.carve for f in facts], bool),
-                   [len(f.n_tokens) for f in facts])
+        label = np.concatenate(labels) if labels else np.zeros(0, np.int32)
+        del labels
+        chunk_rows = [len(f.n_tokens) for f in facts]
+        return cls(list(ids), label, joined("n_tokens", np.int32), joined("key", np.uint64, (0, 2)),
+                   joined("given", np.int8), joined("hashed", np.int8), joined("carve", bool), chunk_rows)
 
 
 def canonical_labels(spellings: list[str], counts: np.ndarray, variants: str, source: str) -> list[str]:
@@ -570,13 +579,15 @@ def select_rows(rows: CorpusFacts, canonical: list[str], drop_labels: list[str],
     report["dropped_empty_text"] = int(empty.sum())
     keep &= ~empty
     if drop_duplicates:
-        candidates = np.flatnonzero(keep)
-        # Sorted by text hash, then split priority, then position: the first of each run is kept.
-        order = candidates[np.lexsort((candidates, rows.given[candidates], rows.key[candidates, 1],
-                                       rows.key[candidates, 0]))]
-        keys = rows.key[order]
+        candidates = np.flatnonzero(keep).astype(np.int32 if n < 2**31 else np.int64)
+        # Sorted by text hash, then split priority (stable: then position); the first of each run is kept.
+        order = candidates[np.lexsort((rows.given[candidates], rows.key[candidates, 1], rows.key[candidates, 0]))]
+        del candidates
         repeat = np.zeros(len(order), dtype=bool)
-        repeat[1:] = (keys[1:] == keys[:-1]).all(axis=1)
+        for half in (0, 1):  # a half at a time: fewer temporary bytes per row
+            k = rows.key[order, half]
+            repeat[1:] = (k[1:] == k[:-1]) if half == 0 else repeat[1:] & (k[1:] == k[:-1])
+            del k
         dup = order[repeat & (rows.given[order] != SPLIT_CODE["test"])]  # a given test split stays whole
         report["dropped_duplicate_text"] = int(len(dup))
         keep[dup] = False
@@ -680,23 +691,32 @@ def assign_splits(df: pd.DataFrame, val_size: float, test_size: float, seed: int
 def write_splits(shards: list[Path], rows: CorpusFacts, keep: np.ndarray, split: np.ndarray,
                  row_class: np.ndarray, names: list[str], out_dir: Path) -> None:
     """Copy each kept row from the shards to its split's file, in the corpus's order, with its class
-    name; row groups of ROW_GROUP rows (the later stages read a group at a time)."""
+    name; row groups of ROW_GROUP rows (the later stages read a group at a time). A thread per split
+    encodes and writes while the next shard is read (Arrow releases the GIL in both)."""
     label_names = pa.array(names, pa.string())
     buffered: dict[str, list[pa.Table]] = {name: [] for name in SPLITS}
+    writes: collections.deque = collections.deque()
     with contextlib.ExitStack() as stack:
-        writers = {name: stack.enter_context(pq.ParquetWriter(out_dir / f"{name}.parquet", OUTPUT_SCHEMA))
+        # No min/max statistics of texts and tokens: nothing filters on them, and they cost a sixth of the writing.
+        writers = {name: stack.enter_context(pq.ParquetWriter(out_dir / f"{name}.parquet", OUTPUT_SCHEMA,
+                                                              write_statistics=["label"]))
                    for name in SPLITS}
+        threads = {name: stack.enter_context(ThreadPoolExecutor(1)) for name in SPLITS}  # one each: in order
 
         def flush(name: str, everything: bool = False) -> None:
             table = pa.concat_tables(buffered[name])
             whole = len(table) if everything else len(table) // ROW_GROUP * ROW_GROUP
             if whole:
-                writers[name].write_table(table.slice(0, whole), row_group_size=ROW_GROUP)
+                writes.append(threads[name].submit(writers[name].write_table, table.slice(0, whole),
+                                                   row_group_size=ROW_GROUP))
+                while len(writes) > 1:  # bounded: memory stays a few row groups
+                    writes.popleft().result()
             buffered[name] = [table.slice(whole)] if whole < len(table) else []
 
         start = 0
         for shard, n in zip(shards, rows.chunk_rows):
-            table = pq.read_table(shard)
+            with pa.memory_map(str(shard)) as source:
+                table = pa.ipc.open_file(source).read_all()
             part_keep, part_split, part_class = keep[start:start + n], split[start:start + n], row_class[start:start + n]
             start += n
             for name in SPLITS:
@@ -706,9 +726,12 @@ def write_splits(shards: list[Path], rows: CorpusFacts, keep: np.ndarray, split:
                     if sum(len(t) for t in buffered[name]) >= ROW_GROUP:
                         flush(name)
             shard.unlink()  # disk holds the corpus about twice at most, not three times
+            pa.default_memory_pool().release_unused()
         for name in SPLITS:
             if buffered[name]:
                 flush(name, everything=True)
+        while writes:
+            writes.popleft().result()
 
 
 def prepare(source: Path, corpus: P.CorpusParams, prep: P.PrepareParams, out_dir: Path, workers: int,
@@ -719,7 +742,9 @@ def prepare(source: Path, corpus: P.CorpusParams, prep: P.PrepareParams, out_dir
     chunks, layout = corpus_chunks(source, corpus, chunk_rows)
     shard_dir = out_dir / ".shards"
     shard_dir.mkdir(parents=True)
+    started = time.perf_counter()
     shards, facts = tokenize_corpus(chunks, shard_dir, TextConfig.from_params(prep), prep, workers)
+    tokenized = time.perf_counter()
     rows = CorpusFacts.join(facts)
     del facts
     counts = np.bincount(rows.label[rows.label >= 0], minlength=len(rows.spellings))
@@ -734,8 +759,11 @@ def prepare(source: Path, corpus: P.CorpusParams, prep: P.PrepareParams, out_dir
             raise PipelineError(f"{source}: the {name} split is empty")
     if by_split["val"].sum() == 0:
         raise PipelineError(f"{source}: the val split is empty (raise prepare.val_size)")
+    decided = time.perf_counter()
     write_splits(shards, rows, keep, split, row_class, names, out_dir)
     shard_dir.rmdir()
+    print(f"read and tokenized in {tokenized - started:.1f}s ({workers} worker{'s' if workers > 1 else ''}), "
+          f"decided in {decided - tokenized:.1f}s, wrote the splits in {time.perf_counter() - decided:.1f}s")
     report["layout"] = layout
     report.update(split_info)
     report.update({f"{name}_rows": int(by_split[name].sum()) for name in SPLITS})

@@ -445,12 +445,14 @@ def test_prepare_in_chunks_and_workers_gives_what_all_at_once_gives(tmp_path):
     path = tmp_path / "c.csv"
     pd.DataFrame(rows, columns=["text", "label", "part"]).to_csv(path, index=False)
     corpus = _corpus_params(split_column="part", drop_labels=["plot"], label_variants="merge")
-    results = []
+    results, files = [], []
     for chunk_rows, workers in [(7, 1), (7, 2), (10_000, 1)]:
         out = tmp_path / f"out-{chunk_rows}-{workers}"
         report = PR.prepare(path, corpus, _prepare_params(workers=workers), out, workers, chunk_rows=chunk_rows)
         assert sorted(p.name for p in out.iterdir()) == ["test.parquet", "train.parquet", "val.parquet"]  # no shards left
         results.append((report, _prepared(out)))
+        files.append([(out / f"{name}.parquet").read_bytes() for name in PR.SPLITS])
+    assert files[0] == files[1] == files[2]  # byte for byte: DVC sees the same output
     (report, splits), *others = results
     for other_report, other_splits in others:
         assert other_report == report
