@@ -161,6 +161,14 @@ def test_train_processes_runs_torchrun_and_writes_once(repo):
     assert "up to date" in run(["dvc", "status"], repo).stdout
 
 
+def test_prepare_workers_change_nothing_dvc_tracks(repo):
+    """prepare.workers changes the speed, never the data: not a dependency. Its other keys are."""
+    set_param(repo, "prepare", "workers", 1)
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+    set_param(repo, "prepare", "seed", 7)
+    assert "prepare.seed" in run(["dvc", "status"], repo).stdout
+
+
 def test_vocab_param_change_leaves_download_and_prepare(repo):
     set_param(repo, "vocab", "min_freq", 2)
     out = run(["dvc", "repro"], repo).stdout
