@@ -274,13 +274,6 @@ def iter_table(path: Path, kind: str, text_column: str, label_column: str, split
         raise PipelineError(f"{path}: cannot read as {kind}: {err}") from None
 
 
-def read_table(path: Path, kind: str, text_column: str, label_column: str, split_column: str | None = None,
-               encoding: str = "utf-8", header: bool = True) -> pd.DataFrame:
-    """A whole table at once (iter_table's chunks, joined)."""
-    return _joined(iter_table(path, kind, text_column, label_column, split_column, encoding, header),
-                   ["text", "label"] + (["split"] if split_column and kind != "fasttext" else []))
-
-
 def _joined(chunks: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     parts = list(chunks)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: [] for c in columns}, dtype=object)
