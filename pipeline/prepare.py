@@ -241,8 +241,6 @@ def _delimited_chunks(path: Path, kind: str, wanted, encoding: str, header: bool
 
 
 def _parquet_chunks(path: Path, wanted, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    import pyarrow.parquet as pq
-
     with pq.ParquetFile(path) as f:
         _check_columns(path, f.schema_arrow.names, wanted)
         for batch in f.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(c for _, c in wanted))):
@@ -410,6 +408,11 @@ def text_hash_unit(texts, seed: int) -> np.ndarray:
          for t in texts), dtype=np.float64, count=len(texts))
 
 
+def given_split_codes(split: pd.Series) -> np.ndarray:
+    """The corpus's own split names ('train', 'val', 'test' or None) as int8 codes; NO_SPLIT for none."""
+    return split.map(SPLIT_CODE).fillna(NO_SPLIT).to_numpy(dtype=np.int8)
+
+
 def hashed_split_codes(u: np.ndarray, val_size: float, test_size: float) -> np.ndarray:
     """test below test_size, val below test_size + val_size, else train."""
     return np.where(u < test_size, SPLIT_CODE["test"],
@@ -423,14 +426,15 @@ def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float
     raw_label = [None if pd.isna(v) else str(v) for v in df["label"]]
     label_code, labels = pd.factorize(pd.Series(raw_label, dtype=object))
     tokens = [tokenize(t, cfg) for t in text]
+    # Two hashes: the seeded 64-bit one places the text in a split (as it always has, so splits do
+    # not move); the 128-bit one finds duplicates, where a 64-bit collision would be a real risk.
     u = text_hash_unit(text, seed)
     digests = b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in text)
-    given = df["split"].map(SPLIT_CODE) if "split" in df else pd.Series(np.nan, index=df.index)
     facts = ChunkFacts(
         labels=list(labels), label_code=label_code.astype(np.int32),
         n_tokens=np.fromiter(map(len, tokens), dtype=np.int32, count=len(tokens)),
         key=np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2),
-        given=given.fillna(NO_SPLIT).to_numpy(dtype=np.int8),
+        given=given_split_codes(df["split"]),
         hashed=hashed_split_codes(u, val_size, test_size), carve=u < val_size)
     table = pa.table({"text": pa.array(text, pa.string()), "tokens": pa.array(tokens, pa.list_(pa.string()))})
     return table, facts
@@ -523,9 +527,11 @@ class CorpusFacts:
                    joined("given", np.int8), joined("hashed", np.int8), joined("carve", bool), chunk_rows)
 
 
-def canonical_labels(spellings: list[str], counts: np.ndarray, variants: str, source: str) -> list[str]:
-    """Each raw label's class name: stripped. Spellings that differ only by case or surrounding blanks
-    are an error, or (variants: merge) each group becomes its most frequent spelling."""
+def canonical_labels(rows: CorpusFacts, variants: str, source: str) -> list[str]:
+    """Each raw label spelling's class name: stripped. Spellings that differ only by case or surrounding
+    blanks are an error, or (variants: merge) each group becomes its most frequent spelling."""
+    spellings = rows.spellings
+    counts = np.bincount(rows.label[rows.label >= 0], minlength=len(spellings))
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(spellings):
         groups.setdefault(s.strip().casefold(), []).append(i)
@@ -576,11 +582,14 @@ def select_rows(rows: CorpusFacts, canonical: list[str], drop_labels: list[str],
         # Sorted by text hash, then split priority (stable: then position); the first of each run is kept.
         order = candidates[np.lexsort((rows.given[candidates], rows.key[candidates, 1], rows.key[candidates, 0]))]
         del candidates
+        # A row repeats the one before it when both halves of the hash match (a half at a time: fewer
+        # temporary bytes per row).
         repeat = np.zeros(len(order), dtype=bool)
-        for half in (0, 1):  # a half at a time: fewer temporary bytes per row
-            k = rows.key[order, half]
-            repeat[1:] = (k[1:] == k[:-1]) if half == 0 else repeat[1:] & (k[1:] == k[:-1])
-            del k
+        half = rows.key[order, 0]
+        repeat[1:] = half[1:] == half[:-1]
+        half = rows.key[order, 1]
+        repeat[1:] &= half[1:] == half[:-1]
+        del half
         dup = order[repeat & (rows.given[order] != SPLIT_CODE["test"])]  # a given test split stays whole
         report["dropped_duplicate_text"] = int(len(dup))
         keep[dup] = False
@@ -657,8 +666,7 @@ def clean_corpus(df: pd.DataFrame, cfg: TextConfig, drop_labels: list[str], drop
         df = df.assign(split=None)
     table, facts = tokenize_chunk(df, cfg, seed=0, val_size=0.1, test_size=0.1)
     rows = CorpusFacts.join([facts])
-    counts = np.bincount(rows.label[rows.label >= 0], minlength=len(rows.spellings))
-    canonical = canonical_labels(rows.spellings, counts, label_variants, source)
+    canonical = canonical_labels(rows, label_variants, source)
     keep, row_class, names, report = select_rows(rows, canonical, drop_labels, drop_duplicates, source)
     idx = np.flatnonzero(keep)
     out = pd.DataFrame({"text": table.column("text").take(idx).to_pylist(),
@@ -672,9 +680,8 @@ def assign_splits(df: pd.DataFrame, val_size: float, test_size: float, seed: int
     """Each row's split name (see final_splits) for an in-memory frame of text and split."""
     check_val_test_sizes(val_size, test_size)
     u = text_hash_unit(df["text"].astype(str).tolist(), seed)
-    given = df["split"].map(SPLIT_CODE).fillna(NO_SPLIT).to_numpy(dtype=np.int8)
-    split, info = final_splits(given, hashed_split_codes(u, val_size, test_size), u < val_size,
-                               np.ones(len(df), dtype=bool))
+    split, info = final_splits(given_split_codes(df["split"]), hashed_split_codes(u, val_size, test_size),
+                               u < val_size, np.ones(len(df), dtype=bool))
     return pd.Series(np.array(list(SPLIT_CODE))[split], index=df.index), info
 
 
@@ -740,8 +747,7 @@ def prepare(source: Path, corpus: P.CorpusParams, prep: P.PrepareParams, out_dir
     tokenized = time.perf_counter()
     rows = CorpusFacts.join(facts)
     del facts
-    counts = np.bincount(rows.label[rows.label >= 0], minlength=len(rows.spellings))
-    canonical = canonical_labels(rows.spellings, counts, corpus.label_variants, str(source))
+    canonical = canonical_labels(rows, corpus.label_variants, str(source))
     keep, row_class, names, report = select_rows(rows, canonical, corpus.drop_labels, prep.drop_duplicates, str(source))
     split, split_info = final_splits(rows.given, rows.hashed, rows.carve, keep)
     by_split = split_counts(row_class, split, keep, names)
