@@ -1,7 +1,7 @@
 """The trained model as TorchScript or ONNX, for serving without this repository's Python code.
 
-    python -m pipeline.export --format onnx --output models/model.onnx        # or: textclf-export ...
-    python -m pipeline.export --format torchscript --output models/model.torchscript.pt
+    python -m pipeline.cli.export --format onnx --output models/model.onnx        # or: textclf-export ...
+    python -m pipeline.cli.export --format torchscript --output models/model.torchscript.pt
 
 The exported graph:
 
@@ -15,7 +15,7 @@ Beside the file, `<output>.json` (the sidecar) holds what a consumer needs to tu
 inputs: the vocabulary (`itos`: id -> token), `unk_id`, `pad_id`, `labels`, `max_tokens` and
 `truncation`, and the tokenizer settings. Tokenize with pipeline.text.tokenize under those settings
 (encode_batch below does all of it; a consumer in another language has to reproduce the tokenizer),
-map unknown tokens to `unk_id`, cut to `max_tokens` the way `truncation` says (pipeline.data.truncate),
+map unknown tokens to `unk_id`, cut to `max_tokens` the way `truncation` says (pipeline.batching.truncate),
 and feed a text without tokens as the single id `unk_id`.
 
 How: TorchScript is torch.jit.trace (torch.jit.script cannot compile the model). ONNX uses the
@@ -31,7 +31,6 @@ gets renamed classes.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import json
@@ -44,12 +43,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.common import PipelineError, atomic_path, check_output_file, command_name, read_json, run_main
-from pipeline.data import encode
-from pipeline.inference import MODEL_PATH, Checkpoint, load_checkpoint, require_model_file
+from pipeline.batching import encode, pad
+from pipeline.checkpoint import Checkpoint
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path, check_output_file, read_json
 from pipeline.text import TextConfig, tokenize
 
-SCRIPT = "textclf-export"
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
 INPUT_NAMES = ["ids", "lengths"]
@@ -200,42 +199,4 @@ def encode_batch(meta: dict, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarr
     stoi = {w: i for i, w in enumerate(meta["itos"])}
     sequences = encode((tokenize(t, config) for t in texts), stoi, meta["unk_id"], meta["max_tokens"],
                        meta["truncation"])
-    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
-    ids = np.full((len(sequences), int(lengths.max(initial=1))), meta["pad_id"], dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        ids[row, :len(seq)] = seq
-    return ids, lengths
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=command_name("pipeline.export", SCRIPT),
-        description="Export the trained model to ONNX or TorchScript: (ids, lengths) -> class probabilities, "
-                    "with a JSON sidecar (vocabulary, labels, tokenizer settings) beside it.")
-    parser.add_argument("--model", default=str(MODEL_PATH),
-                        help="checkpoint path (default: %(default)s, relative to the current directory)")
-    parser.add_argument("--format", choices=FORMATS, default="onnx", help="default: %(default)s")
-    parser.add_argument("--output", help="file to write (default: the checkpoint's path with .onnx, or "
-                                         ".torchscript.pt); the sidecar is <output>.json")
-    return parser
-
-
-def default_output(model: Path, fmt: str) -> Path:
-    return model.with_suffix(".onnx" if fmt == "onnx" else ".torchscript.pt")
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    model = require_model_file(Path(args.model))
-    output = Path(args.output) if args.output else default_output(model, args.format)
-    meta = export_model(load_checkpoint(model), args.format, output, model)
-    print(f"wrote {output} ({args.format}) and {meta}")
-
-
-def cli() -> None:
-    """The console script textclf-export."""
-    run_main(main)
-
-
-if __name__ == "__main__":
-    cli()
+    return pad(sequences, meta["pad_id"])

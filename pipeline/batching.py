@@ -1,4 +1,4 @@
-"""Token ids, length-bucketed batches and padding."""
+"""The model's input: token ids, truncated one way everywhere, length-bucketed batches, and padding."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import torch
+
+from pipeline.params import AUTO_MAX_TOKENS, AUTO_MIN_TOKENS
 
 # Each shuffled pool of batch_size * POOL_BATCHES examples is sorted by length before it is cut into
 # batches, so batches hold sequences of similar length (little padding) yet vary from epoch to epoch.
@@ -23,8 +25,8 @@ def truncate(tokens: Sequence, max_tokens: int | None, truncation: str = "head")
     if truncation == "tail":
         return tokens[len(tokens) - max_tokens:]
     if truncation == "head+tail":
-        head = max_tokens // 4
-        return list(tokens[:head]) + list(tokens[len(tokens) - (max_tokens - head):])
+        head, tail = tokens[:max_tokens // 4], tokens[len(tokens) - (max_tokens - max_tokens // 4):]
+        return np.concatenate([head, tail]) if isinstance(tokens, np.ndarray) else list(head) + list(tail)
     raise ValueError(f"unknown truncation {truncation!r}")
 
 
@@ -67,15 +69,7 @@ class TokenIds:
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         if start == end:
             return np.array([self.unk_id], dtype=np.int64)
-        n, limit = end - start, self.max_tokens
-        if limit is None or n <= limit:
-            return np.asarray(self.ids[start:end], dtype=np.int64)
-        if self.truncation == "head":
-            return np.asarray(self.ids[start:start + limit], dtype=np.int64)
-        if self.truncation == "tail":
-            return np.asarray(self.ids[end - limit:end], dtype=np.int64)
-        head = limit // 4
-        return np.concatenate([self.ids[start:start + head], self.ids[end - (limit - head):end]]).astype(np.int64)
+        return np.asarray(truncate(self.ids[start:end], self.max_tokens, self.truncation), dtype=np.int64)
 
 
 def sequence_lengths(sequences: Sequence) -> np.ndarray:
@@ -107,11 +101,23 @@ def bucket_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generato
     return batches
 
 
-def pad_batch(sequences: Sequence[np.ndarray], index: np.ndarray, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(batch, longest) int64 ids padded with pad_id, and the true lengths."""
-    batch = [sequences[i] for i in index]
-    lengths = np.fromiter((len(s) for s in batch), dtype=np.int64, count=len(batch))
-    ids = np.full((len(batch), int(lengths.max())), pad_id, dtype=np.int64)
-    for row, seq in enumerate(batch):
+def pad(sequences: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(batch, longest) int64 ids padded with pad_id, and the true lengths (batch,)."""
+    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    ids = np.full((len(sequences), int(lengths.max(initial=1))), pad_id, dtype=np.int64)
+    for row, seq in enumerate(sequences):
         ids[row, : lengths[row]] = seq
+    return ids, lengths
+
+
+def pad_batch(sequences: Sequence[np.ndarray], index: np.ndarray, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequences at `index`, padded (pad) as tensors."""
+    ids, lengths = pad([sequences[i] for i in index], pad_id)
     return torch.from_numpy(ids), torch.from_numpy(lengths)
+
+
+def resolve_max_tokens(setting: str | int, train_lengths: np.ndarray) -> int:
+    """train.max_tokens: a number as given, or auto: the 95th percentile of the training lengths, bounded."""
+    if setting == "auto":
+        return auto_max_tokens(train_lengths, AUTO_MIN_TOKENS, AUTO_MAX_TOKENS)
+    return int(setting)

@@ -20,16 +20,14 @@ and counted (`bad_lines: skip`); words that are not valid UTF-8 can never match 
 
 from __future__ import annotations
 
-import gzip
-import io
-import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.common import READ_ERRORS, PipelineError
+from pipeline.errors import PipelineError
+from pipeline.files import READ_ERRORS, open_binary
 
 BOM = b"\xef\xbb\xbf"
 FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")
@@ -96,20 +94,6 @@ class _Matcher:
         return Alignment(self.matrix, self.found, self.by_lowercase, self.stats)
 
 
-def _open_text(path: Path) -> io.BufferedIOBase:
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if name.endswith(".zip"):
-        zf = zipfile.ZipFile(path)
-        members = [m for m in zf.namelist() if not m.endswith("/")]
-        texts = [m for m in members if m.lower().endswith((".txt", ".vec"))] or members
-        if len(texts) != 1:
-            raise PipelineError(f"{path}: expected one vectors file in the zip, found {texts}; name it in members")
-        return zf.open(texts[0])
-    return open(path, "rb", buffering=1 << 20)
-
-
 def _unreadable(path: Path, err: Exception) -> PipelineError:
     return PipelineError(f"{path}: cannot read to the end ({err}): a truncated or corrupt file?")
 
@@ -142,7 +126,7 @@ def align_text(path: Path, words: list[str], case_fallback: bool = True, bad_lin
         stats["bad_lines_skipped"] += 1
 
     try:
-        with _open_text(path) as f:
+        with open_binary(path, prefer=(".txt", ".vec")) as f:
             dim = _stream_text(f, path, m, bad, has_header)
     except READ_ERRORS as err:
         raise _unreadable(path, err) from None
@@ -222,7 +206,7 @@ def align_word2vec_binary(path: Path, words: list[str], case_fallback: bool = Tr
     """Stream a word2vec binary file (the GoogleNews .bin layout): header, then `word<space>` + dim float32."""
     m = _Matcher(words, case_fallback)
     chunk = 1 << 22
-    with _open_text(path) as f:
+    with open_binary(path, prefer=(".txt", ".vec")) as f:
         header = _header(f.readline().removeprefix(BOM))
         if header is None:
             raise PipelineError(f"{path}: line 1: expected a word2vec binary header 'count dim'")
@@ -347,7 +331,7 @@ def detect(directory: Path, fmt: str = "auto") -> VectorsSource:
     if fmt != "auto":
         return VectorsSource(fmt, path)
     try:
-        with _open_text(path) as f:
+        with open_binary(path, prefer=(".txt", ".vec")) as f:
             head = f.read(1 << 16)
     except READ_ERRORS as err:
         raise _unreadable(path, err) from None

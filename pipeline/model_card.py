@@ -1,7 +1,7 @@
 """A model card: what the trained model is, what it was trained on, how well it does, and its limits.
 
-    python -m pipeline.card                         # writes models/MODEL_CARD.md (or: textclf-card)
-    python -m pipeline.card --model other/model.pt --output other/MODEL_CARD.md
+    python -m pipeline.stages.card                  # the DVC stage: writes models/MODEL_CARD.md
+    textclf-card --model other/model.pt --output other/MODEL_CARD.md
     textclf-card --model /path/to/checkout/models/model.pt     # from anywhere: reads that checkout's files
 
 Built from the checkpoint (labels, vocabulary, model config, input length, tokenizer, training params),
@@ -22,17 +22,15 @@ The card names the metrics files by these relative paths, wherever they were rea
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline.common import PipelineError, atomic_path, check_output_file, command_name, run_main
-from pipeline.inference import MODEL_PATH, Checkpoint, load_checkpoint, require_model_file
-
-SCRIPT = "textclf-card"
+from pipeline.checkpoint import Checkpoint, load_checkpoint, require_model_file
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path, check_output_file
 CARD_NAME = "MODEL_CARD.md"
 # The metrics `dvc exp show` compares, then the reports beside them; a missing one is said to be missing.
 METRICS_FILES = ("metrics/eval.json", "metrics/eval/report.json", "metrics/baseline.json",
@@ -252,27 +250,17 @@ def checkout_root(model: Path) -> Path | None:
     return folder.parent if folder.name == "models" else None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=command_name("pipeline.card", SCRIPT),
-                                     description="Write a Markdown model card beside the model.")
-    parser.add_argument("--model", default=str(MODEL_PATH),
-                        help="checkpoint path (default: %(default)s, relative to the current directory)")
-    parser.add_argument("--params", help=f"params.yaml to describe the data from (default: {PARAMS_FILE} of the "
-                                          "model's checkout, the folder above models/; else of the current directory)")
-    parser.add_argument("--metrics", nargs="*", help="metrics JSON files to show (default: the metrics/ files "
-                                                     "of the model's checkout, or of the current directory)")
-    parser.add_argument("--output", help=f"default: {CARD_NAME} in the model's folder")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    model = require_model_file(Path(args.model))
-    output = Path(args.output) if args.output else model.with_name(CARD_NAME)
+def write_card(model: Path, output: Path | None = None, params_path: Path | None = None,
+               metrics_names: list[str] | None = None, model_name: str | None = None) -> Path:
+    """Write the card of the checkpoint at `model` (default output: MODEL_CARD.md beside it). params.yaml
+    and the metrics files are looked for in the model's checkout, else in the current directory, unless
+    given; metrics_names are relative to that folder when not given, else as given."""
+    model = require_model_file(Path(model))
+    output = Path(output) if output else model.with_name(CARD_NAME)
     root = checkout_root(model) or Path(".")
-    params_path = Path(args.params) if args.params is not None else root / PARAMS_FILE
-    metrics_root = None if args.metrics is not None else root
-    metrics_names = list(args.metrics) if args.metrics is not None else list(METRICS_FILES)
+    params_path = Path(params_path) if params_path is not None else root / PARAMS_FILE
+    metrics_root = None if metrics_names is not None else root
+    metrics_names = list(metrics_names) if metrics_names is not None else list(METRICS_FILES)
     metrics_paths = [Path(metrics_root or ".", name) for name in metrics_names]
     check_output_file(output, model, params_path, *metrics_paths)
     params = read_params_sections(params_path)
@@ -282,16 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"warning: found neither params.yaml nor any metrics file (looked for {looked}): the card says "
               "'unknown' for the data and 'Not found.' for each metrics file; pass --params and --metrics",
               file=sys.stderr)
-    card = build_card(checkpoint_facts(load_checkpoint(model)), params, metrics, args.model)
+    card = build_card(checkpoint_facts(load_checkpoint(model)), params, metrics, model_name or str(model))
     with atomic_path(output) as tmp:
         tmp.write_text(card, encoding="utf-8")
-    print(f"wrote {output}")
-
-
-def cli() -> None:
-    """The console script textclf-card."""
-    run_main(main)
-
-
-if __name__ == "__main__":
-    cli()
+    return output

@@ -1,15 +1,15 @@
 """Classify text with the trained model.
 
-    python -m pipeline.predict "a gripping, beautifully acted film"   # or: textclf-predict "..."
-    python -m pipeline.predict --file reviews.txt        # one text per line
-    cat reviews.txt | python -m pipeline.predict         # one text per line on stdin
-    python -m pipeline.predict --json "..."              # one JSON object per text
-    python -m pipeline.predict --input reviews.csv --text-column text --output predictions.parquet
+    python -m pipeline.cli.predict "a gripping, beautifully acted film"   # or: textclf-predict "..."
+    python -m pipeline.cli.predict --file reviews.txt        # one text per line
+    cat reviews.txt | python -m pipeline.cli.predict         # one text per line on stdin
+    python -m pipeline.cli.predict --json "..."              # one JSON object per text
+    python -m pipeline.cli.predict --input reviews.csv --text-column text --output predictions.parquet
 
 Prints, per text, the predicted label and the probability of each class. Texts given as arguments
 come first, then the lines of --file, then the lines of stdin when '-' is among the arguments (or when
 neither texts nor --file are given). With --input, every row of a CSV, TSV, JSON-lines or Parquet file
-is classified and written to --output with one probability column per class (see predict_batch).
+is classified and written to --output with one probability column per class (pipeline.batch_predict).
 --encoding is the encoding of --file and of --input's text formats (stdin is read as Python decodes it);
 --text-column and --chunk-rows only mean something with --input, and are refused without it.
 
@@ -20,13 +20,15 @@ from a checkout's root. From anywhere else, pass --model.
 from __future__ import annotations
 
 import argparse
-import codecs
 import json
 import sys
 from pathlib import Path
 
-from pipeline.common import PipelineError, command_name, run_main
-from pipeline.inference import MODEL_PATH, classify_texts, load_checkpoint, require_model_file
+from pipeline.batch_predict import describe, predict_file
+from pipeline.checkpoint import MODEL_PATH, load_checkpoint, require_model_file
+from pipeline.errors import PipelineError, command_name, run_main
+from pipeline.files import check_encoding
+from pipeline.inference import classify_texts
 
 SCRIPT = "textclf-predict"
 
@@ -72,7 +74,7 @@ def format_result(text: str, labels: list[str], probs, as_json: bool) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=command_name("pipeline.predict", SCRIPT),
+        prog=command_name("pipeline.cli.predict", SCRIPT),
         description="Classify texts with a trained model: texts as arguments, --file, stdin, or a whole "
                     "table with --input/--output.")
     parser.add_argument("texts", nargs="*", help="texts to classify ('-': also read lines from stdin)")
@@ -94,8 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_batch(args: argparse.Namespace) -> None:
-    from pipeline.predict_batch import describe, predict_file
-
     if args.texts or args.file or args.json:
         raise PipelineError("--input classifies the rows of a table file: give no texts, --file or --json with it")
     if not args.output:
@@ -111,11 +111,7 @@ def run_batch(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        codecs.lookup(args.encoding)
-    except LookupError:
-        raise PipelineError(f"--encoding {args.encoding!r}: unknown text encoding (e.g. utf-8, latin-1, "
-                            "cp1252)") from None
+    check_encoding(args.encoding, "--encoding")
     if args.batch_size < 1:
         raise PipelineError("--batch-size must be at least 1")
     if args.input:

@@ -1,35 +1,18 @@
-"""Stage vocab: the vocabulary of the training split and the embedding matrix aligned to it.
-
-Writes data/vocab/vocab.json (index to word; <pad> is 0, <unk> is 1), data/vocab/embeddings.npy
-(float32, one row per vocabulary entry), data/vocab/coverage.json (the most frequent training words
-without a vector, and what the alignment pass counted), and metrics/vocab.json (sizes and coverage).
-"""
+"""The vocabulary of the training split, the embedding matrix aligned to it (OOV rows filled by a policy),
+coverage, and the splits written as compact token ids for training."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
-from pipeline import embeddings as E
-from pipeline import params as P
-from pipeline.common import PipelineError, atomic_path, run_main, write_json
+from pipeline.errors import PipelineError
+from pipeline.vectors import Alignment
 
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
-PREPARED = Path("data/prepared")
-OUT_DIR = Path("data/vocab")
-METRICS = Path("metrics/vocab.json")
-TOP_MISSING = 50
-
-
-def count_tokens(token_lists: Iterable[Iterable[str]]) -> Counter:
-    counts: Counter = Counter()
-    for tokens in token_lists:
-        counts.update(tokens)
-    return counts
 
 
 def write_token_ids(split: Path, itos: list[str], unk_id: int, out: Path, name: str, chunk_rows: int = 100_000) -> int:
@@ -83,7 +66,7 @@ def build_vocab(counts: Counter, min_freq: int, max_size: int | None) -> list[st
     return [PAD, UNK] + words
 
 
-def fill_missing(alignment: E.Alignment, itos: list[str], policy: str, seed: int,
+def fill_missing(alignment: Alignment, itos: list[str], policy: str, seed: int,
                  source: str = "the embeddings file") -> tuple[list[str], np.ndarray]:
     """Give every vocabulary row a vector according to the out-of-vocabulary policy.
 
@@ -135,59 +118,3 @@ def coverage(counts: Counter, has_vector: dict[str, bool]) -> dict[str, float]:
     hit_tokens = sum(c for w, c in counts.items() if has_vector.get(w, False))
     return {"type_coverage": round(hit_types / len(counts), 4),
             "token_coverage": round(hit_tokens / sum(counts.values()), 4)}
-
-
-def main() -> None:
-    vp, ep = P.load("vocab"), P.load("embeddings")
-    P.check_local_source("embeddings", ep)
-    train_counts, test_counts = (count_split_tokens(PREPARED / f"{name}.parquet") for name in ("train", "test"))
-    itos = build_vocab(train_counts, vp.min_freq, vp.max_size)
-
-    if len(itos) == 2:
-        raise PipelineError(f"params.yaml: the vocabulary is empty: no training word occurs vocab.min_freq="
-                            f"{vp.min_freq} times (the most frequent occurs {max(train_counts.values(), default=0)})")
-    source = E.detect(Path(ep.source), ep.format)
-    alignment = E.align(source, itos, vp.case_fallback, ep.bad_lines)
-    has_vector = {w: bool(f) for w, f in zip(itos, alignment.found)}
-    coverage_train = coverage(train_counts, has_vector)
-    if coverage_train["token_coverage"] < vp.min_token_coverage:
-        raise PipelineError(
-            f"{source.path}: only {coverage_train['token_coverage']:.1%} of the training tokens "
-            f"({coverage_train['type_coverage']:.1%} of the word types) have a vector in this file, below "
-            f"vocab.min_token_coverage={vp.min_token_coverage}: wrong vectors for this corpus or language, or "
-            "a case or tokenization mismatch? Lower vocab.min_token_coverage to go on anyway"
-        )
-    itos, matrix = fill_missing(alignment, itos, vp.oov, vp.seed, str(source.path))
-
-    missing = sorted((w for w in train_counts if not has_vector.get(w, False)), key=lambda w: (-train_counts[w], w))
-    metrics = {
-        "vocab_size": len(itos),
-        "embedding_dim": int(matrix.shape[1]),
-        "pretrained_rows": int(sum(has_vector.values())),
-        "found_by_lowercase": int(alignment.stats["found_lowercase"]),
-        "train": coverage(train_counts, has_vector),
-        "test": coverage(test_counts, has_vector),
-    }
-    stoi_kept = set(itos)
-    test_tokens = sum(test_counts.values())
-    metrics["test"]["unk_rate"] = round(sum(c for w, c in test_counts.items() if w not in stoi_kept) / max(test_tokens, 1), 4)
-    report = {
-        "embeddings": {"format": source.format, "file": source.path.name, **dict(alignment.stats)},
-        "oov_policy": vp.oov,
-        "train_types_without_vector": len(missing),
-        "most_frequent_train_words_without_vector": [[w, train_counts[w]] for w in missing[:TOP_MISSING]],
-    }
-    with atomic_path(OUT_DIR) as tmp:
-        tmp.mkdir()
-        write_json(tmp / "vocab.json", {"itos": itos, "pad_id": PAD_ID, "unk_id": UNK_ID})
-        np.save(tmp / "embeddings.npy", matrix)
-        write_json(tmp / "coverage.json", report)
-        for name in ("train", "val"):  # what training reads
-            write_token_ids(PREPARED / f"{name}.parquet", itos, UNK_ID, tmp, name)
-    write_json(METRICS, metrics)
-    print(f"vocab {len(itos)} x {matrix.shape[1]}; pretrained rows {metrics['pretrained_rows']}; "
-          f"train token coverage {metrics['train']['token_coverage']:.2%}, test {metrics['test']['token_coverage']:.2%}")
-
-
-if __name__ == "__main__":
-    run_main(main)

@@ -1,22 +1,21 @@
-"""Helpers every stage shares: a user-facing error type, atomic writes, and a main() wrapper."""
+"""Files: atomic writes, reading JSON, opening compressed text, and the errors reading can raise."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import math
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
-
-class PipelineError(Exception):
-    """An error caused by the user's input (data, params, paths), reported without a traceback."""
+from pipeline.errors import PipelineError
 
 
 # What reading a truncated or corrupt file (compressed, archived or plain) raises, in any reader.
@@ -112,6 +111,28 @@ def json_object_line(line: str, path: str | os.PathLike, lineno: int) -> dict:
     return row
 
 
+def json_safe(value):
+    """`value` as JSON can hold it: NaN and infinities as None, bytes as base64 text, in nested values too."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dict):
+        return {key: json_safe(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_dumps(value) -> str:
+    """Valid JSON (never NaN); values JSON has no type for (dates, decimals) as their text."""
+    return json.dumps(json_safe(value), ensure_ascii=False, allow_nan=False, default=str)
+
+
+def json_text(value):
+    return None if value is None else json_dumps(value)
+
+
 def read_json(path: str | os.PathLike):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -121,54 +142,64 @@ def read_json(path: str | os.PathLike):
         raise PipelineError(f"{path}: line {err.lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
 
 
-def command_name(module: str, script: str) -> str:
-    """What a usage line should call the command: the console script when run through it, else
-    `python -m <module>` (argparse would say `predict.py` or `__main__.py`, which nobody can type)."""
-    return script if Path(sys.argv[0]).name == script else f"python -m {module}"
+
+# Compressed data is known by its first bytes, whatever the file is called: a gzip file named .csv is
+# read as gzip, and a .zst or .zip name is opened by what it holds, not refused or misread.
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"),
+          (b"PK\x03\x04", "zip"))
 
 
-def run_main(main: Callable[[], None]) -> None:
-    """Run a stage's main(); turn PipelineError into one clear line on stderr and exit status 1."""
+def compression_of(path: str | os.PathLike) -> str | None:
+    """gzip, bz2, xz, zstd or zip, from the file's first bytes; None for anything else."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    return next((name for magic, name in _MAGIC if head.startswith(magic)), None)
+
+
+def open_binary(path: str | os.PathLike, prefer: tuple[str, ...] = ()):
+    """A file for reading bytes, decompressed by what its first bytes say it is (compression_of).
+
+    A zip must hold one file (folders aside), or exactly one whose name ends in one of `prefer`."""
+    import bz2
+    import gzip
+    import lzma
+
+    path = Path(path)
+    kind = compression_of(path)
+    if kind is None:
+        return open(path, "rb", buffering=1 << 20)
+    if kind == "zstd":
+        import pyarrow as pa  # its zstd codec: no extra dependency
+
+        return pa.input_stream(str(path), compression="zstd")
+    if kind == "zip":
+        archive = zipfile.ZipFile(path)
+        members = [m for m in archive.namelist() if not m.endswith("/")]
+        chosen = [m for m in members if m.lower().endswith(prefer)] if prefer else []
+        if len(chosen) != 1:
+            chosen = members
+        if len(chosen) != 1:
+            archive.close()
+            raise PipelineError(f"{path}: a zip of {len(members)} files ({', '.join(members[:5])}); expected one "
+                                "(take the one to read out with `members` in params.yaml)")
+        return archive.open(chosen[0])
+    return {"gzip": gzip.open, "bz2": bz2.open, "xz": lzma.open}[kind](path, "rb")
+
+
+def open_text(path: str | os.PathLike, encoding: str = "utf-8"):
+    """A text file, decompressed by its first bytes (open_binary), with universal newlines."""
+    import io
+
+    return io.TextIOWrapper(open_binary(path), encoding=encoding, newline=None)
+
+
+def check_encoding(encoding: str, where: str) -> str:
+    """`encoding` if Python knows it; else an error naming `where` it was given (an option or a key)."""
+    import codecs
+
     try:
-        main()
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
-def queue_workers(proc: Path = Path("/proc")) -> int:
-    """How many DVC experiment-queue workers (`dvc exp queue-worker`) run on this machine."""
-    count = 0
-    for entry in proc.glob("[0-9]*"):
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:  # gone, or not ours to read
-            continue
-        count += any(a == b"exp" and b == b"queue-worker" for a, b in zip(argv, argv[1:]))
-    return count
-
-
-def resolve_threads(setting: str | int, cores: int, workers: int, in_queue: bool) -> int:
-    """train.threads: a number as given; auto: the cores shared evenly among the queue's running
-    workers (this run counts as one of them when a worker runs it, else as one more). Two trainings on
-    two cores with two threads each run several times slower in total than with one each."""
-    if setting != "auto":
-        return int(setting)
-    sharers = max(1, workers if in_queue else workers + 1)
-    return max(1, cores // sharers)
-
-
-def in_queue_run(cwd: Path | None = None) -> bool:
-    """Whether this process runs a queued experiment (DVC runs those in a copy under .dvc/tmp/exps)."""
-    return f"{os.sep}.dvc{os.sep}tmp{os.sep}exps{os.sep}" in f"{cwd or Path.cwd()}{os.sep}"
-
-
-def cpu_share(setting: str | int, cores: int | None = None) -> int:
-    """How many cores a stage may use (train.threads, prepare.workers): a number as given; auto: this
-    machine's cores (or `cores`) shared evenly among the DVC queue workers running on it."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0))
-    return resolve_threads(setting, cores, queue_workers() if setting == "auto" else 0, in_queue_run())
+        codecs.lookup(encoding)
+    except LookupError:
+        raise PipelineError(f"{where}: {encoding!r} is not a text encoding Python knows "
+                            "(e.g. utf-8, latin-1, cp1252)") from None
+    return encoding

@@ -1,28 +1,14 @@
-"""Stage evaluate: the trained model on the test split.
-
-Writes metrics/eval.json, the two figures `dvc exp show` compares (lstm_test_acc,
-lstm_test_f1), and under metrics/eval/: report.json (the same plus per-class precision/recall/F1
-and the test size: a plain output, so it does not crowd the experiments table), confusion.csv (one
-actual,predicted row per example, for DVC's confusion template), confusion.png, and misclassified.csv
-(text, true label, prediction, confidence).
-"""
+"""Classification metrics (accuracy, macro-F1, per class), the figures `dvc exp show` compares, and the
+confusion-matrix image; for the LSTM (evaluate) and the TF-IDF baseline alike."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
 
-from pipeline import params as P
-from pipeline.common import atomic_path, pyplot, run_main, save_png, write_json
-from pipeline.inference import MODEL_PATH, encode_texts, load_checkpoint, predict_proba
-
-TEST = Path("data/prepared/test.parquet")
-METRICS = Path("metrics/eval.json")
-PLOTS_DIR = Path("metrics/eval")
-REPORT = PLOTS_DIR / "report.json"
+from pipeline.files import pyplot, save_png
 
 
 def classification_metrics(y_true: list[str], y_pred: list[str], labels: list[str]) -> dict:
@@ -68,32 +54,3 @@ def plot_confusion(y_true: list[str], y_pred: list[str], labels: list[str], path
     ax.set_title(f"test accuracy {np.trace(cm) / cm.sum():.3f}")
     fig.tight_layout()
     save_png(fig, path)
-
-
-def main() -> None:
-    ep = P.load("evaluate")
-    ckpt = load_checkpoint(MODEL_PATH)
-    test = pd.read_parquet(TEST, columns=["text", "tokens", "label"])
-    sequences = encode_texts(ckpt, test["tokens"])
-    probs = predict_proba(ckpt.model, sequences, ep.batch_size)
-    predicted = [ckpt.labels[i] for i in probs.argmax(axis=1)]
-    actual = test["label"].tolist()
-    metrics = classification_metrics(actual, predicted, ckpt.labels)
-    metrics["test_rows"] = len(test)
-
-    PLOTS_DIR.mkdir(parents=True, exist_ok=True)
-    with atomic_path(PLOTS_DIR / "confusion.csv") as tmp:
-        pd.DataFrame({"actual": actual, "predicted": predicted}).to_csv(tmp, index=False)
-    plot_confusion(actual, predicted, ckpt.labels, PLOTS_DIR / "confusion.png")
-    wrong = test.assign(predicted=predicted, confidence=probs.max(axis=1).round(4))
-    wrong = wrong[wrong["label"] != wrong["predicted"]].sort_values("confidence", ascending=False)
-    with atomic_path(PLOTS_DIR / "misclassified.csv") as tmp:
-        wrong[["text", "label", "predicted", "confidence"]].to_csv(tmp, index=False)
-    write_json(REPORT, metrics)
-    write_json(METRICS, headline(metrics, "lstm"))
-    print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-          f"{len(wrong)} misclassified of {len(test)}")
-
-
-if __name__ == "__main__":
-    run_main(main)

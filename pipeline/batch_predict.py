@@ -1,9 +1,10 @@
 """Batch prediction over a table of texts, with the probability of each class.
 
-    python -m pipeline.predict --input reviews.csv --text-column text --output predictions.parquet
-    python -m pipeline.predict_batch          # the DVC stage `predict`: the same, set by params.yaml `predict`
+    textclf-predict --input reviews.csv --text-column text --output predictions.parquet
+    python -m pipeline.stages.predict          # the DVC stage `predict`: the same, set by params.yaml `predict`
 
-Reads a CSV, TSV, JSON-lines or Parquet file (CSV, TSV and JSON lines may be .gz, .bz2 or .xz) and
+Reads a CSV, TSV, JSON-lines or Parquet file (pipeline.readers.TableReader; the text formats may be
+compressed) and
 writes .parquet, .csv, .tsv or .jsonl: every column of the input, in its order, then `predicted_label`
 and one `prob_<label>` column per class (the model's softmax; each row's probabilities sum to 1).
 Rows whose text is missing, empty or only blanks keep their place, with an empty (null) label and
@@ -20,10 +21,8 @@ get the type of their values over the whole file (a first pass reads it): all bo
 numbers, or strings; a column whose values mix those kinds, or hold lists or objects, is carried as
 each value's JSON text.
 
-TSV is read without quoting (csv.QUOTE_NONE): each line is one row and a `"` is part of the text, as
-in most TSV corpora (TSV has no quoting convention). So a stray quote cannot swallow the rows after
-it, and every input row keeps its place; a field cannot hold a tab or a line break. (CSV is read with
-its usual quoting, so a quoted field may span lines.)
+CSV and TSV are read under the one rule of pipeline.readers, as the prepare stage reads them: the usual
+quoting, and a stray quote that would swallow the rows after it is an error naming the row.
 
 Output values: JSON lines hold valid JSON only: a NaN or infinite number is written as null. Binary
 columns (Parquet `binary`) are written as base64 text to JSON lines, CSV and TSV, whose values are
@@ -35,12 +34,7 @@ An input without any row (an empty file, or JSON lines with only blank lines) is
 
 from __future__ import annotations
 
-import base64
-import codecs
 import contextlib
-import csv
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -48,8 +42,11 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from pipeline.common import READ_ERRORS, PipelineError, atomic_path, check_output_file, json_object_line, run_main
-from pipeline.inference import Checkpoint, classify_texts
+from pipeline.checkpoint import Checkpoint
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_path, check_output_file, json_dumps, json_safe, json_text
+from pipeline.inference import classify_texts
+from pipeline.readers import TableReader
 
 LABEL_COLUMN = "predicted_label"
 PROB_PREFIX = "prob_"
@@ -88,189 +85,6 @@ def output_kind(path: Path) -> str:
 
 def output_columns(labels: list[str]) -> list[str]:
     return [LABEL_COLUMN] + [f"{PROB_PREFIX}{label}" for label in labels]
-
-
-# --- reading, chunk by chunk --------------------------------------------------------------------
-
-
-def check_encoding(encoding: str, where: str) -> str:
-    """`encoding` if Python knows it; else an error naming `where` it was given (an option or a key)."""
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise PipelineError(f"{where}: unknown text encoding {encoding!r} (e.g. utf-8, latin-1, cp1252)") from None
-    return encoding
-
-
-def _no_rows(path: Path) -> PipelineError:
-    return PipelineError(f"{path}: the file has no rows (it is empty, or holds only blank lines)")
-
-
-class TableReader:
-    """The schema of a table file (known before any row is read) and its rows as Arrow tables of at most
-    `chunk_rows` rows. Use it as a context manager: a Parquet file is opened once and closed on exit."""
-
-    def __init__(self, path: Path, chunk_rows: int, encoding: str = "utf-8"):
-        self.path, self.chunk_rows = path, chunk_rows
-        self.encoding = check_encoding(encoding, "encoding")
-        self.kind = input_kind(path)
-        self._parquet = None
-        if not path.is_file():
-            raise PipelineError(f"{path}: no such input file (looked for {path.resolve()})")
-        with self._read_errors():
-            self.schema = self._read_schema()
-
-    def __enter__(self) -> "TableReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._parquet is not None:
-            self._parquet.close()
-            self._parquet = None
-
-    @contextlib.contextmanager
-    def _read_errors(self):
-        """The readers' own errors (pandas, pyarrow, decoding, decompression) as one line naming the file."""
-        try:
-            yield
-        except UnicodeDecodeError as err:
-            raise PipelineError(f"{self.path}: not valid {self.encoding} text ({err.reason}); "
-                                "pass the file's encoding (--encoding, or predict.encoding)") from None
-        except (ValueError, pa.ArrowException, *READ_ERRORS) as err:
-            raise PipelineError(f"{self.path}: cannot read as {self.kind}: {err}") from None
-
-    def _read_schema(self) -> pa.Schema:
-        if self.kind == "parquet":
-            import pyarrow.parquet as pq
-
-            self._parquet = pq.ParquetFile(self.path)
-            return self._parquet.schema_arrow
-        if self.kind == "jsonl":
-            return jsonl_schema(self.path, self.encoding)
-        import pandas as pd
-
-        try:
-            header = pd.read_csv(self.path, nrows=0, **self._csv_options)
-        except pd.errors.EmptyDataError:
-            raise _no_rows(self.path) from None
-        return pa.schema([(str(c), pa.string()) for c in header.columns])
-
-    @property
-    def _csv_options(self) -> dict:
-        if self.kind == "csv":
-            return {"sep": ",", "encoding": self.encoding}
-        return {"sep": "\t", "encoding": self.encoding, "quoting": csv.QUOTE_NONE}
-
-    def chunks(self) -> Iterator[pa.Table]:
-        read = {"parquet": self._parquet_chunks, "jsonl": self._jsonl_chunks}.get(self.kind, self._csv_chunks)
-        with self._read_errors():
-            yield from read()
-
-    def _parquet_chunks(self) -> Iterator[pa.Table]:
-        if self._parquet is None:
-            raise PipelineError(f"{self.path}: the reader is closed")
-        for batch in self._parquet.iter_batches(batch_size=self.chunk_rows):
-            yield pa.Table.from_batches([batch])
-
-    def _csv_chunks(self) -> Iterator[pa.Table]:
-        import pandas as pd
-
-        # Only empty fields are missing, as in the prepare stage: 'NA', 'null' or 'nan' are text.
-        reader = pd.read_csv(self.path, dtype=str, keep_default_na=False, na_values=[""],
-                             chunksize=self.chunk_rows, **self._csv_options)
-        with reader:
-            for df in reader:
-                yield pa.Table.from_pandas(df, self.schema, preserve_index=False)
-
-    def _jsonl_chunks(self) -> Iterator[pa.Table]:
-        names = self.schema.names
-        as_json = {f.name for f in self.schema if f.metadata and f.metadata.get(b"json") == b"1"}
-        rows: list[dict] = []
-        for _, row in _jsonl_rows(self.path, self.encoding):
-            rows.append({k: (_json_text(row.get(k)) if k in as_json else row.get(k)) for k in names})
-            if len(rows) == self.chunk_rows:
-                yield pa.Table.from_pylist(rows, self.schema)
-                rows = []
-        if rows:
-            yield pa.Table.from_pylist(rows, self.schema)
-
-
-def _jsonl_rows(path: Path, encoding: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a line that is not a JSON object is an error."""
-    from pipeline.prepare import open_text  # decompresses by suffix, as the prepare stage reads corpora
-
-    lineno = 0
-    try:
-        with open_text(path, encoding) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                yield lineno, json_object_line(line, path, lineno)
-    except READ_ERRORS as err:
-        raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
-
-
-def _json_kind(value) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int" if -2**63 <= value < 2**63 else "json"
-    if isinstance(value, float):
-        return "float"
-    return "str" if isinstance(value, str) else "json"
-
-
-def _json_safe(value):
-    """`value` as JSON can hold it: NaN and infinities as None, bytes as base64 text, in nested values too."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, dict):
-        return {key: _json_safe(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _json_dumps(value) -> str:
-    """Valid JSON (never NaN); values JSON has no type for (dates, decimals) as their text."""
-    return json.dumps(_json_safe(value), ensure_ascii=False, allow_nan=False, default=str)
-
-
-def _json_text(value):
-    return None if value is None else _json_dumps(value)
-
-
-def jsonl_schema(path: Path, encoding: str = "utf-8") -> pa.Schema:
-    """One pass over a JSON-lines file: each key, in order of first appearance, typed by all its values.
-
-    Mixed kinds (or lists and objects) make a string column of JSON text, marked in the field metadata."""
-    kinds: dict[str, set] = {}
-    rows = 0
-    for _, row in _jsonl_rows(path, encoding):
-        rows += 1
-        for key, value in row.items():
-            kind = _json_kind(value)
-            kinds.setdefault(key, set()).update([kind] if kind else [])
-    if not rows:
-        raise _no_rows(path)
-    fields = []
-    for key, seen in kinds.items():
-        if seen <= {"int", "float"} and "float" in seen:
-            seen = {"float"}
-        if len(seen) <= 1 and "json" not in seen:
-            arrow_type = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64()}.get(next(iter(seen), "str"),
-                                                                                           pa.string())
-            fields.append(pa.field(key, arrow_type))
-        else:
-            fields.append(pa.field(key, pa.string(), metadata={"json": "1"}))
-    return pa.schema(fields)
 
 
 # --- classifying and writing --------------------------------------------------------------------
@@ -332,9 +146,9 @@ def _as_text_table(table: pa.Table) -> pa.Table:
     for i, field in enumerate(table.schema):
         kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
         if pa.types.is_nested(kind):
-            text = pa.array([_json_text(v) for v in table.column(i).to_pylist()], pa.string())
+            text = pa.array([json_text(v) for v in table.column(i).to_pylist()], pa.string())
         elif _is_binary(kind):
-            text = pa.array([_json_safe(v) for v in table.column(i).to_pylist()], pa.string())
+            text = pa.array([json_safe(v) for v in table.column(i).to_pylist()], pa.string())
         elif getattr(pa.types, "is_string_view", bool)(kind):
             text = table.column(i).cast(pa.string())
         else:
@@ -355,7 +169,7 @@ def _with_short_floats(table: pa.Table) -> pa.Table:
 
 def _json_lines(table: pa.Table) -> Iterator[str]:
     for row in _with_short_floats(table).to_pylist():
-        yield _json_dumps(row) + "\n"
+        yield json_dumps(row) + "\n"
 
 
 def _csv_write_options(kind: str):
@@ -468,19 +282,3 @@ def _predict_chunks(ckpt: Checkpoint, reader: TableReader, output_path: Path, ki
 def describe(summary: BatchSummary, output_path: Path) -> str:
     skipped = f" ({summary.rows_without_text} without text: no prediction)" if summary.rows_without_text else ""
     return f"wrote {summary.rows} rows{skipped} to {output_path}"
-
-
-def main() -> None:
-    """The DVC stage `predict` (it runs on every `dvc repro`): params.yaml `predict` names the input and
-    the output."""
-    from pipeline import params as P
-    from pipeline.inference import MODEL_PATH, load_checkpoint
-
-    pp = P.load("predict")
-    summary = predict_file(load_checkpoint(MODEL_PATH), Path(pp.input), Path(pp.output), pp.text_column,
-                           pp.batch_size, pp.chunk_rows, pp.encoding)
-    print(describe(summary, Path(pp.output)))
-
-
-if __name__ == "__main__":
-    run_main(main)

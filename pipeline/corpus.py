@@ -1,26 +1,15 @@
-"""Stage prepare: read the corpus, clean and tokenize it, and split it.
+"""The corpus made into splits: cleaned, tokenized, de-duplicated and split, a chunk at a time.
 
-Reads `corpus.source`, a file or a folder:
-
-- one table: CSV, TSV (also Orange's .tab), JSON lines or Parquet, optionally compressed; or
-  fastText lines (`__label__pos text ...`);
-- a folder of per-split files: `train.csv` + `test.csv`, `train-00000-of-00002.parquet`, ...,
-  `train/0000.parquet` (the layouts dataset hubs export); the split is named by the file or its folder;
-- a folder tree `train/<label>/*.txt` and `test/<label>/*.txt` (the large movie-review corpus's layout).
-
-A corpus's own split (its files, its folders, or `corpus.split_column`) is kept: test rows stay test.
-Rows without one are assigned by a hash of their text and `prepare.seed`, so the same text always lands
-in the same split and adding rows never moves old ones. Every token is kept: truncation belongs to the
-model's input (`train.max_tokens`), and the baseline reads whole documents.
-
-The corpus streams through in chunks of CHUNK_ROWS rows: `prepare.workers` processes clean and tokenize
+The corpus streams through in chunks (readers.corpus_chunks): `workers` processes clean and tokenize
 them, each chunk into its own shard file; the main process keeps a few bytes per row (a 128-bit hash of
 the text, its label, length and split), decides which rows stay (duplicates found across chunks by that
 hash), and copies each kept row from the shards to its split. Memory follows the chunk size, not the
 corpus, and the output is the same for any number of workers.
 
-Writes data/prepared/{train,val,test}.parquet (text, tokens, label) and metrics/prepare.json: rows
-read, dropped (and why), kept per split and class, and token-length statistics.
+A corpus's own split (its files, its folders, or `corpus.split_column`) is kept: test rows stay test.
+Rows without one are assigned by a hash of their text and `prepare.seed`, so the same text always lands
+in the same split and adding rows never moves old ones. Every token is kept: truncation belongs to the
+model's input (`train.max_tokens`), and the baseline reads whole documents.
 """
 
 from __future__ import annotations
@@ -31,12 +20,11 @@ import functools
 import hashlib
 import itertools
 import multiprocessing
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -44,343 +32,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pipeline import params as P
-from pipeline.common import READ_ERRORS, PipelineError, atomic_path, cpu_share, json_object_line, run_main, write_json
+from pipeline import params
+from pipeline.errors import PipelineError
+from pipeline.layouts import corpus_chunks
+from pipeline.readers import CHUNK_ROWS
 from pipeline.text import TextConfig, tokenize
 
-OUT_DIR = Path("data/prepared")
-REPORT = Path("metrics/prepare.json")
 SPLITS = ("train", "val", "test")
 ROW_GROUP = 20_000    # rows per Parquet row group of the prepared splits
-CHUNK_ROWS = 10_000   # rows read and tokenized at a time, by one worker
 SPLIT_CODE = {"test": 0, "val": 1, "train": 2}  # in this order, the priority among copies of a text
 NO_SPLIT = 3
 OUTPUT_SCHEMA = pa.schema([("text", pa.string()), ("tokens", pa.list_(pa.string())), ("label", pa.string())])
-SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-               "dev": "val", "test": "test", "testing": "test"}
-_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".zip")
-_TABLE_SUFFIXES = {
-    "csv": (".csv",),
-    "tsv": (".tsv", ".tab"),
-    "jsonl": (".jsonl", ".ndjson", ".json"),
-    "parquet": (".parquet", ".pq"),
-    "fasttext": (".txt", ".ft", ".fasttext"),
-}
-# Orange's .tab files carry two more header rows after the column names: types, then flags.
-_ORANGE_TYPES = {"d", "discrete", "c", "continuous", "s", "string", "t", "time", "text", ""}
-_FASTTEXT_LABEL = re.compile(r"__label__(\S+)\s?")
-
-
-def _strip_compression(name: str) -> str:
-    name = name.lower()
-    for suffix in _COMPRESSION:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def corpus_kind(path: Path, fmt: str = "auto") -> str:
-    """csv, tsv, jsonl, parquet or fasttext: `fmt`, or from the file name (compression looked through)."""
-    if fmt not in ("auto", "folder"):
-        return fmt
-    name = _strip_compression(path.name)
-    for kind, suffixes in _TABLE_SUFFIXES.items():
-        if name.endswith(suffixes):
-            return kind
-    raise PipelineError(
-        f"{path}: unknown corpus format (expected .csv, .tsv, .tab, .jsonl, .json, .parquet, or fastText .txt); "
-        "name it with corpus.format"
-    )
-
-
-def _decode_error(path: Path, err: UnicodeDecodeError, encoding: str) -> PipelineError:
-    line = _first_undecodable_line(path, encoding) if path.is_file() else None
-    where = f"line {line}: " if line else ""
-    return PipelineError(f"{path}: {where}not valid {encoding} text ({err.reason}); "
-                         "set corpus.encoding (e.g. latin-1 or cp1252)")
-
-
-def _opener(path: Path):
-    """open, or the decompressing open its suffix asks for (.gz, .bz2, .xz)."""
-    import bz2
-    import gzip
-    import lzma
-
-    return {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
-
-
-def open_text(path: Path, encoding: str = "utf-8"):
-    """A text file, decompressed by its suffix, with universal newlines."""
-    return _opener(path)(path, "rt", encoding=encoding, newline=None)
-
-
-def _iter_lines(path: Path, encoding: str, parse, chunk_rows: int) -> Iterator[tuple[list, list]]:
-    """parse(line, lineno) -> (text, rest) over the non-blank lines, `chunk_rows` at a time; decoding and
-    decompression failures become errors naming the file and line."""
-    texts, rests = [], []
-    lineno = 0
-    try:
-        with open_text(path, encoding) as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    text, rest = parse(line, lineno)
-                    texts.append(text)
-                    rests.append(rest)
-                    if len(texts) == chunk_rows:
-                        yield texts, rests
-                        texts, rests = [], []
-    except UnicodeDecodeError as err:
-        raise _decode_error(path, err, encoding) from None
-    except READ_ERRORS as err:
-        raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
-    if texts:
-        yield texts, rests
-
-
-def iter_fasttext(path: Path, encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """fastText's supervised format: `__label__a [__label__b ...] text` per line (the first label is kept)."""
-
-    def parse(line: str, lineno: int) -> tuple[str, str]:
-        m = _FASTTEXT_LABEL.match(line.lstrip())
-        if not m:
-            raise PipelineError(f"{path}: line {lineno}: expected '__label__<label> <text>', got {line[:60]!r}")
-        rest = line.lstrip()[m.end():]
-        while (more := _FASTTEXT_LABEL.match(rest)):  # further labels of multi-label lines
-            rest = rest[more.end():]
-        return rest.strip(), m.group(1)
-
-    for texts, labels in _iter_lines(path, encoding, parse, chunk_rows):
-        yield pd.DataFrame({"text": texts, "label": labels})
-
-
-def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: str | None,
-               encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """JSON lines, one object per line; a malformed line is an error naming its number."""
-
-    columns = [c for c in (text_column, label_column, split_column) if c]
-
-    def parse(line: str, lineno: int):
-        row = json_object_line(line, path, lineno)
-        for role, column in zip(("text", "label", "split"), columns):
-            if column not in row:
-                raise PipelineError(f"{path}: line {lineno}: no {role} field '{column}' (params corpus.{role}_column); "
-                                    f"fields are: {', '.join(row)}")
-        text = row[text_column]
-        if text is not None and not isinstance(text, str):
-            raise PipelineError(f"{path}: line {lineno}: text field '{text_column}' holds "
-                                f"{type(text).__name__} {text!r}, not text")
-        return text, tuple(row[c] for c in columns[1:])
-
-    for texts, rests in _iter_lines(path, encoding, parse, chunk_rows):
-        out = {"text": texts, "label": [r[0] for r in rests]}
-        if split_column:
-            out["split"] = [r[1] for r in rests]
-        yield pd.DataFrame(out)
-
-
-def _first_undecodable_line(path: Path, encoding: str) -> int | None:
-    """The number of the first line that does not decode (text readers decode whole blocks, so the
-    error they raise knows no line)."""
-    with _opener(path)(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                raw.decode(encoding)
-            except UnicodeDecodeError:
-                return lineno
-    return None
-
-
-def _swallowed_rows(df: pd.DataFrame, sep: str) -> int | None:
-    """The first data row (1-based) holding a field that spans lines and separators: an unbalanced
-    quote that made the parser read many rows as one field. (A TSV field cannot hold a tab otherwise.)"""
-    for column in df.columns:
-        values = df[column].astype(str)
-        bad = values.str.contains("\n", regex=False) & values.str.contains(sep, regex=False)
-        if bad.any():
-            return int(np.flatnonzero(bad.to_numpy())[0]) + 1
-    return None
-
-
-def _orange_extra_header(path: Path, df: pd.DataFrame) -> int:
-    """Rows to skip after the column names of an Orange .tab file (its type and flag rows), else 0."""
-    if not path.name.lower().split(".")[-1] == "tab" or len(df) < 2:
-        return 0
-    types = {str(v).strip().lower() for v in df.iloc[0].tolist()}
-    return 2 if types <= _ORANGE_TYPES else 0
-
-
-def _check_columns(path: Path, columns, wanted: list[tuple[str, str]]) -> None:
-    for role, column in wanted:
-        if column not in columns:
-            raise PipelineError(
-                f"{path}: no {role} column '{column}' (params corpus.{role}_column); "
-                f"columns are: {', '.join(map(str, columns))}"
-            )
-
-
-def _delimited_chunks(path: Path, kind: str, wanted, encoding: str, header: bool,
-                      chunk_rows: int) -> Iterator[pd.DataFrame]:
-    # Only empty fields are missing: 'NA', 'null' or 'nan' are text like any other.
-    reader = pd.read_csv(path, sep="," if kind == "csv" else "\t", dtype=str, keep_default_na=False,
-                         na_values=[""], encoding=encoding, header=0 if header else None, chunksize=chunk_rows)
-    rows = 0
-    with reader:
-        for df in reader:
-            if not header:
-                df.columns = [str(c) for c in df.columns]
-            if rows == 0:
-                _check_columns(path, df.columns, wanted)
-                if kind == "tsv" and header:
-                    df = df.iloc[_orange_extra_header(path, df):]
-            if kind == "tsv" and (row := _swallowed_rows(df, "\t")) is not None:
-                raise PipelineError(
-                    f"{path}: data row {rows + row}: a field runs over several lines and tabs, so a quote opened "
-                    "there (a stray '\"'?) swallowed the rows after it; quote or remove it")
-            rows += len(df)
-            yield df
-
-
-def _parquet_chunks(path: Path, wanted, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    with pq.ParquetFile(path) as f:
-        _check_columns(path, f.schema_arrow.names, wanted)
-        for batch in f.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(c for _, c in wanted))):
-            yield batch.to_pandas()
-
-
-def iter_table(path: Path, kind: str, text_column: str, label_column: str, split_column: str | None = None,
-               encoding: str = "utf-8", header: bool = True, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """The text, label (and split) columns of one table, as frames of at most `chunk_rows` rows named
-    text, label (and split); only truly empty fields count as missing."""
-    if kind == "fasttext":
-        yield from iter_fasttext(path, encoding, chunk_rows)
-        return
-    if kind == "jsonl":
-        yield from iter_jsonl(path, text_column, label_column, split_column, encoding, chunk_rows)
-        return
-    wanted = [("text", text_column), ("label", label_column)] + ([("split", split_column)] if split_column else [])
-    chunks = (_parquet_chunks(path, wanted, chunk_rows) if kind == "parquet"
-              else _delimited_chunks(path, kind, wanted, encoding, header, chunk_rows))
-    try:
-        for df in chunks:
-            text = df[text_column]
-            if kind == "parquet" and not (text.dtype == object or pd.api.types.is_string_dtype(text)):
-                raise PipelineError(f"{path}: text column '{text_column}' holds {text.dtype} values, not text")
-            yield pd.DataFrame({role: df[column].to_numpy() for role, column in wanted})
-    except UnicodeDecodeError as err:
-        raise _decode_error(path, err, encoding) from None
-    except (ValueError, pd.errors.ParserError, *READ_ERRORS) as err:
-        raise PipelineError(f"{path}: cannot read as {kind}: {err}") from None
-
-
-def _joined(chunks: Iterable[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
-    parts = list(chunks)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame({c: [] for c in columns}, dtype=object)
-
-
-def _split_of_name(name: str) -> str | None:
-    """The split a file or folder name announces: train.csv, test-00000-of-00001.parquet, validation/."""
-    stem = _strip_compression(name).split(".")[0]
-    first = re.split(r"[-_ ]", stem)[0] if stem else ""
-    for candidate in (stem, first):
-        if candidate in SPLIT_NAMES:
-            return SPLIT_NAMES[candidate]
-    m = re.search(r"(?:^|[-_.])(train|test|val|valid|validation|dev)(?:$|[-_.])", stem)
-    return SPLIT_NAMES[m.group(1)] if m else None
-
-
-def _visible_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
-
-
-def _folder_tree_root(root: Path) -> Path | None:
-    """The folder holding train/<label>/ and test/<label>/ (root, or its only subfolder), if any."""
-    candidates = [root] + [d for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")]
-    if len(candidates) > 2:
-        candidates = [root]
-    for cand in candidates:
-        splits = [d for d in cand.iterdir() if d.is_dir() and _split_of_name(d.name)]
-        if splits and all(any(c.is_dir() for c in d.iterdir()) for d in splits):
-            return cand
-    return None
-
-
-def iter_folder_tree(root: Path, encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """`<split>/<label>/*.txt`: one document per file. Files directly in a split folder are ignored."""
-    texts, labels, splits = [], [], []
-    found = False
-    for split_dir in sorted(d for d in root.iterdir() if d.is_dir() and _split_of_name(d.name)):
-        for label_dir in sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
-            for path in sorted(p for p in label_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-                try:
-                    texts.append(path.read_text(encoding=encoding))
-                except UnicodeDecodeError as err:
-                    raise _decode_error(path, err, encoding) from None
-                labels.append(label_dir.name)
-                splits.append(_split_of_name(split_dir.name))
-                if len(texts) == chunk_rows:
-                    yield pd.DataFrame({"text": texts, "label": labels, "split": splits})
-                    texts, labels, splits, found = [], [], [], True
-    if texts:
-        yield pd.DataFrame({"text": texts, "label": labels, "split": splits})
-    elif not found:
-        raise PipelineError(f"{root}: no documents under <split>/<label>/")
-
-
-def corpus_chunks(source: Path, c: P.CorpusParams, chunk_rows: int = CHUNK_ROWS) -> tuple[Iterator[pd.DataFrame], str]:
-    """The corpus as frames of at most `chunk_rows` rows of text, label and split (None where the corpus
-    gives none), read lazily; and the layout found. Layout errors are raised here, reading errors as
-    the chunks are read."""
-    if not source.exists():
-        raise PipelineError(f"{source}: no such file or folder (params corpus.source)")
-    if source.is_file():
-        chunks = iter_table(source, corpus_kind(source, c.format), c.text_column, c.label_column, c.split_column,
-                            c.encoding, c.header, chunk_rows)
-        return _with_split_column(chunks, source, c.split_column), "table"
-    tree = _folder_tree_root(source) if c.format in ("auto", "folder") else None
-    if tree is not None:
-        return iter_folder_tree(tree, c.encoding, chunk_rows), "folder tree"
-    if c.format == "folder":
-        raise PipelineError(f"{source}: expected folders <split>/<label>/ with one text file per document")
-    files = _visible_files(source)
-    if not files:
-        raise PipelineError(f"{source}: the folder is empty (did the download stage fetch anything? "
-                            "corpus.download is null: point corpus.source at your corpus)")
-    if len(files) == 1:
-        return corpus_chunks(files[0], c, chunk_rows)
-    named = {f: _split_of_name(f.name) or _split_of_name(f.parent.name) for f in files}
-    unnamed = [str(f.relative_to(source)) for f, s in named.items() if s is None]
-    if unnamed:
-        raise PipelineError(f"{source}: {len(files)} files, and {', '.join(unnamed[:5])} names no split "
-                            "(train, val/validation/dev, test); keep one table, or one file per split")
-    chunks = (part.assign(split=split_name) for f, split_name in named.items()
-              for part in iter_table(f, corpus_kind(f, c.format), c.text_column, c.label_column, None, c.encoding,
-                                     c.header, chunk_rows))
-    return chunks, "one file per split"
-
-
-def read_corpus(source: Path, c: P.CorpusParams, chunk_rows: int = CHUNK_ROWS) -> tuple[pd.DataFrame, str]:
-    """The whole corpus at once (corpus_chunks, joined): rows of text, label and split."""
-    chunks, layout = corpus_chunks(source, c, chunk_rows)
-    return _joined(chunks, ["text", "label", "split"]), layout
-
-
-def _with_split_column(chunks: Iterable[pd.DataFrame], path: Path, split_column: str | None) -> Iterator[pd.DataFrame]:
-    rows = 0
-    for df in chunks:
-        if not split_column:
-            yield df.assign(split=None)
-            continue
-        raw = df["split"].map(lambda v: None if pd.isna(v) or str(v).strip() == "" else str(v).strip().lower())
-        unknown = sorted({v for v in raw.dropna() if v not in SPLIT_NAMES})
-        if unknown:
-            row = rows + int(np.flatnonzero(raw.isin(unknown).to_numpy())[0])
-            raise PipelineError(
-                f"{path}: data row {row + 1}: split column '{split_column}' holds {unknown[0]!r}; "
-                "expected train, val (validation, valid, dev) or test, or an empty value"
-            )
-        rows += len(df)
-        yield df.assign(split=raw.map(lambda v: None if pd.isna(v) else SPLIT_NAMES[v]))
 
 
 # --- tokenizing, a chunk at a time (in worker processes) ------------------------------------------
@@ -449,7 +111,7 @@ def _tokenize_to_shard(df: pd.DataFrame, shard: Path, cfg: TextConfig, seed: int
     return facts
 
 
-def tokenize_corpus(chunks: Iterable[pd.DataFrame], shard_dir: Path, cfg: TextConfig, prep: P.PrepareParams,
+def tokenize_corpus(chunks: Iterable[pd.DataFrame], shard_dir: Path, cfg: TextConfig, prep: params.PrepareParams,
                     workers: int) -> tuple[list[Path], list[ChunkFacts]]:
     """Tokenize every chunk into its own shard file under `shard_dir`, on `workers` processes; the
     shards and their facts, in the corpus's order. At most two chunks per worker are in flight, so
@@ -655,36 +317,6 @@ def length_stats(lengths: np.ndarray) -> dict:
             "p95": int(np.ceil(np.percentile(lengths, 95))), "max": int(lengths.max())}
 
 
-# --- the whole-corpus helpers the tests and small callers use ------------------------------------
-
-
-def clean_corpus(df: pd.DataFrame, cfg: TextConfig, drop_labels: list[str], drop_duplicates: bool,
-                 source: str = "corpus", label_variants: str = "error") -> tuple[pd.DataFrame, dict]:
-    """The prepare stage's cleaning on one in-memory frame: the kept rows (text, tokens, label, the
-    corpus's own split) and the count of each reason for dropping."""
-    if "split" not in df:
-        df = df.assign(split=None)
-    table, facts = tokenize_chunk(df, cfg, seed=0, val_size=0.1, test_size=0.1)
-    rows = CorpusFacts.join([facts])
-    canonical = canonical_labels(rows, label_variants, source)
-    keep, row_class, names, report = select_rows(rows, canonical, drop_labels, drop_duplicates, source)
-    idx = np.flatnonzero(keep)
-    out = pd.DataFrame({"text": table.column("text").take(idx).to_pylist(),
-                        "tokens": table.column("tokens").take(idx).to_pylist(),
-                        "label": [names[c] for c in row_class[idx]],
-                        "split": df["split"].to_numpy()[idx]})
-    return out, report
-
-
-def assign_splits(df: pd.DataFrame, val_size: float, test_size: float, seed: int) -> tuple[pd.Series, dict]:
-    """Each row's split name (see final_splits) for an in-memory frame of text and split."""
-    check_val_test_sizes(val_size, test_size)
-    u = text_hash_unit(df["text"].astype(str).tolist(), seed)
-    split, info = final_splits(given_split_codes(df["split"]), hashed_split_codes(u, val_size, test_size),
-                               u < val_size, np.ones(len(df), dtype=bool))
-    return pd.Series(np.array(list(SPLIT_CODE))[split], index=df.index), info
-
-
 # --- writing ----------------------------------------------------------------------------------------
 
 
@@ -734,7 +366,7 @@ def write_splits(shards: list[Path], rows: CorpusFacts, keep: np.ndarray, split:
             writes.popleft().result()
 
 
-def prepare(source: Path, corpus: P.CorpusParams, prep: P.PrepareParams, out_dir: Path, workers: int,
+def prepare(source: Path, corpus: params.CorpusParams, prep: params.PrepareParams, out_dir: Path, workers: int,
             chunk_rows: int = CHUNK_ROWS) -> dict:
     """Read, clean, tokenize, deduplicate and split the corpus into out_dir/{train,val,test}.parquet,
     a chunk at a time; the report."""
@@ -772,19 +404,3 @@ def prepare(source: Path, corpus: P.CorpusParams, prep: P.PrepareParams, out_dir
     if warnings:
         report["warnings"] = warnings
     return report
-
-
-def main() -> None:
-    corpus, prep = P.load("corpus"), P.load("prepare")
-    P.check_local_source("corpus", corpus)
-    workers = cpu_share(prep.workers)
-    with atomic_path(OUT_DIR) as tmp:
-        report = prepare(Path(corpus.source), corpus, prep, tmp, workers)
-    write_json(REPORT, report)
-    print(", ".join(f"{k}={v}" for k, v in report.items() if not isinstance(v, (dict, list))), f"workers={workers}")
-    for w in report.get("warnings", []):
-        print(f"warning: {w}")
-
-
-if __name__ == "__main__":
-    run_main(main)

