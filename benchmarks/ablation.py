@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import params as P
+from pipeline import params
 
 RESULTS = Path("benchmarks/results")
 PREFIX = "abl"
@@ -50,7 +50,7 @@ def experiment_name(key: str, value: str, seed: int) -> str:
     return f"{PREFIX}-{key}-{value.replace('_', '-')}-s{seed}"
 
 
-def queue(seeds: list[int], defaults: P.TrainParams) -> list[str]:
+def queue(seeds: list[int], defaults: params.TrainParams) -> list[str]:
     names = []
     for key, value in VARIANTS:
         if key == "pooling" and value == defaults.pooling:
@@ -125,7 +125,7 @@ def collect(names: list[str]) -> list[dict]:
     return runs
 
 
-def table(runs: list[dict], defaults: P.TrainParams) -> tuple[list[dict], str]:
+def table(runs: list[dict], defaults: params.TrainParams) -> tuple[list[dict], str]:
     rows = []
     for key, value in VARIANTS:
         if key == "pooling" and value == defaults.pooling:
@@ -164,7 +164,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--collect-only", action="store_true", help="only read the finished experiments")
     args = ap.parse_args()
-    defaults = P.load("train")
+    defaults = params.load("train")
     names = [experiment_name(k, v, s) for k, v in VARIANTS for s in args.seeds
              if not (k == "pooling" and v == defaults.pooling)]
     if not args.collect_only:

@@ -70,7 +70,7 @@ def in_child(fn, *args):
 
 def write_glove_text(path: Path) -> None:
     """The kumo npy + parquet pair written back out as the standard glove.6B.50d.txt layout."""
-    from pipeline.embeddings import read_word_list
+    from pipeline.vectors import read_word_list
 
     words = read_word_list(next(RAW.glob("*.parquet")))
     vectors = np.load(next(RAW.glob("*.npy")), mmap_mode="r")
@@ -97,13 +97,13 @@ def write_synthetic(path: Path, n_words: int, dim: int) -> None:
 # --- the methods: each returns how many vocabulary words got a vector ---------------------------
 
 def ours_text(path: str, words: list[str]) -> int:
-    from pipeline.embeddings import align_text
+    from pipeline.vectors import align_text
 
     return int(align_text(Path(path), words, bad_lines="skip").found.sum())
 
 
 def ours_npy(path: str, words: list[str]) -> int:
-    from pipeline.embeddings import align_npy
+    from pipeline.vectors import align_npy
 
     return int(align_npy(next(RAW.glob("*.npy")), next(RAW.glob("*.parquet")), words).found.sum())
 

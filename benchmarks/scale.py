@@ -2,7 +2,7 @@
 
 Synthetic corpora from the built-in data: each document joins three Rotten Tomatoes snippets of one
 label (about 70 tokens), so the text is real and the labels stay learnable. Every stage runs as its
-own process (`python -m pipeline.<stage>`, as `dvc repro` runs it) in a scratch project under
+own process (`python -m pipeline.stages.<stage>`, as `dvc repro` runs it) in a scratch project under
 benchmarks/.cache/scale/<docs>/, alone on the machine. Peak memory is the largest sum of the resident
 sets of the stage's process and all its children (prepare's workers), sampled every 20 ms, or the
 kernel's peak for the stage's own process (wait4) where that is larger. The real GloVe 6B 50d vectors
@@ -95,7 +95,7 @@ def run_stage(stage: str, cwd: Path) -> dict:
     """Run one stage as its own process; its wall time and peak memory (see the module's doc)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), CI="true")
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", f"pipeline.{stage}"], cwd=cwd, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", f"pipeline.stages.{stage}"], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     stop, peak = threading.Event(), [0]
     sampler = threading.Thread(target=tree_rss_peak, args=(proc.pid, stop, peak), daemon=True)

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline import params as P
-from pipeline.common import run_main
+from pipeline import params
+from pipeline.errors import run_main
 
 
 def _init_worker() -> None:
@@ -37,14 +37,12 @@ def _init_worker() -> None:
 
 
 def load_data():
-    import pandas as pd
-
-    from pipeline.common import read_json
-    from pipeline.train import PREPARED, VOCAB_DIR, load_split
+    from benchmarks.data import VOCAB_DIR, class_labels, load_split
+    from pipeline.files import read_json
 
     vocab = read_json(VOCAB_DIR / "vocab.json")
     stoi = {w: i for i, w in enumerate(vocab["itos"])}
-    labels = sorted(pd.read_parquet(PREPARED / "train.parquet", columns=["label"])["label"].unique().tolist())
+    labels = class_labels()
     splits = {name: load_split(name, stoi, vocab["unk_id"], labels) for name in ("train", "val", "test")}
     return np.load(VOCAB_DIR / "embeddings.npy"), vocab["unk_id"], labels, splits
 
@@ -53,16 +51,16 @@ def run_one(job: tuple[str, dict, int, str]) -> dict:
     import torch
 
     from pipeline.inference import predict_proba
-    from pipeline.train import build_model, fit, set_determinism
+    from pipeline.training import build_model, fit, set_determinism
 
     name, overrides, seed, device_name = job
-    tp = P.parse_section("train", {**P.load_yaml()["train"], **overrides, "seed": seed, "device": device_name},
-                         where=f"sweep setting {name!r}")
+    tp = params.parse_section("train", {**params.load_yaml()["train"], **overrides, "seed": seed,
+                                        "device": device_name}, where=f"sweep setting {name!r}")
     matrix, unk_id, labels, splits = load_data()
     set_determinism(tp.seed)
     device = torch.device(device_name)
     model = build_model(tp, matrix, len(labels))
-    result = fit(model, tp, *splits["train"], *splits["val"], device, unk_id)
+    result = fit(model, tp, splits["train"], splits["val"], device, unk_id)
     model.load_state_dict(result.best_state)
     probs = {split: predict_proba(model, splits[split][0], 256, device) for split in ("val", "test")}
     return {
@@ -107,7 +105,8 @@ def main() -> None:
     for name, over in spec["settings"].items():  # fail before any training, naming the setting
         if "seed" in (over or {}):
             raise SystemExit(f"{args.sweep}: setting {name!r}: give seeds in the top-level 'seeds' list")
-        P.parse_section("train", {**P.load_yaml()["train"], **(over or {})}, where=f"{args.sweep}: setting {name!r}")
+        params.parse_section("train", {**params.load_yaml()["train"], **(over or {})},
+                             where=f"{args.sweep}: setting {name!r}")
     jobs = [(name, over or {}, seed, args.device) for name, over in spec["settings"].items() for seed in seeds]
     start = time.perf_counter()
     runs = []

@@ -13,9 +13,9 @@ and in where the classifier reads the LSTM:
             sequences in a long batch are read wrongly, and every padded step is wasted work;
   - packed: the usual tutorial fix: shuffled batches, `pack_padded_sequence(enforce_sorted=False)`,
             classifier on the final hidden states h_n of both directions (correct, no padded steps);
-  - ours:   `pipeline.train.run_epoch` on `pipeline.model.LSTMClassifier` (length-bucketed padded
-            batches, each direction read at the true ends), with pooling "last" (the readout of
-            packed) and "attention" (the project default).
+  - ours:   `pipeline.training.Trainer.train_epoch` on `pipeline.model.TextClassifier` with the lstm
+            encoder (length-bucketed padded batches, each direction read at the true ends), with
+            pooling "last" (the readout of packed) and "attention" (the project default).
 
 Workloads: A, the prepared data (train for a few epochs, keep the best epoch on validation accuracy,
 report test accuracy); B, synthetic long documents (300..500 tokens, random labels: speed only).
@@ -28,7 +28,7 @@ a recurrence that cannot batch over time, and the whole-sequence input projectio
 
 Each recipe runs alone in a forked child (the parent stays idle, and runs no torch op before forking),
 so timings do not compete for the cores and peak memory (max RSS above the child's start) is its own.
-Every child seeds identically and flushes denormals (`pipeline.train.set_determinism`). Run it on a
+Every child seeds identically and flushes denormals (`pipeline.training.set_determinism`). Run it on a
 quiet machine (on a busy one, `--threads 1`: two torch threads fighting other work for two cores
 slow training down many times over); it needs data/prepared and data/vocab from `make repro`.
 """
@@ -60,7 +60,7 @@ def child_setup(seed: int) -> None:
     """What every child does first: the same seeds, flushed denormals, the same thread count."""
     import torch
 
-    from pipeline.train import set_determinism
+    from pipeline.training import set_determinism
 
     set_determinism(seed)  # seeds python, numpy and torch; torch.set_flush_denormal(True)
     if THREADS:
@@ -87,13 +87,11 @@ def subsample(split, n: int, rng: np.random.Generator):
 
 
 def default_workload(quick: bool, seed: int) -> Workload:
-    import pandas as pd
-
-    from pipeline.train import PREPARED, load_split
+    from benchmarks.data import class_labels, load_split
 
     vocab = json.loads(VOCAB.read_text())
     stoi = {w: i for i, w in enumerate(vocab["itos"])}
-    labels = sorted(pd.read_parquet(PREPARED / "train.parquet", columns=["label"])["label"].unique().tolist())
+    labels = class_labels()
     splits = [load_split(name, stoi, vocab["unk_id"], labels) for name in ("train", "val", "test")]
     if quick:
         rng = np.random.default_rng(seed)
@@ -152,7 +150,7 @@ def tutorial_epoch(model, split, batch_size: int, optimizer, rng, grad_clip) -> 
     import torch
     from torch import nn
 
-    from pipeline.data import pad_batch
+    from pipeline.batching import pad_batch
 
     xs, ys = split
     model.train()
@@ -179,7 +177,7 @@ def tutorial_accuracy(model, split, batch_size: int) -> float:
     """
     import torch
 
-    from pipeline.data import pad_batch
+    from pipeline.batching import pad_batch
 
     xs, ys = split
     model.eval()
@@ -229,37 +227,43 @@ def train_keep_best(model, wl: Workload, train_epoch: Callable[[], dict], val_ac
 # --- the project's recipe --------------------------------------------------------------------------
 
 def bucketed_steps(sequences: list[np.ndarray], batch_size: int, rng: np.random.Generator) -> int:
-    """Padded steps run_epoch will process, from a copy of the rng it is about to draw its batches with."""
-    from pipeline.data import bucket_batches
+    """Padded steps Trainer.train_epoch will process, from a copy of the rng it is about to draw its
+    batches with."""
+    from pipeline.batching import bucket_batches, sequence_lengths
 
-    lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+    lengths = sequence_lengths(sequences)
     batches = bucket_batches(lengths, batch_size, copy.deepcopy(rng))
     return int(sum(len(b) * lengths[b].max() for b in batches))
 
 
 def train_ours(pooling: str, wl: Workload, matrix: np.ndarray, tp) -> dict:
-    """Child: pipeline.train.run_epoch on build_model's LSTMClassifier, best epoch on validation."""
+    """Child: pipeline.training's Trainer on build_model's TextClassifier, best epoch on validation."""
     import torch
 
     from pipeline.inference import predict_proba
-    from pipeline.train import build_model, run_epoch
+    from pipeline.training import Trainer, build_model, evaluate
 
     child_setup(tp.seed)
     tp = dataclasses.replace(tp, pooling=pooling)
     model = build_model(tp, matrix, wl.num_classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     device = torch.device("cpu")
-    rng = np.random.default_rng(tp.seed)
+    # Adam on the model's parameters and the batch-order rng seeded with tp.seed, as fit makes them.
+    trainer = Trainer(model, tp, wl.train, device)
+    trainer.set_lr()  # as fit does before its first epoch: tp.lr (benchmark_params pins a constant rate)
+    epoch = 0
 
     def train_epoch() -> dict:
-        steps = bucketed_steps(wl.train[0], tp.batch_size, rng)
-        tr = run_epoch(model, *wl.train, tp.batch_size, device, optimizer, rng, tp.grad_clip, tp.word_dropout)
+        nonlocal epoch
+        epoch += 1
+        steps = bucketed_steps(wl.train[0], tp.batch_size, trainer.rng)
+        trainer.start_epoch(epoch)
+        tr = trainer.train_epoch(epoch)
         return {"tokens": tr.tokens, "steps": steps, "seconds": tr.seconds}
 
     return train_keep_best(
         model, wl, train_epoch,
-        # Validation as pipeline.train.fit does it; test as evaluate does.
-        lambda split: run_epoch(model, *split, max(256, tp.batch_size), device).accuracy,
+        # Validation as pipeline.training.fit does it; test as the evaluate stage does.
+        lambda split: evaluate(model, split, max(256, tp.batch_size), device).accuracy,
         lambda split: float((predict_proba(model, split[0]).argmax(-1) == split[1]).mean()))
 
 
@@ -312,11 +316,13 @@ def matmul_reference(batch: int, seq_len: int, embedding_dim: int, hidden: int, 
 
 def benchmark_params():
     """params.yaml's train section with the architecture, optimiser and regularisation of this
-    comparison pinned: every recipe does the same work (no word dropout, which only ours implements)."""
-    from pipeline import params as P
+    comparison pinned: every recipe does the same work (no word dropout, which only ours implements;
+    a constant learning rate and unweighted loss, which is all the tutorial recipes have)."""
+    from pipeline import params
 
-    return dataclasses.replace(P.load("train"), embeddings="finetune", hidden_size=128, num_layers=1,
-                               bidirectional=True, lr=0.002, batch_size=32, device="cpu", word_dropout=0.0)
+    return dataclasses.replace(params.load("train"), embeddings="finetune", encoder="lstm", hidden_size=128,
+                               num_layers=1, bidirectional=True, lr=0.002, lr_schedule="constant", warmup_steps=0,
+                               class_weights="none", batch_size=32, device="cpu", word_dropout=0.0)
 
 
 # (row name, child function, its first argument: the recipe or the pooling)
