@@ -276,6 +276,9 @@ def _predict_chunks(ckpt: Checkpoint, reader: TableReader, output_path: Path, ki
                 chunks += 1
         finally:
             writer.close()
+        if rows == 0:  # raised inside atomic_path: no output is left
+            raise PipelineError(f"{reader.path}: the file has no rows (only a header, or an empty table): "
+                                "nothing to classify")
     return BatchSummary(rows, without_text, chunks)
 
 

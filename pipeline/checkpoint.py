@@ -83,8 +83,16 @@ def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu")
         payload = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise PipelineError(f"{path}: no trained model (run `make repro` or `dvc repro train` first)") from None
-    except Exception as err:  # a truncated or foreign file: say which file
-        raise PipelineError(f"{path}: cannot load the model: {err}") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path}: is a folder, not a checkpoint file") from None
+    except Exception as err:  # a truncated or foreign file: say which file, never torch's advice
+        # torch's own message may advise reloading with weights_only=False, which would run any code
+        # the file holds: it is never repeated.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if "weights" in reason.lower() or "pickle" in reason.lower():
+            reason = "it holds objects other than tensors and plain values"
+        raise PipelineError(f"{path}: cannot load the model ({reason[:200]}): not a checkpoint written by this "
+                            "pipeline, or a damaged one; retrain it with `dvc repro train`") from None
     if not isinstance(payload, dict) or payload.get("format") not in (2, FORMAT):
         raise PipelineError(f"{path}: not a checkpoint of this pipeline's current format "
                             "(retrain it with `dvc repro train`)")

@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import multiprocessing
 import time
+import unicodedata
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,27 @@ class ChunkFacts:
     given: np.ndarray       # int8 split code given by the corpus (NO_SPLIT: none)
     hashed: np.ndarray      # int8 split code from the seeded hash of the text
     carve: np.ndarray       # bool: the hash falls below val_size (val carved from given train rows)
+    label_fixes: dict       # rows whose label a policy changed: {policy: count} (see label_text)
+
+
+def label_text(value) -> tuple[str | None, str | None]:
+    """A raw label as text, and the policy that changed it (None if none did):
+    - integer_from_float: 1.0 reads as '1' (an integer column with a missing value becomes floats in
+      pandas and Parquet; the class must still be '1', as it is in the same corpus without the gap);
+    - unicode_normalized: NFKC, as texts are ('café' typed on macOS and on Linux is one class)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA or value is pd.NaT:
+        return None, None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)), "integer_from_float"
+    text = str(value)
+    normal = unicodedata.normalize("NFKC", text)
+    return normal, ("unicode_normalized" if normal != text else None)
+
+
+def hash_form(text: str) -> str:
+    """What the split and the duplicate check hash: the text with its line breaks made one kind, so a
+    text written with CRLF is the same text (and lands in the same split) as with LF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def text_hash_unit(texts, seed: int) -> np.ndarray:
@@ -67,7 +89,7 @@ def text_hash_unit(texts, seed: int) -> np.ndarray:
     key = seed.to_bytes(8, "little", signed=True)
     return np.fromiter(
         (int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8, key=key).digest(), "little") / 2.0**64
-         for t in texts), dtype=np.float64, count=len(texts))
+         for t in map(hash_form, texts)), dtype=np.float64, count=len(texts))
 
 
 def given_split_codes(split: pd.Series) -> np.ndarray:
@@ -85,19 +107,25 @@ def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float
                    test_size: float) -> tuple[pa.Table, ChunkFacts]:
     """Clean and tokenize a chunk of rows: the text and tokens as an Arrow table, and each row's facts."""
     text = ["" if pd.isna(v) else str(v) for v in df["text"]]
-    raw_label = [None if pd.isna(v) else str(v) for v in df["label"]]
+    raw_label, fixes = [], collections.Counter()
+    for value in df["label"]:
+        label, fix = label_text(value)
+        raw_label.append(label)
+        if fix:
+            fixes[fix] += 1
     label_code, labels = pd.factorize(pd.Series(raw_label, dtype=object))
     tokens = [tokenize(t, cfg) for t in text]
     # Two hashes: the seeded 64-bit one places the text in a split (as it always has, so splits do
     # not move); the 128-bit one finds duplicates, where a 64-bit collision would be a real risk.
     u = text_hash_unit(text, seed)
-    digests = b"".join(hashlib.blake2b(t.encode("utf-8"), digest_size=16).digest() for t in text)
+    digests = b"".join(hashlib.blake2b(hash_form(t).encode("utf-8"), digest_size=16).digest() for t in text)
     facts = ChunkFacts(
         labels=list(labels), label_code=label_code.astype(np.int32),
         n_tokens=np.fromiter(map(len, tokens), dtype=np.int32, count=len(tokens)),
         key=np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2),
         given=given_split_codes(df["split"]),
-        hashed=hashed_split_codes(u, val_size, test_size), carve=u < val_size)
+        hashed=hashed_split_codes(u, val_size, test_size), carve=u < val_size,
+        label_fixes=dict(fixes))
     table = pa.table({"text": pa.array(text, pa.string()), "tokens": pa.array(tokens, pa.list_(pa.string()))})
     return table, facts
 
@@ -165,6 +193,7 @@ class CorpusFacts:
     hashed: np.ndarray
     carve: np.ndarray
     chunk_rows: list[int]
+    label_fixes: dict
 
     @classmethod
     def join(cls, facts: list[ChunkFacts]) -> "CorpusFacts":
@@ -185,8 +214,10 @@ class CorpusFacts:
         label = np.concatenate(labels) if labels else np.zeros(0, np.int32)
         del labels
         chunk_rows = [len(f.n_tokens) for f in facts]
+        fixes = sum((collections.Counter(f.label_fixes) for f in facts), collections.Counter())
         return cls(list(ids), label, joined("n_tokens", np.int32), joined("key", np.uint64, (0, 2)),
-                   joined("given", np.int8), joined("hashed", np.int8), joined("carve", bool), chunk_rows)
+                   joined("given", np.int8), joined("hashed", np.int8), joined("carve", bool), chunk_rows,
+                   dict(sorted(fixes.items())))
 
 
 def canonical_labels(rows: CorpusFacts, variants: str, source: str) -> list[str]:
@@ -396,6 +427,8 @@ def prepare(source: Path, corpus: params.CorpusParams, prep: params.PrepareParam
     print(f"read and tokenized in {tokenized - started:.1f}s ({workers} worker{'s' if workers > 1 else ''}), "
           f"decided in {decided - tokenized:.1f}s, wrote the splits in {time.perf_counter() - decided:.1f}s")
     report["layout"] = layout
+    if rows.label_fixes:  # policies of label_text, each counted in rows
+        report["labels_changed"] = rows.label_fixes
     report.update(split_info)
     report.update({f"{name}_rows": int(by_split[name].sum()) for name in SPLITS})
     report["class_counts_by_split"] = {name: {str(k): int(v) for k, v in by_split[name].items() if v}

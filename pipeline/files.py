@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import math
 import os
@@ -40,11 +41,30 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except OSError as err:
+        reason = _write_failure(err)
+        if reason is None:
+            raise
+        raise PipelineError(f"{target}: cannot write the output ({reason}); free space or raise the limit, "
+                            "then run again: the last good output is untouched") from None
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+_WRITE_FAILURES = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large for the size limit",
+                   errno.EDQUOT: "disk quota exceeded", errno.EROFS: "read-only file system"}
+
+
+def _write_failure(err: OSError) -> str | None:
+    """What a full disk, a file-size limit, a quota or a read-only mount looks like, from the errno, or
+    from the message for errors that carry none (Arrow's, a worker process's); None for anything else."""
+    if err.errno in _WRITE_FAILURES:
+        return _WRITE_FAILURES[err.errno]
+    text = str(err)
+    return next((reason for code, reason in _WRITE_FAILURES.items() if os.strerror(code) in text), None)
 
 
 def check_output_file(path: str | os.PathLike, *protected: str | os.PathLike) -> Path:
@@ -203,3 +223,15 @@ def check_encoding(encoding: str, where: str) -> str:
         raise PipelineError(f"{where}: {encoding!r} is not a text encoding Python knows "
                             "(e.g. utf-8, latin-1, cp1252)") from None
     return encoding
+
+
+def check_writable(*folders: str | os.PathLike) -> None:
+    """Each folder (made if missing) takes a new file; else an error naming it, before any work is spent."""
+    for folder in map(Path, folders):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-check.", suffix=".partial"):
+                pass
+        except OSError as err:
+            raise PipelineError(f"{folder}: cannot write there ({err.strerror or err}); "
+                                "the outputs go there") from None

@@ -235,7 +235,7 @@ def read_params_sections(path: Path, names=("corpus", "embeddings")) -> dict:
     if not Path(path).exists():
         return {}
     try:
-        data = load_yaml(path)
+        data = load_yaml(path, strict=False)
     except UnicodeDecodeError as err:
         raise PipelineError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:  # a folder, no permission

@@ -3,6 +3,10 @@
 Each section of params.yaml has a dataclass here. Loading a section checks that every key exists in
 the schema, that none is missing, and that each value has the right type and range, so a typo such as
 `train.lrr` or `train.lr: fast` fails at once with the file and the key named, not deep inside a stage.
+
+params.yaml is read the way DVC reads it (ruamel.yaml, YAML 1.2): `1e-3` is a number, `yes` is text, a
+duplicated key is an error, and an unknown section is an error in every stage. Errors quote at most a
+short prefix of a value.
 """
 
 from __future__ import annotations
@@ -14,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, short
 from pipeline.files import check_encoding
 
 PARAMS_FILE = Path("params.yaml")
@@ -258,7 +261,7 @@ def _check_range(key: str, value, spec, where: str) -> None:
     if bad:
         lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
         hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-        raise PipelineError(f"{where}: '{key}' must be {' and '.join(s for s in (lo_s, hi_s) if s)}, got {value!r}")
+        raise PipelineError(f"{where}: '{key}' must be {' and '.join(s for s in (lo_s, hi_s) if s)}, got {short(value)}")
 
 
 REMOTE_PREFIXES = ("http://", "https://", "pypi:", "gensim-data:", "s3://", "gs://", "file://")
@@ -281,7 +284,7 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
         raise PipelineError(f"{where}: section '{name}' must be a mapping of keys to values")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(str(key) for key in set(raw) - set(fields))
     if unknown:
         raise PipelineError(
             f"{where}: unknown key '{name}.{unknown[0]}' (known keys of '{name}': {', '.join(fields)})"
@@ -294,7 +297,7 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
         value, tp = raw[key], hints[key]
         if not _matches(value, tp):
             raise PipelineError(
-                f"{where}: '{name}.{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+                f"{where}: '{name}.{key}' must be {_type_name(tp)}, got {short(value)} ({type(value).__name__})"
             )
         if tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and float in typing.get_args(tp)):
             value = float(value) if value is not None else None
@@ -305,20 +308,29 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
     return cls(**values)
 
 
-def load_yaml(path: str | Path = PARAMS_FILE) -> dict:
+def load_yaml(path: str | Path = PARAMS_FILE, strict: bool = True) -> dict:
+    """The file's sections, parsed as DVC parses it; an unknown section is an error when `strict`."""
+    from ruamel.yaml import YAML, YAMLError
+
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PipelineError(f"{path}: file not found (run from the repository root)") from None
+    except UnicodeDecodeError as err:
+        raise PipelineError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
+        data = YAML(typ="safe").load(text)
+    except YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise PipelineError(f"{path}: {at}invalid YAML: {getattr(err, 'problem', err)}") from None
+        problem = str(getattr(err, "problem", None) or err).splitlines()[0]
+        raise PipelineError(f"{path}: {at}invalid YAML: {problem[:200]}") from None
     if not isinstance(data, dict):
         raise PipelineError(f"{path}: expected a mapping of sections at the top level")
+    unknown = sorted(set(map(str, data)) - set(SECTIONS))
+    if unknown and strict:
+        raise PipelineError(f"{path}: unknown section {short(unknown[0])} (known: {', '.join(SECTIONS)})")
     return data
 
 
@@ -331,11 +343,8 @@ def load(name: str, path: str | Path = PARAMS_FILE):
 
 
 def load_all(path: str | Path = PARAMS_FILE) -> dict:
-    """Validate every section (and reject unknown sections); used by tests and `python -m pipeline.params`."""
-    data = load_yaml(path)
-    unknown = sorted(set(data) - set(SECTIONS))
-    if unknown:
-        raise PipelineError(f"{path}: unknown section '{unknown[0]}' (known: {', '.join(SECTIONS)})")
+    """Validate every section; used by tests and `python -m pipeline.params`."""
+    load_yaml(path)
     return {name: load(name, path) for name in SECTIONS}
 
 

@@ -28,6 +28,8 @@ _TYPOGRAPHY = str.maketrans({
     **dict.fromkeys("\u2012\u2013\u2014\u2015", "--"),                       # figure, en, em, bar dashes
     **dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff\u00ad", ""),             # invisible characters
 })
+# C0 and C1 control characters but tab, line feed and carriage return (which are blanks already).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _HTML_TAG = re.compile(r"<[^>]{0,200}>")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 _TOKEN = re.compile(
@@ -58,8 +60,9 @@ class TextConfig:
 
 
 def normalize(text: str) -> str:
-    """NFKC, then typographic quotes, apostrophes and dashes to their ASCII forms."""
-    return unicodedata.normalize("NFKC", text).translate(_TYPOGRAPHY)
+    """NFKC, then typographic quotes, apostrophes and dashes to their ASCII forms; control characters
+    (a NUL byte, say) become blanks, so they are never tokens."""
+    return _CONTROL.sub(" ", unicodedata.normalize("NFKC", text).translate(_TYPOGRAPHY))
 
 
 def clean(text: str, cfg: TextConfig) -> str:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from pipeline import params
 from pipeline.checkpoint import MODEL_PATH, load_checkpoint
-from pipeline.errors import run_main
+from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
 from pipeline.inference import encode_texts, predict_proba
 from pipeline.metrics import classification_metrics, headline, plot_confusion
@@ -28,21 +28,27 @@ REPORT = PLOTS_DIR / "report.json"
 
 def main() -> None:
     evaluate_params = params.load("evaluate")
-    ckpt = load_checkpoint(MODEL_PATH)
+    checkpoint = load_checkpoint(MODEL_PATH)
     test = pd.read_parquet(TEST, columns=["text", "tokens", "label"])
-    sequences = encode_texts(ckpt, test["tokens"])
-    probs = predict_proba(ckpt.model, sequences, evaluate_params.batch_size)
-    predicted = [ckpt.labels[i] for i in probs.argmax(axis=1)]
+    unknown = sorted(set(test["label"]) - set(checkpoint.labels))
+    if unknown:  # before any output is touched
+        raise PipelineError(f"{TEST}: label {unknown[0]!r} is not one the model knows ({MODEL_PATH}: "
+                            f"{', '.join(map(repr, checkpoint.labels[:10]))}); the model and the splits come from "
+                            "different runs: run `dvc repro`")
+    sequences = encode_texts(checkpoint, test["tokens"])
+    probs = predict_proba(checkpoint.model, sequences, evaluate_params.batch_size)
+    predicted = [checkpoint.labels[i] for i in probs.argmax(axis=1)]
     actual = test["label"].tolist()
-    metrics = classification_metrics(actual, predicted, ckpt.labels)
+    metrics = classification_metrics(actual, predicted, checkpoint.labels)
     metrics["test_rows"] = len(test)
+    wrong = test.assign(predicted=predicted, confidence=probs.max(axis=1).round(4))
+    wrong = wrong[wrong["label"] != wrong["predicted"]].sort_values("confidence", ascending=False)
 
+    # Everything is computed: the outputs are written one after another, each atomically.
     PLOTS_DIR.mkdir(parents=True, exist_ok=True)
     with atomic_path(PLOTS_DIR / "confusion.csv") as tmp:
         pd.DataFrame({"actual": actual, "predicted": predicted}).to_csv(tmp, index=False)
-    plot_confusion(actual, predicted, ckpt.labels, PLOTS_DIR / "confusion.png")
-    wrong = test.assign(predicted=predicted, confidence=probs.max(axis=1).round(4))
-    wrong = wrong[wrong["label"] != wrong["predicted"]].sort_values("confidence", ascending=False)
+    plot_confusion(actual, predicted, checkpoint.labels, PLOTS_DIR / "confusion.png")
     with atomic_path(PLOTS_DIR / "misclassified.csv") as tmp:
         wrong[["text", "label", "predicted", "confidence"]].to_csv(tmp, index=False)
     write_json(REPORT, metrics)

@@ -12,7 +12,7 @@ from pathlib import Path
 from pipeline import params
 from pipeline.corpus import prepare
 from pipeline.errors import run_main
-from pipeline.files import atomic_path, write_json
+from pipeline.files import atomic_path, check_writable, write_json
 from pipeline.resources import cpu_share
 
 OUT_DIR = Path("data/prepared")
@@ -23,6 +23,7 @@ def main() -> None:
     corpus, prep = params.load("corpus"), params.load("prepare")
     params.check_local_source("corpus", corpus)
     workers = cpu_share(prep.workers)
+    check_writable(OUT_DIR.parent, REPORT.parent)
     with atomic_path(OUT_DIR) as tmp:
         report = prepare(Path(corpus.source), corpus, prep, tmp, workers)
     write_json(REPORT, report)

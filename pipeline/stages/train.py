@@ -20,7 +20,7 @@ from pipeline import distributed, params, resume
 from pipeline.batching import TokenIds, resolve_max_tokens
 from pipeline.checkpoint import MODEL_PATH, save_checkpoint
 from pipeline.errors import PipelineError, run_main
-from pipeline.files import atomic_path, read_json, write_json
+from pipeline.files import atomic_path, check_writable, read_json, write_json
 from pipeline.live import LiveLogger, plot_curves
 from pipeline.model import ENCODERS
 from pipeline.resources import cpu_share
@@ -53,6 +53,8 @@ def main() -> None:
     if train_params.processes > 1 and not distributed.launched():
         return distributed.launch(train_params.processes, "pipeline.stages.train")
     rank, world = distributed.rank_and_world()
+    if rank == 0:
+        check_writable(MODEL_PATH.parent, LIVE_DIR.parent)  # before an epoch is spent, not after
     set_determinism(train_params.seed)
     device = resolve_device(train_params.device)
     if world > 1:
