@@ -310,3 +310,43 @@ def test_a_read_only_models_folder_is_refused_before_training(tmp_path):
         assert proc.stderr.strip() == "error: models: cannot write there (Read-only file system); the outputs go there"
     finally:
         subprocess.run(["umount", str(folder)])
+
+
+def test_gzip_data_named_csv_is_read_as_gzip(tmp_path):
+    """Item 19: compressed data is known by its magic bytes, whatever the file is called (and .zst and
+    .zip names are opened by what they hold)."""
+    import gzip
+    import zipfile
+
+    from pipeline.layouts import corpus_chunks
+
+    frame = pd.DataFrame({"text": texts(30), "label": ["pos", "neg", "mid"] * 10})
+    plain = frame.to_csv(index=False).encode()
+    (tmp_path / "gz.csv").write_bytes(gzip.compress(plain))
+    with zipfile.ZipFile(tmp_path / "one.csv.zip", "w") as archive:
+        archive.writestr("inner/corpus.csv", plain)
+    for name in ("gz.csv", "one.csv.zip"):
+        chunks, _ = corpus_chunks(tmp_path / name, corpus_params(source=name))
+        read = pd.concat(list(chunks))
+        assert read["text"].tolist() == frame["text"].tolist() and read["label"].tolist() == frame["label"].tolist()
+
+
+def test_evaluate_with_a_model_of_other_labels_fails_before_writing(tmp_path, tiny_model_path):
+    """Item 12: the labels are checked first; the last good outputs stay, none is replaced."""
+    import shutil
+
+    (tmp_path / "models").mkdir()
+    shutil.copy(tiny_model_path, tmp_path / "models" / "model.pt")
+    (tmp_path / "data" / "prepared").mkdir(parents=True)
+    pd.DataFrame({"text": ["a film"], "tokens": [["a", "film"]], "label": ["fresh"]}).to_parquet(
+        tmp_path / "data" / "prepared" / "test.parquet")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / "metrics" / "eval").mkdir(parents=True)
+    before = tmp_path / "metrics" / "eval" / "confusion.csv"
+    before.write_text("actual,predicted\nlast,good\n")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.evaluate"], cwd=tmp_path, env=stage_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: data/prepared/test.parquet: label 'fresh' is not one the model knows")
+    assert before.read_text() == "actual,predicted\nlast,good\n"
+    assert sorted(p.name for p in (tmp_path / "metrics").rglob("*")) == ["confusion.csv", "eval"]
