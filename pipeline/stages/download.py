@@ -9,7 +9,13 @@ mirrors included), or `gensim-data:NAME`, a model of gensim's catalogue (e.g.
 `gensim-data:glove-twitter-25`) through gensim's downloader; null writes an empty folder (the data is
 a file of your own, named by `<what>.source`). `members` picks files out of the fetched archive
 (.zip/.whl, .tar.*, or a single .gz); a member ending in `/` takes a whole folder, keeping its layout.
-The output directory appears whole or not at all.
+The output directory appears whole or not at all: when a download fails, the previous one is kept.
+
+Over http(s), a body the server compressed for the transfer (Content-Encoding gzip or deflate) is saved
+decoded, as the file it stands for (a `.gz` file labelled so is kept as the `.gz`); an HTML page where
+data was asked for (a login or error page) is refused; a transfer that brings fewer than STALL_BYTES in
+STALL_SECONDS (pipeline/fetch.py) is stopped and retried. A body sent without a Content-Length is kept
+as received, with a warning on stderr that nothing could check it: set `<what>.sha256` to have it checked.
 
 A local path is refused here: copied into data/raw, later edits to it would go unseen by DVC. Name it
 in `<what>.source` instead, which dvc.yaml makes a dependency of the stage that reads it.
