@@ -330,6 +330,10 @@ def fit(model: TextClassifier, tp: TrainParams, train: Split, val: Split, device
     hooks = hooks or Hooks()
     trainer = Trainer(model, tp, train, device, unk_id, shard, show_progress, hooks.on_step)
     epochs = trainer.epochs
+    if epochs != tp.epochs and shard[0] == 0:  # a param the pipeline changed: say so
+        print(f"train.epochs {tp.epochs} and train.patience {tp.patience} stretched to {epochs} and "
+              f"{trainer.patience}: {trainer.steps_per_epoch} optimizer steps an epoch would make fewer than "
+              f"train.min_steps={tp.min_steps} (min_steps: 0 keeps them as set)", flush=True)
     if tp.embeddings == "freeze_then_finetune" and epochs <= tp.freeze_epochs:
         print(f"warning: train.epochs ({epochs}) <= train.freeze_epochs ({tp.freeze_epochs}): the embeddings "
               "stay frozen for the whole run; lower freeze_epochs to fine-tune them", file=sys.stderr, flush=True)

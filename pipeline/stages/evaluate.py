@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline import params
@@ -24,6 +25,27 @@ TEST = Path("data/prepared/test.parquet")
 METRICS = Path("metrics/eval.json")
 PLOTS_DIR = Path("metrics/eval")
 REPORT = PLOTS_DIR / "report.json"
+
+
+def log_curves(actual: list[str], probs: np.ndarray, labels: list[str]) -> None:
+    """ROC and precision-recall curves through DVCLive (metrics/eval/plots/sklearn/): of the second class
+    against the first for two classes, else micro-averaged over the classes (one against the rest)."""
+    from dvclive import Live
+
+    index = {label: i for i, label in enumerate(labels)}
+    truth = np.zeros_like(probs, dtype=np.int64)
+    truth[np.arange(len(actual)), [index[label] for label in actual]] = 1
+    if len(labels) == 2:
+        truth, scores = truth[:, 1], probs[:, 1]
+        what = f"{labels[1]!r} against {labels[0]!r}"
+    else:
+        truth, scores = truth.ravel(), probs.ravel()
+        what = "micro-average, each class against the rest"
+    with Live(dir=str(PLOTS_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        live.log_sklearn_plot("roc", truth, scores, title=f"ROC, {what}", drop_intermediate=True)
+        live.log_sklearn_plot("precision_recall", truth, scores, title=f"precision-recall, {what}",
+                              drop_intermediate=True)
+    (PLOTS_DIR / "metrics.json").unlink(missing_ok=True)  # DVCLive's summary of no metric: eval.json has them
 
 
 def main() -> None:
@@ -51,6 +73,7 @@ def main() -> None:
     plot_confusion(actual, predicted, checkpoint.labels, PLOTS_DIR / "confusion.png")
     with atomic_path(PLOTS_DIR / "misclassified.csv") as tmp:
         wrong[["text", "label", "predicted", "confidence"]].to_csv(tmp, index=False)
+    log_curves(actual, probs, checkpoint.labels)
     write_json(REPORT, metrics)
     write_json(METRICS, headline(metrics, "lstm"))
     print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "

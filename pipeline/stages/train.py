@@ -20,7 +20,7 @@ from pipeline import distributed, params, resume
 from pipeline.batching import TokenIds, resolve_max_tokens
 from pipeline.checkpoint import MODEL_PATH, save_checkpoint
 from pipeline.errors import PipelineError, run_main
-from pipeline.files import atomic_path, check_writable, read_json, write_json
+from pipeline.files import check_writable, read_json, write_json
 from pipeline.live import LiveLogger, plot_curves
 from pipeline.model import ENCODERS
 from pipeline.resources import cpu_share
@@ -103,32 +103,34 @@ def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: t
     if resumed is not None:
         print(f"resuming after epoch {resumed[0].epoch} (from {RESUME_PATH}, left by an interrupted run "
               "with the same params and data)", flush=True)
-    # DVCLive writes into a staging folder that replaces metrics/train only when training is done, so
-    # an interrupted run never leaves its epochs where `dvc metrics show` would take them for current.
-    with atomic_path(LIVE_DIR) as staging:
-        with Live(dir=str(staging), dvcyaml=None, save_dvc_exp=False, report=None) as live:
-            logger = LiveLogger(live, tp.log_every_steps, tp.lr)
-            if resumed is not None:
-                logger.replay(resumed[1])
-            hooks = Hooks(on_step=logger.step, on_epoch=logger.epoch, on_checkpoint=None if world > 1 else
-                          lambda state: resume.save(RESUME_PATH, key, state, logger.events))
-            result = fit(model, tp, train, val, device, unk_id, hooks, resumed[0] if resumed else None,
-                         shard=(rank, world), show_progress=os.environ.get("CI") != "true")
-            live.summary["best_epoch"] = result.best_epoch
-            live.summary["best_val_accuracy"] = result.best_val_accuracy
-            live.summary["train_seconds"] = round(result.seconds, 2)
-            live.summary["max_tokens"] = max_tokens
-            live.summary["threads"] = threads
-            live.summary["processes"] = world
-        # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
-        write_json(staging / BEST, {"lstm_val_acc": round(result.best_val_accuracy, 4),
-                                    "lstm_best_epoch": result.best_epoch})
-        plot_curves(result, staging / "curves.png")
-        # No timings in the checkpoint: the same params and seed give the same weights and metadata.
-        info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-                "params": tp.__dict__, "threads": threads, "processes": world}
-        save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id,
-                        info, max_tokens, tp.truncation)
+    # DVCLive writes straight into the declared folder, a row per epoch (and per logged step) as it goes, so
+    # `dvc exp show`, `dvc plots show` and the VS Code extension follow the run live. best.json (the metric
+    # `dvc exp show` compares) marks a finished run: it goes first and comes back last, after the model,
+    # so a killed run never leaves anything that looks finished (and DVC sees the outputs changed).
+    (LIVE_DIR / BEST).unlink(missing_ok=True)
+    with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        logger = LiveLogger(live, tp.log_every_steps, tp.lr)
+        if resumed is not None:
+            logger.replay(resumed[1])
+        hooks = Hooks(on_step=logger.step, on_epoch=logger.epoch, on_checkpoint=None if world > 1 else
+                      lambda state: resume.save(RESUME_PATH, key, state, logger.events))
+        result = fit(model, tp, train, val, device, unk_id, hooks, resumed[0] if resumed else None,
+                     shard=(rank, world), show_progress=os.environ.get("CI") != "true")
+        live.summary["best_epoch"] = result.best_epoch
+        live.summary["best_val_accuracy"] = result.best_val_accuracy
+        live.summary["train_seconds"] = round(result.seconds, 2)
+        live.summary["max_tokens"] = max_tokens
+        live.summary["threads"] = threads
+        live.summary["processes"] = world
+    # No timings in the checkpoint: the same params and seed give the same weights and metadata.
+    info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
+            "params": tp.__dict__, "threads": threads, "processes": world}
+    save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id,
+                    info, max_tokens, tp.truncation)
+    plot_curves(result, LIVE_DIR / "curves.png")
+    # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
+    write_json(LIVE_DIR / BEST, {"lstm_val_acc": round(result.best_val_accuracy, 4),
+                                 "lstm_best_epoch": result.best_epoch})
     RESUME_PATH.unlink(missing_ok=True)
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
           f"{result.seconds:.1f}s; saved {MODEL_PATH}")
