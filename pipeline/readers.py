@@ -29,7 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, short
 from pipeline.files import READ_ERRORS, check_encoding, json_object_line, json_text, open_binary, open_text
 
 CHUNK_ROWS = 10_000   # rows read at a time
@@ -222,7 +222,12 @@ def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: st
         text = row[text_column]
         if text is not None and not isinstance(text, str):
             raise PipelineError(f"{path}: line {lineno}: text field '{text_column}' holds "
-                                f"{type(text).__name__} {text!r}, not text")
+                                f"{type(text).__name__} {short(text)}, not text")
+        for role, column in zip(("label", "split"), columns[1:]):
+            if isinstance(row[column], (list, dict)):
+                raise PipelineError(f"{path}: line {lineno}: {role} field '{column}' holds a JSON "
+                                    f"{'array' if isinstance(row[column], list) else 'object'} {short(row[column])}; "
+                                    f"a {role} is one string or number")
         return text, tuple(row[c] for c in columns[1:])
 
     for texts, rests in _iter_lines(path, encoding, parse, chunk_rows):
