@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pipeline import resources
-from pipeline.resources import cpu_share, in_queue_run, queue_workers, resolve_threads
+from pipeline.resources import cpu_share, in_queue_run, is_queue_worker, resolve_threads
 
 
 def test_threads_auto_shares_the_cores_among_queue_workers():
@@ -16,15 +16,13 @@ def test_threads_auto_shares_the_cores_among_queue_workers():
     assert resolve_threads(3, cores=2, workers=2, in_queue=True) == 3
 
 
-def test_queue_workers_are_counted_from_their_command_lines(tmp_path):
-    for pid, argv in {"11": [b"/v/bin/python", b"/v/bin/dvc", b"exp", b"queue-worker", b"dvc-exp-1@localhost"],
-                      "12": [b"dvc", b"exp", b"queue-worker", b"dvc-exp-2@localhost", b"--clean"],
-                      "13": [b"sh", b"-c", b"dvc exp queue-worker x"],  # one string: a shell, not a worker
-                      "14": [b"python", b"-m", b"pipeline.train"]}.items():
-        (tmp_path / pid).mkdir()
-        (tmp_path / pid / "cmdline").write_bytes(b"\0".join(argv) + b"\0")
-    (tmp_path / "self").mkdir()
-    assert queue_workers(tmp_path) == 2
+def test_a_queue_worker_is_known_by_its_command_line():
+    """Which repository's workers count is tested with real processes in test_bad_inputs_data.py."""
+    assert is_queue_worker(["/v/bin/python", "/v/bin/dvc", "exp", "queue-worker", "dvc-exp-1@localhost"])
+    assert is_queue_worker(["dvc", "exp", "queue-worker", "dvc-exp-2@localhost", "--clean"])
+    assert not is_queue_worker(["sh", "-c", "dvc exp queue-worker x"])  # one string: a shell, not a worker
+    assert not is_queue_worker(["python", "-m", "pipeline.stages.train"])
+    assert not is_queue_worker([])
 
 
 def test_a_queued_run_is_known_by_its_folder(tmp_path, monkeypatch):
@@ -32,7 +30,7 @@ def test_a_queued_run_is_known_by_its_folder(tmp_path, monkeypatch):
     assert not in_queue_run(tmp_path / "repo")
     assert not in_queue_run(tmp_path / "repo" / ".dvc" / "tmp")
     # cpu_share: the machine's workers counted, this run one more of them outside the queue, one of them inside.
-    monkeypatch.setattr(resources, "queue_workers", lambda: 1)
+    monkeypatch.setattr(resources, "queue_workers", lambda root=None: 1)
     monkeypatch.chdir(tmp_path)
     assert cpu_share("auto", cores=4) == 2
     queued = tmp_path / ".dvc" / "tmp" / "exps" / "run" / "abc"
