@@ -12,7 +12,7 @@ SETUPTOOLS := setuptools==84.2.1
 # dvc's experiment queue worker calls `dvc` from PATH, so the venv goes first on it.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test venv lock clean-venv bench ablation corpora scale queue-threads
+.PHONY: repro test test-fast venv lock clean-venv bench ablation corpora scale queue-threads
 
 venv: $(STAMP)
 
@@ -25,8 +25,14 @@ $(STAMP): requirements.txt pyproject.toml
 repro: $(STAMP)
 	dvc repro
 
+# Every test (the README's test command, and CI's). Without Chromium the browser checks are skipped with
+# the reason, except where CI=true: there they fail (.ci/run installs Debian's chromium).
 test: $(STAMP)
 	python -m pytest
+
+# The tests marked `slow` left out (DVC runs, whole stages, torchrun, the browser): for development.
+test-fast: $(STAMP)
+	python -m pytest -m "not slow"
 
 bench: $(STAMP)
 	python -m benchmarks.embeddings

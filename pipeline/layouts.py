@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -16,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
-from pipeline.readers import CHUNK_ROWS, decode_error, strip_compression, corpus_kind, iter_table
+from pipeline.readers import (CHUNK_ROWS, MAX_FIELD_BYTES, corpus_kind, decode_error, iter_table, strip_compression,
+                              too_long)
 
 if TYPE_CHECKING:
     from pipeline.params import CorpusParams
@@ -53,18 +55,37 @@ def _folder_tree_root(root: Path) -> Path | None:
     return None
 
 
+def shown(path: Path) -> str:
+    """A path as an error message can print it: bytes that are not UTF-8 as \\xff escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _label_of(label_dir: Path) -> str:
+    """A label folder's name, which must be UTF-8 text (labels are written out as text)."""
+    try:
+        label_dir.name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PipelineError(f"{shown(label_dir)}: the label folder's name is not UTF-8 text "
+                            "(labels are written out as UTF-8): rename the folder") from None
+    return label_dir.name
+
+
 def iter_folder_tree(root: Path, encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """`<split>/<label>/*.txt`: one document per file. Files directly in a split folder are ignored."""
+    """`<split>/<label>/*.txt`: one document per file (at most MAX_FIELD_BYTES long). Files directly in a
+    split folder are ignored."""
     texts, labels, splits = [], [], []
     found = False
     for split_dir in sorted(d for d in root.iterdir() if d.is_dir() and _split_of_name(d.name)):
         for label_dir in sorted(d for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            label = _label_of(label_dir)
             for path in sorted(p for p in label_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                if (size := path.stat().st_size) > MAX_FIELD_BYTES:
+                    raise PipelineError(f"{shown(path)}: {size:,} bytes, {too_long('a document')}")
                 try:
                     texts.append(path.read_text(encoding=encoding))
                 except UnicodeDecodeError as err:
                     raise decode_error(path, err, encoding) from None
-                labels.append(label_dir.name)
+                labels.append(label)
                 splits.append(_split_of_name(split_dir.name))
                 if len(texts) == chunk_rows:
                     yield pd.DataFrame({"text": texts, "label": labels, "split": splits})

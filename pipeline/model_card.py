@@ -31,6 +31,8 @@ from pathlib import Path
 from pipeline.checkpoint import Checkpoint, load_checkpoint, require_model_file
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, check_output_file
+from pipeline.model import ENCODERS, RecurrentEncoder
+
 CARD_NAME = "MODEL_CARD.md"
 # The metrics `dvc exp show` compares, then the reports beside them; a missing one is said to be missing.
 METRICS_FILES = ("metrics/eval.json", "metrics/eval/report.json", "metrics/baseline.json",
@@ -119,11 +121,14 @@ def _source(section: dict | None) -> str:
 
 
 def _architecture(cfg: dict, facts: dict) -> str:
-    directions = "bidirectional " if cfg.get("bidirectional") else ""
+    encoder = cfg.get("encoder", "lstm")
+    recurrent = issubclass(ENCODERS.get(encoder, RecurrentEncoder), RecurrentEncoder)  # only those have directions
+    directions = "bidirectional " if cfg.get("bidirectional") and recurrent else ""
     layers = cfg.get("num_layers", 1)
     channels = " (two channels: tuned and frozen)" if cfg.get("embedding_channels", 1) == 2 else ""
-    return (f"{directions}LSTM, {layers} layer{'s' if layers != 1 else ''} of {cfg.get('hidden_size')} units, "
-            f"{cfg.get('pooling')} pooling, over {cfg.get('embedding_dim')}-dimensional word embeddings"
+    return (f"{directions}{encoder.upper()}, {layers} layer{'s' if layers != 1 else ''} of "
+            f"{cfg.get('hidden_size')} units, {cfg.get('pooling')} pooling, over "
+            f"{cfg.get('embedding_dim')}-dimensional word embeddings"
             f"{channels}; {facts['parameters']:,} parameters")
 
 

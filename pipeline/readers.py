@@ -8,12 +8,18 @@ spreadsheets write them), every value as text, and only an empty field counts as
 and 'nan' are text). A TSV field that spans lines and tabs can only come from a stray quote that
 swallowed the rows after it: that is an error naming the row, never a silent merge.
 
-Each reader yields chunks of at most `chunk_rows` rows, so memory follows the chunk size, not the file.
+Each reader yields chunks of at most `chunk_rows` rows, so memory follows the chunk size, not the file,
+whatever the data: the line-based readers (CSV, TSV, JSON lines, fastText) read through a stream that
+stops at a line of more than MAX_FIELD_BYTES (a 200 MiB run of NUL bytes in a 200 KB zip is not a
+document), with an error naming the file and the line, or the data row.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
+import itertools
 import re
 from pathlib import Path
 from typing import Iterator
@@ -23,10 +29,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, short
 from pipeline.files import READ_ERRORS, check_encoding, json_object_line, json_text, open_binary, open_text
 
 CHUNK_ROWS = 10_000   # rows read at a time
+MAX_FIELD_BYTES = 10 << 20  # the longest text (a line, a field, a document file) a reader accepts
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".zip")
 _TABLE_SUFFIXES = {
     "csv": (".csv",),
@@ -83,13 +90,91 @@ def decode_error(path: Path, err: UnicodeDecodeError, encoding: str, setting: st
                          f"{setting} (e.g. latin-1 or cp1252)")
 
 
+def too_long(what: str, limit: int = MAX_FIELD_BYTES) -> str:
+    """The end of the message for a field, line or document longer than `limit`."""
+    return (f"{what} of more than {limit / (1 << 20):g} MiB: not text? (a longer document: split it, "
+            "or raise pipeline.readers.MAX_FIELD_BYTES)")
+
+
+class LineTooLong(PipelineError):
+    """A line longer than the limit of a bounded_lines stream; `line` is its number (1-based)."""
+
+    def __init__(self, path: Path, line: int, limit: int):
+        self.path, self.line, self.limit = path, line, limit
+        super().__init__(f"{path}: line {line}: {too_long('a line', limit)}")
+
+
+class _BoundedLines(io.RawIOBase):
+    """A byte stream that raises LineTooLong as soon as more than `limit` bytes come without a line
+    break: what reads it (pandas' parser, a text wrapper) never holds a longer line."""
+
+    def __init__(self, raw, path: Path, limit: int):
+        self._raw, self._path, self._limit = raw, path, limit
+        self._since = 0  # bytes since the last line break
+        self._lines = 0  # line breaks seen
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._raw.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        first = data.find(b"\n")
+        if first < 0:
+            self._since += n
+            if self._since > self._limit:
+                raise LineTooLong(self._path, self._lines + 1, self._limit)
+            return n
+        if self._since + first > self._limit:
+            raise LineTooLong(self._path, self._lines + 1, self._limit)
+        if n > self._limit:  # a read larger than the limit may hold a whole long line
+            start = first + 1
+            for lineno, segment in enumerate(data[start:].split(b"\n")[:-1], self._lines + 2):
+                if len(segment) > self._limit:
+                    raise LineTooLong(self._path, lineno, self._limit)
+        self._lines += data.count(b"\n")
+        self._since = n - data.rfind(b"\n") - 1
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+def bounded_lines(path: Path, limit: int = MAX_FIELD_BYTES) -> io.BufferedReader:
+    """open_binary(path), stopping with LineTooLong at a line of more than `limit` bytes."""
+    return io.BufferedReader(_BoundedLines(open_binary(path), path, limit), buffer_size=1 << 20)
+
+
+def _open_lines(path: Path, encoding: str, limit: int = MAX_FIELD_BYTES):
+    """open_text(path), with lines bounded like bounded_lines."""
+    return io.TextIOWrapper(bounded_lines(path, limit), encoding=encoding, newline=None)
+
+
+def _data_row_at(path: Path, line: int, sep: str, encoding: str, header: bool) -> int | None:
+    """The data row (1-based) that physical line `line` of a CSV/TSV file belongs to (a quoted field can
+    span lines); 0 for the header; None when the lines before it cannot be read again."""
+    old = csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_BYTES))
+    try:
+        with open_text(path, encoding) as f:
+            lines = itertools.chain(itertools.islice(f, line - 1), ["x"])  # "x": where line `line` begins
+            records = sum(1 for record in csv.reader(lines, delimiter=sep) if record)
+    except (csv.Error, UnicodeDecodeError, *READ_ERRORS):
+        return None
+    finally:
+        csv.field_size_limit(old)
+    return records - (1 if header else 0)
+
+
 def _iter_lines(path: Path, encoding: str, parse, chunk_rows: int) -> Iterator[tuple[list, list]]:
     """parse(line, lineno) -> (text, rest) over the non-blank lines, `chunk_rows` at a time; decoding and
     decompression failures become errors naming the file and line."""
     texts, rests = [], []
     lineno = 0
     try:
-        with open_text(path, encoding) as f:
+        with _open_lines(path, encoding) as f:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
                     text, rest = parse(line, lineno)
@@ -137,7 +222,12 @@ def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: st
         text = row[text_column]
         if text is not None and not isinstance(text, str):
             raise PipelineError(f"{path}: line {lineno}: text field '{text_column}' holds "
-                                f"{type(text).__name__} {text!r}, not text")
+                                f"{type(text).__name__} {short(text)}, not text")
+        for role, column in zip(("label", "split"), columns[1:]):
+            if isinstance(row[column], (list, dict)):
+                raise PipelineError(f"{path}: line {lineno}: {role} field '{column}' holds a JSON "
+                                    f"{'array' if isinstance(row[column], list) else 'object'} {short(row[column])}; "
+                                    f"a {role} is one string or number")
         return text, tuple(row[c] for c in columns[1:])
 
     for texts, rests in _iter_lines(path, encoding, parse, chunk_rows):
@@ -150,7 +240,7 @@ def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: st
 def _first_undecodable_line(path: Path, encoding: str) -> int | None:
     """The number of the first line that does not decode (text readers decode whole blocks, so the
     error they raise knows no line)."""
-    with open_binary(path) as f:
+    with bounded_lines(path) as f:
         for lineno, raw in enumerate(f, 1):
             try:
                 raw.decode(encoding)
@@ -193,24 +283,31 @@ def delimited_chunks(path: Path, kind: str, encoding: str = "utf-8", header: boo
     docstring; `check(columns)` sees the column names before any row is yielded. Without a header the
     columns are named 0, 1, 2, ..."""
     # Only empty fields are missing: 'NA', 'null' or 'nan' are text like any other.
-    with open_binary(path) as raw, pd.read_csv(
-            raw, sep="," if kind == "csv" else "\t", dtype=str, keep_default_na=False, na_values=[""],
-            encoding=encoding, header=0 if header else None, chunksize=chunk_rows, compression=None) as reader:
-        rows = 0
-        for df in reader:
-            if not header:
-                df.columns = [str(c) for c in df.columns]
-            if rows == 0:
-                if check is not None:
-                    check(df.columns)
-                if kind == "tsv" and header:
-                    df = df.iloc[_orange_extra_header(path, df):]
-            if kind == "tsv" and (row := _swallowed_rows(df, "\t")) is not None:
-                raise PipelineError(
-                    f"{path}: data row {rows + row}: a field runs over several lines and tabs, so a quote opened "
-                    "there (a stray '\"'?) swallowed the rows after it; quote or remove it")
-            rows += len(df)
-            yield df
+    sep = "," if kind == "csv" else "\t"
+    try:
+        with bounded_lines(path) as raw, pd.read_csv(
+                raw, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+                encoding=encoding, header=0 if header else None, chunksize=chunk_rows, compression=None) as reader:
+            rows = 0
+            for df in reader:
+                if not header:
+                    df.columns = [str(c) for c in df.columns]
+                if rows == 0:
+                    if check is not None:
+                        check(df.columns)
+                    if kind == "tsv" and header:
+                        df = df.iloc[_orange_extra_header(path, df):]
+                if kind == "tsv" and (row := _swallowed_rows(df, "\t")) is not None:
+                    raise PipelineError(
+                        f"{path}: data row {rows + row}: a field runs over several lines and tabs, so a quote opened "
+                        "there (a stray '\"'?) swallowed the rows after it; quote or remove it")
+                rows += len(df)
+                yield df
+    except LineTooLong as err:
+        row = _data_row_at(path, err.line, sep, encoding, header)
+        where = (f"line {err.line}" if row is None else "line 1 (the header)" if row < 1
+                 else f"data row {row} (line {err.line})")
+        raise PipelineError(f"{path}: {where}: {too_long('a line', err.limit)}") from None
 
 
 def _parquet_chunks(path: Path, wanted, chunk_rows: int) -> Iterator[pd.DataFrame]:
@@ -296,7 +393,7 @@ class TableReader:
         if self.kind == "jsonl":
             return jsonl_schema(self.path, self.encoding)
         try:
-            with open_binary(self.path) as raw:
+            with bounded_lines(self.path) as raw:
                 header = pd.read_csv(raw, nrows=0, sep="," if self.kind == "csv" else "\t", encoding=self.encoding,
                                      compression=None)
         except pd.errors.EmptyDataError:
@@ -335,7 +432,7 @@ def _jsonl_rows(path: Path, encoding: str) -> Iterator[tuple[int, dict]]:
     """(line number, object) for each non-blank line; a line that is not a JSON object is an error."""
     lineno = 0
     try:
-        with open_text(path, encoding) as f:
+        with _open_lines(path, encoding) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue

@@ -3,8 +3,11 @@
 Memory grows with the vocabulary, not with the vectors file: a line's values are parsed only when
 its word is in the vocabulary, every other line costs one dictionary lookup. Supported layouts:
 
-- glove: text, `word v1 ... vd` per line (.txt, .txt.gz, or the one .txt member of a .zip);
-- word2vec: the same with a `count dim` header line (fastText .vec files are this layout);
+- glove: text, `word v1 ... vd` per line (.txt, .txt.gz, or the one .txt member of a .zip); the dimension d
+  is the most common number of values among the first DIM_SAMPLE_LINES lines, so one odd line (the
+  first included) is the line named, or skipped, not the good lines after it;
+- word2vec: the same with a `count dim` header line, which gives the dimension (fastText .vec files are
+  this layout);
 - word2vec_binary: the GoogleNews .bin layout (header line, then `word ` and dim little-endian float32);
 - fasttext_bin: a fastText .bin model (gensim's Facebook loader): words it never saw still get
   vectors from their character n-grams. Loaded whole, since that format cannot be streamed;
@@ -20,6 +23,7 @@ and counted (`bad_lines: skip`); words that are not valid UTF-8 can never match 
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,7 @@ from pipeline.files import READ_ERRORS, open_binary
 BOM = b"\xef\xbb\xbf"
 FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")
 WORD_LIST_SUFFIXES = (".parquet", ".txt", ".vocab")
+DIM_SAMPLE_LINES = 1000  # lines a GloVe file's dimension is decided from (the most common count of values)
 
 
 @dataclass
@@ -139,25 +144,53 @@ def align_text(path: Path, words: list[str], case_fallback: bool = True, bad_lin
     return m.result()
 
 
+def _n_values(line: bytes) -> int:
+    """How many values follow the word on a line (its ends already stripped)."""
+    _, _, rest = line.partition(b" ")
+    return rest.count(b" ") + 1 if rest else 0
+
+
+def _common_dim(sample: list[tuple[int, bytes]], path: Path) -> int | None:
+    """The dimension of a file without a header: the most common number of values on the sampled lines
+    (the earliest such count on a tie); None when they are all blank."""
+    counts = Counter(_n_values(raw.rstrip()) for _, raw in sample if raw.strip())
+    if not counts:
+        return None
+    dim = counts.most_common(1)[0][0]
+    if dim == 0:
+        lineno = next(n for n, raw in sample if raw.strip() and _n_values(raw.rstrip()) == 0)
+        raise PipelineError(f"{path}: line {lineno}: no vector values after the word")
+    return dim
+
+
 def _stream_text(f, path: Path, m: "_Matcher", bad, has_header: bool | None) -> int | None:
     """The line loop of align_text; returns the dimension (None for a file without vectors)."""
     stats = m.stats
     dim = None
-    lineno = 0
-    for raw in f:
-        lineno += 1
-        if lineno == 1:
-            if raw.startswith(BOM):
-                raw = raw[len(BOM):]
-                stats["byte_order_mark"] = 1
-            header = _header(raw) if has_header is not False else None
-            if has_header and header is None:
-                raise PipelineError(f"{path}: line 1: expected a word2vec header 'count dim', got {raw[:80]!r}")
-            if header:
-                dim = header[1]
-                stats["header_count"] = header[0]
-                m.start(dim)
-                continue
+    lines = enumerate(f, 1)
+    first = next(lines, None)
+    if first is None:
+        return None
+    raw = first[1]
+    if raw.startswith(BOM):
+        raw = raw[len(BOM):]
+        stats["byte_order_mark"] = 1
+    header = _header(raw) if has_header is not False else None
+    if has_header and header is None:
+        raise PipelineError(f"{path}: line 1: expected a word2vec header 'count dim', got {raw[:80]!r}")
+    if header:
+        dim = header[1]
+        stats["header_count"] = header[0]
+        m.start(dim)
+        sample = []
+    else:  # the dimension from the first lines, not from line 1 alone
+        sample = [(1, raw), *itertools.islice(lines, DIM_SAMPLE_LINES - 1)]
+        dim = _common_dim(sample, path)
+        if dim is None:
+            stats["blank_lines"] += len(sample)
+            return None
+        m.start(dim)
+    for lineno, raw in itertools.chain(sample, lines):
         line = raw.rstrip()  # drops \n, \r\n and trailing blanks
         if not line:
             stats["blank_lines"] += 1
@@ -165,11 +198,6 @@ def _stream_text(f, path: Path, m: "_Matcher", bad, has_header: bool | None) -> 
         stats["lines"] += 1
         word, _, rest = line.partition(b" ")
         n_values = rest.count(b" ") + 1 if rest else 0
-        if dim is None:
-            dim = n_values
-            if dim == 0:
-                raise PipelineError(f"{path}: line {lineno}: no vector values after the word")
-            m.start(dim)
         if n_values != dim:
             if n_values < dim:
                 bad(lineno, f"{n_values} values, expected {dim}")

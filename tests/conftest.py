@@ -1,35 +1,34 @@
-"""Shared fixtures: tiny real data (from gensim's test fixtures) and a throw-away DVC project."""
+"""Shared fixtures: tiny real data (from gensim's test fixtures), a tiny trained checkpoint, and
+throw-away DVC projects (one fully reproduced, copied for each test that changes it).
+
+Plain helpers (paths, params for tests, the toy training problem) are in tests/helpers.py.
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import gensim
 import pytest
-import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-GENSIM_DATA = Path(gensim.__file__).parent / "test" / "test_data"
-VENV_BIN = Path(sys.executable).parent
+from tests.helpers import GENSIM_DATA, copy_of, make_project, polarity_rows, repro_and_commit, tiny_params
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The tests' models are tiny: on one thread they train several times faster than on two, and do
+    not slow to a crawl when another job holds a core (stages run in subprocesses keep their setting)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
 def glove_small() -> Path:
     """The first 76 lines of the real GloVe 6B 50d file."""
     return GENSIM_DATA / "test_glove.txt"
-
-
-def polarity_rows() -> list[tuple[str, str]]:
-    """200 real movie-review sentences (Pang & Lee), labelled pos/neg."""
-    rows = []
-    for line in (GENSIM_DATA / "pang_lee_polarity.cor").read_text(encoding="cp1252").splitlines():  # the original MR files are Windows-1252
-        label, _, text = line.partition(" ")
-        rows.append((text.strip(), label.removeprefix("__label__")))
-    return rows
 
 
 @pytest.fixture(scope="session")
@@ -41,47 +40,35 @@ def polarity_csv(tmp_path_factory) -> Path:
     return path
 
 
-def tiny_params(corpus: Path, embeddings: Path) -> dict:
-    """The project's params.yaml, pointed at tiny local data and shrunk to train in seconds."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["embeddings"].update(download=None, source=str(embeddings), members=[], sha256=None)
-    params["corpus"].update(download=None, source=str(corpus), members=[], text_column="review",
-                            label_column="sentiment", drop_labels=[])
-    params["prepare"].update(val_size=0.2, test_size=0.2)
-    params["vocab"].update(min_token_coverage=0.2)  # the fixture's 76 GloVe words cover 31% of the tokens
-    params["train"].update(hidden_size=16, epochs=2, patience=2, min_steps=0, batch_size=16, log_every_steps=3)
-    params["baseline"].update(C=[1.0])
-    return params
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """A small checkpoint trained on the polarity sentences (tests/tiny_model.py); read it, never change it."""
+    from tests.tiny_model import train_tiny_checkpoint
+
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("model") / "model.pt")
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", CI="true",
-               DVC_NO_ANALYTICS="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
-    proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}")
-    return proc
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_model_path):
+    from pipeline.checkpoint import load_checkpoint
 
-
-def make_project(dest: Path, params: dict) -> Path:
-    """A fresh git + DVC repository holding this project's pipeline and the given params."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    (dest / ".dvc").mkdir()
-    shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
-    shutil.copy(ROOT / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")
-    shutil.copytree(ROOT / ".dvc" / "plots", dest / ".dvc" / "plots")  # vega templates and the offline page
-    (dest / ".gitignore").write_text("__pycache__/\n")
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "commit", "-q", "-m", "pipeline"], dest)
-    return dest
+    return load_checkpoint(tiny_model_path)
 
 
 @pytest.fixture
 def project(tmp_path, polarity_csv, glove_small) -> Path:
+    """A fresh git + DVC project of this pipeline on the tiny data, nothing run yet."""
     return make_project(tmp_path / "project", tiny_params(polarity_csv, glove_small))
+
+
+@pytest.fixture(scope="session")
+def reproduced(tmp_path_factory, polarity_csv, glove_small) -> Path:
+    """One full `dvc repro` on the tiny data, committed; tests work on copies of it (`repo`)."""
+    return repro_and_commit(make_project(tmp_path_factory.mktemp("reproduced") / "repo",
+                                         tiny_params(polarity_csv, glove_small)))
+
+
+@pytest.fixture
+def repo(reproduced, tmp_path) -> Path:
+    """A copy of the reproduced project, for one test to change."""
+    return copy_of(reproduced, tmp_path)

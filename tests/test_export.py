@@ -13,21 +13,25 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from pipeline import export as E
-from pipeline.common import PipelineError
-from pipeline.inference import classify_texts, encode_texts, load_checkpoint
+from pipeline import export
+from pipeline.checkpoint import load_checkpoint
+from pipeline.cli import export as export_cli
+from pipeline.errors import PipelineError
+from pipeline.inference import classify_texts, encode_texts
 from pipeline.text import tokenize
-from tests.conftest import ROOT, VENV_BIN
+from tests.helpers import ROOT, VENV_BIN
 from tests.tiny_model import MAX_TOKENS, TEXTS, TRUNCATION, train_tiny_checkpoint
 
 # The repository on the path, as if installed, wherever the command runs.
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
-# Two architectures: the default (bidirectional, attention), and the others' harder paths (reading
-# the last true step, two stacked layers, two embedding channels).
+# The default (bidirectional LSTM, attention), the others' harder paths (reading the last true step,
+# two stacked layers, two embedding channels), and the other encoders.
 ARCHITECTURES = {
     "bilstm-attention": {},
     "2-layer-last-multichannel": {"pooling": "last", "num_layers": 2, "embedding_channels": 2},
+    "bigru-last": {"encoder": "gru", "pooling": "last"},
+    "2-layer-cnn-max": {"encoder": "cnn", "pooling": "max", "num_layers": 2},
 }
 
 
@@ -45,15 +49,15 @@ def run_exported(fmt: str, path, ids: np.ndarray, lengths: np.ndarray) -> np.nda
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
-@pytest.mark.parametrize("fmt", E.FORMATS)
+@pytest.mark.parametrize("fmt", export.FORMATS)
 def test_the_exported_model_gives_the_pytorch_probabilities(tiny_model, tmp_path, fmt):
     ckpt = load_checkpoint(tiny_model)
     output = tmp_path / f"model.{fmt}"
-    meta = E.read_sidecar(E.export_model(ckpt, fmt, output))
+    meta = export.read_sidecar(export.export_model(ckpt, fmt, output))
 
     expected = classify_texts(ckpt, TEXTS)
     assert np.ptp(expected[:, 0]) > 0.05  # a trained model: the texts do not all get the same answer
-    ids, lengths = E.encode_batch(meta, TEXTS)
+    ids, lengths = export.encode_batch(meta, TEXTS)
     assert len(set(lengths.tolist())) >= 4
     assert (ids == meta["pad_id"]).any()  # a padded batch of mixed lengths
     padded = run_exported(fmt, output, ids, lengths)
@@ -67,19 +71,19 @@ def test_the_exported_model_gives_the_pytorch_probabilities(tiny_model, tmp_path
     short_first = run_exported(fmt, output, ids[order][:3, :lengths[order][2]], lengths[order][:3])
     np.testing.assert_allclose(short_first, expected[order][:3], atol=1e-5, rtol=0)
     # A batch larger than the tracing example (2 rows, 5 steps) and longer in time.
-    many = E.encode_batch(meta, TEXTS * 3)
+    many = export.encode_batch(meta, TEXTS * 3)
     np.testing.assert_allclose(run_exported(fmt, output, *many), np.tile(expected, (3, 1)), atol=1e-5, rtol=0)
 
 
 def test_the_sidecar_encodes_texts_as_the_checkpoint_does(tmp_path):
     path = train_tiny_checkpoint(tmp_path / "model.pt", steps=1)
     ckpt = load_checkpoint(path)
-    meta = E.read_sidecar(E.export_model(ckpt, "onnx", tmp_path / "exported" / "model.onnx"))
+    meta = export.read_sidecar(export.export_model(ckpt, "onnx", tmp_path / "exported" / "model.onnx"))
     assert meta["labels"] == ckpt.labels and meta["itos"] == ckpt.itos
     assert (meta["pad_id"], meta["unk_id"], meta["max_tokens"], meta["truncation"]) == (0, 1, MAX_TOKENS, TRUNCATION)
     assert meta["model_file"] == "model.onnx" and meta["model_format"] == "onnx"
     assert meta["tokenizer"]["settings"] == ckpt.text_config.__dict__
-    ids, lengths = E.encode_batch(meta, TEXTS)
+    ids, lengths = export.encode_batch(meta, TEXTS)
     sequences = encode_texts(ckpt, [tokenize(t, ckpt.text_config) for t in TEXTS])
     for row, seq in enumerate(sequences):
         assert lengths[row] == len(seq) and ids[row, :len(seq)].tolist() == seq.tolist()
@@ -97,8 +101,8 @@ def test_exporting_to_onnx_twice_gives_the_same_bytes(tmp_path):
     """So that a DVC stage exporting the model caches one file, not one per run."""
     ckpt = load_checkpoint(train_tiny_checkpoint(tmp_path / "model.pt", steps=1))
     first, second = tmp_path / "a" / "m.onnx", tmp_path / "b" / "other-name.onnx"
-    E.export_model(ckpt, "onnx", first)
-    E.export_model(ckpt, "onnx", second)
+    export.export_model(ckpt, "onnx", first)
+    export.export_model(ckpt, "onnx", second)
     assert first.read_bytes() == second.read_bytes()
 
 
@@ -106,24 +110,24 @@ def test_export_cli_runs_from_another_directory(tmp_path, monkeypatch):
     model = train_tiny_checkpoint(tmp_path / "elsewhere" / "model.pt", steps=1)
     work = tmp_path / "work"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "pipeline.export", "--model", str(model), "--format", "torchscript",
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli.export", "--model", str(model), "--format", "torchscript",
                            "--output", "out/model.ts"], cwd=work, capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0, proc.stderr
     assert (work / "out" / "model.ts").is_file()
     assert json.loads((work / "out" / "model.ts.json").read_text())["model_format"] == "torchscript"
     # Without --output: beside the checkpoint.
-    E.main(["--model", str(model)])
+    export_cli.main(["--model", str(model)])
     assert (model.parent / "model.onnx").is_file() and (model.parent / "model.onnx.json").is_file()
 
     # The default --model is models/model.pt under the current directory; the error says where it looked.
     monkeypatch.chdir(work)
     with pytest.raises(PipelineError, match="no trained model") as err:
-        E.main([])
+        export_cli.main([])
     assert str(work / "models" / "model.pt") in str(err.value) and "--model" in str(err.value)
     monkeypatch.setattr(sys, "argv", [str(work / "export.py")])
-    assert E.build_parser().format_usage().startswith("usage: python -m pipeline.export")
+    assert export_cli.build_parser().format_usage().startswith("usage: python -m pipeline.cli.export")
     monkeypatch.setattr(sys, "argv", [str(VENV_BIN / "textclf-export")])
-    assert E.build_parser().format_usage().startswith("usage: textclf-export")
+    assert export_cli.build_parser().format_usage().startswith("usage: textclf-export")
 
 
 def test_the_installed_console_script_exports(tmp_path):
@@ -134,15 +138,15 @@ def test_the_installed_console_script_exports(tmp_path):
     proc = subprocess.run([str(script), "--model", str(model), "--output", "m.onnx"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert E.read_sidecar(tmp_path / "m.onnx.json")["model_format"] == "onnx"
+    assert export.read_sidecar(tmp_path / "m.onnx.json")["model_format"] == "onnx"
 
 
 def test_export_errors_are_clear(tmp_path):
     ckpt = load_checkpoint(train_tiny_checkpoint(tmp_path / "model.pt", steps=1))
     with pytest.raises(PipelineError, match="unknown export format 'tflite'"):
-        E.export_model(ckpt, "tflite", tmp_path / "m.tflite")
+        export.export_model(ckpt, "tflite", tmp_path / "m.tflite")
     with pytest.raises(PipelineError, match="no sidecar"):
-        E.read_sidecar(tmp_path / "nothing.json")
+        export.read_sidecar(tmp_path / "nothing.json")
 
 
 def test_export_refuses_a_folder_or_the_checkpoint_as_its_output(tmp_path):
@@ -150,14 +154,14 @@ def test_export_refuses_a_folder_or_the_checkpoint_as_its_output(tmp_path):
     model = train_tiny_checkpoint(models / "model.pt", steps=1)
     original = model.read_bytes()
     with pytest.raises(PipelineError, match=r"models: is a directory.*name a file"):
-        E.main(["--model", str(model), "--output", str(models)])
+        export_cli.main(["--model", str(model), "--output", str(models)])
     with pytest.raises(PipelineError, match=r"model\.pt: the output would replace the input"):
-        E.main(["--model", str(model), "--format", "torchscript",
+        export_cli.main(["--model", str(model), "--format", "torchscript",
                 "--output", str(models / ".." / "models" / "model.pt")])
     # The sidecar, <output>.json, must not land on a folder (or the checkpoint) either.
     (tmp_path / "m.onnx.json").mkdir()
     with pytest.raises(PipelineError, match=r"m\.onnx\.json: is a directory"):
-        E.main(["--model", str(model), "--output", str(tmp_path / "m.onnx")])
+        export_cli.main(["--model", str(model), "--output", str(tmp_path / "m.onnx")])
     assert not (tmp_path / "m.onnx").exists()  # refused before anything was written
     assert model.read_bytes() == original and sorted(p.name for p in models.iterdir()) == ["model.pt"]
 
@@ -173,14 +177,14 @@ class _FailingModel(torch.nn.Module):
         raise RuntimeError("this model cannot be traced")
 
 
-@pytest.mark.parametrize("fmt", E.FORMATS)
+@pytest.mark.parametrize("fmt", export.FORMATS)
 def test_a_failed_export_leaves_nothing_behind(tmp_path, fmt):
     ckpt = load_checkpoint(train_tiny_checkpoint(tmp_path / "model.pt", steps=1))
     broken = dataclasses.replace(ckpt, model=_FailingModel(ckpt.model.cfg))
     output = tmp_path / "out" / "model.export"
     with pytest.raises(RuntimeError, match="cannot be traced"):
-        E.export_model(broken, fmt, output)
-    assert not output.exists() and not E.sidecar_path(output).exists()
+        export.export_model(broken, fmt, output)
+    assert not output.exists() and not export.sidecar_path(output).exists()
     assert not list(tmp_path.rglob("*.partial"))
 
 
@@ -188,10 +192,10 @@ def test_a_bad_sidecar_is_named(tmp_path):
     for name, content in (("bad.json", b"{not json"), ("latin.json", "{\"caf\u00e9\": 1}".encode("latin-1"))):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(PipelineError, match=rf"{name.replace('.', '[.]')}: "):
-            E.read_sidecar(tmp_path / name)
+            export.read_sidecar(tmp_path / name)
     (tmp_path / "folder.json").mkdir()
     with pytest.raises(PipelineError, match=r"folder\.json: cannot read"):
-        E.read_sidecar(tmp_path / "folder.json")
+        export.read_sidecar(tmp_path / "folder.json")
     (tmp_path / "other.json").write_text("[1, 2]")
     with pytest.raises(PipelineError, match=r"other\.json: not an export sidecar"):
-        E.read_sidecar(tmp_path / "other.json")
+        export.read_sidecar(tmp_path / "other.json")

@@ -1,7 +1,7 @@
 """A tiny trained checkpoint for the tests of predict, export and the model card.
 
 Trained in about a second on the 200 real Pang & Lee sentences of gensim's fixtures, with a few dozen
-full-batch Adam steps of its own (not pipeline.train, so these tests do not follow every change to the
+full-batch Adam steps of its own (not pipeline.training, so these tests do not follow every change to the
 training loop). Small enough to be fast, trained enough that its probabilities differ from text to text.
 """
 
@@ -13,18 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.data import encode, pad_batch
-from pipeline.inference import save_checkpoint
-from pipeline.model import LSTMClassifier, ModelConfig
+from pipeline.batching import encode, pad_batch
+from pipeline.checkpoint import save_checkpoint
+from pipeline.model import ModelConfig, TextClassifier
 from pipeline.text import TextConfig, tokenize
-from tests.conftest import polarity_rows
+from tests.helpers import polarity_rows
 
 MAX_TOKENS = 12  # below most sentences' length, so truncation is part of what the tests check
 TRUNCATION = "head+tail"
 
 
 def train_tiny_checkpoint(path: Path, pooling: str = "attention", bidirectional: bool = True, num_layers: int = 1,
-                          embedding_channels: int = 1, steps: int = 40) -> Path:
+                          embedding_channels: int = 1, steps: int = 40, encoder: str = "lstm") -> Path:
     torch.manual_seed(0)
     rows = polarity_rows()
     text_config = TextConfig()
@@ -37,8 +37,8 @@ def train_tiny_checkpoint(path: Path, pooling: str = "attention", bidirectional:
     ys = torch.tensor([labels.index(label) for _, label in rows])
     cfg = ModelConfig(vocab_size=len(itos), embedding_dim=8, num_classes=len(labels), hidden_size=8,
                       num_layers=num_layers, bidirectional=bidirectional, dropout=0.0, embedding_dropout=0.0,
-                      pooling=pooling, embedding_channels=embedding_channels)
-    model = LSTMClassifier(cfg)
+                      pooling=pooling, embedding_channels=embedding_channels, encoder=encoder)
+    model = TextClassifier(cfg)
     ids, lengths = pad_batch(xs, np.arange(len(xs)), cfg.pad_id)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.02)
     threads = torch.get_num_threads()

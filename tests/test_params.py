@@ -1,0 +1,70 @@
+"""params.yaml validation (pipeline.params): every key checked, errors naming the file and the key."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from pipeline import params
+from pipeline.errors import PipelineError
+from pipeline.model import ENCODERS
+from tests.helpers import ROOT
+
+
+def test_the_shipped_params_file_is_valid():
+    sections = params.load_all(ROOT / "params.yaml")
+    assert sections["train"].lr == 0.002 and sections["prepare"].seed == 42
+    assert sections["train"].encoder in ENCODERS  # params.py leaves the name to the model (no torch there)
+
+
+def _write(tmp_path, mutate):
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    mutate(data)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["train"].update(lrr=0.1), r"unknown key 'train\.lrr'"),
+    (lambda d: d["train"].update(lr="fast"), r"'train\.lr' must be a number, got 'fast' \(str\)"),
+    (lambda d: d["train"].update(epochs=2.5), r"'train\.epochs' must be an integer"),
+    (lambda d: d["train"].update(bidirectional="yes"), r"'train\.bidirectional' must be true/false"),
+    (lambda d: d["train"].update(pooling="median"), r"'train\.pooling' must be one of 'last', 'max'"),
+    (lambda d: d["train"].update(dropout=1.5), r"'train\.dropout' must be >= 0 and < 1, got 1\.5"),
+    (lambda d: d["vocab"].pop("min_freq"), r"missing key 'vocab\.min_freq'"),
+    (lambda d: d["corpus"].update(drop_labels="plot"), r"'corpus\.drop_labels' must be a list of a string"),
+    (lambda d: d["train"].update(max_tokens="all"), r"'train\.max_tokens' must be one of 'auto' or an integer"),
+    (lambda d: d["train"].update(max_tokens=10**6), r"'train\.max_tokens' must be >= 1 and <= 10000"),
+    (lambda d: d["corpus"].update(encoding="utf9"),
+     r"'corpus\.encoding': 'utf9' is not a text encoding Python knows \(e\.g\. utf-8"),
+    (lambda d: d["predict"].update(encoding="xyz"), r"'predict\.encoding': 'xyz' is not a text encoding Python knows"),
+    (lambda d: d["train"].update(threads=0), r"'train\.threads' must be >= 1"),
+    (lambda d: d["baseline"].update(hash_bits=40), r"'baseline\.hash_bits' must be >= 10 and <= 28"),
+])
+def test_bad_params_name_the_file_and_key(tmp_path, mutate, message):
+    path = _write(tmp_path, mutate)
+    with pytest.raises(PipelineError, match=message) as err:
+        params.load_all(path)
+    assert str(err.value).startswith(f"{path}: ")
+
+
+def test_a_url_as_source_points_to_download():
+    src = params.SourceParams(download=None, members=[], sha256=None, source="https://example.org/c.csv")
+    with pytest.raises(PipelineError, match=r"'corpus\.source' is 'https://example\.org/c\.csv'.*'corpus\.download: https"):
+        params.check_local_source("corpus", src)
+    params.check_local_source("corpus", dataclasses.replace(src, source="data/my.csv"))
+
+
+def test_integers_are_accepted_where_numbers_are_asked(tmp_path):
+    path = _write(tmp_path, lambda d: d["train"].update(lr=1))
+    assert params.load("train", path).lr == 1.0 and isinstance(params.load("train", path).lr, float)
+
+
+def test_invalid_yaml_reports_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: [1,\n")
+    with pytest.raises(PipelineError, match=r"params\.yaml: line \d+, column \d+: invalid YAML"):
+        params.load("train", path)

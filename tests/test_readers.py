@@ -1,0 +1,185 @@
+"""Reading one corpus file (pipeline.readers): every format, the one rule for CSV and TSV, compressed data
+known by its first bytes, and errors that name the file and the line or row."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import zipfile
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.readers import CHUNK_ROWS, corpus_kind, input_kind, iter_table
+from tests.helpers import corpus_params
+
+
+def read_table(path, chunk_rows: int = CHUNK_ROWS, **over) -> pd.DataFrame:
+    """One table file read as the prepare stage reads it (iter_table's chunks, joined)."""
+    c = corpus_params(**over)
+    chunks = iter_table(path, corpus_kind(path, c.format), c.text_column, c.label_column, c.split_column,
+                        c.encoding, c.header, chunk_rows)
+    return pd.concat(list(chunks), ignore_index=True)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet", ".csv.gz"])
+def test_read_table_formats(tmp_path, suffix):
+    df = pd.DataFrame({"t": ["good film", "NA", "null"], "y": ["pos", "neg", "NA"]})
+    path = tmp_path / f"c{suffix}"
+    if suffix.startswith(".csv"):
+        df.to_csv(path, index=False)
+    elif suffix == ".tsv":
+        df.to_csv(path, sep="\t", index=False)
+    elif suffix == ".jsonl":
+        df.to_json(path, orient="records", lines=True)
+    else:
+        df.to_parquet(path)
+    out = read_table(path, text_column="t", label_column="y")
+    assert out["text"].tolist() == ["good film", "NA", "null"]  # 'NA' and 'null' are text, not missing
+    assert out["label"].tolist() == ["pos", "neg", "NA"]
+
+
+def _compressed(kind: str, data: bytes) -> bytes:
+    if kind == "gzip":
+        return gzip.compress(data)
+    if kind == "bz2":
+        return bz2.compress(data)
+    if kind == "xz":
+        return lzma.compress(data)
+    if kind == "zstd":
+        sink = pa.BufferOutputStream()
+        with pa.CompressedOutputStream(sink, "zstd") as out:
+            out.write(data)
+        return sink.getvalue().to_pybytes()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("corpus/c.csv", data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bz2", "xz", "zstd", "zip"])
+@pytest.mark.parametrize("name", ["c.csv", "c.csv.{kind}"])
+def test_compressed_data_is_known_by_its_first_bytes_whatever_its_name(tmp_path, kind, name):
+    """A gzip file named .csv is read as gzip; .zst and .zip names are opened, not refused or misread."""
+    data = 'text,label\n"a fine, quiet film",pos\ndull,neg\n'.encode()
+    path = tmp_path / name.format(kind={"gzip": "gz", "zstd": "zst"}.get(kind, kind))
+    path.write_bytes(_compressed(kind, data))
+    out = read_table(path)
+    assert out["text"].tolist() == ["a fine, quiet film", "dull"] and out["label"].tolist() == ["pos", "neg"]
+
+
+def test_a_compression_suffix_on_plain_text_is_only_a_name(tmp_path):
+    path = tmp_path / "c.jsonl.gz"
+    path.write_text('{"text": "fine", "label": "pos"}\n')
+    assert read_table(path)["text"].tolist() == ["fine"]
+
+
+def test_headerless_csv_and_orange_tab_headers(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("\ufeff1,a fine film\n-1,a dull film\n", encoding="utf-8")
+    out = read_table(path, header=False, text_column="1", label_column="0")
+    assert out["label"].tolist() == ["1", "-1"] and out["text"].tolist() == ["a fine film", "a dull film"]
+    tab = tmp_path / "r8-train.tab"
+    tab.write_text("Category\tText\nd\tstring\nclass\t\nearn\tprofit rose\nacq\tbought a firm\n")
+    out = read_table(tab, text_column="Text", label_column="Category")
+    assert out["label"].tolist() == ["earn", "acq"]  # Orange's type and flag rows are not data
+
+
+def test_tsv_is_read_with_quoting_like_csv(tmp_path):
+    """The one rule for delimited text: a quoted TSV field may hold a tab, a line break or a doubled
+    quote; a quote inside a field is text. (A field holding both a tab and a line break is what a stray
+    quote makes: an error, test_malformed_json_line_and_unbalanced_tsv_quote_are_named.)"""
+    path = tmp_path / "c.tsv"
+    path.write_text('text\tlabel\n"a tab\there"\tpos\n"a new\nline"\tneg\nshe said "fine\tneg\n'
+                    '"a ""quoted"" word"\tpos\n')
+    out = read_table(path)
+    assert out["text"].tolist() == ["a tab\there", "a new\nline", 'she said "fine', 'a "quoted" word']
+    assert out["label"].tolist() == ["pos", "neg", "neg", "pos"]
+
+
+def test_missing_column_names_file_and_column(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("text,label\nhello,pos\n")
+    with pytest.raises(PipelineError, match=r"c\.csv: no label column 'sentiment'.*columns are: text, label"):
+        read_table(path, label_column="sentiment")
+
+
+def test_malformed_csv_names_file_and_line(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text('text,label\n"ok",pos\n"unterminated,neg\n')
+    with pytest.raises(PipelineError, match=r"c\.csv: cannot read as csv"):
+        read_table(path)
+
+
+def test_wrong_encoding_and_non_text_column_are_named(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\ncaf\xe9 noir,pos\nbad,neg\n".encode("latin-1"))
+    with pytest.raises(PipelineError, match=r"latin\.csv: line 2: not valid utf-8 text .*corpus\.encoding"):
+        read_table(path)
+    out = read_table(path, encoding="latin-1")
+    assert out["text"][0] == "café noir"
+    numbers = tmp_path / "n.parquet"
+    pd.DataFrame({"text": [1, 2], "label": ["a", "b"]}).to_parquet(numbers)
+    with pytest.raises(PipelineError, match=r"n\.parquet: text column 'text' holds int64 values"):
+        read_table(numbers)
+
+
+def test_malformed_json_line_and_unbalanced_tsv_quote_are_named(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"text": "fine", "label": "pos"}\n{"text": "oops", "label": \n{"text": "x", "label": "neg"}\n')
+    with pytest.raises(PipelineError, match=r"c\.jsonl: line 2, column \d+: invalid JSON"):
+        read_table(path)
+    tsv = tmp_path / "c.tsv"
+    rows = [f"review number {i}\t{'pos' if i % 2 else 'neg'}" for i in range(400)]
+    rows[9] = '"unbalanced start ' + rows[9]
+    rows[49] = rows[49].replace("\t", '"\t')  # a quote 40 lines further down closes it
+    tsv.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    with pytest.raises(PipelineError, match=r"c\.tsv: data row 10: a field runs over several lines and tabs"):
+        read_table(tsv)
+
+
+def test_an_unbalanced_tsv_quote_names_its_row_across_chunks(tmp_path):
+    tsv = tmp_path / "c.tsv"
+    rows = [f"review number {i}\t{'pos' if i % 2 else 'neg'}" for i in range(400)]
+    rows[29] = '"unbalanced start ' + rows[29]
+    rows[69] = rows[69].replace("\t", '"\t')
+    tsv.write_text("text\tlabel\n" + "\n".join(rows) + "\n")
+    with pytest.raises(PipelineError, match=r"c\.tsv: data row 30: a field runs over several lines"):
+        read_table(tsv, chunk_rows=16)
+
+
+@pytest.mark.parametrize("name", ["c.csv.gz", "c.jsonl.gz"])
+def test_a_truncated_compressed_corpus_names_the_file(tmp_path, name):
+    rows = "".join(f'{{"text": "review {i}", "label": "pos"}}\n' for i in range(2000)) if "jsonl" in name \
+        else "text,label\n" + "".join(f"review {i},pos\n" for i in range(2000))
+    data = gzip.compress(rows.encode())
+    (tmp_path / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(PipelineError, match=rf"{name.replace('.', '[.]')}: cannot read"):
+        read_table(tmp_path / name)
+
+
+def test_fasttext_lines(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("__label__pos a fine film\n\n__label__neg __label__meh dull\n")
+    out = read_table(path)
+    assert out["label"].tolist() == ["pos", "neg"] and out["text"].tolist() == ["a fine film", "dull"]
+    path.write_text("__label__pos ok\nno label here\n")
+    with pytest.raises(PipelineError, match=r"train\.txt: line 2: expected '__label__<label> <text>'"):
+        read_table(path)
+
+
+def test_formats_are_named_by_the_file_name_or_the_params(tmp_path):
+    assert [corpus_kind(tmp_path / n) for n in ("a.CSV", "a.tab", "a.ndjson.bz2", "a.pq", "a.ft.zst")] == [
+        "csv", "tsv", "jsonl", "parquet", "fasttext"]
+    assert corpus_kind(tmp_path / "a.data", "tsv") == "tsv"
+    with pytest.raises(PipelineError, match=r"a\.data: unknown corpus format .*corpus\.format"):
+        corpus_kind(tmp_path / "a.data")
+    assert input_kind(tmp_path / "in.tsv.xz") == "tsv"
+    with pytest.raises(PipelineError, match=r"in\.txt: unknown input format"):
+        input_kind(tmp_path / "in.txt")  # batch prediction reads tables, not fastText lines
+    with pytest.raises(PipelineError, match=r"in\.parquet\.gz: unknown input format"):
+        input_kind(tmp_path / "in.parquet.gz")

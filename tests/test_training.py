@@ -1,0 +1,134 @@
+"""The training loop (pipeline.training): it learns, repeats to the bit, stops early, follows its
+learning-rate schedules and class weights, and trains data-parallel under torchrun."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.inference import predict_proba
+from pipeline.training import (Hooks, build_model, class_weights, evaluate, fit, lr_factor, set_determinism,
+                               stretched_epochs)
+from tests.ddp_toy import DDP_PARAMS
+from tests.helpers import ROOT, fit_toy, toy_problem, train_params
+
+
+def test_training_learns_and_repeats_exactly():
+    first, second = fit_toy(train_params()), fit_toy(train_params())
+    assert first.best_val_accuracy >= 0.9
+    assert [h["val_loss"] for h in first.history] == [h["val_loss"] for h in second.history]
+    for key in first.best_state:
+        assert torch.equal(first.best_state[key], second.best_state[key])
+
+
+def test_a_run_too_short_to_unfreeze_the_embeddings_says_so(capsys):
+    fit_toy(train_params(embeddings="freeze_then_finetune", freeze_epochs=3, epochs=2, patience=2))
+    assert "stay frozen for the whole run" in capsys.readouterr().err
+    fit_toy(train_params(embeddings="freeze_then_finetune", freeze_epochs=1, epochs=2, patience=2))
+    assert "stay frozen" not in capsys.readouterr().err
+
+
+def test_early_stopping_stops_after_patience():
+    result = fit_toy(train_params(epochs=30, patience=1, lr=0.05))
+    assert len(result.history) < 30
+    assert len(result.history) == result.best_epoch + 1
+
+
+def test_small_corpora_get_more_epochs_and_patience():
+    tp = train_params(epochs=15, patience=5, min_steps=1000)
+    assert stretched_epochs(tp, steps_per_epoch=322) == (15, 5)   # 4,830 steps already
+    assert stretched_epochs(tp, steps_per_epoch=37) == (28, 10)   # 1,200 long reviews
+    assert stretched_epochs(dataclasses.replace(tp, min_steps=0), 37) == (15, 5)
+
+
+def test_lr_factor_warmup_and_cosine():
+    assert [lr_factor("constant", s, 100, 0) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    assert [lr_factor("constant", s, 100, 4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    cosine = [lr_factor("cosine", s, 100, 0) for s in range(100)]
+    assert cosine[0] == 1.0 and abs(cosine[50] - 0.5) < 1e-9 and cosine[-1] < 0.001
+    assert all(a >= b for a, b in zip(cosine, cosine[1:]))
+    # Warm-up, then the cosine starts from the top.
+    assert lr_factor("cosine", 9, 100, 10) == 1.0 and lr_factor("cosine", 10, 100, 10) == 1.0
+
+
+def _fit_with_steps(tp):
+    steps = []
+    result = fit_toy(tp, Hooks(on_step=lambda step, row: steps.append((step, row["lr"]))))
+    return result, steps
+
+
+def test_cosine_schedule_decays_per_step_to_zero():
+    tp = train_params(lr_schedule="cosine", epochs=3, patience=3)
+    result, steps = _fit_with_steps(tp)
+    per_epoch = -(-180 // tp.batch_size)
+    assert [s for s, _ in steps] == list(range(1, 3 * per_epoch + 1))
+    lrs = [lr for _, lr in steps]
+    assert lrs[0] == tp.lr and all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] < 0.01 * tp.lr
+    assert [h["lr"] for h in result.history] == [lrs[0], lrs[per_epoch], lrs[2 * per_epoch]]
+    assert len(result.step_losses) == len(steps)
+
+
+def test_plateau_schedule_halves_lr_after_an_epoch_without_improvement():
+    result, _ = _fit_with_steps(train_params(lr_schedule="plateau", epochs=12, patience=12, lr=0.05))
+    history, best = result.history, -1.0
+    for before, after in zip(history, history[1:]):
+        improved = before["val_accuracy"] > best
+        best = max(best, before["val_accuracy"])
+        assert after["lr"] == (before["lr"] if improved else before["lr"] / 2)
+    assert history[-1]["lr"] < history[0]["lr"]  # the run had epochs without improvement
+
+
+def test_balanced_class_weights():
+    assert class_weights(np.array([0, 0, 0, 1]), 2, "none") is None
+    weights = class_weights(np.array([0, 0, 0, 1]), 2, "balanced")
+    torch.testing.assert_close(weights, torch.tensor([4 / 6, 4 / 2]))
+    # Each class then carries the same total weight.
+    assert float(weights[0] * 3) == float(weights[1] * 1)
+
+
+def test_balanced_class_weights_on_many_imbalanced_classes():
+    labels = np.repeat(np.arange(12), [400 // (k + 1) for k in range(12)])
+    weights = class_weights(labels, 12, "balanced").numpy()
+    totals = weights * np.bincount(labels)
+    np.testing.assert_allclose(totals, totals[0], rtol=1e-5)  # every class weighs the same in total
+    assert weights[11] > 10 * weights[0]
+
+
+def test_balanced_class_weights_raise_minority_predictions():
+    """On a 9:1 corpus, weighting the loss makes the model predict the rare class more often."""
+    xs, ys = toy_problem(n=600, seed=3)
+    keep = [i for i in range(len(ys)) if ys[i] == 0 or i % 9 == 0]  # about one positive in ten
+    xs, ys = [xs[i] for i in keep], ys[keep]
+    predicted_rare = {}
+    for mode in ("none", "balanced"):
+        tp = train_params(class_weights=mode, epochs=2, patience=2, lr=0.003)
+        set_determinism(tp.seed)
+        model = build_model(tp, np.zeros((20, 8), dtype=np.float32), 2)
+        result = fit(model, tp, (xs, ys), (xs, ys), torch.device("cpu"))
+        model.load_state_dict(result.best_state)
+        predicted_rare[mode] = int((predict_proba(model, xs).argmax(1) == 1).sum())
+    assert predicted_rare["balanced"] > predicted_rare["none"], predicted_rare
+
+
+@pytest.mark.slow
+def test_data_parallel_training_under_torchrun_learns_like_one_process(tmp_path):
+    """Two gloo processes launched by torchrun: each takes half of every epoch's batches, the gradients
+    are averaged (DistributedDataParallel, rebuilt when the embeddings unfreeze), and both end with the
+    same weights and a validation accuracy as good as one process's."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                           "-m", "tests.ddp_toy"], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "DDP_TOY_OUT": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((json.loads(f.read_text()) for f in tmp_path.glob("rank*.json")), key=lambda r: r["rank"])
+    assert [r["rank"] for r in runs] == [0, 1] and all(r["world"] == 2 for r in runs)
+    assert runs[0]["checksum"] == runs[1]["checksum"]  # one model, not two
+    assert runs[0]["steps"] == 8 * (180 // 8 // 2)    # half the batches each
+    single = fit_toy(train_params(**DDP_PARAMS))
+    assert runs[0]["val"] >= single.best_val_accuracy - 0.05 and runs[0]["val"] >= 0.9
