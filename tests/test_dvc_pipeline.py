@@ -29,11 +29,16 @@ def tree_digest(path: Path) -> dict[str, bytes]:
 def test_full_repro_writes_every_artefact(repo):
     for path in CACHED_OUTPUTS:
         assert (repo / path).exists(), path
-    # The metrics `dvc exp show` compares, each named once; the details are plain reports beside them.
+    # The metrics `dvc exp show` compares, each named once (the headline figures, and DVCLive's summary of
+    # training, which it updates every epoch); the details are plain reports beside them.
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)[""]["data"]
-    names = [key for m in metrics.values() for key in m["data"]]
+    assert sorted(metrics) == ["metrics/baseline.json", "metrics/eval.json", "metrics/train/best.json",
+                               "metrics/train/metrics.json"], metrics
+    names = [key for path, m in metrics.items() if path != "metrics/train/metrics.json" for key in m["data"]]
     assert sorted(names) == ["baseline_test_acc", "baseline_test_f1", "lstm_best_epoch",
                              "lstm_test_acc", "lstm_test_f1", "lstm_val_acc"], metrics
+    live = metrics["metrics/train/metrics.json"]["data"]
+    assert {"train", "val", "best_epoch", "best_val_accuracy"} <= set(live), live
     evaluation = json.loads((repo / "metrics/eval/report.json").read_text())
     assert json.loads((repo / "metrics/eval.json").read_text()) == {
         "lstm_test_acc": evaluation["accuracy"], "lstm_test_f1": evaluation["macro_f1"]}
@@ -140,7 +145,7 @@ def test_vocab_param_change_leaves_download_and_prepare(repo):
     assert (change["old"], change["new"]) == (1, 2)
     diff = json.loads(run(["dvc", "metrics", "diff", "--all", "--json"], repo).stdout)
     assert {"lstm_test_acc", "lstm_test_f1"} <= set(diff["metrics/eval.json"]), diff
-    assert "metrics/vocab.json" in run(["git", "diff", "--name-only"], repo).stdout  # the report moved too
+    assert "metrics/vocab.json" in run(["dvc", "diff"], repo).stdout  # the report (in DVC's cache) moved too
 
 
 def test_experiment_run_and_show(repo):
@@ -292,16 +297,22 @@ def test_push_and_pull_through_s3_remote(repo, tmp_path, monkeypatch):
         server.stop()
 
 
-def test_a_bad_param_keeps_the_last_good_outputs(repo):
-    """`-S train.pooling=avg`: the stage fails with the key named, and the model and the training
-    metrics of the last good run stay (persist: true outputs, replaced only on success)."""
+def test_a_bad_param_then_the_way_back_restores_the_last_good_outputs(repo):
+    """`-S train.pooling=avg`: the stage fails with the key named. DVC removed its outputs before it ran;
+    the README's way back (`git checkout -- params.yaml`, then `dvc repro`) restores every one of them
+    from the run cache, byte for byte, without running anything."""
     before = {p: tree_digest(repo / p) for p in ("models/model.pt", "metrics/train", "metrics/eval.json",
-                                                 "metrics/eval/report.json")}
-    proc = run(["dvc", "exp", "run", "-S", "train.pooling=avg"], repo, check=False)
+                                                 "metrics/eval/report.json", "models/MODEL_CARD.md")}
+    set_param(repo, "train", "pooling", "avg")
+    proc = run(["dvc", "repro"], repo, check=False)
     assert proc.returncode != 0 and "'train.pooling' must be one of" in proc.stdout, proc.stdout
+    assert not (repo / "metrics/train/best.json").exists()  # nothing that looks like a finished run
+    run(["git", "checkout", "--", "params.yaml"], repo)
+    out = run(["dvc", "repro"], repo).stdout
+    assert stages_run(out) == set() and "Stage 'train' is cached - skipping run" in out, out
     assert {p: tree_digest(repo / p) for p in before} == before
-    set_param(repo, "train", "pooling", "attention")  # back to the committed value: nothing to redo
-    assert stages_run(run(["dvc", "repro"], repo).stdout) == set()
+    assert "up to date" in run(["dvc", "status"], repo).stdout
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""
 
 
 def test_failed_stage_leaves_no_output_and_names_the_problem(project):
@@ -471,7 +482,9 @@ def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage):
     repo = changed_copy(tmp_path / "killed")
     before = tree_digest(repo / "metrics/train")
     assert _kill_stage_mid_work(repo, stage) != 0
-    assert tree_digest(repo / "metrics/train") == before  # no epochs of the killed run
+    if stage == "train":
+        assert not (repo / "metrics/train/best.json").exists()  # nothing of the killed run looks finished
+    assert "changed" in run(["dvc", "status"], repo).stdout or "deleted" in run(["dvc", "status"], repo).stdout
     out = run(["dvc", "repro"], repo).stdout
     assert stage in stages_run(out), out
     if stage == "train":

@@ -33,6 +33,7 @@ def log_curves(actual: list[str], probs: np.ndarray, labels: list[str]) -> None:
     from dvclive import Live
 
     index = {label: i for i, label in enumerate(labels)}
+    probs = probs.astype(np.float64)  # DVCLive writes float32 thresholds as no JSON it knows
     truth = np.zeros_like(probs, dtype=np.int64)
     truth[np.arange(len(actual)), [index[label] for label in actual]] = 1
     if len(labels) == 2:
