@@ -48,6 +48,10 @@ def test_full_repro_writes_every_artefact(repo):
     predictions = pd.read_parquet(repo / "data/predictions/test.parquet")
     assert len(predictions) == evaluation["test_rows"]
     assert ((predictions["prob_neg"] + predictions["prob_pos"]) - 1).abs().max() < 1e-5
+    # ... the same predictions, row for row, as the evaluate stage's (confusion.csv: actual,predicted).
+    confusion = pd.read_csv(repo / "metrics/eval/confusion.csv", dtype=str)
+    assert predictions["predicted_label"].tolist() == confusion["predicted"].tolist()
+    assert predictions["label"].tolist() == confusion["actual"].tolist()
     card = (repo / "models/MODEL_CARD.md").read_text()
     from pipeline.model_card import _cell
     assert f"| LSTM (this model) | {_cell(evaluation['accuracy'])} | {_cell(evaluation['macro_f1'])} |" in card
@@ -55,7 +59,10 @@ def test_full_repro_writes_every_artefact(repo):
     baseline = json.loads((repo / "metrics/baseline/report.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "C"} <= set(baseline)
     vocab = json.loads((repo / "metrics/vocab.json").read_text())
-    assert vocab["embedding_dim"] == 50 and vocab["pretrained_rows"] > 0
+    itos = json.loads((repo / "data/vocab/vocab.json").read_text())["itos"]
+    source = yaml.safe_load((repo / "params.yaml").read_text())["embeddings"]["source"]
+    glove_words = {line.split(" ", 1)[0] for line in Path(source).read_text(encoding="utf-8").splitlines()}
+    assert vocab["embedding_dim"] == 50 and vocab["pretrained_rows"] == len(set(itos) & glove_words)
     confusion = (repo / "metrics/eval/confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + evaluation["test_rows"]
     assert (repo / "metrics/eval/confusion.png").read_bytes()[:4] == b"\x89PNG"

@@ -10,14 +10,18 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import yaml
 
+from pipeline.errors import PipelineError
 from pipeline.inference import predict_proba
+from pipeline.stages import train as train_stage
 from pipeline.training import (Hooks, build_model, class_weights, evaluate, fit, lr_factor, set_determinism,
                                stretched_epochs)
 from tests.ddp_toy import DDP_PARAMS
-from tests.helpers import ROOT, fit_toy, toy_problem, train_params
+from tests.helpers import ROOT, fit_toy, toy_matrix, toy_problem, train_params
 
 
 def test_training_learns_and_repeats_exactly():
@@ -132,3 +136,36 @@ def test_data_parallel_training_under_torchrun_learns_like_one_process(tmp_path)
     assert runs[0]["steps"] == 8 * (180 // 8 // 2)    # half the batches each
     single = fit_toy(train_params(**DDP_PARAMS))
     assert runs[0]["val"] >= single.best_val_accuracy - 0.05 and runs[0]["val"] >= 0.9
+
+
+def test_evaluate_measures_the_loss_and_accuracy_of_the_whole_split():
+    """In length-sorted batches, the figures of the split in its own order (predict_proba's)."""
+    tp = train_params()
+    set_determinism(tp.seed)
+    model = build_model(tp, toy_matrix(), 2)
+    xs, ys = toy_problem(n=70, seed=5)
+    result = evaluate(model, (xs, ys), 16, torch.device("cpu"))
+    probs = predict_proba(model, xs)
+    assert result.accuracy == float((probs.argmax(axis=1) == ys).mean())
+    assert result.loss == pytest.approx(float(-np.log(probs[np.arange(len(ys)), ys]).mean()), rel=1e-5)
+    assert (result.examples, result.tokens) == (70, sum(len(x) for x in xs))
+
+
+# --- the train stage (pipeline.stages.train) ---------------------------------------------------------
+
+
+def test_the_train_stage_refuses_an_unknown_encoder_before_anything_else(tmp_path, monkeypatch):
+    """params.py leaves train.encoder's values to the model (it imports no torch): the stage checks it."""
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["train"]["encoder"] = "rnn"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=r"^params\.yaml: 'train\.encoder' is 'rnn'; known encoders: lstm, gru, cnn$"):
+        train_stage.main()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_labels_become_class_ids_and_an_unseen_one_is_named():
+    assert train_stage.label_ids(pd.Series(["pos", "neg", "pos"]), ["neg", "pos"], "val").tolist() == [1, 0, 1]
+    with pytest.raises(PipelineError, match=r"data/prepared/val\.parquet: label 'meh' does not occur in the training"):
+        train_stage.label_ids(pd.Series(["pos", "meh"]), ["neg", "pos"], "val")

@@ -1,0 +1,71 @@
+"""Files (pipeline.files): atomic outputs, refused output paths, compressed data known by its first
+bytes, JSON that is always valid, and the encoding check."""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+
+import pytest
+
+from pipeline.errors import PipelineError
+from pipeline.files import (atomic_path, check_encoding, check_output_file, compression_of, json_dumps, open_text,
+                            write_json)
+
+
+def test_an_atomic_output_appears_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old.txt").write_text("previous run")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "half.txt").write_text("half written")
+            raise RuntimeError("the stage failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the last good output, nothing partial
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    (tmp_path / ".out.abc123.partial").mkdir()  # what a killed run leaves
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "new.txt").write_text("this run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]  # replaced whole, nothing stale
+    write_json(tmp_path / "m.json", {"a": 1})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+
+
+def test_an_output_file_may_not_be_a_folder_or_an_input(tmp_path):
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(PipelineError, match=r"folder: is a directory, and writing the output there would delete it"):
+        check_output_file(tmp_path / "folder")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PipelineError, match=r"cannot write there: .*file is a file, not a folder"):
+        check_output_file(tmp_path / "file" / "out.csv")
+    with pytest.raises(PipelineError, match=r"the output would replace the input"):
+        check_output_file(tmp_path / "folder" / ".." / "file", tmp_path / "file")
+    assert check_output_file(tmp_path / "new" / "out.csv", tmp_path / "file", None) == tmp_path / "new" / "out.csv"
+
+
+def test_compressed_text_is_known_by_its_first_bytes(tmp_path):
+    (tmp_path / "a.txt").write_bytes(gzip.compress("caf\u00e9\r\nline two\n".encode("utf-8")))
+    (tmp_path / "b.gz").write_bytes(bz2.compress(b"plain"))
+    (tmp_path / "c.gz").write_text("not compressed at all")
+    assert [compression_of(tmp_path / n) for n in ("a.txt", "b.gz", "c.gz")] == ["gzip", "bz2", None]
+    with open_text(tmp_path / "a.txt") as f:
+        assert f.read() == "caf\u00e9\nline two\n"  # universal newlines
+    with open_text(tmp_path / "c.gz") as f:
+        assert f.read() == "not compressed at all"
+
+
+def test_json_is_always_valid_json():
+    text = json_dumps({"nan": float("nan"), "inf": [float("-inf"), 1.5], "blob": b"\x00\xff", "when": object})
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+    assert data["nan"] is None and data["inf"] == [None, 1.5] and data["blob"] == "AP8="
+    assert data["when"] == str(object)
+
+
+def test_an_unknown_encoding_is_named_where_it_was_given():
+    assert check_encoding("latin-1", "--encoding") == "latin-1"
+    with pytest.raises(PipelineError, match=r"^--encoding: 'utf9' is not a text encoding Python knows \(e\.g\. utf-8"):
+        check_encoding("utf9", "--encoding")
