@@ -12,7 +12,7 @@ SETUPTOOLS := setuptools==84.2.1
 # dvc's experiment queue worker calls `dvc` from PATH, so the venv goes first on it.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test test-fast venv lock clean-venv bench ablation corpora scale queue-threads
+.PHONY: exp-show repro test test-fast venv lock clean-venv bench ablation corpora scale queue-threads
 
 venv: $(STAMP)
 
@@ -53,6 +53,10 @@ scale: $(STAMP)
 # The README's queue table: two trainings at once through `dvc queue start -j 2` (commit first).
 queue-threads: $(STAMP)
 	python -m benchmarks.queue_threads
+
+# `dvc exp show` in 120 columns: the headline metrics and the params that differ between experiments.
+exp-show: $(STAMP)
+	textclf-exp show --sort-by lstm_val_acc --sort-order desc
 
 # Re-pin requirements.txt after editing requirements.in.
 lock: $(STAMP)

@@ -37,6 +37,8 @@ from pipeline.params import SourceParams
 
 CHUNK = 1 << 20
 
+NOTHING_DOWNLOADED = ".nothing-downloaded"
+
 
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
@@ -397,7 +399,7 @@ def extract_members(archive: Path, members: list[str], out_dir: Path) -> list[Pa
 def download(src: SourceParams, out_dir: Path, key: str = "download") -> list[Path]:
     """Fetch `src.download` and write its files into out_dir, atomically. Returns the files written.
 
-    With no download, out_dir becomes an empty folder (the data is read from `src.source`)."""
+    With no download, out_dir holds only a dot file saying so (the data is read from `src.source`)."""
     # The fetched file waits beside the output, not in /tmp: a killed run's leftovers are then found
     # and removed by the next run (and a large file is not copied across file systems).
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -406,6 +408,9 @@ def download(src: SourceParams, out_dir: Path, key: str = "download") -> list[Pa
             atomic_path(out_dir) as staging:
         if src.download is None:
             staging.mkdir()
+            # A dot file, which no reader takes for data, so that DVC does not warn of an empty output.
+            (staging / NOTHING_DOWNLOADED).write_text(f"{key} is null: nothing was fetched; the pipeline reads "
+                                                      "its source instead (params.yaml)\n", encoding="utf-8")
             return []
         fetched, whole = _fetch(src.download, Path(tmp), key)
         if src.sha256:

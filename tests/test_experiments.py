@@ -4,7 +4,6 @@ back, shared experiments. Real `dvc` in throw-away git repositories of this pipe
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 
 import pytest
@@ -61,3 +60,45 @@ def test_going_back_to_tried_params_restores_every_stage_from_the_run_cache(repo
     set_param(repo, "train", "lr", 0.003)
     out = run(["dvc", "repro"], repo).stdout
     assert not stages_run(out) and "Stage 'train' is cached - skipping run" in out, out
+
+
+def exp(repo, *args, check=True):
+    return run([str(VENV_BIN / "python"), "-m", "pipeline.cli.experiments", *args], repo, check=check)
+
+
+def test_a_shared_experiment_without_its_model_costs_a_colleague_nothing(repo, tmp_path):
+    """The README's old order: an experiment run, then a remote added. Plain `dvc exp push` uploads no
+    model; the colleague's `textclf-exp apply` refuses and keeps their model and their remote. Then
+    `textclf-exp push` from a remote every commit reaches carries the model, and the apply works."""
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    run(["git", "remote", "add", "origin", str(origin)], repo)
+    run(["dvc", "exp", "run", "-n", "late", "-S", "train.lr=0.003"], repo)
+    theirs = (repo / "models/model.pt").read_bytes()
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout"], repo)
+    refused = exp(repo, "push", "late", check=False)  # no remote yet: refused, where DVC uploads nothing
+    assert refused.returncode == 1 and "no DVC remote to take its model" in refused.stdout, refused.stdout
+    store = tmp_path / "store"
+    run(["dvc", "remote", "add", "-d", "store", str(store)], repo)
+    run(["git", "commit", "-qm", "a remote", ".dvc/config"], repo)
+    branch = run(["git", "branch", "--show-current"], repo).stdout.strip()
+    run(["git", "push", "-q", "origin", branch], repo)
+    run(["dvc", "push"], repo)
+    run(["dvc", "exp", "push", "origin", "late"], repo)  # DVC: "Pushed experiment", and no model
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", "-b", branch, str(origin), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    model, config = (clone / "models/model.pt").read_bytes(), (clone / ".dvc/config").read_text()
+    proc = exp(clone, "apply", "late", check=False)
+    assert proc.returncode == 1 and "its outputs are in no DVC cache or remote" in proc.stdout, proc.stdout
+    assert (clone / "models/model.pt").read_bytes() == model and (clone / ".dvc/config").read_text() == config
+    assert "up to date" in run(["dvc", "status"], clone).stdout
+
+    assert "pushed experiment 'late'" in exp(repo, "push", "late").stdout  # the model goes now
+    out = exp(clone, "apply", "late").stdout
+    assert "applied experiment 'late'" in out and "kept your .dvc/config" in out, out
+    assert (clone / "models/model.pt").read_bytes() == theirs
+    assert (clone / ".dvc/config").read_text() == config  # the remote is still there
+    assert not (clone / ".dvc/config.local").exists() and not (repo / ".dvc/config.local").exists()

@@ -7,10 +7,12 @@
 DVC does the work (`dvc exp push`, `dvc exp pull`, `dvc exp apply`, `dvc exp show`); this adds the checks
 DVC leaves out:
 
-- push: an experiment's outputs go to the DVC remote named by `--dvc-remote`, else the default one; with
-  none, it refuses (DVC itself would say "Pushed experiment" and upload no model when the experiment's
-  commit names no remote). Keep your remote in `.dvc/config.local` (`dvc remote add --local -d ...`) or
-  commit it before running experiments: either way every experiment can reach it.
+- DVC reads an experiment's remotes from the experiment's own commit: one run before the remote was
+  added reaches none, and `dvc exp push` then says "Pushed experiment" and uploads no model. Both commands
+  below lend this clone's remotes to every commit for their duration (copied into .dvc/config.local,
+  which is put back after).
+- push: the outputs go to the DVC remote named by `--dvc-remote`, else the default one; with none, it
+  refuses.
 - apply: the experiment is pulled, then applied only if every output it records is in the local DVC
   cache; else it stops and changes nothing (`dvc exp apply` would first delete the workspace model, then
   fail). Your `.dvc/config` is kept: an experiment made before a remote was added would otherwise take it.
@@ -21,6 +23,7 @@ DVC leaves out:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -45,6 +48,25 @@ def default_remote() -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
+@contextlib.contextmanager
+def remotes_for_every_commit():
+    """This clone's remote settings (.dvc/config) copied into .dvc/config.local, which DVC reads at every
+    commit, for the duration of the block; .dvc/config.local is then put back as it was."""
+    settings = [line.split("=", 1) for line in dvc("config", "--list", "--project").stdout.splitlines()
+                if line.startswith(("remote.", "core.remote="))]
+    local = Path(".dvc/config.local")
+    before = local.read_bytes() if local.is_file() else None
+    try:
+        for key, value in settings:
+            dvc("config", "--local", key, value)
+        yield
+    finally:
+        if before is None:
+            local.unlink(missing_ok=True)
+        else:
+            local.write_bytes(before)
+
+
 def experiment_rev(name: str) -> str:
     """The commit of the local experiment `name` (DVC keeps it under refs/exps/.../NAME)."""
     refs = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
@@ -62,12 +84,14 @@ def missing_outputs(rev: str) -> list[str]:
 
     lock = yaml.safe_load(subprocess.run(["git", "show", f"{rev}:dvc.lock"], capture_output=True, text=True,
                                          check=True).stdout) or {}
+    in_git = set(subprocess.run(["git", "ls-tree", "-r", "--name-only", rev], capture_output=True, text=True,
+                                check=True).stdout.splitlines())
     cache = Path(dvc("cache", "dir").stdout.strip()) / "files" / "md5"
     missing = []
     for stage in lock.get("stages", {}).values():
         for out in stage.get("outs", []):
             digest = out.get("md5")
-            if digest is None:  # kept in git (cache: false)
+            if digest is None or out["path"] in in_git:  # kept in git (cache: false)
                 continue
             blob = cache / digest[:2] / digest[2:]
             if not blob.is_file():
@@ -84,13 +108,15 @@ def push(name: str, git_remote: str, dvc_remote: str | None) -> None:
     if remote is None:
         raise PipelineError(f"experiment {name!r}: no DVC remote to take its model and data: add one first "
                             "(`dvc remote add --local -d NAME URL`), or pass --dvc-remote NAME")
-    dvc("exp", "push", "--run-cache", "-r", remote, git_remote, name)
+    with remotes_for_every_commit():
+        dvc("exp", "push", "--run-cache", "-r", remote, git_remote, name)
     print(f"pushed experiment {name!r}: its git ref to {git_remote!r}, its outputs to the DVC remote {remote!r}")
 
 
 def apply(name: str, git_remote: str | None) -> None:
     if git_remote:
-        dvc("exp", "pull", git_remote, name)
+        with remotes_for_every_commit():
+            dvc("exp", "pull", git_remote, name)
     missing = missing_outputs(experiment_rev(name))
     if missing:
         raise PipelineError(f"experiment {name!r}: its outputs are in no DVC cache or remote this clone reaches "
