@@ -3,7 +3,7 @@
     textclf-predict --input reviews.csv --text-column text --output predictions.parquet
     python -m pipeline.stages.predict          # the DVC stage `predict`: the same, set by params.yaml `predict`
 
-Reads a CSV, TSV, JSON-lines or Parquet file (pipeline.readers.TableReader; the text formats may be
+Reads a CSV, TSV, JSON-lines or Parquet file (pipeline.tables.TableReader; the text formats may be
 compressed) and
 writes .parquet, .csv, .tsv or .jsonl: every column of the input, in its order, then `predicted_label`
 and one `prob_<label>` column per class (the model's softmax; each row's probabilities sum to 1).
@@ -46,13 +46,10 @@ from pipeline.checkpoint import Checkpoint
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, check_output_file, json_dumps, json_safe, json_text
 from pipeline.inference import classify_texts
-from pipeline.readers import TableReader
+from pipeline.tables import TableReader
 
 LABEL_COLUMN = "predicted_label"
 PROB_PREFIX = "prob_"
-_COMPRESSION = (".gz", ".bz2", ".xz")
-INPUT_KINDS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-               ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 OUTPUT_KINDS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl",
                 ".ndjson": "jsonl"}
 
@@ -62,18 +59,6 @@ class BatchSummary:
     rows: int
     rows_without_text: int
     chunks: int
-
-
-def input_kind(path: Path) -> str:
-    """csv, tsv, jsonl or parquet, from the file name (a compression suffix looked through)."""
-    name = path.name.lower()
-    for suffix in _COMPRESSION:
-        name = name.removesuffix(suffix)
-    kind = INPUT_KINDS.get(Path(name).suffix)
-    if kind is None or (kind == "parquet" and name != path.name.lower()):
-        raise PipelineError(f"{path}: unknown input format: expected .csv, .tsv, .jsonl (or .json lines) or "
-                            ".parquet (the text formats may be .gz, .bz2 or .xz)")
-    return kind
 
 
 def output_kind(path: Path) -> str:

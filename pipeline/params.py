@@ -194,9 +194,9 @@ class BaselineParams:
 @dataclass(frozen=True)
 class PredictParams:
     # The DVC stage `predict` (python -m pipeline.stages.predict; it runs on every `dvc repro`): classify
-    # every row of `input` (a CSV, TSV, JSON-lines or Parquet file; the text formats may be .gz, .bz2 or
-    # .xz) and write it to `output` (.parquet, .csv, .tsv or .jsonl) with predicted_label and one
-    # prob_<label> column per class. `input` is a DVC dependency.
+    # every row of `input` (a CSV, TSV, JSON-lines or Parquet file; the text formats may be compressed:
+    # gzip, bz2, xz, zstd, a one-file zip) and write it to `output` (.parquet, .csv, .tsv or .jsonl) with
+    # predicted_label and one prob_<label> column per class. `input` is a DVC dependency.
     input: str
     text_column: str
     output: str

@@ -16,7 +16,6 @@ document), with an error naming the file and the line, or the data row.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import itertools
@@ -26,11 +25,10 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError, short
-from pipeline.files import READ_ERRORS, check_encoding, json_object_line, json_text, open_binary, open_text
+from pipeline.files import READ_ERRORS, json_object_line, open_binary, open_text
 
 CHUNK_ROWS = 10_000   # rows read at a time
 MAX_FIELD_BYTES = 10 << 20  # the longest text (a line, a field, a document file) a reader accepts
@@ -148,7 +146,7 @@ def bounded_lines(path: Path, limit: int = MAX_FIELD_BYTES) -> io.BufferedReader
     return io.BufferedReader(_BoundedLines(open_binary(path), path, limit), buffer_size=1 << 20)
 
 
-def _open_lines(path: Path, encoding: str, limit: int = MAX_FIELD_BYTES):
+def open_lines(path: Path, encoding: str, limit: int = MAX_FIELD_BYTES):
     """open_text(path), with lines bounded like bounded_lines."""
     return io.TextIOWrapper(bounded_lines(path, limit), encoding=encoding, newline=None)
 
@@ -174,7 +172,7 @@ def _iter_lines(path: Path, encoding: str, parse, chunk_rows: int) -> Iterator[t
     texts, rests = [], []
     lineno = 0
     try:
-        with _open_lines(path, encoding) as f:
+        with open_lines(path, encoding) as f:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
                     text, rest = parse(line, lineno)
@@ -341,139 +339,3 @@ def iter_table(path: Path, kind: str, text_column: str, label_column: str, split
         raise decode_error(path, err, encoding) from None
     except (ValueError, pd.errors.ParserError, *READ_ERRORS) as err:
         raise PipelineError(f"{path}: cannot read as {kind}: {err}") from None
-
-
-# --- tables for batch prediction: every column, with its schema ---------------------------------
-
-
-def _no_rows(path: Path) -> PipelineError:
-    return PipelineError(f"{path}: the file has no rows (it is empty, or holds only blank lines)")
-
-
-class TableReader:
-    """The schema of a table file (known before any row is read) and its rows as Arrow tables of at most
-    `chunk_rows` rows. Use it as a context manager: a Parquet file is opened once and closed on exit."""
-
-    def __init__(self, path: Path, chunk_rows: int, encoding: str = "utf-8"):
-        self.path, self.chunk_rows = path, chunk_rows
-        self.encoding = check_encoding(encoding, "encoding")
-        self.kind = input_kind(path)
-        self._parquet = None
-        if not path.is_file():
-            raise PipelineError(f"{path}: no such input file (looked for {path.resolve()})")
-        with self._read_errors():
-            self.schema = self._read_schema()
-
-    def __enter__(self) -> "TableReader":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._parquet is not None:
-            self._parquet.close()
-            self._parquet = None
-
-    @contextlib.contextmanager
-    def _read_errors(self):
-        """The readers' own errors (pandas, pyarrow, decoding, decompression) as one line naming the file."""
-        try:
-            yield
-        except UnicodeDecodeError as err:
-            raise PipelineError(f"{self.path}: not valid {self.encoding} text ({err.reason}); "
-                                "pass the file's encoding (--encoding, or predict.encoding)") from None
-        except (ValueError, pa.ArrowException, *READ_ERRORS) as err:
-            raise PipelineError(f"{self.path}: cannot read as {self.kind}: {err}") from None
-
-    def _read_schema(self) -> pa.Schema:
-        if self.kind == "parquet":
-            self._parquet = pq.ParquetFile(self.path)
-            return self._parquet.schema_arrow
-        if self.kind == "jsonl":
-            return jsonl_schema(self.path, self.encoding)
-        try:
-            with bounded_lines(self.path) as raw:
-                header = pd.read_csv(raw, nrows=0, sep="," if self.kind == "csv" else "\t", encoding=self.encoding,
-                                     compression=None)
-        except pd.errors.EmptyDataError:
-            raise _no_rows(self.path) from None
-        return pa.schema([(str(c), pa.string()) for c in header.columns])
-
-    def chunks(self) -> Iterator[pa.Table]:
-        read = {"parquet": self._parquet_chunks, "jsonl": self._jsonl_chunks}.get(self.kind, self._csv_chunks)
-        with self._read_errors():
-            yield from read()
-
-    def _parquet_chunks(self) -> Iterator[pa.Table]:
-        if self._parquet is None:
-            raise PipelineError(f"{self.path}: the reader is closed")
-        for batch in self._parquet.iter_batches(batch_size=self.chunk_rows):
-            yield pa.Table.from_batches([batch])
-
-    def _csv_chunks(self) -> Iterator[pa.Table]:
-        for df in delimited_chunks(self.path, self.kind, self.encoding, chunk_rows=self.chunk_rows):
-            yield pa.Table.from_pandas(df, self.schema, preserve_index=False)
-
-    def _jsonl_chunks(self) -> Iterator[pa.Table]:
-        names = self.schema.names
-        as_json = {f.name for f in self.schema if f.metadata and f.metadata.get(b"json") == b"1"}
-        rows: list[dict] = []
-        for _, row in _jsonl_rows(self.path, self.encoding):
-            rows.append({k: (json_text(row.get(k)) if k in as_json else row.get(k)) for k in names})
-            if len(rows) == self.chunk_rows:
-                yield pa.Table.from_pylist(rows, self.schema)
-                rows = []
-        if rows:
-            yield pa.Table.from_pylist(rows, self.schema)
-
-
-def _jsonl_rows(path: Path, encoding: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a line that is not a JSON object is an error."""
-    lineno = 0
-    try:
-        with _open_lines(path, encoding) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                yield lineno, json_object_line(line, path, lineno)
-    except READ_ERRORS as err:
-        raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
-
-
-def _json_kind(value) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int" if -2**63 <= value < 2**63 else "json"
-    if isinstance(value, float):
-        return "float"
-    return "str" if isinstance(value, str) else "json"
-
-
-def jsonl_schema(path: Path, encoding: str = "utf-8") -> pa.Schema:
-    """One pass over a JSON-lines file: each key, in order of first appearance, typed by all its values.
-
-    Mixed kinds (or lists and objects) make a string column of JSON text, marked in the field metadata."""
-    kinds: dict[str, set] = {}
-    rows = 0
-    for _, row in _jsonl_rows(path, encoding):
-        rows += 1
-        for key, value in row.items():
-            kind = _json_kind(value)
-            kinds.setdefault(key, set()).update([kind] if kind else [])
-    if not rows:
-        raise _no_rows(path)
-    fields = []
-    for key, seen in kinds.items():
-        if seen <= {"int", "float"} and "float" in seen:
-            seen = {"float"}
-        if len(seen) <= 1 and "json" not in seen:
-            arrow_type = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64()}.get(next(iter(seen), "str"),
-                                                                                           pa.string())
-            fields.append(pa.field(key, arrow_type))
-        else:
-            fields.append(pa.field(key, pa.string(), metadata={"json": "1"}))
-    return pa.schema(fields)

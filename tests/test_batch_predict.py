@@ -20,7 +20,7 @@ from pipeline.batch_predict import predict_file
 from pipeline.cli import predict as predict_cli
 from pipeline.errors import PipelineError
 from pipeline.inference import classify_texts
-from pipeline.readers import TableReader, jsonl_schema
+from pipeline.tables import TableReader, jsonl_schema
 from pipeline.stages import predict as predict_stage
 
 

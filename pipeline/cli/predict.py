@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint path (default: %(default)s, relative to the current directory)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per text")
     batch = parser.add_argument_group("batch prediction over a table file")
-    batch.add_argument("--input", "-i", help="a .csv, .tsv, .jsonl or .parquet file (text formats may be .gz, .bz2, .xz)")
+    batch.add_argument("--input", "-i", help="a .csv, .tsv, .jsonl or .parquet file (text formats may be compressed)")
     batch.add_argument("--output", "-o", help="where to write: .parquet, .csv, .tsv or .jsonl")
     batch.add_argument("--text-column", help="the input's text column (default: text)")
     batch.add_argument("--encoding", default="utf-8",
