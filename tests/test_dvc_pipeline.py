@@ -405,9 +405,10 @@ MID_WORK = {
 }
 
 
-def _kill_stage_mid_work(repo: Path, stage: str) -> int:
-    """Start `dvc repro` and kill -9 the stage's own process while its staged outputs are half
-    written; return dvc's exit code.
+def _kill_stage_mid_work(repo: Path, stage: str, how: str = "kill -9") -> int:
+    """Start `dvc repro` and, while the stage's staged outputs are half written, kill -9 the stage's own
+    process (`how`: "kill -9"), send it SIGTERM ("SIGTERM"), or kill -9 the `dvc repro` that runs it
+    ("kill -9 dvc": the stage must then end by itself); return dvc's exit code.
 
     No sleeps to guess at: the stage runs in short slices between SIGSTOP and SIGCONT, and is looked
     at only while stopped, so the kill lands mid-work on a fast machine and a slow one alike."""
@@ -447,9 +448,16 @@ def _kill_stage_mid_work(repo: Path, stage: str) -> int:
             except ProcessLookupError:
                 break
             mid_work = is_mid_work(repo)
-            os.kill(pid, signal.SIGKILL if mid_work else signal.SIGCONT)
+            if mid_work and how == "SIGTERM":
+                os.kill(pid, signal.SIGTERM)
+            elif mid_work and how == "kill -9 dvc":
+                proc.kill()
+            os.kill(pid, signal.SIGKILL if mid_work and how == "kill -9" else signal.SIGCONT)
             time.sleep(0.0002)
         code = proc.wait(timeout=300)
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:  # the stage ends too
+            time.sleep(0.01)
+        assert not Path(f"/proc/{pid}").exists(), f"{stage} outlived the kill ({how})"
     finally:
         if proc.poll() is None:  # a failed assertion above: leave no `dvc repro` behind
             proc.kill()
@@ -473,10 +481,12 @@ def _wait_until_stopped(pid: int) -> None:
         time.sleep(0.0001)
 
 
-@pytest.mark.parametrize("stage", ["prepare", "vocab", "train"])
-def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage):
-    """Fault injection: kill -9 a stage mid-work; the last good outputs stay, and the next `dvc repro`
-    finishes, caches nothing corrupt and leaves no temporary files.
+@pytest.mark.parametrize("stage, how", [("prepare", "kill -9"), ("vocab", "kill -9"), ("train", "kill -9"),
+                                        ("prepare", "SIGTERM"), ("train", "SIGTERM"), ("train", "kill -9 dvc")])
+def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage, how):
+    """Fault injection: kill -9 a stage mid-work, send it SIGTERM, or kill -9 the `dvc repro` running it;
+    nothing of the killed run looks finished, and the next `dvc repro` finishes (a training resumes
+    after its last finished epoch), caches nothing corrupt and leaves no temporary files.
     (Killed downloads: test_leftovers_of_a_killed_run_are_removed_by_the_next.)"""
     def changed_copy(dest: Path) -> Path:
         repo = copy_of(own_data_repo, dest)
@@ -488,7 +498,9 @@ def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage):
 
     repo = changed_copy(tmp_path / "killed")
     before = tree_digest(repo / "metrics/train")
-    assert _kill_stage_mid_work(repo, stage) != 0
+    assert _kill_stage_mid_work(repo, stage, how) != 0
+    if how != "kill -9":  # a signal the stage sees: it removes its staged outputs at once
+        assert not [p for p in repo.rglob("*.partial")], how
     if stage == "train":
         assert not (repo / "metrics/train/best.json").exists()  # nothing of the killed run looks finished
     assert "changed" in run(["dvc", "status"], repo).stdout or "deleted" in run(["dvc", "status"], repo).stdout

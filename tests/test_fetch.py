@@ -151,9 +151,12 @@ def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path, file_server
     assert sorted(p.name for p in raw.iterdir()) == ["embeddings"]
 
 
-def test_no_download_writes_an_empty_folder(tmp_path):
+def test_no_download_writes_a_folder_holding_only_a_note(tmp_path):
+    """`download: null`: nothing fetched; a dot file (which no reader takes for data) says so, and keeps
+    DVC from warning that the output folder is empty."""
     assert fetch.download(_src(None), tmp_path / "out") == []
-    assert (tmp_path / "out").is_dir() and not list((tmp_path / "out").iterdir())
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [fetch.NOTHING_DOWNLOADED]
+    assert "nothing was fetched" in (tmp_path / "out" / fetch.NOTHING_DOWNLOADED).read_text()
 
 
 def test_download_over_http_from_loopback_retries_server_errors(tmp_path, glove_small, monkeypatch):
