@@ -44,7 +44,7 @@ ablation: $(STAMP)
 
 # The README's real-corpora table: each benchmarks/corpora/*.yaml through the DVC queue (commit first).
 corpora: $(STAMP)
-	python -m benchmarks.corpora
+	python -m benchmarks.corpora --seeds 42 43 44
 
 # The README's scale table: each stage on 10k, 100k and 1M synthetic documents (needs `make repro` first).
 scale: $(STAMP)
