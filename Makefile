@@ -12,7 +12,7 @@ SETUPTOOLS := setuptools==84.2.1
 # dvc's experiment queue worker calls `dvc` from PATH, so the venv goes first on it.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: repro test test-fast venv lock clean-venv bench ablation corpora scale queue-threads
+.PHONY: repro test test-fast venv lock clean-venv bench ablation corpora scale queue-threads peers
 
 venv: $(STAMP)
 
@@ -53,6 +53,19 @@ scale: $(STAMP)
 # The README's queue table: two trainings at once through `dvc queue start -j 2` (commit first).
 queue-threads: $(STAMP)
 	python -m benchmarks.queue_threads
+
+# docs/peers.md: the LSTM beside flair and fastText on the pipeline's own splits (needs `make repro` first).
+# The peers get their own virtual environment, so that the project's pinned requirements stay lean.
+PEERS_VENV := benchmarks/.peers-venv
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+$(PEERS_STAMP): benchmarks/peers-requirements.txt
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r benchmarks/peers-requirements.txt
+	@touch $(PEERS_STAMP)
+
+peers: $(STAMP) $(PEERS_STAMP)
+	python -m benchmarks.peers
 
 # Re-pin requirements.txt after editing requirements.in.
 lock: $(STAMP)
