@@ -12,7 +12,7 @@ SETUPTOOLS := setuptools==84.2.1
 # dvc's experiment queue worker calls `dvc` from PATH, so the venv goes first on it.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: exp-show repro test test-fast venv lock clean-venv bench ablation corpora scale queue-threads
+.PHONY: exp-show repro test test-fast venv lock clean-venv bench ablation corpora scale queue-threads peers
 
 venv: $(STAMP)
 
@@ -44,7 +44,7 @@ ablation: $(STAMP)
 
 # The README's real-corpora table: each benchmarks/corpora/*.yaml through the DVC queue (commit first).
 corpora: $(STAMP)
-	python -m benchmarks.corpora
+	python -m benchmarks.corpora --seeds 42 43 44
 
 # The README's scale table: each stage on 10k, 100k and 1M synthetic documents (needs `make repro` first).
 scale: $(STAMP)
@@ -57,6 +57,19 @@ queue-threads: $(STAMP)
 # `dvc exp show` in 120 columns: the headline metrics and the params that differ between experiments.
 exp-show: $(STAMP)
 	textclf-exp show --sort-by lstm_val_acc --sort-order desc
+
+# docs/peers.md: the LSTM beside flair and fastText on the pipeline's own splits (needs `make repro` first).
+# The peers get their own virtual environment, so that the project's pinned requirements stay lean.
+PEERS_VENV := benchmarks/.peers-venv
+PEERS_STAMP := $(PEERS_VENV)/.installed
+
+$(PEERS_STAMP): benchmarks/peers-requirements.txt
+	@test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r benchmarks/peers-requirements.txt
+	@touch $(PEERS_STAMP)
+
+peers: $(STAMP) $(PEERS_STAMP)
+	python -m benchmarks.peers
 
 # Re-pin requirements.txt after editing requirements.in.
 lock: $(STAMP)

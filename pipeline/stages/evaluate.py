@@ -79,6 +79,11 @@ def main() -> None:
     write_json(METRICS, headline(metrics, "lstm"))
     print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
           f"{len(wrong)} misclassified of {len(test)}")
+    # The misclassified examples as a page, each word shaded by its attribution (pipeline/explain.py).
+    from pipeline.explain import write_misclassified_report
+
+    shown = write_misclassified_report(checkpoint, wrong, PLOTS_DIR / "misclassified.html")
+    print(f"{PLOTS_DIR / 'misclassified.html'}: {shown} of the {len(wrong)} misclassified examples, explained")
 
 
 if __name__ == "__main__":
