@@ -20,6 +20,7 @@ wrong label the model chose, underlined by its attention weight.
 from __future__ import annotations
 
 import html
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -58,7 +59,7 @@ class Explanation:
                 "attributions": [round(a, 6) for a in self.attributions],
                 "attention": None if self.attention is None else [round(a, 6) for a in self.attention],
                 "unknown": self.unknown, "dropped_tokens": self.dropped, "cut_at": self.cut,
-                "delta": round(self.delta, 6)}
+                "delta": round(self.delta, 6) + 0.0}  # + 0.0: never -0.0
 
 
 def _cut_position(read: int, truncation: str, max_tokens: int | None) -> int:
@@ -99,7 +100,9 @@ def attribute(model: TextClassifier, sequences: Sequence[np.ndarray], targets: S
     device = next(model.parameters()).device
     forward = _forward_probabilities(model)
     layers = _embedding_layers(model)
-    ig = LayerIntegratedGradients(forward, layers if len(layers) > 1 else layers[0])
+    with warnings.catch_warnings():  # its warning is about layers that feed each other: the two channels do not
+        warnings.simplefilter("ignore", UserWarning)
+        ig = LayerIntegratedGradients(forward, layers if len(layers) > 1 else layers[0])
     n = len(sequences)
     attributions: list[np.ndarray | None] = [None] * n
     attention: list[np.ndarray | None] = [None] * n
@@ -168,11 +171,11 @@ def format_explanation(explanation: Explanation, labels: Sequence[str], top: int
     pairs = list(zip(explanation.tokens, explanation.attributions))
     toward = sorted((p for p in pairs if p[1] > 0), key=lambda p: -p[1])[:top]
     against = sorted((p for p in pairs if p[1] < 0), key=lambda p: p[1])[:top]
-    show = lambda items: ", ".join(f"{t} {a:+.3f}" for t, a in items) or "-"  # noqa: E731
+    show = lambda items: "  ".join(f"{t} {a:+.3f}" for t, a in items) or "-"  # noqa: E731
     lines = [f"  for {labels[explanation.target]}: {show(toward)}", f"  against: {show(against)}"]
     if explanation.attention is not None and explanation.tokens:
         looked = sorted(zip(explanation.tokens, explanation.attention), key=lambda p: -p[1])[:top]
-        lines.append("  attention: " + ", ".join(f"{t} {w:.2f}" for t, w in looked))
+        lines.append("  attention: " + "  ".join(f"{t} {w:.2f}" for t, w in looked))
     if explanation.dropped:
         lines.append(f"  ({explanation.dropped} tokens past the model's input length were not read)")
     return "\n".join(lines)
@@ -216,8 +219,8 @@ def misclassified_html(ckpt: Checkpoint, rows: Sequence[dict], total: int | None
     """The page: one table row per misclassified example (dicts with text, label, predicted, confidence and
     optionally tokens), in the order given, each word shaded by its attribution toward the prediction."""
     labels = ckpt.labels
-    token_lists = [list(r["tokens"]) if r.get("tokens") is not None else tokenize(r["text"], ckpt.text_config)
-                   for r in rows]
+    token_lists = [list(r["tokens"]) if isinstance(r.get("tokens"), (list, tuple, np.ndarray))
+                   else tokenize(str(r["text"]), ckpt.text_config) for r in rows]
     targets = [labels.index(r["predicted"]) for r in rows]
     explanations = explain_tokens(ckpt, token_lists, targets, steps) if rows else []
     total = len(rows) if total is None else total

@@ -4,6 +4,7 @@
     python -m pipeline.cli.predict --file reviews.txt        # one text per line
     cat reviews.txt | python -m pipeline.cli.predict         # one text per line on stdin
     python -m pipeline.cli.predict --json "..."              # one JSON object per text
+    python -m pipeline.cli.predict --explain "..."           # and the words that drove each prediction
     python -m pipeline.cli.predict --input reviews.csv --text-column text --output predictions.parquet
 
 Prints, per text, the predicted label and the probability of each class. Texts given as arguments
@@ -12,6 +13,10 @@ neither texts nor --file are given). With --input, every row of a CSV, TSV, JSON
 is classified and written to --output with one probability column per class (pipeline.batch_predict).
 --encoding is the encoding of --file and of --input's text formats (stdin is read as Python decodes it);
 --text-column and --chunk-rows only mean something with --input, and are refused without it.
+
+--explain adds, per text, the words that pushed hardest toward and against the predicted label
+(integrated gradients) and, when the model pools by attention, its attention weights; with --json, an
+"explanation" object (pipeline.explain).
 
 --model defaults to models/model.pt relative to the current directory: the trained model, when run
 from a checkout's root. From anywhere else, pass --model.
@@ -27,6 +32,7 @@ from pathlib import Path
 from pipeline.batch_predict import describe, predict_file
 from pipeline.checkpoint import MODEL_PATH, load_checkpoint, require_model_file
 from pipeline.errors import PipelineError, command_name, run_main
+from pipeline.explain import explain_texts, format_explanation
 from pipeline.files import check_encoding
 from pipeline.inference import classify_texts
 
@@ -63,13 +69,17 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
-def format_result(text: str, labels: list[str], probs, as_json: bool) -> str:
+def format_result(text: str, labels: list[str], probs, as_json: bool, explanation=None) -> str:
     best = int(probs.argmax())
     if as_json:
-        return json.dumps({"text": text, "label": labels[best],
-                           "probabilities": {lab: round(float(p), 4) for lab, p in zip(labels, probs)}})
+        row = {"text": text, "label": labels[best],
+               "probabilities": {lab: round(float(p), 4) for lab, p in zip(labels, probs)}}
+        if explanation is not None:
+            row["explanation"] = explanation.to_dict(labels)
+        return json.dumps(row)
     shown = "  ".join(f"{lab}={p:.3f}" for lab, p in zip(labels, probs))
-    return f"{labels[best]}\t{shown}\t{text}"
+    line = f"{labels[best]}\t{shown}\t{text}"
+    return line if explanation is None else f"{line}\n{format_explanation(explanation, labels)}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=str(MODEL_PATH),
                         help="checkpoint path (default: %(default)s, relative to the current directory)")
     parser.add_argument("--json", action="store_true", help="print one JSON object per text")
+    parser.add_argument("--explain", action="store_true",
+                        help="also show the words that drove each prediction (integrated gradients; attention "
+                             "weights when the model pools by attention)")
     batch = parser.add_argument_group("batch prediction over a table file")
     batch.add_argument("--input", "-i", help="a .csv, .tsv, .jsonl or .parquet file (text formats may be compressed)")
     batch.add_argument("--output", "-o", help="where to write: .parquet, .csv, .tsv or .jsonl")
@@ -96,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_batch(args: argparse.Namespace) -> None:
-    if args.texts or args.file or args.json:
-        raise PipelineError("--input classifies the rows of a table file: give no texts, --file or --json with it")
+    if args.texts or args.file or args.json or args.explain:
+        raise PipelineError("--input classifies the rows of a table file: give no texts, --file, --json or "
+                            "--explain with it")
     if not args.output:
         raise PipelineError("--input needs --output (a .parquet, .csv, .tsv or .jsonl file to write)")
     chunk_rows = 10_000 if args.chunk_rows is None else args.chunk_rows
@@ -126,8 +140,9 @@ def main(argv: list[str] | None = None) -> None:
         raise PipelineError("no text to classify (the input was empty)")
     ckpt = load_checkpoint(model_path)
     probs = classify_texts(ckpt, texts, args.batch_size)
-    for text, p in zip(texts, probs):
-        print(format_result(text, ckpt.labels, p, args.json))
+    explanations = explain_texts(ckpt, texts) if args.explain else [None] * len(texts)
+    for text, p, explanation in zip(texts, probs, explanations):
+        print(format_result(text, ckpt.labels, p, args.json, explanation))
 
 
 def cli() -> None:
