@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_batch(args: argparse.Namespace) -> None:
-    if args.texts or args.file or args.json or args.explain:
-        raise PipelineError("--input classifies the rows of a table file: give no texts, --file, --json or "
-                            "--explain with it")
+    if args.texts or args.file or args.json:
+        raise PipelineError("--input classifies the rows of a table file: give no texts, --file or --json with it")
+    if args.explain:
+        raise PipelineError("--explain is for texts (arguments, --file, stdin), not for an --input table")
     if not args.output:
         raise PipelineError("--input needs --output (a .parquet, .csv, .tsv or .jsonl file to write)")
     chunk_rows = 10_000 if args.chunk_rows is None else args.chunk_rows
