@@ -12,7 +12,7 @@ SETUPTOOLS := setuptools==84.2.1
 # dvc's experiment queue worker calls `dvc` from PATH, so the venv goes first on it.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: exp-show repro test test-fast venv lock clean-venv bench ablation corpora scale queue-threads peers
+.PHONY: exp-show repro test test-fast venv lock clean-venv bench ablation corpora scale queue-threads peers serve
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ test: $(STAMP)
 # The tests marked `slow` left out (DVC runs, whole stages, torchrun, the browser): for development.
 test-fast: $(STAMP)
 	python -m pytest -m "not slow"
+
+# The trained model over HTTP on 127.0.0.1:8000, with a page at / (docs/serving.md); options in ARGS="...".
+serve: $(STAMP)
+	textclf-serve $(ARGS)
 
 bench: $(STAMP)
 	python -m benchmarks.embeddings

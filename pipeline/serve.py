@@ -1,0 +1,408 @@
+"""The model over HTTP: a FastAPI app around one loaded checkpoint, served by uvicorn (`textclf-serve`).
+
+    POST /predict   {"text": "..."} or {"texts": [...]}, optional "explain": true
+                    -> {"labels": [...], "predictions": [{"label", "probabilities", "explanation"?}, ...]}
+    GET  /health    the process answers
+    GET  /ready     the model's identity: file md5, the dvc.lock record of it, labels, vocabulary size
+                    (also at /version)
+    GET  /          a page to type or paste texts and see labels, probabilities and shaded words
+    GET  /openapi.json
+
+Requests are bounded (Limits): the body's bytes, texts per request (fewer when explaining: each
+explained text costs `steps` forward and backward passes), characters per text, and texts waiting
+for the model. Anything malformed (not JSON, not UTF-8, wrong types, an unknown field, an empty
+batch, a blank text, a lone surrogate) gets a 4xx whose "error" names the field; never a traceback.
+
+All model work runs on one thread, in order. Texts of requests that arrive while the model is busy wait
+together and go through the next forward pass as one batch (Batcher); how much that pays is measured by
+benchmarks/serve_load.py (docs/serving.md). Explanations are computed per request, on the same thread.
+
+Safe by default: the command listens on 127.0.0.1 and, there, answers only requests whose Host header is a
+loopback name (a web page cannot reach it by rebinding its own name to 127.0.0.1). Listening wider needs a
+token, checked as `Authorization: Bearer <token>` on /predict and /ready (pipeline.cli.serve refuses to
+start otherwise). The page carries its own script and style, allowed by hash in a Content-Security-Policy
+that allows nothing else: it loads nothing from anywhere and works offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import json
+import socket
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from fastapi import Request  # at module level: FastAPI resolves the endpoint's annotations here
+
+from pipeline.checkpoint import Checkpoint, load_checkpoint, require_model_file
+from pipeline.errors import PipelineError
+from pipeline.explain import IG_STEPS, explain_texts
+from pipeline.inference import classify_texts
+
+TOKEN_ENV = "TEXTCLF_SERVE_TOKEN"
+PROTECTED = ("/predict", "/ready", "/version")  # what a token guards; the page and /health stay open
+MIN_TOKEN_CHARS = 16
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 1 << 20      # a request body past this is refused unread (413)
+    max_batch: int = 64                # texts per request
+    max_explain_batch: int = 16        # texts per request that asks for explanations
+    max_text_chars: int = 20_000       # characters per text
+    max_pending_texts: int = 4096      # texts waiting for the model before requests get 503
+    batch_texts: int = 256             # at most this many texts in one forward pass
+    batching: bool = True              # concurrent requests' texts share forward passes
+    steps: int = IG_STEPS              # integrated-gradients steps
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.status, self.field, self.message = status, field, message
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: reachable from this machine only."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, token: str | None) -> None:
+    """A host other than loopback needs a token of at least MIN_TOKEN_CHARS; say why, loudly."""
+    if token is not None and len(token) < MIN_TOKEN_CHARS:
+        raise PipelineError(f"the token is {len(token)} characters: use at least {MIN_TOKEN_CHARS} "
+                            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+    if not is_loopback(host) and token is None:
+        raise PipelineError(f"--host {host} would let other machines classify with this model and read what it "
+                            f"says: set a token (the {TOKEN_ENV} environment variable, or --token) that clients "
+                            "send as 'Authorization: Bearer <token>', or listen on 127.0.0.1 (the default)")
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dvc_lock_record(model: Path) -> dict | None:
+    """What the nearest dvc.lock above the model says of it: {dvc_lock, stage, md5}, or None."""
+    from ruamel.yaml import YAML
+
+    model = model.resolve()
+    for folder in model.parents:
+        lock = folder / "dvc.lock"
+        if not lock.is_file():
+            continue
+        try:
+            stages = (YAML(typ="safe").load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
+        except Exception:  # a damaged lock file says nothing about the model; the server still serves
+            return None
+        relative = model.relative_to(folder).as_posix()
+        for name, stage in stages.items():
+            for out in (stage or {}).get("outs", []) or []:
+                if isinstance(out, dict) and out.get("path") == relative and "md5" in out:
+                    return {"dvc_lock": str(lock), "stage": name, "md5": out["md5"]}
+        return None
+    return None
+
+
+def model_identity(path: Path, ckpt: Checkpoint) -> dict:
+    md5 = _file_md5(path)
+    record = dvc_lock_record(path)
+    if record is not None:
+        record["matches_file"] = record["md5"] == md5
+    cfg = ckpt.model.cfg
+    return {"path": str(path.resolve()), "md5": md5, "dvc": record, "labels": ckpt.labels,
+            "vocabulary_size": len(ckpt.itos), "encoder": cfg.encoder, "pooling": cfg.pooling,
+            "max_tokens": ckpt.max_tokens, "truncation": ckpt.truncation}
+
+
+class Batcher:
+    """One model thread; requests' texts queue up while it is busy and go through together."""
+
+    def __init__(self, work: Callable, limits: Limits):
+        self.work, self.limits = work, limits
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
+        self.queue: deque = deque()
+        self.pending = 0
+        self.draining = False
+
+    def check_room(self, count: int) -> None:
+        if self.pending + count > self.limits.max_pending_texts:
+            raise RequestError(503, "texts", f"the server is busy ({self.pending} texts waiting); retry later")
+
+    async def run(self, fn: Callable, *args):
+        """Run anything on the model thread (explanations, or one request's texts without batching)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def classify(self, texts: list[str]):
+        self.check_room(len(texts))
+        if not self.limits.batching:
+            self.pending += len(texts)
+            try:
+                return await self.run(self.work, texts)
+            finally:
+                self.pending -= len(texts)
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((texts, future))
+        self.pending += len(texts)
+        if not self.draining:
+            self.draining = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch, size = [], 0
+                while self.queue and (not batch or size + len(self.queue[0][0]) <= self.limits.batch_texts):
+                    texts, future = self.queue.popleft()
+                    self.pending -= len(texts)
+                    if not future.done():  # a client that went away needs no answer
+                        batch.append((texts, future))
+                        size += len(texts)
+                if not batch:
+                    continue
+                try:
+                    probs = await self.run(self.work, [t for texts, _ in batch for t in texts])
+                except Exception as err:  # every waiting request hears of it; the drain goes on
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(err)
+                    continue
+                start = 0
+                for texts, future in batch:
+                    if not future.done():
+                        future.set_result(probs[start:start + len(texts)])
+                    start += len(texts)
+        finally:
+            self.draining = False
+
+
+def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool]:
+    """The texts and the explain flag of a /predict body; a RequestError naming the field otherwise."""
+    from pydantic import ValidationError
+
+    from pipeline.serve_page import PredictRequest
+
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise RequestError(400, "body", f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
+    except RecursionError:
+        raise RequestError(400, "body", "JSON nested too deeply") from None
+    except ValueError as err:  # json.JSONDecodeError, or an integer of too many digits
+        raise RequestError(400, "body", f"not valid JSON ({str(err)[:120]})") from None
+    if not isinstance(data, dict):
+        raise RequestError(422, "body", f"expected a JSON object with \"text\" or \"texts\", got {type(data).__name__}")
+    try:
+        request = PredictRequest.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in first["loc"]).lstrip(".") or "body"
+        raise RequestError(422, field, first["msg"]) from None
+    if (request.text is None) == (request.texts is None):
+        raise RequestError(422, "text" if request.text is not None else "texts",
+                           "give exactly one of \"text\" (one string) or \"texts\" (a list of strings)")
+    field = "text" if request.texts is None else "texts"
+    texts = [request.text] if request.texts is None else request.texts
+    if not texts:
+        raise RequestError(422, "texts", "empty: give at least one text")
+    most = limits.max_explain_batch if request.explain else limits.max_batch
+    if len(texts) > most:
+        raise RequestError(413, "texts", f"{len(texts)} texts: at most {most} per request"
+                           + (" with explain" if request.explain else ""))
+    for i, text in enumerate(texts):
+        where = field if request.texts is None else f"texts[{i}]"
+        if len(text) > limits.max_text_chars:
+            raise RequestError(413, where, f"{len(text)} characters: at most {limits.max_text_chars}")
+        if not text.strip():
+            raise RequestError(422, where, "empty: nothing to classify")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(422, where, "not valid Unicode (a lone surrogate escape such as \\ud800)") from None
+    return texts, request.explain
+
+
+async def read_body(receive, limit: int) -> bytes:
+    """The request body, at most `limit` bytes; a 413 as soon as it is longer."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise RequestError(400, "body", "the client went away before sending the whole body")
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise RequestError(413, "body", f"more than {limit} bytes")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = None, loopback_only: bool = True):
+    """The ASGI app over the checkpoint at model_path."""
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from starlette.exceptions import HTTPException
+
+    from pipeline.serve_page import PredictRequest, PredictResponse, render_page
+
+    model_path = require_model_file(Path(model_path))
+    ckpt = load_checkpoint(model_path)
+    identity = model_identity(model_path, ckpt)
+    labels = ckpt.labels
+    batcher = Batcher(lambda texts: classify_texts(ckpt, texts, limits.batch_texts), limits)
+    page, page_headers = render_page(labels, limits, token is not None, ckpt.model.cfg.pooling == "attention")
+
+    def explained(texts: list[str]):
+        return classify_texts(ckpt, texts, limits.batch_texts), explain_texts(ckpt, texts, steps=limits.steps)
+
+    app = FastAPI(title="textclf-serve", version="1", docs_url=None, redoc_url=None,  # their pages load CDN scripts
+                  description="Text classification with a trained checkpoint of this pipeline, with per-token "
+                              "explanations (integrated gradients; attention weights when pooling is attention).")
+    app.state.identity, app.state.batcher = identity, batcher
+
+    def error(status: int, field: str, message: str, headers: dict | None = None) -> JSONResponse:
+        return JSONResponse({"error": f"{field}: {message}", "field": field}, status, headers=headers)
+
+    @app.exception_handler(RequestError)
+    async def request_error(request, err: RequestError):
+        return error(err.status, err.field, err.message)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, err: HTTPException):
+        return error(err.status_code, "path", str(err.detail))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request, err: Exception):
+        print(f"textclf-serve: {type(err).__name__}: {str(err)[:300]}", file=sys.stderr)
+        return error(500, "server", f"internal error ({type(err).__name__}); the server goes on")
+
+    schema = {"requestBody": {"required": True,
+                              "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}}
+
+    @app.post("/predict", openapi_extra=schema, responses={200: {"model": PredictResponse}},
+              summary="Labels and probabilities of one text or a batch; explanations on request")
+    async def predict(request: Request):
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+            raise RequestError(415, "content-type", "send the body as application/json")
+        texts, explain = parse_request(await read_body(request.receive, limits.max_body_bytes), limits)
+        if explain:
+            batcher.check_room(len(texts))
+            probs, explanations = await batcher.run(explained, texts)
+        else:
+            probs, explanations = await batcher.classify(texts), None
+        predictions = []
+        for i, p in enumerate(probs):
+            row = {"label": labels[int(p.argmax())], "probabilities": {lab: float(v) for lab, v in zip(labels, p)}}
+            if explanations is not None:
+                row["explanation"] = explanations[i].to_dict(labels)
+            predictions.append(row)
+        return JSONResponse({"labels": labels, "predictions": predictions})
+
+    @app.get("/health", summary="The process answers")
+    async def health():
+        return {"status": "ok", "auth": "bearer" if token else "none"}
+
+    @app.get("/ready", summary="The model's identity: md5, the dvc.lock record, labels, vocabulary size")
+    async def ready():
+        return {"status": "ready", "model": identity}
+
+    app.add_api_route("/version", ready, methods=["GET"], include_in_schema=False)
+
+    @app.get("/", include_in_schema=False)
+    async def index():
+        return HTMLResponse(page, headers=page_headers)
+
+    return Guard(app, token, loopback_only, error)
+
+
+class Guard:
+    """ASGI middleware: the Host check on loopback, the bearer token, and the headers every answer carries."""
+
+    def __init__(self, app, token: str | None, loopback_only: bool, error: Callable):
+        self.app, self.token, self.loopback_only, self.error = app, token, loopback_only, error
+        self.state = app.state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        refusal = None
+        host = headers.get("host", "")
+        name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.split(":")[0]
+        if self.loopback_only and not is_loopback(name):
+            refusal = self.error(421, "host", f"{host!r} is not a loopback name: this server listens on loopback "
+                                 "only (use 127.0.0.1 or localhost)")
+        elif self.token and scope["path"] in PROTECTED:
+            given = headers.get("authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
+                refusal = self.error(401, "authorization", "send 'Authorization: Bearer <token>'",
+                                     {"WWW-Authenticate": "Bearer"})
+        length = headers.get("content-length", "")
+        if refusal is None and length.isdigit() and int(length) > 0 and scope["path"] == "/predict" and \
+                int(length) > self.state.batcher.limits.max_body_bytes:
+            refusal = self.error(413, "body", f"{length} bytes: at most {self.state.batcher.limits.max_body_bytes}")
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                extra = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                         (b"cache-control", b"no-store")]
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+            await send(message)
+
+        if refusal is not None:
+            return await refusal(scope, receive, send_with_headers)
+        return await self.app(scope, receive, send_with_headers)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free one), or an error naming the address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as err:
+        sock.close()
+        raise PipelineError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock.listen(1024)
+    return sock
+
+
+def address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
+
+
+def uvicorn_server(app, log_level: str = "warning", limit_concurrency: int = 512):
+    """uvicorn, quiet (no access log, no server header), bounded in connections and idle keep-alive."""
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, server_header=False,
+                                         limit_concurrency=limit_concurrency, timeout_keep_alive=5, lifespan="off"))
+
+
+def serve(app, host: str, port: int, announce: Callable[[str], None], log_level: str = "warning") -> None:
+    """Run uvicorn on a socket bound here, so that port 0 works and the real address is announced."""
+    sock = listen(host, port)
+    server = uvicorn_server(app, log_level)
+    announce(address(sock))
+    server.run(sockets=[sock])

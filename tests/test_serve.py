@@ -1,0 +1,370 @@
+"""textclf-serve (pipeline.serve, pipeline.cli.serve): the real uvicorn server on 127.0.0.1, called over HTTP.
+
+The server runs in a thread of the test process (the same code `textclf-serve` runs, on a socket bound to a
+free loopback port), except where the console script itself is the subject (a subprocess). Only 127.0.0.1
+is ever listened on or called."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from pipeline.errors import PipelineError
+from pipeline.explain import explain_texts
+from pipeline.inference import classify_texts
+from pipeline.serve import Batcher, Limits, RequestError, check_exposure, create_app, listen, model_identity, \
+    uvicorn_server
+from tests.helpers import ROOT
+from tests.test_plots_offline import NO_NETWORK, require_chromium
+from tests.tiny_model import TEXTS
+
+LIMITS = Limits(max_body_bytes=64 * 1024, max_batch=8, max_explain_batch=4, max_text_chars=2000)
+TOKEN = "s3cret-token-for-the-tests"
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+class LiveServer:
+    """uvicorn serving `app` from a thread, on a free port of 127.0.0.1."""
+
+    def __init__(self, app):
+        self.sock = listen("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.server = uvicorn_server(app)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                chunked: bool = False) -> tuple[int, dict, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            if chunked:
+                conn.request(method, path, body=iter([body[i:i + 8192] for i in range(0, len(body), 8192)]),
+                             headers=headers or {}, encode_chunked=True)
+            else:
+                conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            conn.close()
+
+    def post(self, payload, headers: dict | None = None) -> tuple[int, dict]:
+        status, _, body = self.request("POST", "/predict", json.dumps(payload).encode(),
+                                       {"Content-Type": "application/json", **(headers or {})})
+        return status, json.loads(body)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path):
+    live = LiveServer(create_app(tiny_model_path, LIMITS))
+    yield live
+    live.stop()
+
+
+@pytest.fixture(scope="module")
+def guarded(tiny_model_path):
+    live = LiveServer(create_app(tiny_model_path, LIMITS, token=TOKEN))
+    yield live
+    live.stop()
+
+
+TEXTS_TO_SERVE = [t for t in TEXTS if t.strip()]
+
+
+def test_predict_gives_textclf_predicts_probabilities(server, tiny_model_path, tmp_path):
+    """The bar: /predict's probabilities are `textclf-predict --json`'s, to the 4 decimals it prints."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli.predict", "--model", str(tiny_model_path), "--json",
+                           *TEXTS_TO_SERVE], cwd=tmp_path, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    printed = [json.loads(line) for line in proc.stdout.splitlines()]
+    status, batch = server.post({"texts": TEXTS_TO_SERVE})
+    assert status == 200, batch
+    singles = [server.post({"text": text})[1]["predictions"][0] for text in TEXTS_TO_SERVE]
+    for row, served, single in zip(printed, batch["predictions"], singles):
+        assert served["label"] == single["label"] == row["label"]
+        for label, p in row["probabilities"].items():
+            assert abs(served["probabilities"][label] - p) <= 5e-5 + 1e-9, (row, served)
+            assert abs(single["probabilities"][label] - p) <= 5e-5 + 1e-9, (row, single)
+    assert batch["labels"] == list(printed[0]["probabilities"])
+
+
+def test_explanations_over_http_are_the_librarys(server, tiny_ckpt):
+    texts = ["a gripping , beautifully acted film", "dull and far too long"]
+    status, data = server.post({"texts": texts, "explain": True})
+    assert status == 200, data
+    for served, expected in zip(data["predictions"], explain_texts(tiny_ckpt, texts)):
+        x = served["explanation"]
+        assert x["tokens"] == expected.tokens and x["target"] == served["label"]
+        np.testing.assert_allclose(x["attributions"], expected.attributions, atol=1e-5)
+        np.testing.assert_allclose(x["attention"], expected.attention, atol=1e-5)
+    assert "explanation" not in server.post({"texts": texts})[1]["predictions"][0]
+
+
+def test_concurrent_requests_each_get_their_own_answer(server, tiny_ckpt):
+    """Requests arriving together share forward passes; each still gets the probabilities of its own text."""
+    texts = [f"{word} film , {n} times" for n, word in enumerate(["gripping", "dull", "moving", "flat"] * 6)]
+    expected = {t: p for t, p in zip(texts, classify_texts(tiny_ckpt, texts))}
+    answers: dict[str, dict] = {}
+    barrier = threading.Barrier(len(texts))
+
+    def ask(text: str) -> None:
+        barrier.wait()
+        answers[text] = server.post({"text": text})[1]
+
+    threads = [threading.Thread(target=ask, args=(t,)) for t in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(answers) == len(texts)
+    for text, answer in answers.items():
+        probs = [answer["predictions"][0]["probabilities"][lab] for lab in tiny_ckpt.labels]
+        np.testing.assert_allclose(probs, expected[text], atol=1e-5)
+
+
+def _json(value) -> bytes:
+    return json.dumps(value).encode()
+
+
+J = {"Content-Type": "application/json"}
+HUGE = b'{"text": "' + b"a" * 100_000 + b'"}'
+# (what, method, path, body, headers, chunked, status, the field the error names)
+MALFORMED = [
+    ("truncated JSON", "POST", "/predict", b'{"text": ', J, False, 400, "body"),
+    ("not JSON", "POST", "/predict", b"classify this", J, False, 400, "body"),
+    ("an empty body", "POST", "/predict", b"", J, False, 400, "body"),
+    ("a trailing comma", "POST", "/predict", b'{"texts": ["a",]}', J, False, 400, "body"),
+    ("invalid UTF-8 in a string", "POST", "/predict", b'{"text": "\xff\xfe"}', J, False, 400, "body"),
+    ("invalid UTF-8 alone", "POST", "/predict", b"\xc3\x28", J, False, 400, "body"),
+    ("Latin-1", "POST", "/predict", '{"text": "café"}'.encode("latin-1"), J, False, 400, "body"),
+    ("UTF-16", "POST", "/predict", '{"text": "a"}'.encode("utf-16"), J, False, 400, "body"),
+    ("nested too deep", "POST", "/predict", b"[" * 30_000 + b"]" * 30_000, J, False, 400, "body"),
+    ("an integer of 5000 digits", "POST", "/predict", b'{"text": ' + b"1" * 5000 + b"}", J, False, 400, "body"),
+    ("NaN for text", "POST", "/predict", b'{"text": NaN}', J, False, 422, "text"),
+    ("a number for text", "POST", "/predict", _json({"text": 5}), J, False, 422, "text"),
+    ("a list for text", "POST", "/predict", _json({"text": ["a"]}), J, False, 422, "text"),
+    ("a string for texts", "POST", "/predict", _json({"texts": "abc"}), J, False, 422, "texts"),
+    ("a number among texts", "POST", "/predict", _json({"texts": ["a", 2]}), J, False, 422, "texts[1]"),
+    ("null among texts", "POST", "/predict", _json({"texts": ["a", None]}), J, False, 422, "texts[1]"),
+    ("an object among texts", "POST", "/predict", _json({"texts": [{"text": "a"}]}), J, False, 422, "texts[0]"),
+    ("a string for explain", "POST", "/predict", _json({"text": "a", "explain": "yes"}), J, False, 422, "explain"),
+    ("a number for explain", "POST", "/predict", _json({"text": "a", "explain": 1}), J, False, 422, "explain"),
+    ("an unknown field", "POST", "/predict", _json({"txt": "a"}), J, False, 422, "txt"),
+    ("text and texts", "POST", "/predict", _json({"text": "a", "texts": ["b"]}), J, False, 422, "text"),
+    ("neither", "POST", "/predict", _json({}), J, False, 422, "texts"),
+    ("null text", "POST", "/predict", _json({"text": None}), J, False, 422, "texts"),
+    ("a list at the top", "POST", "/predict", _json([1, 2]), J, False, 422, "body"),
+    ("a string at the top", "POST", "/predict", _json("a text"), J, False, 422, "body"),
+    ("null at the top", "POST", "/predict", _json(None), J, False, 422, "body"),
+    ("an empty batch", "POST", "/predict", _json({"texts": []}), J, False, 422, "texts"),
+    ("an empty text", "POST", "/predict", _json({"text": ""}), J, False, 422, "text"),
+    ("a blank text", "POST", "/predict", _json({"text": " \n\t "}), J, False, 422, "text"),
+    ("an empty text in a batch", "POST", "/predict", _json({"texts": ["fine", ""]}), J, False, 422, "texts[1]"),
+    ("a lone surrogate", "POST", "/predict", b'{"text": "\\ud800 film"}', J, False, 422, "text"),
+    ("too many texts", "POST", "/predict", _json({"texts": ["a"] * 9}), J, False, 413, "texts"),
+    ("too many to explain", "POST", "/predict", _json({"texts": ["a"] * 5, "explain": True}), J, False, 413, "texts"),
+    ("a text too long", "POST", "/predict", _json({"texts": ["ok", "a " * 1001]}), J, False, 413, "texts[1]"),
+    ("a huge body", "POST", "/predict", HUGE, J, False, 413, "body"),
+    ("a huge body, chunked", "POST", "/predict", HUGE, J, True, 413, "body"),
+    ("text/plain", "POST", "/predict", _json({"text": "a"}), {"Content-Type": "text/plain"}, False, 415,
+     "content-type"),
+    ("a form", "POST", "/predict", b"text=a", {"Content-Type": "application/x-www-form-urlencoded"}, False, 415,
+     "content-type"),
+    ("no content type", "POST", "/predict", _json({"text": "a"}), {}, False, 415, "content-type"),
+    ("GET /predict", "GET", "/predict", None, {}, False, 405, "path"),
+    ("an unknown path", "POST", "/predictions", _json({"text": "a"}), J, False, 404, "path"),
+]
+
+
+def test_200_malformed_requests_get_4xx_naming_the_field_and_the_server_goes_on(server):
+    for i in range(200):
+        what, method, path, body, headers, chunked, status, field = MALFORMED[i % len(MALFORMED)]
+        got, _, answer = server.request(method, path, body, headers, chunked)
+        assert got == status, (what, got, answer[:300])
+        data = json.loads(answer)
+        assert data["field"] == field and data["error"].startswith(f"{field}: "), (what, data)
+        assert b"Traceback" not in answer
+    assert server.request("GET", "/health")[0] == 200
+    status, data = server.post({"texts": ["a gripping film", "dull"], "explain": True})
+    assert status == 200 and len(data["predictions"]) == 2
+
+
+def test_health_ready_and_the_models_identity(server, tiny_model_path, tiny_ckpt):
+    assert json.loads(server.request("GET", "/health")[2]) == {"status": "ok", "auth": "none"}
+    for path in ("/ready", "/version"):
+        status, _, body = server.request("GET", path)
+        model = json.loads(body)["model"]
+        assert status == 200 and model["md5"] == hashlib.md5(tiny_model_path.read_bytes()).hexdigest()
+        assert model["labels"] == tiny_ckpt.labels and model["vocabulary_size"] == len(tiny_ckpt.itos)
+        assert model["dvc"] is None and model["pooling"] == "attention"  # no dvc.lock above the tiny model
+
+
+def test_the_identity_names_the_dvc_lock_record_of_the_model(tiny_model_path, tiny_ckpt, tmp_path):
+    checkout = tmp_path / "checkout"
+    (checkout / "models").mkdir(parents=True)
+    model = shutil.copy(tiny_model_path, checkout / "models" / "model.pt")
+    md5 = hashlib.md5(Path(model).read_bytes()).hexdigest()
+    lock = {"schema": "2.0", "stages": {"train": {"cmd": "python -m pipeline.stages.train",
+                                                  "outs": [{"path": "models/model.pt", "hash": "md5", "md5": md5}]}}}
+    (checkout / "dvc.lock").write_text(yaml.safe_dump(lock))
+    record = model_identity(Path(model), tiny_ckpt)["dvc"]
+    assert record == {"dvc_lock": str(checkout / "dvc.lock"), "stage": "train", "md5": md5, "matches_file": True}
+    lock["stages"]["train"]["outs"][0]["md5"] = "0" * 32  # the file changed since dvc.lock recorded it
+    (checkout / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert model_identity(Path(model), tiny_ckpt)["dvc"]["matches_file"] is False
+
+
+def test_the_openapi_schema_and_no_page_that_loads_cdn_scripts(server):
+    schema = json.loads(server.request("GET", "/openapi.json")[2])
+    body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert set(body["properties"]) == {"text", "texts", "explain"} and body["additionalProperties"] is False
+    assert "PredictResponse" in json.dumps(schema["paths"]["/predict"]["post"]["responses"]["200"])
+    assert server.request("GET", "/docs")[0] == 404 and server.request("GET", "/redoc")[0] == 404
+
+
+def test_the_page_carries_everything_and_a_strict_policy(server):
+    status, headers, body = server.request("GET", "/")
+    page = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    policy = headers["content-security-policy"]
+    assert "default-src 'none'" in policy and "script-src 'sha256-" in policy and "connect-src 'self'" in policy
+    assert "unsafe-inline" not in policy and "frame-ancestors 'none'" in policy
+    assert not re.search(r"<script[^>]*\bsrc\s*=", page) and not re.search(r"<link[^>]*\bhref", page)
+    assert "http://" not in page and "https://" not in page
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_token_guards_predict_and_ready(guarded):
+    payload = {"text": "a gripping film"}
+    assert guarded.post(payload)[0] == 401
+    status, data = guarded.post(payload, {"Authorization": "Bearer wrong-token-of-some-length"})
+    assert status == 401 and data["field"] == "authorization"
+    assert guarded.post(payload, {"Authorization": f"Basic {TOKEN}"})[0] == 401
+    assert guarded.post(payload, {"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    assert guarded.request("GET", "/ready")[0] == 401
+    assert guarded.request("GET", "/ready", headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200
+    assert json.loads(guarded.request("GET", "/health")[2])["auth"] == "bearer"  # the page asks for the token
+    assert guarded.request("GET", "/")[0] == 200
+
+
+def test_on_loopback_only_loopback_host_names_are_answered(server):
+    """A web page cannot reach the server by pointing its own name at 127.0.0.1 (DNS rebinding)."""
+    status, _, body = server.request("GET", "/health", headers={"Host": "attacker.example:8000"})
+    assert status == 421 and json.loads(body)["field"] == "host"
+    for host in ("localhost:1234", "127.0.0.1", "[::1]:8000"):
+        assert server.request("GET", "/health", headers={"Host": host})[0] == 200
+
+
+def test_listening_wider_needs_a_token(tiny_model_path, monkeypatch):
+    from pipeline.cli import serve as serve_cli
+
+    monkeypatch.delenv("TEXTCLF_SERVE_TOKEN", raising=False)
+    for host in ("0.0.0.0", "::", "192.0.2.7", "my-host.example"):
+        with pytest.raises(PipelineError, match="TEXTCLF_SERVE_TOKEN"):
+            serve_cli.main(["--model", str(tiny_model_path), "--host", host])
+    with pytest.raises(PipelineError, match="at least 16"):
+        serve_cli.main(["--model", str(tiny_model_path), "--host", "0.0.0.0", "--token", "short"])
+    check_exposure("0.0.0.0", TOKEN)  # with a token it would start (not started here: tests stay on loopback)
+    for host in ("127.0.0.1", "localhost", "::1", "127.3.4.5"):
+        check_exposure(host, None)
+
+
+def test_the_batcher_runs_the_texts_of_waiting_requests_together():
+    calls: list[list[str]] = []
+
+    def work(texts):
+        calls.append(list(texts))
+        time.sleep(0.1)
+        return np.array([[float(t[1:]), 0.0] for t in texts])
+
+    async def scenario():
+        batcher = Batcher(work, Limits(batch_texts=4, max_pending_texts=12))
+        first = asyncio.ensure_future(batcher.classify(["t0"]))
+        await asyncio.sleep(0.03)  # t0 is on the model thread: what comes now waits for it
+        rest = [asyncio.ensure_future(batcher.classify([f"t{i}", f"t{i + 100}"])) for i in range(1, 6)]
+        await asyncio.sleep(0)
+        with pytest.raises(RequestError) as busy:  # 10 texts waiting; 3 more would pass max_pending_texts
+            await batcher.classify(["x", "y", "z"])
+        return busy.value, await first, await asyncio.gather(*rest)
+
+    busy, first, rest = asyncio.run(scenario())
+    assert busy.status == 503 and busy.field == "texts"
+    assert first[:, 0].tolist() == [0.0]
+    assert [r[:, 0].tolist() for r in rest] == [[i, i + 100] for i in range(1, 6)]  # each its own rows
+    assert [len(c) for c in calls] == [1, 4, 4, 2]  # then batches of at most batch_texts, requests whole
+
+
+@pytest.mark.slow
+def test_the_console_script_announces_serves_and_stops_on_sigterm(tiny_model_path, tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.serve", "--model", str(tiny_model_path),
+                             "--port", "0"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        url = re.search(r"on (http://127\.0\.0\.1:\d+)", line)
+        assert url, line
+        port = int(url.group(1).rsplit(":", 1)[1])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/predict", body=b'{"text": "a gripping film"}', headers=J)
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 143 and "Traceback" not in rest, rest
+    wide = subprocess.run([sys.executable, "-m", "pipeline.cli.serve", "--model", str(tiny_model_path),
+                           "--host", "0.0.0.0", "--port", "0"], cwd=tmp_path, capture_output=True, text=True,
+                          env={k: v for k, v in ENV.items() if k != "TEXTCLF_SERVE_TOKEN"})
+    assert wide.returncode == 1 and wide.stderr.startswith("error: --host 0.0.0.0 would let other machines")
+    assert "Traceback" not in wide.stderr
+
+
+@pytest.mark.slow
+def test_the_page_draws_a_prediction_offline_in_chromium(server, tmp_path):
+    """Headless Chromium, every host name unresolvable but the server's address: the page classifies the
+    texts its link carries and draws labels, probabilities and shaded words, with no policy violation."""
+    chromium = require_chromium()
+    texts = ["a gripping , beautifully acted film", "dull and far too long"]
+    expected = server.post({"texts": texts, "explain": True})[1]
+    fragment = urllib.parse.urlencode([("text", t) for t in texts], quote_via=urllib.parse.quote)
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update", "--disable-extensions",
+         f"--user-data-dir={tmp_path / 'profile'}", f"{NO_NETWORK}, EXCLUDE 127.0.0.1",
+         "--virtual-time-budget=15000", "--dump-dom", f"http://127.0.0.1:{server.port}/#{fragment}"],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dom = proc.stdout
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    assert 'data-state="done"' in body and "data-csp-violations" not in body, body
+    assert re.findall(r'<span class="label">([^<]*)</span>', dom) == [p["label"] for p in expected["predictions"]]
+    shown = [float(v) for v in re.findall(r'<span class="value">([0-9.]+)</span>', dom)]
+    served = [p["probabilities"][lab] for p in expected["predictions"] for lab in expected["labels"]]
+    assert shown == pytest.approx(served, abs=5e-5)
+    words = re.findall(r'<span class="tok"[^>]*data-attribution="([^"]+)"[^>]*>([^<]*)</span>', dom)
+    tokens = [t for p in expected["predictions"] for t in p["explanation"]["tokens"]]
+    assert [w for _, w in words] == tokens
+    styles = re.findall(r'<span class="tok"[^>]*style="([^"]*)"', dom)
+    assert len(styles) == len(tokens) and all("rgba(" in style for style in styles), styles[:3]  # shaded
