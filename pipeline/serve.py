@@ -150,14 +150,19 @@ class Batcher:
         """Run anything on the model thread (explanations, or one request's texts without batching)."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def classify(self, texts: list[str]):
+    async def alone(self, fn: Callable, texts: list[str]):
+        """fn(texts) on the model thread, in turn, counted among the waiting texts."""
         self.check_room(len(texts))
+        self.pending += len(texts)
+        try:
+            return await self.run(fn, texts)
+        finally:
+            self.pending -= len(texts)
+
+    async def classify(self, texts: list[str]):
         if not self.limits.batching:
-            self.pending += len(texts)
-            try:
-                return await self.run(self.work, texts)
-            finally:
-                self.pending -= len(texts)
+            return await self.alone(self.work, texts)
+        self.check_room(len(texts))
         future = asyncio.get_running_loop().create_future()
         self.queue.append((texts, future))
         self.pending += len(texts)
@@ -304,8 +309,7 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
             raise RequestError(415, "content-type", "send the body as application/json")
         texts, explain = parse_request(await read_body(request.receive, limits.max_body_bytes), limits)
         if explain:
-            batcher.check_room(len(texts))
-            probs, explanations = await batcher.run(explained, texts)
+            probs, explanations = await batcher.alone(explained, texts)
         else:
             probs, explanations = await batcher.classify(texts), None
         predictions = []
@@ -347,7 +351,7 @@ class Guard:
         refusal = None
         host = headers.get("host", "")
         name = host.rsplit("]", 1)[0].lstrip("[") if host.startswith("[") else host.split(":")[0]
-        if self.loopback_only and not is_loopback(name):
+        if self.loopback_only and name and not is_loopback(name):  # browsers always send Host
             refusal = self.error(421, "host", f"{host!r} is not a loopback name: this server listens on loopback "
                                  "only (use 127.0.0.1 or localhost)")
         elif self.token and scope["path"] in PROTECTED:
