@@ -31,6 +31,7 @@ import hashlib
 import hmac
 import ipaddress
 import json
+import os
 import socket
 import sys
 from collections import deque
@@ -103,7 +104,7 @@ def dvc_lock_record(model: Path) -> dict | None:
     """What the nearest dvc.lock above the model says of it: {dvc_lock, stage, md5}, or None."""
     from ruamel.yaml import YAML
 
-    model = model.resolve()
+    model = Path(os.path.abspath(model))  # not resolve(): a model DVC links from its cache stays in the checkout
     for folder in model.parents:
         lock = folder / "dvc.lock"
         if not lock.is_file():
@@ -127,7 +128,7 @@ def model_identity(path: Path, ckpt: Checkpoint) -> dict:
     if record is not None:
         record["matches_file"] = record["md5"] == md5
     cfg = ckpt.model.cfg
-    return {"path": str(path.resolve()), "md5": md5, "dvc": record, "labels": ckpt.labels,
+    return {"path": os.path.abspath(path), "md5": md5, "dvc": record, "labels": ckpt.labels,
             "vocabulary_size": len(ckpt.itos), "encoder": cfg.encoder, "pooling": cfg.pooling,
             "max_tokens": ckpt.max_tokens, "truncation": ckpt.truncation}
 
@@ -141,6 +142,7 @@ class Batcher:
         self.queue: deque = deque()
         self.pending = 0
         self.draining = False
+        self.drain_task: asyncio.Task | None = None  # held, so the loop cannot collect it mid-run
 
     def check_room(self, count: int) -> None:
         if self.pending + count > self.limits.max_pending_texts:
@@ -168,7 +170,7 @@ class Batcher:
         self.pending += len(texts)
         if not self.draining:
             self.draining = True
-            asyncio.get_running_loop().create_task(self._drain())
+            self.drain_task = asyncio.get_running_loop().create_task(self._drain())
         return await future
 
     async def _drain(self) -> None:

@@ -235,6 +235,12 @@ def test_the_identity_names_the_dvc_lock_record_of_the_model(tiny_model_path, ti
     lock["stages"]["train"]["outs"][0]["md5"] = "0" * 32  # the file changed since dvc.lock recorded it
     (checkout / "dvc.lock").write_text(yaml.safe_dump(lock))
     assert model_identity(Path(model), tiny_ckpt)["dvc"]["matches_file"] is False
+    # DVC may link the workspace's file to its cache: the record is still the checkout's.
+    cache = tmp_path / "cache" / "ab" / "cdef"
+    cache.parent.mkdir(parents=True)
+    Path(model).rename(cache)
+    Path(model).symlink_to(cache)
+    assert model_identity(Path(model), tiny_ckpt)["dvc"]["dvc_lock"] == str(checkout / "dvc.lock")
 
 
 def test_the_openapi_schema_and_no_page_that_loads_cdn_scripts(server):
