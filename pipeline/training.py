@@ -114,6 +114,16 @@ class Hooks:
     on_checkpoint: Callable[[TrainState], None] | None = None
 
 
+def label_ids(values, labels: list[str], source) -> np.ndarray:
+    """Labels (a pandas Series) as class ids in the order of `labels`; a label the training split lacks
+    is an error naming `source`, the split it came from."""
+    label_id = {label: i for i, label in enumerate(labels)}
+    unknown = sorted(set(values) - set(label_id))
+    if unknown:
+        raise PipelineError(f"{source}: label {unknown[0]!r} does not occur in the training split")
+    return values.map(label_id).to_numpy(dtype=np.int64)
+
+
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
     """Per-class loss weights: None, or 'balanced' (n / (k * count)), so each class weighs the same in total."""
     if mode == "none":

@@ -25,7 +25,7 @@ from pipeline.live import LiveLogger, plot_curves
 from pipeline.model import ENCODERS
 from pipeline.resources import cpu_share
 from pipeline.text import TextConfig
-from pipeline.training import Hooks, build_model, fit, resolve_device, set_determinism
+from pipeline.training import Hooks, build_model, fit, label_ids, resolve_device, set_determinism
 
 PREPARED = Path("data/prepared")
 VOCAB_DIR = Path("data/vocab")
@@ -34,15 +34,6 @@ LIVE_DIR = Path("metrics/train")
 # output, git-ignored; removed when training ends.
 RESUME_PATH = Path("models/.train-resume.pt")
 BEST = "best.json"  # in LIVE_DIR
-
-
-def label_ids(values: pd.Series, labels: list[str], name: str) -> np.ndarray:
-    """Labels as class ids (the order of `labels`); a label the training split lacks is an error."""
-    label_id = {label: i for i, label in enumerate(labels)}
-    unknown = sorted(set(values) - set(label_id))
-    if unknown:
-        raise PipelineError(f"{PREPARED / name}.parquet: label {unknown[0]!r} does not occur in the training split")
-    return values.map(label_id).to_numpy(dtype=np.int64)
 
 
 def main() -> None:
@@ -86,8 +77,8 @@ def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: t
     if rank == 0:
         print(f"{world} process(es) of {threads} CPU thread(s); model input: at most {max_tokens} tokens "
               f"({tp.truncation}); {(lengths > max_tokens).mean():.1%} of training texts are longer", flush=True)
-    train = (TokenIds(VOCAB_DIR, "train", unk_id, max_tokens, tp.truncation), label_ids(train_labels, labels, "train"))
-    val = (TokenIds(VOCAB_DIR, "val", unk_id, max_tokens, tp.truncation), label_ids(val_labels, labels, "val"))
+    train = (TokenIds(VOCAB_DIR, "train", unk_id, max_tokens, tp.truncation), label_ids(train_labels, labels, PREPARED / "train.parquet"))
+    val = (TokenIds(VOCAB_DIR, "val", unk_id, max_tokens, tp.truncation), label_ids(val_labels, labels, PREPARED / "val.parquet"))
 
     model = build_model(tp, matrix, len(labels))
     if world > 1:
