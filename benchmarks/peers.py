@@ -12,7 +12,7 @@ from wait4) is its own:
 - LSTM: the pipeline's trained model (models/model.pt; its accuracy from metrics/eval.json, its training
   time from metrics/train/metrics.json), and the same training retrained here with seeds 42, 43, 44
   (pipeline.stages.train and .evaluate, run in a scratch folder under benchmarks/.cache/peers that links
-  data/prepared and data/vocab: /work's workspace, dvc.lock and models/ are not touched). Prediction
+  data/prepared and data/vocab: the checkout's workspace, dvc.lock and models/ are not touched). Prediction
   through the CLI batch path (`textclf-predict --input --output`, a whole process: start-up, reading,
   tokenizing, writing) and through the ONNX export under onnxruntime (in process, tokenizing included);
 - TF-IDF: pipeline.tfidf.fit_baseline with the committed baseline params (its C grid on validation);
@@ -21,7 +21,9 @@ from wait4) is its own:
 - flair: TextClassifier over DocumentRNNEmbeddings (BiLSTM 128 over WordEmbeddings of the same GloVe,
   a gensim KeyedVectors file), ModelTrainer. Its documented recipe (SGD, lr 0.1) and Adam (lr 1e-3), one
   seed each within the same epoch budget, with flair's AnnealOnPlateau and the best validation epoch
-  kept; the recipe with the better validation accuracy is then trained with seeds 1-3.
+  kept; the recipe with the better validation accuracy is then trained with seeds 1-3. With
+  embeddings_storage_mode="none": flair's default ("cpu") scores every epoch on the validation split's
+  first-epoch document embeddings (see job_flair).
 
 flair and fastText run in their own virtual environment (benchmarks/.peers-venv from
 benchmarks/peers-requirements.txt); this file is run by both interpreters (`job` sub-command), so its
@@ -201,7 +203,12 @@ def job_flair(args: dict) -> dict:
     start = time.perf_counter()
     trainer.train(base, learning_rate=recipe["learning_rate"], optimizer=getattr(torch.optim, recipe["optimizer"]),
                   mini_batch_size=32, max_epochs=args["max_epochs"], save_final_model=False,
-                  create_file_logs=False)
+                  create_file_logs=False,
+                  # Not flair's default "cpu": that keeps each validation sentence's document embedding from
+                  # the first evaluation (computed under no_grad, so flair takes it for static) and scores
+                  # every later epoch's classifier on those stale BiLSTM outputs: a flat validation curve,
+                  # which would steer the annealing and the best-epoch choice. "none" recomputes them.
+                  embeddings_storage_mode="none")
     seconds = time.perf_counter() - start
     # flair's loss.tsv: one line per epoch after its header
     epochs = max(len((base / "loss.tsv").read_text().splitlines()) - 1, 1) if (base / "loss.tsv").exists() \
@@ -307,7 +314,8 @@ def run_process(cmd: list[str], cwd: Path = ROOT, env: dict | None = None, logfi
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(map(str, cmd))}; see {logfile}")
-    return {"wall_seconds": wall, "peak_mb": usage.ru_maxrss / 1024, "load_before": load}
+    return {"wall_seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime, "peak_mb": usage.ru_maxrss / 1024,
+            "load_before": load}
 
 
 def run_job(python: Path, name: str, args: dict, label: str) -> dict:
@@ -410,7 +418,8 @@ def summarize(runs: list[dict], key: str) -> dict | None:
     values = [v for v in values if v is not None]
     if not values:
         return None
-    return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "n": len(values)}
+    return {"mean": statistics.fmean(values), "median": statistics.median(values), "min": min(values),
+            "max": max(values), "n": len(values)}
 
 
 def measure(quick: bool, max_load: float, max_wait: float) -> dict:
@@ -487,16 +496,21 @@ def versions() -> dict:
 
 # -------------------------------------------------------------------------------------- the table
 
-def _fmt(s: dict | None, digits: int = 3) -> str:
+def _fmt(s: dict | None, digits: int = 3, middle: str = "mean") -> str:
+    """Accuracy: the mean over seeds (min-max); timings: the median (min-max), one disturbed run aside."""
     if s is None:
         return "-"
     if s["n"] == 1 or s["min"] == s["max"]:
-        return f"{s['mean']:.{digits}f}"
-    return f"{s['mean']:.{digits}f} ({s['min']:.{digits}f}–{s['max']:.{digits}f})"
+        return f"{s[middle]:,.{digits}f}"
+    return f"{s[middle]:,.{digits}f} ({s['min']:,.{digits}f}–{s['max']:,.{digits}f})"
 
 
 def _num(x: float | None) -> str:
     return "-" if x is None else f"{x:,.0f}"
+
+
+def _time(runs: list[dict], key: str, digits: int = 0) -> str:
+    return _fmt(summarize(runs, key), digits, "median")
 
 
 def render(result: dict) -> str:
@@ -506,8 +520,8 @@ def render(result: dict) -> str:
     def row(name, runs, predict, peak=None, seeds=""):
         rows.append("| {} | {} | {} | {} | {} | {} | {} | {} |".format(
             name, seeds, _fmt(summarize(runs, "accuracy")), _fmt(summarize(runs, "macro_f1")),
-            _fmt(summarize(runs, "train_seconds"), 1), _num(summarize(runs, "train_tokens_per_second")["mean"]),
-            _num(peak if peak is not None else summarize(runs, "peak_mb")["mean"]), predict))
+            _time(runs, "train_seconds", 1), _time(runs, "train_tokens_per_second"),
+            _num(peak if peak is not None else summarize(runs, "peak_mb")["max"]), predict))
 
     cli, onnx = lstm["cli"], lstm["onnx"]
     predict = (f"CLI {_num(cli['predict_texts_per_second'])} ({_num(cli['predict_texts_per_second_after_startup'])} "
@@ -523,12 +537,12 @@ def render(result: dict) -> str:
     ft = result["fasttext"]
     b = result["fasttext_grid"]["best"]
     row(f"fastText (lr {b['lr']}, {b['epoch']} epochs, wordNgrams {b['wordNgrams']})", ft,
-        _num(summarize(ft, "predict_texts_per_second")["mean"]), seeds=", ".join(str(r["seed"]) for r in ft))
+        _time(ft, "predict_texts_per_second"), seeds=", ".join(str(r["seed"]) for r in ft))
     fl = result["flair"]
     chosen = result["flair_recipe"]
     recipe = FLAIR_RECIPES[chosen]
     row(f"flair BiLSTM {setup['flair_hidden']} ({recipe['optimizer']} lr {recipe['learning_rate']:g}, chosen)", fl,
-        _num(summarize(fl, "predict_texts_per_second")["mean"]), seeds=", ".join(str(r["seed"]) for r in fl))
+        _time(fl, "predict_texts_per_second"), seeds=", ".join(str(r["seed"]) for r in fl))
     for name, probe in result["flair_probes"].items():
         if name != chosen:
             r = FLAIR_RECIPES[name]
