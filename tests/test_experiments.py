@@ -3,6 +3,7 @@ back, shared experiments. Real `dvc` in throw-away git repositories of this pipe
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -56,6 +57,14 @@ def test_going_back_to_tried_params_restores_every_stage_from_the_run_cache(repo
     out = run(["dvc", "exp", "run", "-S", f"train.lr={committed}"], repo).stdout
     assert not stages_run(out), out  # nothing ran: each stage was unchanged or restored from the run cache
     assert "Running stage 'train'" not in out
+    # textclf-exp show: the headline metrics and only the params that differ between the experiments.
+    shown = subprocess.run([str(VENV_BIN / "python"), "-m", "pipeline.cli.experiments", "show", "--no-pager"],
+                           cwd=repo, capture_output=True, text=True, env={**os.environ, "COLUMNS": "120",
+                                                                          "PATH": f"{VENV_BIN}:{os.environ['PATH']}"})
+    assert shown.returncode == 0, shown.stderr
+    header = next(line for line in shown.stdout.splitlines() if "Experiment" in line).split()
+    assert header == ["Experiment", "lstm_val_acc", "lstm_test_acc", "lstm_test_f1", "baseline_test_acc",
+                      "train.lr"], shown.stdout
     run(["git", "checkout", "--", "params.yaml"], repo)
     set_param(repo, "train", "lr", 0.003)
     out = run(["dvc", "repro"], repo).stdout
