@@ -5,7 +5,7 @@
 
 The train stage reads the vocab stage's compact ids through `pipeline.batching.TokenIds` instead; both
 give the same sequences (`pipeline.batching.encode` is the one encoder), and the label ids are the
-train stage's (`pipeline.stages.train.label_ids`: the sorted training labels, in order).
+train stage's (`pipeline.training.label_ids`: the sorted training labels, in order).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.batching import encode
-from pipeline.errors import PipelineError
+from pipeline.training import label_ids
 
 PREPARED = Path("data/prepared")
 VOCAB_DIR = Path("data/vocab")
@@ -32,17 +32,8 @@ def class_labels() -> list[str]:
     return sorted(pd.read_parquet(PREPARED / "train.parquet", columns=["label"])["label"].unique().tolist())
 
 
-def label_ids(values: pd.Series, labels: list[str], name: str) -> np.ndarray:
-    """Labels as class ids (the order of `labels`); a label the training split lacks is an error."""
-    label_id = {label: i for i, label in enumerate(labels)}
-    unknown = sorted(set(values) - set(label_id))
-    if unknown:
-        raise PipelineError(f"{PREPARED / name}.parquet: label {unknown[0]!r} does not occur in the training split")
-    return values.map(label_id).to_numpy(dtype=np.int64)
-
-
 def load_split(name: str, stoi: dict[str, int], unk_id: int, labels: list[str], max_tokens: int | None = None,
                truncation: str = "head") -> tuple[list[np.ndarray], np.ndarray]:
     """A prepared split as id sequences (untruncated by default) and label ids."""
     df = read_split(name)
-    return encode(df["tokens"], stoi, unk_id, max_tokens, truncation), label_ids(df["label"], labels, name)
+    return encode(df["tokens"], stoi, unk_id, max_tokens, truncation), label_ids(df["label"], labels, PREPARED / f"{name}.parquet")
