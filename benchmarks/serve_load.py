@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the most requests each cell sends (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="the server's torch threads (default: textclf-serve's)")
     parser.add_argument("--only", choices=["batching", "no-batching"], help="run one server setting only")
+    parser.add_argument("--name", default="serve_load", help="results file names (default: %(default)s)")
     args = parser.parse_args(argv)
     extra = [] if args.threads is None else ["--threads", str(args.threads)]
     model, texts = model_path(), sample_texts()
@@ -192,8 +193,8 @@ def main(argv: list[str] | None = None) -> None:
         rows += run_cells(model, texts, [*extra, "--no-batching"], "no batching", load, args.seconds,
                           args.max_requests)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serve_load.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
-    (RESULTS / "serve_load.md").write_text(table(rows) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"machine": info, "rows": rows}, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(table(rows) + "\n")
     print(table(rows))
 
 

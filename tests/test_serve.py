@@ -298,6 +298,18 @@ def test_listening_wider_needs_a_token(tiny_model_path, monkeypatch):
         check_exposure(host, None)
 
 
+def test_the_listening_socket_turns_nagle_off():
+    """Else each keep-alive request waited 40 ms (the client's delayed ACK) for the body after the headers."""
+    import socket
+
+    sock = listen("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP  # what asyncio looks for before it sets TCP_NODELAY itself
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        sock.close()
+
+
 def test_the_batcher_runs_the_texts_of_waiting_requests_together():
     calls: list[list[str]] = []
 
