@@ -3,8 +3,10 @@
 Writes metrics/eval.json, the two figures `dvc exp show` compares (lstm_test_acc,
 lstm_test_f1), and under metrics/eval/: report.json (the same plus per-class precision/recall/F1
 and the test size: a plain output, so it does not crowd the experiments table), confusion.csv (one
-actual,predicted row per example, for DVC's confusion template), confusion.png, and misclassified.csv
-(text, true label, prediction, confidence).
+actual,predicted row per example, for DVC's confusion template), confusion.png, misclassified.csv
+(text, true label, prediction, confidence), misclassified.html (the same examples, most confident
+first, words shaded by their attribution: pipeline.explain), and DVCLive's ROC and precision-recall
+curves under plots/sklearn/.
 """
 
 from __future__ import annotations
