@@ -240,9 +240,7 @@ def read_params_sections(path: Path, names=("corpus", "embeddings")) -> dict:
     if not Path(path).exists():
         return {}
     try:
-        data = load_yaml(path, strict=False)
-    except UnicodeDecodeError as err:
-        raise PipelineError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        data = load_yaml(path, strict=False)  # a file that is not UTF-8: an error naming it, from load_yaml
     except OSError as err:  # a folder, no permission
         raise PipelineError(f"{path}: cannot read: {err.strerror or err}") from None
     return {name: data[name] for name in names if isinstance(data.get(name), dict)}

@@ -24,16 +24,6 @@ from pipeline.tables import TableReader, jsonl_schema
 from pipeline.stages import predict as predict_stage
 
 
-@pytest.fixture
-def model_path(tiny_model_path):
-    return tiny_model_path
-
-
-@pytest.fixture
-def ckpt(tiny_ckpt):
-    return tiny_ckpt
-
-
 TEXTS = ["a gripping , beautifully acted film", "dull", "", "NA",
          "the plot goes nowhere , slowly , for two long hours , and the cast cannot save it",
          "funny and moving", "zxqv", "   ", "one of the year's best movies : smart , warm and sharp"]
@@ -73,15 +63,15 @@ def _read_output(path) -> pd.DataFrame:
     ("reviews.tsv.gz", "predictions.tsv"),
     ("reviews.jsonl.gz", "predictions.parquet"),
 ])
-def test_batch_prediction_writes_every_row_with_its_probabilities(tmp_path, model_path, ckpt, input_name,
+def test_batch_prediction_writes_every_row_with_its_probabilities(tmp_path, tiny_model_path, tiny_ckpt, input_name,
                                                                   output_name, capsys):
     source, output = tmp_path / input_name, tmp_path / "out" / output_name
     _write_input(_input_frame(), source)
     # chunk_rows=4: three chunks, so rows cross chunk boundaries.
-    predict_cli.main(["--model", str(model_path), "--input", str(source), "--text-column", "review",
+    predict_cli.main(["--model", str(tiny_model_path), "--input", str(source), "--text-column", "review",
                   "--output", str(output), "--chunk-rows", "4", "--batch-size", "3"])
     out = _read_output(output)
-    prob_columns = [f"prob_{lab}" for lab in ckpt.labels]
+    prob_columns = [f"prob_{lab}" for lab in tiny_ckpt.labels]
     assert list(out.columns) == ["id", "review", "source", "predicted_label", *prob_columns]
     assert out["id"].tolist() == [f"r{i}" for i in range(len(TEXTS))]  # every row, in order
     assert out["source"].tolist() == _input_frame()["source"].tolist()
@@ -89,9 +79,9 @@ def test_batch_prediction_writes_every_row_with_its_probabilities(tmp_path, mode
     has_text = np.array([bool(t.strip()) for t in TEXTS])  # 'NA' is text, as in the prepare stage
     probs = out[prob_columns].to_numpy(dtype=float)
     np.testing.assert_allclose(probs[has_text].sum(axis=1), 1, atol=1e-5)
-    expected = classify_texts(ckpt, [t for t, ok in zip(TEXTS, has_text) if ok])
+    expected = classify_texts(tiny_ckpt, [t for t, ok in zip(TEXTS, has_text) if ok])
     np.testing.assert_allclose(probs[has_text], expected, atol=1e-6)
-    assert out["predicted_label"][has_text].tolist() == [ckpt.labels[i] for i in expected.argmax(axis=1)]
+    assert out["predicted_label"][has_text].tolist() == [tiny_ckpt.labels[i] for i in expected.argmax(axis=1)]
     # Rows without text keep their place, with no prediction.
     assert out["predicted_label"][~has_text].isna().all() and np.isnan(probs[~has_text]).all()
     # ... and are counted.
@@ -105,19 +95,19 @@ def test_batch_prediction_writes_every_row_with_its_probabilities(tmp_path, mode
     ("reviews.tsv.xz", lzma.compress),
     ("reviews.csv.zst", lambda data: pa.compress(data, "zstd", asbytes=True)),
 ], ids=["gzip-named-csv", "bz2-named-jsonl", "xz", "zstd"])
-def test_compressed_input_is_known_by_its_first_bytes(tmp_path, ckpt, name, compress):
+def test_compressed_input_is_known_by_its_first_bytes(tmp_path, tiny_ckpt, name, compress):
     plain = tmp_path / name.replace(".xz", "").replace(".zst", "")
     _write_input(_input_frame(), plain)
     source = tmp_path / "packed" / name
     source.parent.mkdir()
     source.write_bytes(compress(plain.read_bytes()))
-    predict_file(ckpt, plain, tmp_path / "plain.parquet", "review", chunk_rows=4)
-    summary = predict_file(ckpt, source, tmp_path / "packed.parquet", "review", chunk_rows=4)
+    predict_file(tiny_ckpt, plain, tmp_path / "plain.parquet", "review", chunk_rows=4)
+    summary = predict_file(tiny_ckpt, source, tmp_path / "packed.parquet", "review", chunk_rows=4)
     assert summary.rows == len(TEXTS)
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "packed.parquet"), pd.read_parquet(tmp_path / "plain.parquet"))
 
 
-def test_the_file_is_read_in_chunks_of_bounded_size(tmp_path, ckpt):
+def test_the_file_is_read_in_chunks_of_bounded_size(tmp_path, tiny_ckpt):
     """What keeps memory flat: no chunk holds more than chunk_rows rows, whatever the file's size."""
     frame = pd.concat([_input_frame()] * 5, ignore_index=True)  # 45 rows
     for name in ("big.csv", "big.parquet", "big.jsonl"):
@@ -129,14 +119,14 @@ def test_the_file_is_read_in_chunks_of_bounded_size(tmp_path, ckpt):
     sizes = [t.num_rows for t in TableReader(tmp_path / "groups.parquet", chunk_rows=4).chunks()]
     assert max(sizes) <= 4 and sum(sizes) == 45
 
-    one = predict_file(ckpt, tmp_path / "big.csv", tmp_path / "one.parquet", "review", chunk_rows=1000)
-    many = predict_file(ckpt, tmp_path / "big.csv", tmp_path / "many.parquet", "review", chunk_rows=7)
+    one = predict_file(tiny_ckpt, tmp_path / "big.csv", tmp_path / "one.parquet", "review", chunk_rows=1000)
+    many = predict_file(tiny_ckpt, tmp_path / "big.csv", tmp_path / "many.parquet", "review", chunk_rows=7)
     assert (one.chunks, many.chunks) == (1, 7) and one.rows == many.rows == 45
     assert one.rows_without_text == 10  # '' and '   ', five times each
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one.parquet"), pd.read_parquet(tmp_path / "many.parquet"))
 
 
-def test_json_lines_columns_keep_their_types(tmp_path, ckpt):
+def test_json_lines_columns_keep_their_types(tmp_path, tiny_ckpt):
     rows = [{"id": 1, "text": "good film", "score": 4.5, "ok": True, "tags": ["a"]},
             {"id": 2, "text": "bad film", "score": 3, "ok": False, "extra": "only here", "tags": "b"},
             {"id": 3, "text": None, "score": None, "ok": None}]
@@ -145,51 +135,51 @@ def test_json_lines_columns_keep_their_types(tmp_path, ckpt):
     schema = jsonl_schema(source)
     assert schema.names == ["id", "text", "score", "ok", "tags", "extra"]
     assert [str(schema.field(n).type) for n in schema.names] == ["int64", "string", "double", "bool", "string", "string"]
-    predict_file(ckpt, source, tmp_path / "out.jsonl", "text", chunk_rows=2)
+    predict_file(tiny_ckpt, source, tmp_path / "out.jsonl", "text", chunk_rows=2)
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["id"] for r in out] == [1, 2, 3] and out[0]["score"] == 4.5 and out[1]["ok"] is False
     assert out[0]["tags"] == '["a"]' and out[1]["tags"] == '"b"'  # mixed kinds: each value's JSON text
     assert out[0]["extra"] is None and out[1]["extra"] == "only here"
-    assert out[2]["predicted_label"] is None and out[2][f"prob_{ckpt.labels[0]}"] is None
+    assert out[2]["predicted_label"] is None and out[2][f"prob_{tiny_ckpt.labels[0]}"] is None
 
 
-def test_batch_errors_name_the_file_and_the_column(tmp_path, ckpt):
+def test_batch_errors_name_the_file_and_the_column(tmp_path, tiny_ckpt):
     source = tmp_path / "reviews.csv"
     _write_input(_input_frame(), source)
     with pytest.raises(PipelineError, match=r"reviews\.csv: no text column 'text' \(name it with --text-column.*"
                                             r"columns are: id, review, source"):
-        predict_file(ckpt, source, tmp_path / "out.parquet", "text")
+        predict_file(tiny_ckpt, source, tmp_path / "out.parquet", "text")
     with pytest.raises(PipelineError, match=r"missing\.csv: no such input file \(looked for /"):
-        predict_file(ckpt, tmp_path / "missing.csv", tmp_path / "out.parquet", "review")
+        predict_file(tiny_ckpt, tmp_path / "missing.csv", tmp_path / "out.parquet", "review")
     with pytest.raises(PipelineError, match=r"reviews\.xlsx: unknown input format"):
-        predict_file(ckpt, tmp_path / "reviews.xlsx", tmp_path / "out.parquet", "review")
+        predict_file(tiny_ckpt, tmp_path / "reviews.xlsx", tmp_path / "out.parquet", "review")
     with pytest.raises(PipelineError, match=r"out\.xlsx: unknown output format"):
-        predict_file(ckpt, source, tmp_path / "out.xlsx", "review")
+        predict_file(tiny_ckpt, source, tmp_path / "out.xlsx", "review")
     with pytest.raises(PipelineError, match="the output would replace the input"):
-        predict_file(ckpt, source, source, "review")
-    predict_file(ckpt, source, tmp_path / "done.csv", "review")
+        predict_file(tiny_ckpt, source, source, "review")
+    predict_file(tiny_ckpt, source, tmp_path / "done.csv", "review")
     with pytest.raises(PipelineError, match="already has a column 'predicted_label'"):
-        predict_file(ckpt, tmp_path / "done.csv", tmp_path / "again.csv", "review")
+        predict_file(tiny_ckpt, tmp_path / "done.csv", tmp_path / "again.csv", "review")
     with pytest.raises(PipelineError, match=r"holds int64 values, not text"):
-        predict_file(ckpt, _parquet_with_numbers(tmp_path), tmp_path / "n.csv", "review")
+        predict_file(tiny_ckpt, _parquet_with_numbers(tmp_path), tmp_path / "n.csv", "review")
     mixed = tmp_path / "mixed.jsonl"
     mixed.write_text('{"review": "fine"}\n{"review": 3}\n', encoding="utf-8")
     with pytest.raises(PipelineError, match=r"mixed\.jsonl: text column 'review' holds values that are not all text"):
-        predict_file(ckpt, mixed, tmp_path / "m.csv", "review")
+        predict_file(tiny_ckpt, mixed, tmp_path / "m.csv", "review")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"review": "fine"}\n{"review": oops}\n', encoding="utf-8")
     with pytest.raises(PipelineError, match=r"bad\.jsonl: line 2, column 12: invalid JSON"):
-        predict_file(ckpt, bad, tmp_path / "b.csv", "review")
+        predict_file(tiny_ckpt, bad, tmp_path / "b.csv", "review")
     latin = tmp_path / "latin.csv"
     latin.write_bytes("review\ncaf\u00e9 cr\u00e8me\n".encode("latin-1"))
     with pytest.raises(PipelineError, match=r"latin\.csv: not valid utf-8 text .*--encoding"):
-        predict_file(ckpt, latin, tmp_path / "l.csv", "review")
-    assert predict_file(ckpt, latin, tmp_path / "l.csv", "review", encoding="latin-1").rows == 1
+        predict_file(tiny_ckpt, latin, tmp_path / "l.csv", "review")
+    assert predict_file(tiny_ckpt, latin, tmp_path / "l.csv", "review", encoding="latin-1").rows == 1
     truncated = tmp_path / "cut.csv.gz"
     whole = gzip.compress(("review\n" + "".join(f"film number {i}\n" for i in range(5000))).encode())
     truncated.write_bytes(whole[:len(whole) // 2])
     with pytest.raises(PipelineError, match=r"cut\.csv\.gz: cannot read as csv"):
-        predict_file(ckpt, truncated, tmp_path / "c.csv", "review")
+        predict_file(tiny_ckpt, truncated, tmp_path / "c.csv", "review")
     # A failed run leaves neither an output nor a temporary file.
     assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "again.csv").exists()
     assert not (tmp_path / "c.csv").exists()
@@ -202,10 +192,10 @@ def _parquet_with_numbers(tmp_path):
     return path
 
 
-def test_the_dvc_stage_mode_reads_params(tmp_path, model_path, monkeypatch):
+def test_the_dvc_stage_mode_reads_params(tmp_path, tiny_model_path, monkeypatch):
     """`python -m pipeline.stages.predict`: the DVC stage `predict`, set by params.yaml's predict section."""
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "model.pt").write_bytes(model_path.read_bytes())
+    (tmp_path / "models" / "model.pt").write_bytes(tiny_model_path.read_bytes())
     _write_input(_input_frame(), tmp_path / "reviews.csv")
     params = {"predict": {"input": "reviews.csv", "text_column": "review", "output": "data/predictions/reviews.parquet",
                           "encoding": "utf-8", "batch_size": 4, "chunk_rows": 5}}
@@ -222,9 +212,9 @@ def _write_params(tmp_path, **predict_params) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"predict": params}), encoding="utf-8")
 
 
-def test_an_unknown_encoding_in_params_is_named_by_its_key(tmp_path, model_path, monkeypatch):
+def test_an_unknown_encoding_in_params_is_named_by_its_key(tmp_path, tiny_model_path, monkeypatch):
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "model.pt").write_bytes(model_path.read_bytes())
+    (tmp_path / "models" / "model.pt").write_bytes(tiny_model_path.read_bytes())
     _write_input(_input_frame(), tmp_path / "reviews.csv")
     _write_params(tmp_path, encoding="utf9")
     monkeypatch.chdir(tmp_path)
@@ -233,39 +223,39 @@ def test_an_unknown_encoding_in_params_is_named_by_its_key(tmp_path, model_path,
     assert not (tmp_path / "data").exists()
 
 
-def test_a_folder_at_the_output_path_is_refused_and_kept(tmp_path, model_path, ckpt):
+def test_a_folder_at_the_output_path_is_refused_and_kept(tmp_path, tiny_model_path, tiny_ckpt):
     source = tmp_path / "reviews.csv"
     _write_input(_input_frame(), source)
     folder = tmp_path / "out.csv"  # a folder, whatever its name says
     folder.mkdir()
     (folder / "keep.txt").write_text("precious")
     with pytest.raises(PipelineError, match=r"out\.csv: is a directory.*name a file"):
-        predict_file(ckpt, source, folder, "review")
+        predict_file(tiny_ckpt, source, folder, "review")
     with pytest.raises(PipelineError, match=r"out\.csv: is a directory"):
-        predict_cli.main(["--model", str(model_path), "--input", str(source), "--text-column", "review",
+        predict_cli.main(["--model", str(tiny_model_path), "--input", str(source), "--text-column", "review",
                       "--output", str(folder)])
     assert (folder / "keep.txt").read_text() == "precious"
     # The input, named another way, is refused too.
     with pytest.raises(PipelineError, match="the output would replace the input"):
-        predict_file(ckpt, source, tmp_path / "sub" / ".." / "reviews.csv", "review")
+        predict_file(tiny_ckpt, source, tmp_path / "sub" / ".." / "reviews.csv", "review")
 
 
-def test_a_tsv_is_read_by_the_corpus_rule(tmp_path, ckpt):
+def test_a_tsv_is_read_by_the_corpus_rule(tmp_path, tiny_ckpt):
     """The prepare stage's rule for TSV (pipeline.readers): a quote inside a field is text; a quoted
     field may hold a tab or a doubled quote; every row stays in its place."""
     texts = ["a gripping film", 'she said "fine', 'the "end"', "a tab\there", 'a "quoted" word']
     cells = ["a gripping film", 'she said "fine', 'the "end"', '"a tab\there"', '"a ""quoted"" word"']
     source = tmp_path / "reviews.tsv"
     source.write_text("id\ttext\n" + "".join(f"r{i}\t{cell}\n" for i, cell in enumerate(cells)), encoding="utf-8")
-    summary = predict_file(ckpt, source, tmp_path / "out.jsonl", "text", chunk_rows=2)
+    summary = predict_file(tiny_ckpt, source, tmp_path / "out.jsonl", "text", chunk_rows=2)
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert summary.rows == 5 and [r["id"] for r in out] == [f"r{i}" for i in range(5)]
     assert [r["text"] for r in out] == texts
-    expected = classify_texts(ckpt, texts)
-    assert [r["predicted_label"] for r in out] == [ckpt.labels[i] for i in expected.argmax(axis=1)]
+    expected = classify_texts(tiny_ckpt, texts)
+    assert [r["predicted_label"] for r in out] == [tiny_ckpt.labels[i] for i in expected.argmax(axis=1)]
 
 
-def test_a_stray_quote_that_swallows_tsv_rows_is_an_error_naming_the_row(tmp_path, ckpt):
+def test_a_stray_quote_that_swallows_tsv_rows_is_an_error_naming_the_row(tmp_path, tiny_ckpt):
     """A quote opening a field, closed by another one rows later, would merge those rows into one
     field: an error naming the data row where it opened, and nothing written."""
     rows = [f"r{i}\treview number {i}" for i in range(12)]
@@ -274,7 +264,7 @@ def test_a_stray_quote_that_swallows_tsv_rows_is_an_error_naming_the_row(tmp_pat
     source = tmp_path / "reviews.tsv"
     source.write_text("id\ttext\n" + "\n".join(rows) + "\n", encoding="utf-8")
     with pytest.raises(PipelineError, match=r"reviews\.tsv: data row 7: a field runs over several lines and tabs"):
-        predict_file(ckpt, source, tmp_path / "out.jsonl", "text", chunk_rows=4)
+        predict_file(tiny_ckpt, source, tmp_path / "out.jsonl", "text", chunk_rows=4)
     assert not (tmp_path / "out.jsonl").exists() and not list(tmp_path.glob(".*.partial"))
 
 
@@ -284,26 +274,26 @@ def _strict_json(line: str):
     return json.loads(line, parse_constant=refuse)
 
 
-def test_output_values_are_valid_json_and_binary_is_base64(tmp_path, ckpt):
+def test_output_values_are_valid_json_and_binary_is_base64(tmp_path, tiny_ckpt):
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": ["good film", "bad film", "fine"],
                              "score": [float("nan"), float("inf"), 1.5],
                              "blob": pa.array([b"\x00\xff", None, b"ok"], pa.binary()),
                              "nested": pa.array([[float("nan")], [], None], pa.list_(pa.float64()))}), source)
-    predict_file(ckpt, source, tmp_path / "out.jsonl", "text")
+    predict_file(tiny_ckpt, source, tmp_path / "out.jsonl", "text")
     rows = [_strict_json(line) for line in (tmp_path / "out.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["score"] for r in rows] == [None, None, 1.5]
     assert [r["blob"] for r in rows] == ["AP8=", None, "b2s="]  # base64
     assert rows[0]["nested"] == [None]
     for name in ("out.csv", "out.tsv"):
-        predict_file(ckpt, source, tmp_path / name, "text")
+        predict_file(tiny_ckpt, source, tmp_path / name, "text")
         out = pd.read_csv(tmp_path / name, sep="," if name.endswith("csv") else "\t", keep_default_na=False)
         assert out["blob"].tolist() == ["AP8=", "", "b2s="] and out["nested"].tolist()[:2] == ["[null]", "[]"]
     # A column a format cannot hold: an error naming the output file and the column, nothing written.
     uuids = tmp_path / "uuids.parquet"
     pq.write_table(pa.table({"text": ["good film"], "key": pa.array([bytes(16)], pa.uuid())}), uuids)
     with pytest.raises(PipelineError, match=r"bad\.csv: cannot write column 'key' \(extension<arrow\.uuid>\) as csv"):
-        predict_file(ckpt, uuids, tmp_path / "bad.csv", "text")
+        predict_file(tiny_ckpt, uuids, tmp_path / "bad.csv", "text")
     assert not (tmp_path / "bad.csv").exists() and not list(tmp_path.glob(".*.partial"))
 
 
@@ -311,11 +301,11 @@ def test_output_values_are_valid_json_and_binary_is_base64(tmp_path, ckpt):
     ("empty.jsonl", b""), ("blank.jsonl", b"\n  \n\n"), ("empty.csv", b""), ("blank.tsv", b"\n\n"),
     ("empty.csv.gz", gzip.compress(b"", mtime=0)),
 ], ids=lambda value: value if isinstance(value, str) else "")
-def test_an_input_without_rows_says_so(tmp_path, ckpt, name, content):
+def test_an_input_without_rows_says_so(tmp_path, tiny_ckpt, name, content):
     source = tmp_path / name
     source.write_bytes(content)
     with pytest.raises(PipelineError, match=rf"{name.replace('.', r'[.]')}: the file has no rows"):
-        predict_file(ckpt, source, tmp_path / "out.csv", "text")
+        predict_file(tiny_ckpt, source, tmp_path / "out.csv", "text")
 
 
 def _open_files() -> list[str]:

@@ -23,34 +23,24 @@ from tests.helpers import ROOT, VENV_BIN, train_params
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))  # the repository importable, wherever the command runs
 
 
-@pytest.fixture
-def model_path(tiny_model_path):
-    return tiny_model_path
-
-
-@pytest.fixture
-def ckpt(tiny_ckpt):
-    return tiny_ckpt
-
-
-def test_the_cli_runs_from_another_directory(tmp_path, model_path, ckpt):
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli.predict", "--model", str(model_path), "--json",
+def test_the_cli_runs_from_another_directory(tmp_path, tiny_model_path, tiny_ckpt):
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli.predict", "--model", str(tiny_model_path), "--json",
                            "a gripping film", "dull and far too long"], cwd=tmp_path, capture_output=True,
                           text=True, env=ENV)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["text"] for r in rows] == ["a gripping film", "dull and far too long"]
-    expected = classify_texts(ckpt, ["a gripping film", "dull and far too long"])
+    expected = classify_texts(tiny_ckpt, ["a gripping film", "dull and far too long"])
     for row, probs in zip(rows, expected):
-        assert row["label"] == ckpt.labels[int(probs.argmax())]
-        assert [row["probabilities"][lab] for lab in ckpt.labels] == pytest.approx(probs.tolist(), abs=1e-4)
+        assert row["label"] == tiny_ckpt.labels[int(probs.argmax())]
+        assert [row["probabilities"][lab] for lab in tiny_ckpt.labels] == pytest.approx(probs.tolist(), abs=1e-4)
 
 
-def test_the_installed_console_script(tmp_path, model_path):
+def test_the_installed_console_script(tmp_path, tiny_model_path):
     script = VENV_BIN / "textclf-predict"
     if not script.exists():
         pytest.skip("the package is not installed in this environment (make venv installs it)")
-    proc = subprocess.run([str(script), "--model", str(model_path), "a gripping film"], cwd=tmp_path,
+    proc = subprocess.run([str(script), "--model", str(tiny_model_path), "a gripping film"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip("\n").endswith("\ta gripping film")
@@ -80,58 +70,58 @@ def test_the_usage_line_names_a_command_one_can_type(monkeypatch):
     assert predict.build_parser().format_usage().startswith("usage: textclf-predict ")
 
 
-def test_argument_texts_come_first_then_the_file_then_stdin(tmp_path, model_path, monkeypatch, capsys):
+def test_argument_texts_come_first_then_the_file_then_stdin(tmp_path, tiny_model_path, monkeypatch, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("from the file\n\n  \nfile again\n", encoding="utf-8")
-    predict.main(["--model", str(model_path), "--json", "--file", str(texts), "first", "second"])
+    predict.main(["--model", str(tiny_model_path), "--json", "--file", str(texts), "first", "second"])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["text"] for r in rows] == ["first", "second", "from the file", "file again"]
 
     # '-' adds stdin's lines after the rest.
     monkeypatch.setattr("sys.stdin", io.StringIO("from stdin\n"))
-    predict.main(["--model", str(model_path), "--json", "-f", str(texts), "first", "-"])
+    predict.main(["--model", str(tiny_model_path), "--json", "-f", str(texts), "first", "-"])
     assert [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()] == [
         "first", "from the file", "file again", "from stdin"]
 
     # Batch prediction takes a table, not texts.
     for extra in (["x"], ["--file", str(texts)], ["--json"]):
         with pytest.raises(PipelineError, match="give no texts, --file or --json with it"):
-            predict.main(["--model", str(model_path), "--input", str(texts), "--output", "o.csv", *extra])
+            predict.main(["--model", str(tiny_model_path), "--input", str(texts), "--output", "o.csv", *extra])
     with pytest.raises(PipelineError, match="--input needs --output"):
-        predict.main(["--model", str(model_path), "--input", str(texts)])
+        predict.main(["--model", str(tiny_model_path), "--input", str(texts)])
     with pytest.raises(PipelineError, match="pass --input FILE too"):
-        predict.main(["--model", str(model_path), "--output", "o.csv", "x"])
+        predict.main(["--model", str(tiny_model_path), "--output", "o.csv", "x"])
     # A file of blank lines has no text to classify.
     blank = tmp_path / "blank.txt"
     blank.write_text("\n  \n", encoding="utf-8")
     with pytest.raises(PipelineError, match="no text to classify"):
-        predict.main(["--model", str(model_path), "--file", str(blank)])
+        predict.main(["--model", str(tiny_model_path), "--file", str(blank)])
 
 
-def test_an_unknown_encoding_is_named_as_the_option(model_path):
+def test_an_unknown_encoding_is_named_as_the_option(tiny_model_path):
     for argv in (["x"], ["--input", "in.csv", "--output", "out.csv"]):
         with pytest.raises(PipelineError, match=r"^--encoding: 'utf9' is not a text encoding Python knows \(e\.g\. utf-8"):
-            predict.main(["--model", str(model_path), "--encoding", "utf9", *argv])
+            predict.main(["--model", str(tiny_model_path), "--encoding", "utf9", *argv])
 
 
-def test_encoding_applies_to_file_and_table_options_need_input(tmp_path, model_path, capsys):
+def test_encoding_applies_to_file_and_table_options_need_input(tmp_path, tiny_model_path, capsys):
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\u00e9 cr\u00e8me\n".encode("latin-1"))
     with pytest.raises(PipelineError, match=r"latin\.txt: not valid utf-8 text .*--encoding"):
-        predict.main(["--model", str(model_path), "--file", str(latin)])
-    predict.main(["--model", str(model_path), "--json", "--encoding", "latin-1", "--file", str(latin)])
+        predict.main(["--model", str(tiny_model_path), "--file", str(latin)])
+    predict.main(["--model", str(tiny_model_path), "--json", "--encoding", "latin-1", "--file", str(latin)])
     assert json.loads(capsys.readouterr().out)["text"] == "caf\u00e9 cr\u00e8me"
     for option in (["--text-column", "review"], ["--chunk-rows", "5"], ["--output", "o.csv"]):
         with pytest.raises(PipelineError, match=f"{option[0]} is for batch prediction .*: pass --input FILE too"):
-            predict.main(["--model", str(model_path), *option, "x"])
+            predict.main(["--model", str(tiny_model_path), *option, "x"])
 
 
-def test_dash_with_stdin_on_a_terminal_says_so(tmp_path, model_path):
+def test_dash_with_stdin_on_a_terminal_says_so(tmp_path, tiny_model_path):
     """A real terminal (a pty) on stdin: '-' cannot read lines from it."""
     primary, secondary = os.openpty()
     try:
         def run(*argv):
-            return subprocess.run([sys.executable, "-m", "pipeline.cli.predict", "--model", str(model_path), *argv],
+            return subprocess.run([sys.executable, "-m", "pipeline.cli.predict", "--model", str(tiny_model_path), *argv],
                                   stdin=secondary, cwd=tmp_path, capture_output=True, text=True, env=ENV, timeout=60)
         proc = run("a gripping film", "-")
         assert proc.returncode == 1 and "Traceback" not in proc.stderr
