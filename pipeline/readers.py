@@ -78,14 +78,11 @@ def input_kind(path: Path) -> str:
     return kind
 
 
-CORPUS_ENCODING = "set corpus.encoding"
-
-
-def decode_error(path: Path, err: UnicodeDecodeError, encoding: str, setting: str = CORPUS_ENCODING) -> PipelineError:
+def decode_error(path: Path, err: UnicodeDecodeError, encoding: str) -> PipelineError:
     line = _first_undecodable_line(path, encoding) if path.is_file() else None
     where = f"line {line}: " if line else ""
     return PipelineError(f"{path}: {where}not valid {encoding} text ({err.reason}); "
-                         f"{setting} (e.g. latin-1 or cp1252)")
+                         "set corpus.encoding (e.g. latin-1 or cp1252)")
 
 
 def too_long(what: str, limit: int = MAX_FIELD_BYTES) -> str:
