@@ -115,6 +115,23 @@ class VocabParams:
 
 
 @dataclass(frozen=True)
+class DomainVectorsParams:
+    # Word vectors trained on the training split (gensim), stacked beside the pretrained ones by the
+    # vocab stage: fasttext (with character n-grams: rare and misspelt words get a vector from their
+    # pieces), word2vec, none, or auto: fasttext when the training split has at least auto_min_tokens
+    # tokens, none below (too little text learns noise).
+    method: Literal["auto", "fasttext", "word2vec", "none"]
+    auto_min_tokens: int = field(metadata=_range(0))
+    dim: int = field(metadata=_range(1, 1000))
+    epochs: int = field(metadata=_range(1))
+    # Context words on each side.
+    window: int = field(metadata=_range(1))
+    # Words seen fewer times get no domain vector (zeros there, learnt in training if fine-tuned).
+    min_count: int = field(metadata=_range(1))
+    seed: int
+
+
+@dataclass(frozen=True)
 class TrainParams:
     # frozen, finetune, freeze_then_finetune (frozen for freeze_epochs), random (no pretrained vectors),
     # multichannel (a frozen copy beside a fine-tuned one, concatenated; the tuned one is frozen for
@@ -211,6 +228,7 @@ SECTIONS = {
     "embeddings": EmbeddingsParams,
     "corpus": CorpusParams,
     "prepare": PrepareParams,
+    "domain_vectors": DomainVectorsParams,
     "vocab": VocabParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,

@@ -86,7 +86,7 @@ def make_project(dest: Path, project_params: dict) -> Path:
     return dest
 
 
-ALL_STAGES = {"download_embeddings", "download_corpus", "prepare", "vocab", "train", "evaluate", "baseline",
+ALL_STAGES = {"download_embeddings", "download_corpus", "prepare", "domain_vectors", "vocab", "train", "evaluate", "baseline",
               "predict", "card"}
 
 

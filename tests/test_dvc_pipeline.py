@@ -155,6 +155,29 @@ def test_vocab_param_change_leaves_download_and_prepare(repo):
     assert "metrics/vocab.json" in run(["dvc", "diff"], repo).stdout  # the report (in DVC's cache) moved too
 
 
+def test_domain_vectors_are_trained_stacked_and_carried_into_the_model(repo):
+    """domain_vectors.method: fasttext on the tiny corpus (auto leaves it off there): its stage trains,
+    the vocab rows become [GloVe 50 | domain 8], and the model, its evaluation and predictions follow."""
+    import torch
+
+    from pipeline.checkpoint import load_checkpoint
+
+    assert json.loads((repo / "metrics/domain_vectors.json").read_text())["method"] == "none"
+    set_param(repo, "domain_vectors", "method", "fasttext")
+    set_param(repo, "domain_vectors", "dim", 8)
+    out = run(["dvc", "repro"], repo).stdout
+    assert stages_run(out) == {"domain_vectors", "vocab"} | AFTER_TRAIN, out
+    vocab = json.loads((repo / "metrics/vocab.json").read_text())
+    assert (vocab["embedding_dim"], vocab["pretrained_dim"], vocab["domain_dim"]) == (58, 50, 8)
+    assert vocab["domain_rows"] == vocab["vocab_size"] - 2  # every training word: min_count 1
+    weights = load_checkpoint(repo / "models/model.pt").model.embedder.embedding.weight
+    assert tuple(weights.shape) == (vocab["vocab_size"], 58) and torch.isfinite(weights).all()
+    assert json.loads((repo / "metrics/eval.json").read_text())["lstm_test_acc"] > 0
+    run(["git", "checkout", "--", "params.yaml"], repo)  # and back: every stage from the run cache
+    assert stages_run(run(["dvc", "repro"], repo).stdout) == set()
+    assert json.loads((repo / "metrics/vocab.json").read_text())["embedding_dim"] == 50
+
+
 def test_experiment_run_and_show(repo):
     run(["dvc", "exp", "run", "-n", "faster-lr", "-S", "train.lr=0.003"], repo)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
@@ -355,7 +378,12 @@ def test_editing_a_local_corpus_file_reruns_prepare_and_what_follows(own_repo):
         f.write('"an extra, quite wonderful film",pos\n')
     status = run(["dvc", "status"], own_repo).stdout
     assert "data/my_reviews.csv" in status and "modified" in status, status
-    assert stages_run(run(["dvc", "repro"], own_repo).stdout) == {"prepare", "vocab", "baseline"} | AFTER_TRAIN
+    train_split = own_repo / "data/prepared/train.parquet"
+    before = train_split.read_bytes()
+    ran = stages_run(run(["dvc", "repro"], own_repo).stdout)
+    # domain_vectors reads the training split alone: it reruns only when the new row landed there
+    trained_on = {"domain_vectors"} if train_split.read_bytes() != before else set()
+    assert ran == {"prepare", "vocab", "baseline"} | trained_on | AFTER_TRAIN
     assert json.loads((own_repo / "metrics/prepare.json").read_text())["rows_read"] == 201
     assert "up to date" in run(["dvc", "status"], own_repo).stdout
 

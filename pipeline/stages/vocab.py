@@ -3,7 +3,8 @@
 Writes data/vocab/vocab.json (index to word; <pad> is 0, <unk> is 1), data/vocab/embeddings.npy
 (float32, one row per vocabulary entry), data/vocab/coverage.json (the most frequent training words
 without a vector, and what the alignment pass counted), data/vocab/{train,val}.{ids,offsets}.npy (the
-texts as ids, what training reads) and metrics/vocab.json (sizes and coverage).
+texts as ids, what training reads) and metrics/vocab.json (sizes and coverage). When the domain_vectors
+stage trained vectors (data/domain_vectors), each row is [pretrained | domain].
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import params, vectors
+from pipeline import domain_vectors, params, vectors
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
 from pipeline.vocabulary import PAD_ID, UNK_ID, build_vocab, count_split_tokens, coverage, fill_missing, write_token_ids
 
 PREPARED = Path("data/prepared")
+DOMAIN_DIR = Path("data/domain_vectors")
 OUT_DIR = Path("data/vocab")
 METRICS = Path("metrics/vocab.json")
 TOP_MISSING = 50
@@ -44,11 +46,18 @@ def main() -> None:
             "a case or tokenization mismatch? Lower vocab.min_token_coverage to go on anyway"
         )
     itos, matrix = fill_missing(alignment, itos, vocab_params.oov, vocab_params.seed, str(source.path))
+    pretrained_dim, domain_rows = matrix.shape[1], 0
+    domain = domain_vectors.read(DOMAIN_DIR)
+    if domain is not None:
+        matrix, domain_rows = domain_vectors.stack(matrix, itos, *domain)
 
     missing = sorted((w for w in train_counts if not has_vector.get(w, False)), key=lambda w: (-train_counts[w], w))
     metrics = {
         "vocab_size": len(itos),
         "embedding_dim": int(matrix.shape[1]),
+        "pretrained_dim": int(pretrained_dim),
+        "domain_dim": int(matrix.shape[1] - pretrained_dim),
+        "domain_rows": domain_rows,
         "pretrained_rows": int(sum(has_vector.values())),
         "found_by_lowercase": int(alignment.stats["found_lowercase"]),
         "train": coverage(train_counts, has_vector),
@@ -71,7 +80,8 @@ def main() -> None:
         for name in ("train", "val"):  # what training reads
             write_token_ids(PREPARED / f"{name}.parquet", itos, UNK_ID, tmp, name)
     write_json(METRICS, metrics)
-    print(f"vocab {len(itos)} x {matrix.shape[1]}; pretrained rows {metrics['pretrained_rows']}; "
+    stacked = f" ({pretrained_dim} pretrained + {matrix.shape[1] - pretrained_dim} domain)" if domain is not None else ""
+    print(f"vocab {len(itos)} x {matrix.shape[1]}{stacked}; pretrained rows {metrics['pretrained_rows']}; "
           f"train token coverage {metrics['train']['token_coverage']:.2%}, test {metrics['test']['token_coverage']:.2%}")
 
 

@@ -1,0 +1,110 @@
+"""Word vectors learned from the corpus itself (gensim), stacked beside the pretrained ones.
+
+Pretrained vectors know general English; a newsgroup corpus is full of names, product codes and jargon
+that they lack (the vocab stage fills those rows at random) or that mean something else there. Vectors
+trained on the training split give every training word a vector of how this corpus uses it; fastText's
+subwords also give rare and misspelt words one built from their pieces. The vocab stage concatenates
+them to the pretrained rows: the model reads [pretrained | domain] for every word.
+
+Too little text learns noise: `method: auto` trains them only when the training split has at least
+`auto_min_tokens` tokens (docs/stages.md has the measurements behind the default).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipeline.errors import PipelineError
+
+WORDS_FILE, VECTORS_FILE = "words.txt", "vectors.npy"
+
+
+class TokenStream:
+    """The `tokens` column of a prepared split, a batch of rows at a time: gensim iterates it once to
+    count words and once per epoch, and memory holds one batch, not the corpus."""
+
+    def __init__(self, path: Path, batch_rows: int = 10_000):
+        self.path, self.batch_rows = path, batch_rows
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=self.batch_rows, columns=["tokens"]):
+            for tokens in batch.column(0).to_pylist():
+                if tokens:
+                    yield tokens
+
+
+def count_tokens(path: Path) -> int:
+    """Running tokens of a prepared split (the list lengths, read a batch at a time)."""
+    import pyarrow.compute as pc
+
+    total = 0
+    for batch in pq.ParquetFile(path).iter_batches(columns=["tokens"]):
+        total += int(pc.sum(pc.list_value_length(batch.column(0))).as_py() or 0)
+    return total
+
+
+def resolve_method(method: str, train_tokens: int, auto_min_tokens: int) -> str:
+    """The method that runs: `auto` is fasttext from auto_min_tokens training tokens up, else none."""
+    if method != "auto":
+        return method
+    return "fasttext" if train_tokens >= auto_min_tokens else "none"
+
+
+def train(sentences: TokenStream, method: str, dim: int, epochs: int, window: int, min_count: int,
+          seed: int) -> tuple[list[str], np.ndarray]:
+    """Train word2vec (CBOW) or fastText (CBOW with character 3-6-grams) and return (words, vectors).
+
+    One worker thread: gensim's multi-threaded training depends on thread timing, and the same params
+    must give the same vectors (DVC caches them, and the model built on them repeats byte for byte)."""
+    from gensim.models import FastText, Word2Vec
+
+    model_class = FastText if method == "fasttext" else Word2Vec
+    try:
+        model = model_class(sentences=sentences, vector_size=dim, window=window, min_count=min_count, epochs=epochs,
+                            workers=1, seed=seed)
+    except RuntimeError as err:  # gensim: "you must first build vocabulary before training the model"
+        raise PipelineError(f"{sentences.path}: no word occurs domain_vectors.min_count={min_count} times: "
+                            f"nothing to train vectors on ({err})") from None
+    words = list(model.wv.index_to_key)
+    return words, np.asarray(model.wv.vectors, dtype=np.float32)
+
+
+def stack(pretrained: np.ndarray, itos: list[str], words: list[str], vectors: np.ndarray,
+          special_rows: int = 2) -> tuple[np.ndarray, int]:
+    """[pretrained | domain] for every vocabulary word; returns the matrix and the rows that found a
+    domain vector.
+
+    The domain block is scaled to the pretrained rows' overall spread, so neither half starts out
+    dominating the encoder's input. A vocabulary word the domain vectors lack (below their min_count)
+    gets zeros there; <pad> and <unk> (the first `special_rows`) get zeros too, as <pad> must.
+    """
+    row = {w: i for i, w in enumerate(words)}
+    domain = np.zeros((len(itos), vectors.shape[1]), dtype=np.float32)
+    found = 0
+    for i, word in enumerate(itos[special_rows:], start=special_rows):
+        j = row.get(word)
+        if j is not None:
+            domain[i] = vectors[j]
+            found += 1
+    words_rows = domain[special_rows:]
+    spread = float(words_rows.std()) if words_rows.size else 0.0
+    if spread > 0:
+        domain *= float(pretrained[special_rows:].std()) / spread
+    return np.concatenate([pretrained, domain], axis=1).astype(np.float32), found
+
+
+def read(folder: Path) -> tuple[list[str], np.ndarray] | None:
+    """The domain_vectors stage's output: (words, vectors), or None when it trained none."""
+    vectors_path, words_path = folder / VECTORS_FILE, folder / WORDS_FILE
+    if not vectors_path.exists():
+        return None
+    vectors = np.load(vectors_path)
+    words = words_path.read_text(encoding="utf-8").split("\n")[:-1]
+    if vectors.ndim != 2 or len(words) != vectors.shape[0]:
+        raise PipelineError(f"{vectors_path}: shape {vectors.shape} does not match the {len(words)} words of "
+                            f"{words_path.name}: rerun `dvc repro domain_vectors`")
+    return words, vectors

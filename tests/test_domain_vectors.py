@@ -1,0 +1,126 @@
+"""Domain vectors (pipeline.domain_vectors and its stage): trained from the training split, the same
+bytes for the same params, stacked beside the pretrained rows by the vocab stage, and `auto` off below
+its threshold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pipeline import domain_vectors
+from pipeline.errors import PipelineError
+from tests.helpers import ROOT, polarity_rows
+
+
+@pytest.fixture
+def train_split(tmp_path):
+    rows = polarity_rows()
+    tokens = [text.lower().split() for text, _ in rows]
+    path = tmp_path / "train.parquet"
+    pd.DataFrame({"text": [t for t, _ in rows], "tokens": tokens, "label": [lab for _, lab in rows]}).to_parquet(path)
+    return path
+
+
+def test_auto_trains_fasttext_from_the_threshold_up():
+    assert domain_vectors.resolve_method("auto", 999, 1000) == "none"
+    assert domain_vectors.resolve_method("auto", 1000, 1000) == "fasttext"
+    assert domain_vectors.resolve_method("word2vec", 0, 1000) == "word2vec"
+    assert domain_vectors.resolve_method("none", 10**9, 1000) == "none"
+
+
+def test_token_stream_reads_the_split_in_batches_and_counts_tokens(train_split):
+    expected = pd.read_parquet(train_split)["tokens"].map(list).tolist()
+    assert list(domain_vectors.TokenStream(train_split, batch_rows=7)) == [t for t in expected if t]
+    assert domain_vectors.count_tokens(train_split) == sum(map(len, expected))
+
+
+@pytest.mark.parametrize("method", ["fasttext", "word2vec"])
+def test_every_training_word_gets_a_vector_and_the_same_params_give_the_same_bytes(train_split, method):
+    stream = domain_vectors.TokenStream(train_split)
+    words, vectors = domain_vectors.train(stream, method, dim=8, epochs=2, window=3, min_count=1, seed=1)
+    vocabulary = {w for tokens in stream for w in tokens}
+    assert set(words) == vocabulary and vectors.shape == (len(words), 8) and vectors.dtype == np.float32
+    again = domain_vectors.train(stream, method, dim=8, epochs=2, window=3, min_count=1, seed=1)
+    assert again[0] == words and again[1].tobytes() == vectors.tobytes()
+    other_seed = domain_vectors.train(stream, method, dim=8, epochs=2, window=3, min_count=1, seed=2)
+    assert other_seed[1].tobytes() != vectors.tobytes()
+
+
+def test_words_that_co_occur_end_up_closer_than_words_that_never_do(tmp_path):
+    # two topics that never share a document: each word's nearest neighbours are its own topic's
+    space = "orbit rocket launch nasa shuttle satellite".split()
+    hockey = "puck goalie rink playoff skate stick".split()
+    rng = np.random.default_rng(0)
+    docs = [list(rng.choice(topic, 12)) for _ in range(400) for topic in (space, hockey)]
+    path = tmp_path / "train.parquet"
+    pd.DataFrame({"tokens": docs}).to_parquet(path)
+    words, vectors = domain_vectors.train(domain_vectors.TokenStream(path), "word2vec", dim=16, epochs=5, window=4,
+                                          min_count=1, seed=1)
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    row = {w: i for i, w in enumerate(words)}
+    for topic, other in ((space, hockey), (hockey, space)):
+        within = np.mean([unit[row[a]] @ unit[row[b]] for a in topic for b in topic if a != b])
+        across = np.mean([unit[row[a]] @ unit[row[b]] for a in topic for b in other])
+        assert within > across + 0.3, (within, across)
+
+
+def test_too_rare_words_are_a_clear_error(train_split):
+    with pytest.raises(PipelineError, match=r"train\.parquet: no word occurs domain_vectors\.min_count=100000 times"):
+        domain_vectors.train(domain_vectors.TokenStream(train_split), "word2vec", 8, 1, 3, 100_000, 1)
+
+
+def test_stack_puts_the_domain_block_beside_the_pretrained_rows_at_the_same_spread():
+    rng = np.random.default_rng(0)
+    itos = ["<pad>", "<unk>", "a", "b", "c"]
+    pretrained = rng.normal(0, 0.4, (5, 3)).astype(np.float32)
+    pretrained[0] = 0
+    words, vectors = ["b", "a", "zzz"], rng.normal(0, 5.0, (3, 2)).astype(np.float32)
+    matrix, found = domain_vectors.stack(pretrained, itos, words, vectors)
+    assert matrix.shape == (5, 5) and matrix.dtype == np.float32 and found == 2
+    assert np.array_equal(matrix[:, :3], pretrained)
+    assert not matrix[[0, 1, 4], 3:].any()  # <pad>, <unk> and the word without a domain vector
+    scale = matrix[2, 3] / vectors[1, 0]
+    assert np.allclose(matrix[2, 3:], vectors[1] * scale) and np.allclose(matrix[3, 3:], vectors[0] * scale)
+    assert np.isclose(matrix[2:, 3:].std(), pretrained[2:].std(), rtol=1e-5)
+
+
+def test_read_refuses_a_word_list_that_does_not_match(tmp_path):
+    assert domain_vectors.read(tmp_path) is None
+    np.save(tmp_path / "vectors.npy", np.zeros((3, 2), np.float32))
+    (tmp_path / "words.txt").write_text("a\nb\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match=r"vectors\.npy: shape \(3, 2\) does not match the 2 words of words\.txt"):
+        domain_vectors.read(tmp_path)
+
+
+def _stage(cwd, method: str, auto_min_tokens: int = 1_000_000) -> subprocess.CompletedProcess:
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["domain_vectors"].update(method=method, auto_min_tokens=auto_min_tokens, dim=6, epochs=1)
+    (cwd / "params.yaml").write_text(yaml.safe_dump(data))
+    return subprocess.run([sys.executable, "-m", "pipeline.stages.domain_vectors"], cwd=cwd, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("method, auto_min_tokens, trained", [("auto", 10**6, False), ("auto", 100, True),
+                                                               ("none", 100, False), ("word2vec", 10**6, True)])
+def test_the_stage_writes_vectors_or_a_marker(tmp_path, train_split, method, auto_min_tokens, trained):
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    train_split.rename(tmp_path / "data/prepared/train.parquet")
+    proc = _stage(tmp_path, method, auto_min_tokens)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "data/domain_vectors"
+    report = json.loads((tmp_path / "metrics/domain_vectors.json").read_text())
+    assert report["train_tokens"] == domain_vectors.count_tokens(tmp_path / "data/prepared/train.parquet")
+    if trained:
+        words, vectors = domain_vectors.read(out)
+        assert report["method"] in ("fasttext", "word2vec") and vectors.shape == (len(words), 6)
+        assert report["words"] == len(words)
+    else:
+        assert sorted(p.name for p in out.iterdir()) == [".none"] and domain_vectors.read(out) is None
+        assert report["method"] == "none"
+        assert ("below 1,000,000" in proc.stdout) == (method == "auto")
