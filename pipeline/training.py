@@ -216,8 +216,11 @@ class Trainer:
         self.rank, self.world = shard
         self.show_progress, self.on_step = show_progress, on_step
         model.to(device)
-        # Frozen embeddings get no gradient, and Adam skips them until they are unfrozen.
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+        # Frozen embeddings get no gradient, and Adam skips them until they are unfrozen. Fused: once the
+        # embeddings train, Adam's update of the whole matrix was a quarter of an epoch on the CPU; the
+        # fused kernel does it in one pass, about 3x faster (the same algorithm; the last bits differ).
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay,
+                                          fused=device.type in ("cpu", "cuda") or None)
         self.steps_per_epoch = math.ceil(len(train[1]) / tp.batch_size) // self.world
         self.epochs, self.patience = stretched_epochs(tp, self.steps_per_epoch)
         self.total_steps = self.steps_per_epoch * self.epochs
