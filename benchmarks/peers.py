@@ -43,10 +43,22 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PREPARED = ROOT / "data/prepared"
-GLOVE_NPY = ROOT / "data/raw/embeddings/glove_6B_50d_emb.npy"
-GLOVE_INDEX = ROOT / "data/raw/embeddings/glove_6B_index.parquet"
-CACHE = ROOT / "benchmarks/.cache/peers"
+# The checkout whose pipeline run is measured (its prepared splits, vectors, params.yaml and model): this one,
+# or, for another corpus, a clone where `dvc repro` ran with that corpus's params (--workdir); and the name
+# its results go under (--corpus). Set in the environment so that every job process reads the same.
+
+
+def configure(workdir: Path, corpus: str) -> None:
+    global WORK, CORPUS, PREPARED, GLOVE_NPY, GLOVE_INDEX, CACHE
+    WORK, CORPUS = workdir.resolve(), corpus
+    os.environ.update(PEERS_WORKDIR=str(WORK), PEERS_CORPUS=CORPUS)
+    PREPARED = WORK / "data/prepared"
+    GLOVE_NPY = WORK / "data/raw/embeddings/glove_6B_50d_emb.npy"
+    GLOVE_INDEX = WORK / "data/raw/embeddings/glove_6B_index.parquet"
+    CACHE = ROOT / "benchmarks/.cache/peers" / ("" if CORPUS == "builtin" else CORPUS)
+
+
+configure(Path(os.environ.get("PEERS_WORKDIR", ROOT)), os.environ.get("PEERS_CORPUS", "builtin"))
 RESULTS = ROOT / "benchmarks/results"
 PEERS_PYTHON = ROOT / "benchmarks/.peers-venv/bin/python"
 PROJECT_PYTHON = ROOT / ".venv/bin/python"
@@ -62,6 +74,8 @@ THREADS = 2                      # every tool gets the machine's two cores
 FASTTEXT_GRID = {"lr": [0.1, 0.25, 0.5, 1.0], "epoch": [5, 10, 25], "wordNgrams": [1, 2]}
 FLAIR_RECIPES = {"sgd": {"optimizer": "SGD", "learning_rate": 0.1},      # flair's documented RNN recipe
                  "adam": {"optimizer": "Adam", "learning_rate": 1e-3}}
+CORPUS_NAMES = {"builtin": "Built-in corpus (Rotten Tomatoes snippets)", "pang_lee_long": "pang_lee_long (full movie reviews)",
+                "reuters_r8": "Reuters R8 (newswire topics)", "newsgroups_20": "20 Newsgroups (newsgroup posts)"}
 FLAIR_EPOCHS = 15                # the budget: the pipeline's own train.epochs
 FLAIR_HIDDEN = 128               # the pipeline's train.hidden_size
 
@@ -236,7 +250,7 @@ def job_tfidf(args: dict) -> dict:
     import yaml
     from pipeline.tfidf import fit_baseline
 
-    bp = yaml.safe_load((ROOT / "params.yaml").read_text())["baseline"]
+    bp = yaml.safe_load((WORK / "params.yaml").read_text())["baseline"]
     splits = _splits()
     start = time.perf_counter()
     vectorizer, clf, c, val_acc = fit_baseline(splits["train"], splits["val"], bp["ngram_max"], bp["C"],
@@ -357,8 +371,8 @@ def lstm_retrain(seed: int, quick: bool) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     (work / "data").mkdir(parents=True)
     for name in ("prepared", "vocab"):
-        (work / "data" / name).symlink_to(ROOT / "data" / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        (work / "data" / name).symlink_to(WORK / "data" / name)
+    params = yaml.safe_load((WORK / "params.yaml").read_text())
     params["train"]["seed"] = seed
     if quick:
         params["train"].update(epochs=1, min_steps=0, freeze_epochs=0)
@@ -401,7 +415,7 @@ def lstm_cli_throughput(repeat: int) -> dict:
     runs = {}
     for name, path in (("one", one), ("all", big)):
         out.unlink(missing_ok=True)
-        runs[name] = run_process([PREDICT_CLI, "--model", ROOT / "models/model.pt", "--input", path,
+        runs[name] = run_process([PREDICT_CLI, "--model", WORK / "models/model.pt", "--input", path,
                                   "--output", out], logfile=CACHE / "logs" / "lstm-cli.log")
     rows = len(test) * repeat
     result = {"rows": rows, "wall_seconds": runs["all"]["wall_seconds"], "startup_seconds": runs["one"]["wall_seconds"],
@@ -422,12 +436,13 @@ def summarize(runs: list[dict], key: str) -> dict | None:
             "max": max(values), "n": len(values)}
 
 
-def measure(quick: bool, max_load: float, max_wait: float) -> dict:
+def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = len(PEER_SEEDS),
+            flair_recipe: str = "auto") -> dict:
     if not PEERS_PYTHON.exists():
         raise SystemExit(f"{PEERS_PYTHON} is missing: `make peers` builds it from benchmarks/peers-requirements.txt")
-    for path in (PREPARED / "train.parquet", ROOT / "models/model.pt", ROOT / "data/vocab/vocab.json", GLOVE_NPY):
+    for path in (PREPARED / "train.parquet", WORK / "models/model.pt", WORK / "data/vocab/vocab.json", GLOVE_NPY):
         if not path.exists():
-            raise SystemExit(f"{path} is missing: run the pipeline first (make repro)")
+            raise SystemExit(f"{path} is missing: run the pipeline first (make repro, or dvc repro in {WORK})")
     shutil.rmtree(CACHE / "logs", ignore_errors=True)
     (CACHE / "logs").mkdir(parents=True)
     repeat = 1 if quick else PREDICT_REPEAT
@@ -437,10 +452,10 @@ def measure(quick: bool, max_load: float, max_wait: float) -> dict:
     vectors = run_job(PEERS_PYTHON, "vectors", {}, "vectors")
     tokens = vectors["train_tokens"]
 
-    lstm = {"committed": {**lstm_figures(ROOT), "seed": 42}}
+    lstm = {"committed": {**lstm_figures(WORK), "seed": 42}}
     lstm["cli"] = lstm_cli_throughput(repeat)
     onnx = CACHE / "model.onnx"
-    run_process([EXPORT_CLI, "--model", ROOT / "models/model.pt", "--format", "onnx", "--output", onnx],
+    run_process([EXPORT_CLI, "--model", WORK / "models/model.pt", "--format", "onnx", "--output", onnx],
                 logfile=CACHE / "logs" / "export.log")
     lstm["onnx"] = run_job(PROJECT_PYTHON, "onnx", {"onnx": str(onnx), "repeat": repeat}, "lstm-onnx")
     lstm["retrained"] = [{**lstm_retrain(s, quick), "seed": s} for s in (LSTM_SEEDS[:1] if quick else LSTM_SEEDS)]
@@ -460,14 +475,17 @@ def measure(quick: bool, max_load: float, max_wait: float) -> dict:
 
     max_epochs = 1 if quick else FLAIR_EPOCHS
     flair_args = {"max_epochs": max_epochs, "repeat": repeat, "base_path": str(CACHE / "flair-run")}
+    # --flair-recipe adam|sgd skips the probe of the other one (on a large corpus, where the built-in
+    # corpus's choice is taken over to fit the budget); --flair-seeds fewer than three, likewise.
+    recipes = list(FLAIR_RECIPES) if flair_recipe == "auto" else [flair_recipe]
     probes = {recipe: {**run_job(PEERS_PYTHON, "flair", {**flair_args, "recipe": recipe, "seed": seeds[0]},
-                                 f"flair-{recipe}-s{seeds[0]}"), "seed": seeds[0]} for recipe in FLAIR_RECIPES}
+                                 f"flair-{recipe}-s{seeds[0]}"), "seed": seeds[0]} for recipe in recipes}
     chosen = max(probes, key=lambda r: (probes[r]["val"]["accuracy"], r == "sgd"))
     flair_runs = [probes[chosen]] + [{**run_job(PEERS_PYTHON, "flair", {**flair_args, "recipe": chosen, "seed": s},
-                                                f"flair-{chosen}-s{s}"), "seed": s} for s in seeds[1:]]
+                                                f"flair-{chosen}-s{s}"), "seed": s} for s in seeds[1:flair_seeds]]
     load_end = list(os.getloadavg())
     return {
-        "setup": {"quick": quick, "started": started, "load_at_start": load_start, "load_at_end": load_end,
+        "setup": {"corpus": CORPUS, "workdir": str(WORK), "flair_recipe_option": flair_recipe, "quick": quick, "started": started, "load_at_start": load_start, "load_at_end": load_end,
                   "cpu_count": os.cpu_count(), "threads": THREADS, "predict_repeat": repeat, "predict_batch": PREDICT_BATCH, "train_tokens": tokens,
                   "vectors": vectors, "fasttext_grid": grid, "flair_epochs": max_epochs,
                   "flair_hidden": FLAIR_HIDDEN, "lstm_seeds": LSTM_SEEDS, "peer_seeds": seeds,
@@ -553,7 +571,7 @@ def render(result: dict) -> str:
               "|---|---|---:|---:|---:|---:|---:|---|")
     load = setup["load_at_start"]
     return "\n".join([
-        f"Built-in corpus (Rotten Tomatoes snippets), {setup['started']}, {setup['cpu_count']} cores, "
+        f"{CORPUS_NAMES.get(setup.get('corpus', 'builtin'), setup.get('corpus'))}, {setup['started']}, {setup['cpu_count']} cores, "
         f"load at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min), at end "
         f"{setup['load_at_end'][0]:.2f}{' (QUICK: smoke-test budgets, not results)' if setup['quick'] else ''}.",
         "", header, *rows, ""])
@@ -571,12 +589,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-load", type=float, default=0.7, help="wait for the 1-minute load to fall below this")
     parser.add_argument("--max-wait", type=float, default=900, help="seconds to wait for it, at most")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
+    parser.add_argument("--workdir", type=Path, default=ROOT, help="the checkout whose pipeline run is measured "
+                        "(another corpus: a clone where dvc repro ran with its params); default: this one")
+    parser.add_argument("--corpus", default="builtin", help="the name its results go under: "
+                        "benchmarks/results/peers-NAME.{json,md} (builtin: peers.{json,md})")
+    parser.add_argument("--flair-seeds", type=int, default=len(PEER_SEEDS), choices=range(1, len(PEER_SEEDS) + 1),
+                        help="flair's seeds (its runs are the longest by far)")
+    parser.add_argument("--flair-recipe", default="auto", choices=["auto", *FLAIR_RECIPES],
+                        help="auto: probe both recipes and keep the better on validation")
     args = parser.parse_args(argv)
-    stem = CACHE / "quick" if args.quick else RESULTS / "peers"
+    configure(args.workdir, args.corpus)
+    stem = CACHE / "quick" if args.quick else RESULTS / ("peers" if CORPUS == "builtin" else f"peers-{CORPUS}")
     if args.render:
         result = json.loads(stem.with_suffix(".json").read_text())
     else:
-        result = measure(args.quick, args.max_load, args.max_wait)
+        result = measure(args.quick, args.max_load, args.max_wait, args.flair_seeds, args.flair_recipe)
         stem.parent.mkdir(parents=True, exist_ok=True)
         stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(render(result))
