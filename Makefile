@@ -72,8 +72,10 @@ $(PEERS_STAMP): benchmarks/peers-requirements.txt
 	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r benchmarks/peers-requirements.txt
 	@touch $(PEERS_STAMP)
 
+# Another README corpus: make peers CORPUS=reuters_r8 ARGS="--flair-seeds 1" (a clone with its params, run once).
+CORPUS ?= builtin
 peers: $(STAMP) $(PEERS_STAMP)
-	python -m benchmarks.peers
+	python -m benchmarks.peers --corpus $(CORPUS) $(ARGS)
 
 # Re-pin requirements.txt after editing requirements.in.
 lock: $(STAMP)

@@ -477,11 +477,12 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
     flair_args = {"max_epochs": max_epochs, "repeat": repeat, "base_path": str(CACHE / "flair-run")}
     # --flair-recipe adam|sgd skips the probe of the other one (on a large corpus, where the built-in
     # corpus's choice is taken over to fit the budget); --flair-seeds fewer than three, likewise.
-    recipes = list(FLAIR_RECIPES) if flair_recipe == "auto" else [flair_recipe]
+    # --flair-seeds 0 leaves flair out (20 Newsgroups: 40 minutes and more a seed on two cores).
+    recipes = [] if flair_seeds == 0 else list(FLAIR_RECIPES) if flair_recipe == "auto" else [flair_recipe]
     probes = {recipe: {**run_job(PEERS_PYTHON, "flair", {**flair_args, "recipe": recipe, "seed": seeds[0]},
                                  f"flair-{recipe}-s{seeds[0]}"), "seed": seeds[0]} for recipe in recipes}
-    chosen = max(probes, key=lambda r: (probes[r]["val"]["accuracy"], r == "sgd"))
-    flair_runs = [probes[chosen]] + [{**run_job(PEERS_PYTHON, "flair", {**flair_args, "recipe": chosen, "seed": s},
+    chosen = max(probes, key=lambda r: (probes[r]["val"]["accuracy"], r == "sgd"), default=None)
+    flair_runs = [] if chosen is None else [probes[chosen]] + [{**run_job(PEERS_PYTHON, "flair", {**flair_args, "recipe": chosen, "seed": s},
                                                 f"flair-{chosen}-s{s}"), "seed": s} for s in seeds[1:flair_seeds]]
     load_end = list(os.getloadavg())
     return {
@@ -493,6 +494,33 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
         "lstm": lstm, "tfidf": tfidf, "fasttext_grid": ft_grid, "fasttext": fasttext,
         "flair_probes": probes, "flair_recipe": chosen, "flair": flair_runs,
     }
+
+
+def corpus_checkout(corpus: str) -> Path:
+    """A clone of this repository's HEAD with benchmarks/corpora/CORPUS.yaml applied to params.yaml and
+    the pipeline run (`dvc repro`): the corpus's own prepared splits, vectors and model, as `make corpora`
+    gets them, in benchmarks/.cache/peers/CORPUS/repo (made once; remove it to start over)."""
+    from ruamel.yaml import YAML
+
+    settings = ROOT / "benchmarks/corpora" / f"{corpus}.yaml"
+    if not settings.exists():
+        raise SystemExit(f"{settings} is missing: --corpus names one of benchmarks/corpora/*.yaml, or builtin")
+    repo = CACHE / "repo"
+    if not (repo / "models/model.pt").exists():
+        shutil.rmtree(repo, ignore_errors=True)
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(repo)], check=True)
+        yaml = YAML()
+        params = yaml.load((repo / "params.yaml").read_text())
+        for key, value in YAML(typ="safe").load(settings.read_text()).items():
+            section, name = key.split(".")
+            params[section][name] = value
+        with open(repo / "params.yaml", "w", encoding="utf-8") as f:
+            yaml.dump(params, f)
+        log(f"{corpus}: dvc repro in {repo} (the pipeline on this corpus, with the committed defaults)")
+        env = {"PATH": f"{PROJECT_PYTHON.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        run_process(["dvc", "repro"], cwd=repo, env=env, logfile=CACHE / f"repro-{corpus}.log")
+    return repo
 
 
 def git_state() -> dict:
@@ -558,9 +586,12 @@ def render(result: dict) -> str:
         _time(ft, "predict_texts_per_second"), seeds=", ".join(str(r["seed"]) for r in ft))
     fl = result["flair"]
     chosen = result["flair_recipe"]
-    recipe = FLAIR_RECIPES[chosen]
-    row(f"flair BiLSTM {setup['flair_hidden']} ({recipe['optimizer']} lr {recipe['learning_rate']:g}, chosen)", fl,
-        _time(fl, "predict_texts_per_second"), seeds=", ".join(str(r["seed"]) for r in fl))
+    if chosen is None:
+        rows.append("| flair | not run (--flair-seeds 0) | - | - | - | - | - | - |")
+    else:
+        recipe = FLAIR_RECIPES[chosen]
+        row(f"flair BiLSTM {setup['flair_hidden']} ({recipe['optimizer']} lr {recipe['learning_rate']:g}, chosen)", fl,
+            _time(fl, "predict_texts_per_second"), seeds=", ".join(str(r["seed"]) for r in fl))
     for name, probe in result["flair_probes"].items():
         if name != chosen:
             r = FLAIR_RECIPES[name]
@@ -589,16 +620,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-load", type=float, default=0.7, help="wait for the 1-minute load to fall below this")
     parser.add_argument("--max-wait", type=float, default=900, help="seconds to wait for it, at most")
     parser.add_argument("--render", action="store_true", help="only rewrite the .md from the .json")
-    parser.add_argument("--workdir", type=Path, default=ROOT, help="the checkout whose pipeline run is measured "
-                        "(another corpus: a clone where dvc repro ran with its params); default: this one")
-    parser.add_argument("--corpus", default="builtin", help="the name its results go under: "
-                        "benchmarks/results/peers-NAME.{json,md} (builtin: peers.{json,md})")
-    parser.add_argument("--flair-seeds", type=int, default=len(PEER_SEEDS), choices=range(1, len(PEER_SEEDS) + 1),
-                        help="flair's seeds (its runs are the longest by far)")
+    parser.add_argument("--corpus", default="builtin", help="builtin (this checkout's pipeline run) or one of "
+                        "benchmarks/corpora/*.yaml (a clone with its params, dvc repro run there once); results go "
+                        "to benchmarks/results/peers-NAME.{json,md} (builtin: peers.{json,md})")
+    parser.add_argument("--workdir", type=Path, default=ROOT, help="measure this checkout's pipeline run instead "
+                        "(one where dvc repro ran with the corpus's params)")
+    parser.add_argument("--flair-seeds", type=int, default=len(PEER_SEEDS), choices=range(0, len(PEER_SEEDS) + 1),
+                        help="flair's seeds (its runs are the longest by far; 0: leave flair out)")
     parser.add_argument("--flair-recipe", default="auto", choices=["auto", *FLAIR_RECIPES],
                         help="auto: probe both recipes and keep the better on validation")
     args = parser.parse_args(argv)
     configure(args.workdir, args.corpus)
+    if args.corpus != "builtin" and args.workdir == ROOT and not args.render:
+        configure(corpus_checkout(args.corpus), args.corpus)
     stem = CACHE / "quick" if args.quick else RESULTS / ("peers" if CORPUS == "builtin" else f"peers-{CORPUS}")
     if args.render:
         result = json.loads(stem.with_suffix(".json").read_text())
