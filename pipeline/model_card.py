@@ -167,6 +167,10 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
                                                  f"`{corpus.get('label_column')}`" if corpus else "") + ".",
               f"- Word vectors: {_source(embeddings)}" + (f"; format `{embeddings.get('format')}`"
                                                          if embeddings else "") + "."]
+    vocab_report = next((data for name, data in metrics.items() if Path(name).name == "vocab.json" and data), {})
+    if vocab_report.get("domain_dim"):
+        lines.append(f"- Stacked beside them: {vocab_report['domain_dim']}-dimensional vectors trained on the training "
+                     f"split itself (the domain_vectors stage), {vocab_report.get('domain_rows', 0):,} words.")
     if corpus and corpus.get("drop_labels"):
         lines.append(f"- Rows labelled {', '.join(f'`{x}`' for x in corpus['drop_labels'])} were left out.")
 

@@ -74,6 +74,16 @@ def test_the_card_shows_the_labels_results_data_and_limits(model_path):
     bare = model_card.build_card(facts, {}, {}, "model.pt")
     assert "No evaluation metrics were found" in bare and "unknown (no such section in params.yaml)" in bare
     assert "## Limits" in bare
+    assert "Stacked beside them" not in card  # no domain vectors: no such line
+
+
+def test_the_card_names_domain_vectors_stacked_beside_the_pretrained_ones(model_path):
+    facts = model_card.checkpoint_facts(load_checkpoint(model_path))
+    vocab = {"embedding_dim": 150, "pretrained_dim": 50, "domain_dim": 100, "domain_rows": 70268}
+    card = model_card.build_card(facts, PARAMS, {"metrics/vocab.json": vocab}, "models/model.pt")
+    assert ("- Stacked beside them: 100-dimensional vectors trained on the training split itself (the "
+            "domain_vectors stage), 70,268 words.") in card
+    assert "Stacked beside them" not in model_card.build_card(facts, PARAMS, {"metrics/vocab.json": {**vocab, "domain_dim": 0}})
 
 
 @pytest.mark.parametrize("encoder, architecture", [
