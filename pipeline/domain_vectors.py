@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
+from pipeline.files import read_json
 
-WORDS_FILE, VECTORS_FILE = "words.txt", "vectors.npy"
+WORDS_FILE, VECTORS_FILE = "words.json", "vectors.npy"  # JSON: a word may hold any character
 
 
 class TokenStream:
@@ -55,17 +56,21 @@ def resolve_method(method: str, train_tokens: int, auto_min_tokens: int) -> str:
 
 
 def train(sentences: TokenStream, method: str, dim: int, epochs: int, window: int, min_count: int,
-          seed: int) -> tuple[list[str], np.ndarray]:
-    """Train word2vec (CBOW) or fastText (CBOW with character 3-6-grams) and return (words, vectors).
+          seed: int, buckets: int = 2_000_000) -> tuple[list[str], np.ndarray]:
+    """Train word2vec (CBOW) or fastText (CBOW with character 3-6-grams hashed into `buckets` rows) and
+    return (words, vectors).
 
     One worker thread: gensim's multi-threaded training depends on thread timing, and the same params
-    must give the same vectors (DVC caches them, and the model built on them repeats byte for byte)."""
+    must give the same vectors (DVC caches them, and the model built on them repeats byte for byte).
+    gensim draws the initial vectors from its own seeded generator, not Python's string hash, so
+    PYTHONHASHSEED does not matter (a test runs it under two)."""
     from gensim.models import FastText, Word2Vec
 
+    extra = {"bucket": buckets} if method == "fasttext" else {}
     model_class = FastText if method == "fasttext" else Word2Vec
     try:
         model = model_class(sentences=sentences, vector_size=dim, window=window, min_count=min_count, epochs=epochs,
-                            workers=1, seed=seed)
+                            workers=1, seed=seed, **extra)
     except RuntimeError as err:  # gensim: "you must first build vocabulary before training the model"
         raise PipelineError(f"{sentences.path}: no word occurs domain_vectors.min_count={min_count} times: "
                             f"nothing to train vectors on ({err})") from None
@@ -78,23 +83,27 @@ def stack(pretrained: np.ndarray, itos: list[str], words: list[str], vectors: np
     """[pretrained | domain] for every vocabulary word; returns the matrix and the rows that found a
     domain vector.
 
-    The domain block is scaled to the pretrained rows' overall spread, so neither half starts out
-    dominating the encoder's input. A vocabulary word the domain vectors lack (below their min_count)
-    gets zeros there; <pad> and <unk> (the first `special_rows`) get zeros too, as <pad> must.
+    The domain block is scaled so that the rows holding a domain vector have the pretrained rows'
+    overall spread, and neither half starts out dominating the encoder's input. A vocabulary word the
+    domain vectors lack (below their min_count) gets zeros there; <pad> and <unk> (the first
+    `special_rows`) get zeros too, as <pad> must.
     """
+    has = has_domain_vector(itos, words, special_rows)
     row = {w: i for i, w in enumerate(words)}
     domain = np.zeros((len(itos), vectors.shape[1]), dtype=np.float32)
-    found = 0
-    for i, word in enumerate(itos[special_rows:], start=special_rows):
-        j = row.get(word)
-        if j is not None:
-            domain[i] = vectors[j]
-            found += 1
-    words_rows = domain[special_rows:]
-    spread = float(words_rows.std()) if words_rows.size else 0.0
-    if spread > 0:
-        domain *= float(pretrained[special_rows:].std()) / spread
-    return np.concatenate([pretrained, domain], axis=1).astype(np.float32), found
+    rows = np.flatnonzero(has)
+    if rows.size:
+        domain[rows] = vectors[[row[itos[i]] for i in rows]]
+        spread = float(domain[rows].std())
+        if spread > 0:
+            domain *= float(pretrained[special_rows:].std()) / spread
+    return np.concatenate([pretrained, domain], axis=1).astype(np.float32), int(rows.size)
+
+
+def has_domain_vector(itos: list[str], words: list[str], special_rows: int = 2) -> np.ndarray:
+    """Mask over itos: the words (not the specials) that have a domain vector."""
+    known = set(words)
+    return np.array([i >= special_rows and w in known for i, w in enumerate(itos)], dtype=bool)
 
 
 def read(folder: Path) -> tuple[list[str], np.ndarray] | None:
@@ -103,8 +112,9 @@ def read(folder: Path) -> tuple[list[str], np.ndarray] | None:
     if not vectors_path.exists():
         return None
     vectors = np.load(vectors_path)
-    words = words_path.read_text(encoding="utf-8").split("\n")[:-1]
-    if vectors.ndim != 2 or len(words) != vectors.shape[0]:
-        raise PipelineError(f"{vectors_path}: shape {vectors.shape} does not match the {len(words)} words of "
+    words = read_json(words_path)
+    if not isinstance(words, list) or vectors.ndim != 2 or len(words) != vectors.shape[0]:
+        count = len(words) if isinstance(words, list) else "(not a list)"
+        raise PipelineError(f"{vectors_path}: shape {vectors.shape} does not match the {count} words of "
                             f"{words_path.name}: rerun `dvc repro domain_vectors`")
     return words, vectors

@@ -128,6 +128,9 @@ class DomainVectorsParams:
     window: int = field(metadata=_range(1))
     # Words seen fewer times get no domain vector (zeros there, learnt in training if fine-tuned).
     min_count: int = field(metadata=_range(1))
+    # fastText's character n-grams share this many hashed rows: memory is buckets x dim x 4 bytes, twice
+    # over while training (800 MB x 2 at fastText's own 2,000,000 and dim 100), whatever the corpus size.
+    buckets: int = field(metadata=_range(1))
     seed: int
 
 

@@ -67,10 +67,12 @@ def build_vocab(counts: Counter, min_freq: int, max_size: int | None) -> list[st
 
 
 def fill_missing(alignment: Alignment, itos: list[str], policy: str, seed: int,
-                 source: str = "the embeddings file") -> tuple[list[str], np.ndarray]:
+                 source: str = "the embeddings file", keep_anyway: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
     """Give every vocabulary row a vector according to the out-of-vocabulary policy.
 
     Returns the (possibly shortened, for policy 'unk') vocabulary and its matrix. <pad> is all zeros.
+    `keep_anyway` (a mask over itos): words policy 'unk' keeps though they have no pretrained vector
+    (they have a domain vector); their pretrained half is the mean found vector, like <unk>'s.
     """
     found = alignment.found.copy()
     found[[PAD_ID, UNK_ID]] = False
@@ -87,12 +89,12 @@ def fill_missing(alignment: Alignment, itos: list[str], policy: str, seed: int,
     std = np.where(pretrained.std(axis=0) > 0, pretrained.std(axis=0), overall if overall > 0 else 0.1)
     matrix = alignment.matrix.copy()
     if policy == "unk":
-        keep = found.copy()
+        keep = found | keep_anyway if keep_anyway is not None else found.copy()
         keep[[PAD_ID, UNK_ID]] = True
+        missing = ~found[keep]
+        missing[PAD_ID] = False
         itos = [w for w, k in zip(itos, keep) if k]
         matrix = matrix[keep]
-        missing = np.zeros(len(itos), dtype=bool)
-        missing[UNK_ID] = True
         fill = "mean"
     else:
         missing = ~found

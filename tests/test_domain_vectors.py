@@ -43,12 +43,12 @@ def test_token_stream_reads_the_split_in_batches_and_counts_tokens(train_split):
 @pytest.mark.parametrize("method", ["fasttext", "word2vec"])
 def test_every_training_word_gets_a_vector_and_the_same_params_give_the_same_bytes(train_split, method):
     stream = domain_vectors.TokenStream(train_split)
-    words, vectors = domain_vectors.train(stream, method, dim=8, epochs=2, window=3, min_count=1, seed=1)
+    words, vectors = domain_vectors.train(stream, method, dim=8, epochs=2, window=3, min_count=1, seed=1, buckets=1000)
     vocabulary = {w for tokens in stream for w in tokens}
     assert set(words) == vocabulary and vectors.shape == (len(words), 8) and vectors.dtype == np.float32
-    again = domain_vectors.train(stream, method, dim=8, epochs=2, window=3, min_count=1, seed=1)
+    again = domain_vectors.train(stream, method, dim=8, epochs=2, window=3, min_count=1, seed=1, buckets=1000)
     assert again[0] == words and again[1].tobytes() == vectors.tobytes()
-    other_seed = domain_vectors.train(stream, method, dim=8, epochs=2, window=3, min_count=1, seed=2)
+    other_seed = domain_vectors.train(stream, method, dim=8, epochs=2, window=3, min_count=1, seed=2, buckets=1000)
     assert other_seed[1].tobytes() != vectors.tobytes()
 
 
@@ -70,9 +70,20 @@ def test_words_that_co_occur_end_up_closer_than_words_that_never_do(tmp_path):
         assert within > across + 0.3, (within, across)
 
 
-def test_too_rare_words_are_a_clear_error(train_split):
+def test_the_vectors_do_not_depend_on_pythons_string_hash(train_split):
+    code = ("import sys; from pathlib import Path; from pipeline import domain_vectors as d; "
+            "words, vectors = d.train(d.TokenStream(Path(sys.argv[1])), 'fasttext', 8, 1, 3, 1, 1, 1000); "
+            "sys.stdout.write(str(hash(tuple(words))) + ' ' + vectors.tobytes().hex()[:4000])")
+    outputs = {subprocess.run([sys.executable, "-c", code, str(train_split)], capture_output=True, text=True, check=True,
+                              env={"PYTHONPATH": str(ROOT), "PYTHONHASHSEED": seed}).stdout.split(" ")[1]
+               for seed in ("1", "2")}
+    assert len(outputs) == 1
+
+
+@pytest.mark.parametrize("method", ["fasttext", "word2vec"])
+def test_too_rare_words_are_a_clear_error(train_split, method):
     with pytest.raises(PipelineError, match=r"train\.parquet: no word occurs domain_vectors\.min_count=100000 times"):
-        domain_vectors.train(domain_vectors.TokenStream(train_split), "word2vec", 8, 1, 3, 100_000, 1)
+        domain_vectors.train(domain_vectors.TokenStream(train_split), method, 8, 1, 3, 100_000, 1, 1000)
 
 
 def test_stack_puts_the_domain_block_beside_the_pretrained_rows_at_the_same_spread():
@@ -80,27 +91,31 @@ def test_stack_puts_the_domain_block_beside_the_pretrained_rows_at_the_same_spre
     itos = ["<pad>", "<unk>", "a", "b", "c"]
     pretrained = rng.normal(0, 0.4, (5, 3)).astype(np.float32)
     pretrained[0] = 0
-    words, vectors = ["b", "a", "zzz"], rng.normal(0, 5.0, (3, 2)).astype(np.float32)
+    words, vectors = ["b", "a", "zzz", "<unk>"], rng.normal(0, 5.0, (4, 2)).astype(np.float32)
     matrix, found = domain_vectors.stack(pretrained, itos, words, vectors)
     assert matrix.shape == (5, 5) and matrix.dtype == np.float32 and found == 2
     assert np.array_equal(matrix[:, :3], pretrained)
-    assert not matrix[[0, 1, 4], 3:].any()  # <pad>, <unk> and the word without a domain vector
+    assert not matrix[[0, 1, 4], 3:].any()  # <pad>, <unk> (even if trained as a word) and the word without one
     scale = matrix[2, 3] / vectors[1, 0]
     assert np.allclose(matrix[2, 3:], vectors[1] * scale) and np.allclose(matrix[3, 3:], vectors[0] * scale)
-    assert np.isclose(matrix[2:, 3:].std(), pretrained[2:].std(), rtol=1e-5)
+    # the rows that hold a domain vector get the pretrained spread (the empty ones do not dilute it)
+    assert np.isclose(matrix[[2, 3], 3:].std(), pretrained[2:].std(), rtol=1e-5)
+    assert domain_vectors.has_domain_vector(itos, words).tolist() == [False, False, True, True, False]
 
 
 def test_read_refuses_a_word_list_that_does_not_match(tmp_path):
     assert domain_vectors.read(tmp_path) is None
     np.save(tmp_path / "vectors.npy", np.zeros((3, 2), np.float32))
-    (tmp_path / "words.txt").write_text("a\nb\n", encoding="utf-8")
-    with pytest.raises(PipelineError, match=r"vectors\.npy: shape \(3, 2\) does not match the 2 words of words\.txt"):
+    (tmp_path / "words.json").write_text('["a", "b"]', encoding="utf-8")
+    with pytest.raises(PipelineError, match=r"vectors\.npy: shape \(3, 2\) does not match the 2 words of words\.json"):
         domain_vectors.read(tmp_path)
+    (tmp_path / "words.json").write_text('["a", "b\\r\\nc", "\\u2028"]', encoding="utf-8")
+    assert domain_vectors.read(tmp_path)[0] == ["a", "b\r\nc", "\u2028"]  # any character survives
 
 
 def _stage(cwd, method: str, auto_min_tokens: int = 1_000_000) -> subprocess.CompletedProcess:
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["domain_vectors"].update(method=method, auto_min_tokens=auto_min_tokens, dim=6, epochs=1)
+    data["domain_vectors"].update(method=method, auto_min_tokens=auto_min_tokens, dim=6, epochs=1, buckets=1000)
     (cwd / "params.yaml").write_text(yaml.safe_dump(data))
     return subprocess.run([sys.executable, "-m", "pipeline.stages.domain_vectors"], cwd=cwd, capture_output=True,
                           text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -124,3 +139,12 @@ def test_the_stage_writes_vectors_or_a_marker(tmp_path, train_split, method, aut
         assert sorted(p.name for p in out.iterdir()) == [".none"] and domain_vectors.read(out) is None
         assert report["method"] == "none"
         assert ("below 1,000,000" in proc.stdout) == (method == "auto")
+
+
+def test_an_empty_training_split_is_named(tmp_path):
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    pd.DataFrame({"tokens": pd.Series([], dtype=object)}).to_parquet(tmp_path / "data/prepared/train.parquet")
+    proc = _stage(tmp_path, "fasttext")
+    assert proc.returncode == 1
+    assert "data/prepared/train.parquet: the training split has no tokens" in proc.stderr
+    assert not (tmp_path / "data/domain_vectors").exists()

@@ -74,7 +74,6 @@ def test_the_card_shows_the_labels_results_data_and_limits(model_path):
     bare = model_card.build_card(facts, {}, {}, "model.pt")
     assert "No evaluation metrics were found" in bare and "unknown (no such section in params.yaml)" in bare
     assert "## Limits" in bare
-    assert "Stacked beside them" not in card  # no domain vectors: no such line
 
 
 def test_the_card_names_domain_vectors_stacked_beside_the_pretrained_ones(model_path):

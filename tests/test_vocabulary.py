@@ -44,6 +44,16 @@ def test_oov_policies():
     assert np.array_equal(rand, again) and not rand[0].any() and rand[3].any()
 
 
+def test_unk_keeps_a_word_with_a_domain_vector_and_gives_it_the_mean_pretrained_half():
+    itos = ["<pad>", "<unk>", "a", "b", "c", "d"]
+    found = [False, False, True, False, True, False]
+    domain = np.array([False, False, False, True, False, False])  # 'b' has a domain vector, 'd' none
+    kept, matrix = vocabulary.fill_missing(_alignment(found), itos, "unk", 0, keep_anyway=domain)
+    assert kept == ["<pad>", "<unk>", "a", "b", "c"]
+    assert matrix[3].tolist() == matrix[1].tolist() == [2, 3] and matrix[2].tolist() == [1, 2]
+    assert not matrix[0].any()
+
+
 def test_random_oov_rows_follow_the_pretrained_statistics():
     rng = np.random.default_rng(0)
     n = 4000

@@ -1,7 +1,7 @@
 """Stage domain_vectors: word vectors trained with gensim on the training split, for the vocab stage to
 stack beside the pretrained ones (pipeline/domain_vectors.py says why).
 
-Writes data/domain_vectors/: words.txt (one word a line) and vectors.npy (float32, a row each), or,
+Writes data/domain_vectors/: words.json (the words, a JSON list) and vectors.npy (float32, a row each), or,
 when the method resolves to none, only a `.none` marker (the folder is a DVC output either way); and
 metrics/domain_vectors.json (the method that ran, the tokens it read, the words, the seconds).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import domain_vectors, params
-from pipeline.errors import run_main
+from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
 
 TRAIN_SPLIT = Path("data/prepared/train.parquet")
@@ -26,6 +26,9 @@ def main() -> None:
     dp = params.load("domain_vectors")
     tokens = domain_vectors.count_tokens(TRAIN_SPLIT)
     method = domain_vectors.resolve_method(dp.method, tokens, dp.auto_min_tokens)
+    if method != "none" and tokens == 0:
+        raise PipelineError(f"{TRAIN_SPLIT}: the training split has no tokens: no domain vectors to train "
+                            f"(domain_vectors.method: {dp.method})")
     report = {"method": method, "method_param": dp.method, "train_tokens": tokens}
     start = time.perf_counter()
     with atomic_path(OUT_DIR) as tmp:
@@ -34,8 +37,8 @@ def main() -> None:
             (tmp / ".none").write_text("no domain vectors (domain_vectors.method resolved to none)\n", encoding="utf-8")
         else:
             words, vectors = domain_vectors.train(domain_vectors.TokenStream(TRAIN_SPLIT), method, dp.dim, dp.epochs,
-                                                  dp.window, dp.min_count, dp.seed)
-            (tmp / domain_vectors.WORDS_FILE).write_text("".join(w + "\n" for w in words), encoding="utf-8")
+                                                  dp.window, dp.min_count, dp.seed, dp.buckets)
+            write_json(tmp / domain_vectors.WORDS_FILE, words)
             np.save(tmp / domain_vectors.VECTORS_FILE, vectors)
             report.update(words=len(words), dim=int(vectors.shape[1]))
     report["seconds"] = round(time.perf_counter() - start, 2)

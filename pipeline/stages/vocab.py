@@ -45,9 +45,12 @@ def main() -> None:
             f"vocab.min_token_coverage={vocab_params.min_token_coverage}: wrong vectors for this corpus or language, or "
             "a case or tokenization mismatch? Lower vocab.min_token_coverage to go on anyway"
         )
-    itos, matrix = fill_missing(alignment, itos, vocab_params.oov, vocab_params.seed, str(source.path))
-    pretrained_dim, domain_rows = matrix.shape[1], 0
     domain = domain_vectors.read(DOMAIN_DIR)
+    # With oov: unk, a word without a pretrained vector but with a domain vector is kept: it is what
+    # the domain vectors are for.
+    keep = domain_vectors.has_domain_vector(itos, domain[0]) if domain is not None else None
+    itos, matrix = fill_missing(alignment, itos, vocab_params.oov, vocab_params.seed, str(source.path), keep)
+    pretrained_dim, domain_rows = matrix.shape[1], 0
     if domain is not None:
         matrix, domain_rows = domain_vectors.stack(matrix, itos, *domain)
 
