@@ -67,7 +67,8 @@ EXPORT_CLI = ROOT / ".venv/bin/textclf-export"
 
 LSTM_SEEDS = [42, 43, 44]        # the pipeline's seed (params.yaml) and the next two
 PEER_SEEDS = [1, 2, 3]
-PREDICT_REPEAT = 10              # prediction throughput: the test texts, repeated this many times
+PREDICT_REPEAT = 10              # prediction throughput: the test texts, repeated this many times,
+PREDICT_TEXTS = 20_000           # or fewer times where that passes this many texts (at least once)
 PREDICT_BATCH = 256              # the batch size of every batched predictor (params.yaml predict.batch_size)
 THREADS = 2                      # every tool gets the machine's two cores
 
@@ -449,7 +450,8 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
             raise SystemExit(f"{path} is missing: run the pipeline first (make repro, or dvc repro in {WORK})")
     shutil.rmtree(CACHE / "logs", ignore_errors=True)
     (CACHE / "logs").mkdir(parents=True)
-    repeat = 1 if quick else PREDICT_REPEAT
+    test_rows = len(_splits(("label",))["test"])
+    repeat = 1 if quick else max(1, min(PREDICT_REPEAT, PREDICT_TEXTS // test_rows))
     load_start = wait_for_quiet(max_load, 0 if quick else max_wait)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     log(f"load {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
