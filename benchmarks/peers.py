@@ -672,8 +672,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flair-recipe", default="auto", choices=["auto", *FLAIR_RECIPES],
                         help="auto: probe both recipes and keep the better on validation")
     args = parser.parse_args(argv)
+    if args.workdir.resolve() != ROOT and args.corpus == "builtin":
+        parser.error("--workdir measures another corpus's checkout: name it with --corpus (or the built-in "
+                     "corpus's results would be overwritten)")
     configure(args.workdir, args.corpus)
-    if args.corpus != "builtin" and args.workdir == ROOT and not args.render:
+    if args.corpus != "builtin" and args.workdir.resolve() == ROOT and not args.render:
         configure(corpus_checkout(args.corpus), args.corpus)
     stem = CACHE / "quick" if args.quick else RESULTS / ("peers" if CORPUS == "builtin" else f"peers-{CORPUS}")
     if args.render:
