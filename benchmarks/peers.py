@@ -313,8 +313,18 @@ def log(msg: str) -> None:
     print(f"[peers {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run_process(cmd: list[str], cwd: Path = ROOT, env: dict | None = None, logfile: Path | None = None) -> dict:
-    """Run one process alone; its wall time, its own peak resident memory (wait4), the load before it."""
+class OverBudget(Exception):
+    """A job stopped at its time limit (`seconds`); `logfile` holds what it printed until then."""
+
+    def __init__(self, seconds: float, logfile: Path):
+        super().__init__(f"stopped after {seconds:.0f} s: over its budget; see {logfile}")
+        self.seconds, self.logfile = seconds, logfile
+
+
+def run_process(cmd: list[str], cwd: Path = ROOT, env: dict | None = None, logfile: Path | None = None,
+                timeout: float | None = None) -> dict:
+    """Run one process alone; its wall time, its own peak resident memory (wait4), the load before it.
+    Past `timeout` seconds it is killed and OverBudget raised."""
     load = os.getloadavg()[0]
     logfile = logfile or CACHE / "logs" / "job.log"
     logfile.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +334,15 @@ def run_process(cmd: list[str], cwd: Path = ROOT, env: dict | None = None, logfi
         start = time.perf_counter()
         proc = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env={**os.environ, **(env or {})},
                                 stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        while True:  # wait4 with WNOHANG: the child's own rusage, and a deadline
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG if timeout else 0)
+            if pid:
+                break
+            if time.perf_counter() - start > timeout:
+                proc.kill()
+                os.wait4(proc.pid, 0)
+                raise OverBudget(time.perf_counter() - start, logfile)
+            time.sleep(0.5)
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -333,12 +351,12 @@ def run_process(cmd: list[str], cwd: Path = ROOT, env: dict | None = None, logfi
             "load_before": load}
 
 
-def run_job(python: Path, name: str, args: dict, label: str) -> dict:
+def run_job(python: Path, name: str, args: dict, label: str, timeout: float | None = None) -> dict:
     result_file = CACHE / "logs" / f"{label}.json"
     result_file.unlink(missing_ok=True)
     log(f"{label} ...")
     proc = run_process([python, "-m", "benchmarks.peers", "job", name, json.dumps(args), result_file],
-                       logfile=CACHE / "logs" / f"{label}.log")
+                       logfile=CACHE / "logs" / f"{label}.log", timeout=timeout)
     result = {**json.loads(result_file.read_text()), **proc}
     log(f"{label}: {_brief(result)}")
     return result
@@ -437,8 +455,15 @@ def summarize(runs: list[dict], key: str) -> dict | None:
             "max": max(values), "n": len(values)}
 
 
+def flair_pace(logfile: Path) -> str:
+    """The last progress line flair printed (epoch, batch, seconds, samples/sec), for a stopped run."""
+    lines = [line for line in logfile.read_text(errors="replace").splitlines() if " - iter " in line]
+    # "2026-12-01 15:13:30,626 epoch 1 - iter 9/37 - loss ... - samples/sec: 0.94 - ...": after the time stamp
+    return lines[-1].split(" ", 2)[-1].replace("|", "/") if lines else "no batch finished"
+
+
 def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = len(PEER_SEEDS),
-            flair_recipe: str = "auto") -> dict:
+            flair_recipe: str = "auto", flair_budget: float | None = None) -> dict:
     if not PEERS_PYTHON.exists():
         raise SystemExit(f"{PEERS_PYTHON} is missing: `make peers` builds it from benchmarks/peers-requirements.txt")
     # Another corpus's checkout may stop before training (dvc repro vocab baseline): the retrained seed-42
@@ -486,12 +511,22 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
     # --flair-recipe adam|sgd skips the probe of the other one (on a large corpus, where the built-in
     # corpus's choice is taken over to fit the budget); --flair-seeds fewer than three, likewise.
     # --flair-seeds 0 leaves flair out (20 Newsgroups: 40 minutes and more a seed on two cores).
+    # --flair-budget: a run past it is stopped and flair left out, its pace kept (long documents: hours).
     recipes = [] if flair_seeds == 0 else list(FLAIR_RECIPES) if flair_recipe == "auto" else [flair_recipe]
-    probes = {recipe: {**run_job(PEERS_PYTHON, "flair", {**flair_args, "recipe": recipe, "seed": seeds[0]},
-                                 f"flair-{recipe}-s{seeds[0]}"), "seed": seeds[0]} for recipe in recipes}
-    chosen = max(probes, key=lambda r: (probes[r]["val"]["accuracy"], r == "sgd"), default=None)
-    flair_runs = [] if chosen is None else [probes[chosen]] + [{**run_job(PEERS_PYTHON, "flair", {**flair_args, "recipe": chosen, "seed": s},
-                                                f"flair-{chosen}-s{s}"), "seed": s} for s in seeds[1:flair_seeds]]
+    probes, chosen, flair_runs, flair_stopped = {}, None, [], None
+    try:
+        for recipe in recipes:
+            probes[recipe] = {**run_job(PEERS_PYTHON, "flair", {**flair_args, "recipe": recipe, "seed": seeds[0]},
+                                        f"flair-{recipe}-s{seeds[0]}", flair_budget), "seed": seeds[0]}
+        chosen = max(probes, key=lambda r: (probes[r]["val"]["accuracy"], r == "sgd"), default=None)
+        flair_runs = [] if chosen is None else [probes[chosen]]
+        for s in seeds[1:flair_seeds] if chosen else []:
+            flair_runs.append({**run_job(PEERS_PYTHON, "flair", {**flair_args, "recipe": chosen, "seed": s},
+                                         f"flair-{chosen}-s{s}", flair_budget), "seed": s})
+    except OverBudget as stop:
+        flair_stopped = {"seconds": stop.seconds, "budget": flair_budget, "pace": flair_pace(stop.logfile)}
+        log(f"flair {stop}; left out (last progress: {flair_stopped['pace']})")
+        probes, chosen, flair_runs = {}, None, []
     load_end = list(os.getloadavg())
     return {
         "setup": {"corpus": CORPUS, "workdir": str(WORK), "flair_recipe_option": flair_recipe, "quick": quick, "started": started, "load_at_start": load_start, "load_at_end": load_end,
@@ -500,7 +535,7 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
                   "flair_hidden": FLAIR_HIDDEN, "lstm_seeds": LSTM_SEEDS, "peer_seeds": seeds,
                   "versions": versions(), "git": git_state()},
         "lstm": lstm, "tfidf": tfidf, "fasttext_grid": ft_grid, "fasttext": fasttext,
-        "flair_probes": probes, "flair_recipe": chosen, "flair": flair_runs,
+        "flair_probes": probes, "flair_recipe": chosen, "flair": flair_runs, "flair_stopped": flair_stopped,
     }
 
 
@@ -596,7 +631,11 @@ def render(result: dict) -> str:
         _time(ft, "predict_texts_per_second"), seeds=", ".join(str(r["seed"]) for r in ft))
     fl = result["flair"]
     chosen = result["flair_recipe"]
-    if chosen is None:
+    stopped = result.get("flair_stopped")
+    if stopped:
+        rows.append(f"| flair | stopped after {stopped['seconds']:,.0f} s (--flair-budget {stopped['budget']:,.0f}); "
+                    f"last progress: {stopped['pace']} | - | - | - | - | - | - |")
+    elif chosen is None:
         rows.append("| flair | not run (--flair-seeds 0) | - | - | - | - | - | - |")
     else:
         recipe = FLAIR_RECIPES[chosen]
@@ -673,6 +712,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="flair's seeds (its runs are the longest by far; 0: leave flair out)")
     parser.add_argument("--flair-recipe", default="auto", choices=["auto", *FLAIR_RECIPES],
                         help="auto: probe both recipes and keep the better on validation")
+    parser.add_argument("--flair-budget", type=float, default=3600, help="seconds one flair run may take; past "
+                        "it flair is stopped and left out of the table, its pace recorded (0: no limit)")
     args = parser.parse_args(argv)
     if args.workdir.resolve() != ROOT and args.corpus == "builtin":
         parser.error("--workdir measures another corpus's checkout: name it with --corpus (or the built-in "
@@ -684,7 +725,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.render:
         result = json.loads(stem.with_suffix(".json").read_text())
     else:
-        result = measure(args.quick, args.max_load, args.max_wait, args.flair_seeds, args.flair_recipe)
+        result = measure(args.quick, args.max_load, args.max_wait, args.flair_seeds, args.flair_recipe,
+                         args.flair_budget or None)
         stem.parent.mkdir(parents=True, exist_ok=True)
         stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(render(result))
