@@ -525,8 +525,11 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
                                          f"flair-{chosen}-s{s}", flair_budget), "seed": s})
     except OverBudget as stop:
         flair_stopped = {"seconds": stop.seconds, "budget": flair_budget, "pace": flair_pace(stop.logfile)}
-        log(f"flair {stop}; left out (last progress: {flair_stopped['pace']})")
-        probes, chosen, flair_runs = {}, None, []
+        log(f"flair {stop} (last progress: {flair_stopped['pace']})")
+        if chosen is None:  # stopped while probing: no fair choice of recipe, so no flair rows
+            probes, flair_runs = {}, []
+        else:  # a later seed: the finished ones stay
+            flair_stopped["seeds_finished"] = len(flair_runs)
     load_end = list(os.getloadavg())
     return {
         "setup": {"corpus": CORPUS, "workdir": str(WORK), "flair_recipe_option": flair_recipe, "quick": quick, "started": started, "load_at_start": load_start, "load_at_end": load_end,
@@ -632,15 +635,15 @@ def render(result: dict) -> str:
     fl = result["flair"]
     chosen = result["flair_recipe"]
     stopped = result.get("flair_stopped")
-    if stopped:
-        rows.append(f"| flair | stopped after {stopped['seconds']:,.0f} s (--flair-budget {stopped['budget']:,.0f}); "
-                    f"last progress: {stopped['pace']} | - | - | - | - | - | - |")
-    elif chosen is None:
+    if chosen is None and not stopped:
         rows.append("| flair | not run (--flair-seeds 0) | - | - | - | - | - | - |")
-    else:
+    elif chosen is not None:
         recipe = FLAIR_RECIPES[chosen]
         row(f"flair BiLSTM {setup['flair_hidden']} ({recipe['optimizer']} lr {recipe['learning_rate']:g}, chosen)", fl,
             _time(fl, "predict_texts_per_second"), seeds=", ".join(str(r["seed"]) for r in fl))
+    if stopped:  # the run the budget stopped (a probe: no flair rows above; a later seed: the finished ones)
+        rows.append(f"| flair, a run stopped after {stopped['seconds']:,.0f} s (--flair-budget {stopped['budget']:,.0f}) | "
+                    f"last progress: {stopped['pace']} | - | - | - | - | - | - |")
     for name, probe in result["flair_probes"].items():
         if name != chosen:
             r = FLAIR_RECIPES[name]
