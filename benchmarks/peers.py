@@ -527,9 +527,7 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
         flair_stopped = {"seconds": stop.seconds, "budget": flair_budget, "pace": flair_pace(stop.logfile)}
         log(f"flair {stop} (last progress: {flair_stopped['pace']})")
         if chosen is None:  # stopped while probing: no fair choice of recipe, so no flair rows
-            probes, flair_runs = {}, []
-        else:  # a later seed: the finished ones stay
-            flair_stopped["seeds_finished"] = len(flair_runs)
+            probes, flair_runs = {}, []  # (stopped at a later seed: the finished ones stay)
     load_end = list(os.getloadavg())
     return {
         "setup": {"corpus": CORPUS, "workdir": str(WORK), "flair_recipe_option": flair_recipe, "quick": quick, "started": started, "load_at_start": load_start, "load_at_end": load_end,
@@ -718,6 +716,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flair-budget", type=float, default=3600, help="seconds one flair run may take; past "
                         "it flair is stopped and left out of the table, its pace recorded (0: no limit)")
     args = parser.parse_args(argv)
+    if args.flair_budget < 0:
+        parser.error(f"--flair-budget must be 0 (no limit) or more seconds, got {args.flair_budget:g}")
     if args.workdir.resolve() != ROOT and args.corpus == "builtin":
         parser.error("--workdir measures another corpus's checkout: name it with --corpus (or the built-in "
                      "corpus's results would be overwritten)")
