@@ -39,6 +39,11 @@ def test_full_repro_writes_every_artefact(repo):
                              "lstm_test_acc", "lstm_test_f1", "lstm_val_acc"], metrics
     live = metrics["metrics/train/metrics.json"]["data"]
     assert {"train", "val", "best_epoch", "best_val_accuracy"} <= set(live), live
+    # precision: auto, resolved for this machine's CPU and recorded beside the thread count
+    import torch
+
+    from pipeline.training import resolve_precision
+    assert live["precision"] == resolve_precision("auto", torch.device("cpu")), live
     evaluation = json.loads((repo / "metrics/eval/report.json").read_text())
     assert json.loads((repo / "metrics/eval.json").read_text()) == {
         "lstm_test_acc": evaluation["accuracy"], "lstm_test_f1": evaluation["macro_f1"]}

@@ -42,6 +42,7 @@ def _write(tmp_path, mutate):
      r"'corpus\.encoding': 'utf9' is not a text encoding Python knows \(e\.g\. utf-8"),
     (lambda d: d["predict"].update(encoding="xyz"), r"'predict\.encoding': 'xyz' is not a text encoding Python knows"),
     (lambda d: d["train"].update(threads=0), r"'train\.threads' must be >= 1"),
+    (lambda d: d["train"].update(precision="fp16"), r"'train\.precision' must be one of 'auto', 'fp32', 'bf16'"),
     (lambda d: d["baseline"].update(hash_bits=40), r"'baseline\.hash_bits' must be >= 10 and <= 28"),
 ])
 def test_bad_params_name_the_file_and_key(tmp_path, mutate, message):

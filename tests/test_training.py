@@ -18,8 +18,8 @@ import yaml
 from pipeline.errors import PipelineError
 from pipeline.inference import predict_proba
 from pipeline.stages import train as train_stage
-from pipeline.training import (Hooks, build_model, class_weights, evaluate, fit, lr_factor, set_determinism,
-                               stretched_epochs)
+from pipeline.training import (Hooks, build_model, class_weights, evaluate, fit, lr_factor, resolve_precision,
+                               set_determinism, stretched_epochs)
 from tests.ddp_toy import DDP_PARAMS
 from tests.helpers import ROOT, fit_toy, toy_matrix, toy_problem, train_params
 
@@ -30,6 +30,27 @@ def test_training_learns_and_repeats_exactly():
     assert [h["val_loss"] for h in first.history] == [h["val_loss"] for h in second.history]
     for key in first.best_state:
         assert torch.equal(first.best_state[key], second.best_state[key])
+
+
+def test_bf16_training_learns_repeats_exactly_and_is_not_fp32():
+    bf16, again = fit_toy(train_params(precision="bf16")), fit_toy(train_params(precision="bf16"))
+    fp32 = fit_toy(train_params(precision="fp32"))
+    assert bf16.best_val_accuracy >= 0.9
+    assert all(torch.equal(bf16.best_state[k], again.best_state[k]) for k in bf16.best_state)
+    # the setting takes effect: bf16 products round differently, so the weights part
+    assert not all(torch.equal(bf16.best_state[k], fp32.best_state[k]) for k in bf16.best_state)
+    # ... and the weights stay float32 (the checkpoint and the exported model read them as such)
+    assert {value.dtype for value in bf16.best_state.values()} == {torch.float32}
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    for capabilities, expected in [({"amx_bf16": True}, "bf16"), ({"avx512_bf16": True, "amx_bf16": False}, "bf16"),
+                                   ({"avx512_f": True, "avx2": True}, "fp32"), ({}, "fp32")]:
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
+        assert resolve_precision("auto", cpu) == expected, capabilities
+    assert resolve_precision("auto", torch.device("meta")) == "fp32"
 
 
 def test_a_run_too_short_to_unfreeze_the_embeddings_says_so(capsys):

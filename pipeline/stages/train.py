@@ -25,7 +25,7 @@ from pipeline.live import LiveLogger, plot_curves
 from pipeline.model import ENCODERS
 from pipeline.resources import cpu_share
 from pipeline.text import TextConfig
-from pipeline.training import Hooks, build_model, fit, label_ids, resolve_device, set_determinism
+from pipeline.training import Hooks, build_model, fit, label_ids, resolve_device, resolve_precision, set_determinism
 
 PREPARED = Path("data/prepared")
 VOCAB_DIR = Path("data/vocab")
@@ -74,8 +74,9 @@ def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: t
     labels = sorted(train_labels.unique().tolist())
     lengths = TokenIds(VOCAB_DIR, "train", unk_id).full_lengths
     max_tokens = resolve_max_tokens(tp.max_tokens, lengths)
+    precision = resolve_precision(tp.precision, device)
     if rank == 0:
-        print(f"{world} process(es) of {threads} CPU thread(s); model input: at most {max_tokens} tokens "
+        print(f"{world} process(es) of {threads} CPU thread(s), {device.type} {precision}; model input: at most {max_tokens} tokens "
               f"({tp.truncation}); {(lengths > max_tokens).mean():.1%} of training texts are longer", flush=True)
     train = (TokenIds(VOCAB_DIR, "train", unk_id, max_tokens, tp.truncation), label_ids(train_labels, labels, PREPARED / "train.parquet"))
     val = (TokenIds(VOCAB_DIR, "val", unk_id, max_tokens, tp.truncation), label_ids(val_labels, labels, PREPARED / "val.parquet"))
@@ -86,7 +87,7 @@ def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: t
         if rank != 0:  # the others train their share and write nothing
             fit(model, tp, train, val, device, unk_id, shard=(rank, world))
             return
-    key = resume.run_key([tp.__dict__, prep.__dict__, threads],
+    key = resume.run_key([tp.__dict__, prep.__dict__, threads, precision],
                          [PREPARED / "train.parquet", PREPARED / "val.parquet", VOCAB_DIR / "vocab.json",
                           VOCAB_DIR / "embeddings.npy"])
     # Resuming is for one process: under torchrun the state would be each process's own.
@@ -112,10 +113,11 @@ def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: t
         live.summary["train_seconds"] = round(result.seconds, 2)
         live.summary["max_tokens"] = max_tokens
         live.summary["threads"] = threads
+        live.summary["precision"] = precision
         live.summary["processes"] = world
     # No timings in the checkpoint: the same params and seed give the same weights and metadata.
     info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
-            "params": tp.__dict__, "threads": threads, "processes": world}
+            "params": tp.__dict__, "threads": threads, "processes": world, "precision": precision}
     save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id,
                     info, max_tokens, tp.truncation)
     plot_curves(result, LIVE_DIR / "curves.png")
