@@ -317,12 +317,14 @@ def matmul_reference(batch: int, seq_len: int, embedding_dim: int, hidden: int, 
 def benchmark_params():
     """params.yaml's train section with the architecture, optimiser and regularisation of this
     comparison pinned: every recipe does the same work (no word dropout, which only ours implements;
-    a constant learning rate and unweighted loss, which is all the tutorial recipes have)."""
+    a constant learning rate and unweighted loss, which is all the tutorial recipes have; fp32, since
+    the tutorial recipes have no bf16 autocast and this compares batching, not precision)."""
     from pipeline import params
 
     return dataclasses.replace(params.load("train"), embeddings="finetune", encoder="lstm", hidden_size=128,
                                num_layers=1, bidirectional=True, lr=0.002, lr_schedule="constant", warmup_steps=0,
-                               class_weights="none", batch_size=32, device="cpu", word_dropout=0.0)
+                               class_weights="none", batch_size=32, device="cpu", word_dropout=0.0,
+                               precision="fp32")
 
 
 # (row name, child function, its first argument: the recipe or the pooling)
