@@ -171,11 +171,6 @@ def resolve_precision(setting: str, device: torch.device) -> str:
     return setting
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on the device, or a no-op."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)
-
-
 def train_step(forward: nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, lengths: torch.Tensor,
                target: torch.Tensor, loss_fn: nn.Module, objective_fn: nn.Module | None,
                grad_clip: float | None, model: nn.Module, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +179,7 @@ def train_step(forward: nn.Module, optimizer: torch.optim.Optimizer, ids: torch.
     `forward` is the model, or its DistributedDataParallel wrapper (which averages the gradients);
     `objective_fn`, when given, is the class-weighted loss the gradient follows; `bf16`: the forward
     pass under bf16 autocast."""
-    with autocast(ids.device, bf16):
+    with torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16, enabled=bf16):
         logits = forward(ids, lengths)  # (batch, classes)
         loss = loss_fn(logits.float(), target)
     objective = loss if objective_fn is None else objective_fn(logits.float(), target)
