@@ -43,6 +43,8 @@ def run_main(main: Callable[[], None]) -> None:
         _watch_dvc()
     try:
         main()
+        if _signals_received:  # raised where Python swallows exceptions (a __del__ run by the GC): still a stop
+            raise _Terminated()
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(1)
@@ -62,7 +64,11 @@ class _Terminated(KeyboardInterrupt):
     """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same clean-ups run."""
 
 
+_signals_received: list[int] = []
+
+
 def _terminated(signum, frame) -> None:
+    _signals_received.append(signum)
     raise _Terminated()
 
 
