@@ -5,9 +5,9 @@
     python -m benchmarks.peers --quick          # a smoke test: tiny budgets, one seed, nothing written to results
 
 Every tool reads the prepared splits of the last pipeline run (data/prepared/{train,val,test}.parquet:
-the same rows, the same tokens) and the same vectors (data/raw/embeddings: GloVe 6B 50d). One run, one
-job at a time, each job its own process, so that its peak memory (the process's maximum resident set,
-from wait4) is its own:
+the same rows, the same tokens) and the same vectors (what params.yaml `embeddings` names, read by the
+pipeline's own reader: GloVe 6B 50d by default). One run, one job at a time, each job its own process,
+so that its peak memory (the process's maximum resident set, from wait4) is its own:
 
 - LSTM: the pipeline's trained model (models/model.pt; its accuracy from metrics/eval.json, its training
   time from metrics/train/metrics.json), and the same training retrained here with seeds 42, 43, 44
@@ -16,9 +16,9 @@ from wait4) is its own:
   through the CLI batch path (`textclf-predict --input --output`, a whole process: start-up, reading,
   tokenizing, writing) and through the ONNX export under onnxruntime (in process, tokenizing included);
 - TF-IDF: pipeline.tfidf.fit_baseline with the committed baseline params (its C grid on validation);
-- fastText (fasttext-wheel, supervised): GloVe as its input layer (pretrainedVectors, dim 50), lr, epoch
+- fastText (fasttext-wheel, supervised): the vectors as its input layer (pretrainedVectors, their dim), lr, epoch
   and wordNgrams chosen on validation accuracy from a small grid (seed 1), then trained with seeds 1-3;
-- flair: TextClassifier over DocumentRNNEmbeddings (BiLSTM 128 over WordEmbeddings of the same GloVe,
+- flair: TextClassifier over DocumentRNNEmbeddings (BiLSTM 128 over WordEmbeddings of the same vectors,
   a gensim KeyedVectors file), ModelTrainer. Its documented recipe (SGD, lr 0.1) and Adam (lr 1e-3), one
   seed each within the same epoch budget, with flair's AnnealOnPlateau and the best validation epoch
   kept; the recipe with the better validation accuracy is then trained with seeds 1-3. With
@@ -49,12 +49,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def configure(workdir: Path, corpus: str) -> None:
-    global WORK, CORPUS, PREPARED, GLOVE_NPY, GLOVE_INDEX, CACHE
+    global WORK, CORPUS, PREPARED, CACHE
     WORK, CORPUS = workdir.resolve(), corpus
     os.environ.update(PEERS_WORKDIR=str(WORK), PEERS_CORPUS=CORPUS)
     PREPARED = WORK / "data/prepared"
-    GLOVE_NPY = WORK / "data/raw/embeddings/glove_6B_50d_emb.npy"
-    GLOVE_INDEX = WORK / "data/raw/embeddings/glove_6B_index.parquet"
     CACHE = ROOT / "benchmarks/.cache/peers" / ("" if CORPUS == "builtin" else CORPUS)
 
 
@@ -70,7 +68,8 @@ PEER_SEEDS = [1, 2, 3]
 PREDICT_REPEAT = 10              # prediction throughput: the test texts, repeated this many times,
 PREDICT_TEXTS = 20_000           # or fewer times where that passes this many texts (at least once)
 PREDICT_BATCH = 256              # the batch size of every batched predictor (params.yaml predict.batch_size)
-THREADS = 2                      # every tool gets the machine's two cores
+THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+                                 # every tool gets all the cores this process may use
 
 FASTTEXT_GRID = {"lr": [0.1, 0.25, 0.5, 1.0], "epoch": [5, 10, 25], "wordNgrams": [1, 2]}
 FLAIR_RECIPES = {"sgd": {"optimizer": "SGD", "learning_rate": 0.1},      # flair's documented RNN recipe
@@ -96,43 +95,57 @@ def _scores(actual, predicted) -> dict:
 
 
 def job_vectors(args: dict) -> dict:
-    """The inputs the peers read: GloVe restricted to the words of the splits (as .vec for fastText and
-    as a gensim KeyedVectors file for flair), and the splits in fastText's format. Not timed: the
-    pipeline's own alignment (the vocab stage) is not in its training time either."""
-    import numpy as np
-    import pandas as pd
+    """The vectors the pipeline read (params.yaml `embeddings`: any format it reads, any dimension), for
+    the words of the splits, written for the peers: a .vec text file (fastText's pretrainedVectors) and a
+    gensim KeyedVectors file (flair's WordEmbeddings); and the splits in fastText's format. Not timed: the
+    pipeline's own alignment (the vocab stage) is not in its training time either. Runs in the project's
+    environment, through the pipeline's own reader, so each tool gets the same vectors for the same words
+    (the lowercase fallback included, as `vocab.case_fallback` says)."""
+    sys.path.insert(0, str(ROOT))
     from gensim.models import KeyedVectors
+    from pipeline import params, vectors
 
+    embeddings = params.load("embeddings", WORK / "params.yaml")
+    source_path = Path(embeddings.source)
+    source = vectors.detect(source_path if source_path.is_absolute() else WORK / source_path, embeddings.format)
     splits = _splits()
-    words = sorted({w for df in splits.values() for toks in df["tokens"] for w in toks})
-    index = pd.read_parquet(GLOVE_INDEX).iloc[:, 0].tolist()
-    matrix = np.load(GLOVE_NPY, mmap_mode="r")
-    row = {}
-    for i, w in enumerate(index):
-        row.setdefault(w, i)
-    kept = [w for w in words if w in row and " " not in w]
-    vectors = np.asarray(matrix[[row[w] for w in kept]], dtype=np.float32)
+    # A word with whitespace in it could not be one word of a .vec line or of fastText's input.
+    words = sorted({w for df in splits.values() for toks in df["tokens"] for w in toks if w and w.split() == [w]})
+    alignment = vectors.align(source, words, params.load("vocab", WORK / "params.yaml").case_fallback,
+                              embeddings.bad_lines)
+    kept = [w for w, found in zip(words, alignment.found) if found]
+    matrix = alignment.matrix[alignment.found]
     CACHE.mkdir(parents=True, exist_ok=True)
-    with open(CACHE / "glove.vec", "w", encoding="utf-8") as f:
-        f.write(f"{len(kept)} {vectors.shape[1]}\n")
-        for w, v in zip(kept, vectors):
+    with open(CACHE / "vectors.vec", "w", encoding="utf-8") as f:
+        f.write(f"{len(kept)} {alignment.dim}\n")
+        for w, v in zip(kept, matrix):
             f.write(w + " " + " ".join(f"{x:.6f}" for x in v) + "\n")
-    kv = KeyedVectors(vector_size=vectors.shape[1])
-    kv.add_vectors(kept, vectors)
-    kv.save(str(CACHE / "glove.kv"))
+    kv = KeyedVectors(vector_size=alignment.dim)
+    kv.add_vectors(kept, matrix)
+    kv.save(str(CACHE / "vectors.kv"))
+    # fastText reads a label up to the next space: each is written as its index, and read back through
+    # labels.json, so that any label ('sci fi', 'négatif') round-trips.
+    labels = sorted({str(label) for label in splits["train"]["label"]})
+    (CACHE / "labels.json").write_text(json.dumps(labels), encoding="utf-8")
+    index = {label: i for i, label in enumerate(labels)}
     for name, df in splits.items():
         with open(CACHE / f"{name}.fasttext.txt", "w", encoding="utf-8") as f:
             for toks, label in zip(df["tokens"], df["label"]):
-                f.write(f"__label__{label} " + " ".join(toks) + "\n")
-    return {"words_in_splits": len(words), "with_vector": len(kept),
+                words_of_text = " ".join(" ".join(t.split()) for t in toks)
+                f.write(f"__label__{index.get(str(label), -1)} {words_of_text}\n")
+    return {"words_in_splits": len(words), "with_vector": len(kept), "dim": alignment.dim,
+            "vectors": f"{source.path.name} ({source.format})",
             "train_tokens": int(splits["train"]["tokens"].map(len).sum())}
 
 
 def _fasttext_lines(name: str) -> tuple[list[str], list[str]]:
+    """A split's labels (the original strings) and texts, from its fastText file."""
+    names = json.loads((CACHE / "labels.json").read_text(encoding="utf-8"))
     labels, texts = [], []
-    for line in (CACHE / f"{name}.fasttext.txt").read_text(encoding="utf-8").splitlines():
+    for line in (CACHE / f"{name}.fasttext.txt").read_text(encoding="utf-8").split("\n")[:-1]:
         label, _, text = line.partition(" ")
-        labels.append(label[len("__label__"):])
+        index = int(label[len("__label__"):])
+        labels.append(names[index] if index >= 0 else "(not a training label)")
         texts.append(text)
     return labels, texts
 
@@ -140,14 +153,15 @@ def _fasttext_lines(name: str) -> tuple[list[str], list[str]]:
 def _fasttext_predict(model, texts: list[str]) -> list[str]:
     # fasttext-wheel's predict() wraps its result in np.array(copy=False), which numpy 2 refuses: the
     # lower-level binding returns plain lists.
+    names = json.loads((CACHE / "labels.json").read_text(encoding="utf-8"))
     labels, _ = model.f.multilinePredict(texts, 1, 0.0, "strict")
-    return [lab[0][len("__label__"):] for lab in labels]
+    return [names[int(lab[0][len("__label__"):])] for lab in labels]
 
 
-def _fasttext_train(lr: float, epoch: int, ngrams: int, seed: int):
+def _fasttext_train(lr: float, epoch: int, ngrams: int, seed: int, dim: int):
     import fasttext
     return fasttext.train_supervised(input=str(CACHE / "train.fasttext.txt"), lr=lr, epoch=epoch,
-                                     wordNgrams=ngrams, dim=50, pretrainedVectors=str(CACHE / "glove.vec"),
+                                     wordNgrams=ngrams, dim=dim, pretrainedVectors=str(CACHE / "vectors.vec"),
                                      minCount=1, thread=THREADS, seed=seed, verbose=0)
 
 
@@ -158,7 +172,7 @@ def job_fasttext_grid(args: dict) -> dict:
     for lr in grid["lr"]:
         for epoch in grid["epoch"]:
             for ngrams in grid["wordNgrams"]:
-                model = _fasttext_train(lr, epoch, ngrams, args["seed"])
+                model = _fasttext_train(lr, epoch, ngrams, args["seed"], args["dim"])
                 acc = _scores(val_labels, _fasttext_predict(model, val_texts))["accuracy"]
                 trials.append({"lr": lr, "epoch": epoch, "wordNgrams": ngrams, "val_accuracy": acc})
     best = max(trials, key=lambda t: t["val_accuracy"])  # first of the best, in grid order
@@ -168,7 +182,7 @@ def job_fasttext_grid(args: dict) -> dict:
 def job_fasttext(args: dict) -> dict:
     train_tokens = args["train_tokens"]
     start = time.perf_counter()
-    model = _fasttext_train(args["lr"], args["epoch"], args["wordNgrams"], args["seed"])
+    model = _fasttext_train(args["lr"], args["epoch"], args["wordNgrams"], args["seed"], args["dim"])
     seconds = time.perf_counter() - start
     out = {"train_seconds": seconds, "epochs": args["epoch"],
            "train_tokens_per_second": train_tokens * args["epoch"] / seconds}
@@ -208,7 +222,7 @@ def job_flair(args: dict) -> dict:
     corpus = Corpus(train=SentenceDataset(sentences(splits["train"])), dev=SentenceDataset(sentences(splits["val"])),
                     test=None, sample_missing_splits=False)
     label_dict = corpus.make_label_dictionary(label_type="class", add_unk=False)
-    document = DocumentRNNEmbeddings([WordEmbeddings(str(CACHE / "glove.kv"))], hidden_size=FLAIR_HIDDEN,
+    document = DocumentRNNEmbeddings([WordEmbeddings(str(CACHE / "vectors.kv"))], hidden_size=FLAIR_HIDDEN,
                                      rnn_type="LSTM", bidirectional=True)
     model = TextClassifier(document, label_type="class", label_dictionary=label_dict)
     trainer = ModelTrainer(model, corpus)
@@ -469,7 +483,7 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
     # Another corpus's checkout may stop before training (dvc repro vocab baseline): the retrained seed-42
     # model, the pipeline's own seed, then stands for its model in the prediction rows.
     has_model = (WORK / "models/model.pt").exists()
-    needed = [PREPARED / "train.parquet", WORK / "data/vocab/vocab.json", GLOVE_NPY]
+    needed = [PREPARED / "train.parquet", WORK / "data/vocab/vocab.json"]
     for path in needed + ([] if has_model or CORPUS != "builtin" else [WORK / "models/model.pt"]):
         if not path.exists():
             raise SystemExit(f"{path} is missing: run the pipeline first (make repro, or dvc repro in {WORK})")
@@ -480,7 +494,7 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
     load_start = wait_for_quiet(max_load, 0 if quick else max_wait)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     log(f"load {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}")
-    vectors = run_job(PEERS_PYTHON, "vectors", {}, "vectors")
+    vectors = run_job(PROJECT_PYTHON, "vectors", {}, "vectors")
     tokens = vectors["train_tokens"]
 
     lstm = {"committed": {**lstm_figures(WORK), "seed": 42} if has_model else None}
@@ -501,9 +515,9 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
 
     seeds = PEER_SEEDS[:1] if quick else PEER_SEEDS
     grid = {"lr": [0.5], "epoch": [2], "wordNgrams": [1, 2]} if quick else FASTTEXT_GRID
-    ft_grid = run_job(PEERS_PYTHON, "fasttext_grid", {"grid": grid, "seed": seeds[0]}, "fasttext-grid")
+    ft_grid = run_job(PEERS_PYTHON, "fasttext_grid", {"grid": grid, "seed": seeds[0], "dim": vectors["dim"]}, "fasttext-grid")
     best = {k: ft_grid["best"][k] for k in ("lr", "epoch", "wordNgrams")}
-    fasttext = [{**run_job(PEERS_PYTHON, "fasttext", {**best, "seed": s, "train_tokens": tokens, "repeat": repeat},
+    fasttext = [{**run_job(PEERS_PYTHON, "fasttext", {**best, "seed": s, "train_tokens": tokens, "repeat": repeat, "dim": vectors["dim"]},
                            f"fasttext-s{s}"), "seed": s} for s in seeds]
 
     max_epochs = 1 if quick else FLAIR_EPOCHS
@@ -548,7 +562,8 @@ def corpus_checkout(corpus: str) -> Path:
 
     settings = ROOT / "benchmarks/corpora" / f"{corpus}.yaml"
     if not settings.exists():
-        raise SystemExit(f"{settings} is missing: --corpus names one of benchmarks/corpora/*.yaml, or builtin")
+        raise SystemExit(f"{settings} is missing: --corpus names one of benchmarks/corpora/*.yaml, or builtin; "
+                         "for your own corpus, run the pipeline on it here and add --workdir .")
     repo = CACHE / "repo"
     if not (repo / "models/model.pt").exists():
         shutil.rmtree(repo, ignore_errors=True)
@@ -707,8 +722,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", default="builtin", help="builtin (this checkout's pipeline run) or one of "
                         "benchmarks/corpora/*.yaml (a clone with its params, dvc repro run there once); results go "
                         "to benchmarks/results/peers-NAME.{json,md} (builtin: peers.{json,md})")
-    parser.add_argument("--workdir", type=Path, default=ROOT, help="measure this checkout's pipeline run instead "
-                        "(one where dvc repro ran with the corpus's params)")
+    parser.add_argument("--workdir", type=Path, default=None, help="measure this checkout's pipeline run instead "
+                        "(one where dvc repro ran with the corpus's params; `--workdir . --corpus NAME`: this checkout, "
+                        "run on your own corpus)")
     parser.add_argument("--flair-seeds", type=int, default=len(PEER_SEEDS), choices=range(0, len(PEER_SEEDS) + 1),
                         help="flair's seeds (its runs are the longest by far; 0: leave flair out)")
     parser.add_argument("--flair-recipe", default="auto", choices=["auto", *FLAIR_RECIPES],
@@ -718,11 +734,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.flair_budget < 0:
         parser.error(f"--flair-budget must be 0 (no limit) or more seconds, got {args.flair_budget:g}")
-    if args.workdir.resolve() != ROOT and args.corpus == "builtin":
+    if args.workdir is not None and args.workdir.resolve() != ROOT and args.corpus == "builtin":
         parser.error("--workdir measures another corpus's checkout: name it with --corpus (or the built-in "
                      "corpus's results would be overwritten)")
-    configure(args.workdir, args.corpus)
-    if args.corpus != "builtin" and args.workdir.resolve() == ROOT and not args.render:
+    configure(args.workdir or ROOT, args.corpus)
+    if args.corpus != "builtin" and args.workdir is None and not args.render:
         configure(corpus_checkout(args.corpus), args.corpus)
     stem = CACHE / "quick" if args.quick else RESULTS / ("peers" if CORPUS == "builtin" else f"peers-{CORPUS}")
     if args.render:
