@@ -6,14 +6,19 @@ trained on the training split give every training word a vector of how this corp
 subwords also give rare and misspelt words one built from their pieces. The vocab stage concatenates
 them to the pretrained rows: the model reads [pretrained | domain] for every word.
 
-Too little text learns noise: `method: auto` trains them only when the training split has at least
-`auto_min_tokens` tokens (docs/stages.md has the measurements behind the default).
+Unlabelled text from the same domain (`unlabelled`: posts, reviews or tickets that nobody labelled)
+teaches them more: it is read beside the training split, tokenized as the prepare stage tokenizes.
+Only the training split's words enter the vocabulary; the unlabelled text gives them better vectors.
+
+Too little text learns noise: `method: auto` trains them only when the training split and the
+unlabelled text hold at least `auto_min_tokens` tokens together (docs/stages.md has the measurements
+behind the default).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -38,6 +43,19 @@ class TokenStream:
                     yield tokens
 
 
+class Sentences:
+    """The training split's tokens, then the unlabelled text's: what the vectors learn from. `path`
+    names the training split in errors."""
+
+    def __init__(self, train: TokenStream, unlabelled: Iterable[list[str]] | None = None):
+        self.parts = [train] + ([unlabelled] if unlabelled is not None else [])
+        self.path = train.path
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for part in self.parts:
+            yield from part
+
+
 def count_tokens(path: Path) -> int:
     """Running tokens of a prepared split (the list lengths, read a batch at a time)."""
     import pyarrow.compute as pc
@@ -48,14 +66,15 @@ def count_tokens(path: Path) -> int:
     return total
 
 
-def resolve_method(method: str, train_tokens: int, auto_min_tokens: int) -> str:
-    """The method that runs: `auto` is fasttext from auto_min_tokens training tokens up, else none."""
+def resolve_method(method: str, tokens: int, auto_min_tokens: int) -> str:
+    """The method that runs: `auto` is fasttext from auto_min_tokens tokens (training and unlabelled)
+    up, else none."""
     if method != "auto":
         return method
-    return "fasttext" if train_tokens >= auto_min_tokens else "none"
+    return "fasttext" if tokens >= auto_min_tokens else "none"
 
 
-def train(sentences: TokenStream, method: str, dim: int, epochs: int, window: int, min_count: int,
+def train(sentences: TokenStream | Sentences, method: str, dim: int, epochs: int, window: int, min_count: int,
           seed: int, buckets: int = 2_000_000) -> tuple[list[str], np.ndarray]:
     """Train word2vec (CBOW) or fastText (CBOW with character 3-6-grams hashed into `buckets` rows) and
     return (words, vectors).

@@ -132,6 +132,10 @@ class DomainVectorsParams:
     # over while training (800 MB x 2 at fastText's own 2,000,000 and dim 100), whatever the corpus size.
     buckets: int = field(metadata=_range(1))
     seed: int
+    # Unlabelled text of the same domain the vectors also learn from: a plain-text file or a folder of
+    # them (.txt, compressed or not), a document per line, read in corpus.encoding. A path, relative to
+    # the repository or absolute, and a DVC dependency; the default folder holds only its README.
+    unlabelled: str
 
 
 @dataclass(frozen=True)

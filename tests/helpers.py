@@ -74,6 +74,7 @@ def make_project(dest: Path, project_params: dict) -> Path:
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, dest / name)
     shutil.copytree(ROOT / "pipeline", dest / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "data/unlabelled", dest / "data/unlabelled")  # the default domain_vectors.unlabelled
     (dest / ".dvc").mkdir()
     shutil.copy(ROOT / ".dvc" / "config", dest / ".dvc" / "config")
     shutil.copy(ROOT / ".dvc" / ".gitignore", dest / ".dvc" / ".gitignore")

@@ -1,9 +1,11 @@
-"""Domain vectors (pipeline.domain_vectors and its stage): trained from the training split, the same
-bytes for the same params, stacked beside the pretrained rows by the vocab stage, and `auto` off below
-its threshold."""
+"""Domain vectors (pipeline.domain_vectors, pipeline.unlabelled and the stage): trained from the training
+split and any unlabelled text, the same bytes for the same params, stacked beside the pretrained rows by
+the vocab stage, and `auto` off below its threshold."""
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 import subprocess
 import sys
@@ -13,8 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipeline import domain_vectors
+from pipeline import domain_vectors, unlabelled
 from pipeline.errors import PipelineError
+from pipeline.text import TextConfig
 from tests.helpers import ROOT, polarity_rows
 
 
@@ -113,9 +116,11 @@ def test_read_refuses_a_word_list_that_does_not_match(tmp_path):
     assert domain_vectors.read(tmp_path)[0] == ["a", "b\r\nc", "\u2028"]  # any character survives
 
 
-def _stage(cwd, method: str, auto_min_tokens: int = 1_000_000) -> subprocess.CompletedProcess:
+def _stage(cwd, method: str, auto_min_tokens: int = 1_000_000, unlabelled: str = "data/unlabelled") -> subprocess.CompletedProcess:
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
-    data["domain_vectors"].update(method=method, auto_min_tokens=auto_min_tokens, dim=6, epochs=1, buckets=1000)
+    data["domain_vectors"].update(method=method, auto_min_tokens=auto_min_tokens, dim=6, epochs=1, buckets=1000,
+                                  unlabelled=unlabelled)
+    (cwd / "data/unlabelled").mkdir(parents=True, exist_ok=True)
     (cwd / "params.yaml").write_text(yaml.safe_dump(data))
     return subprocess.run([sys.executable, "-m", "pipeline.stages.domain_vectors"], cwd=cwd, capture_output=True,
                           text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
@@ -147,4 +152,94 @@ def test_an_empty_training_split_is_named(tmp_path):
     proc = _stage(tmp_path, "fasttext")
     assert proc.returncode == 1
     assert "data/prepared/train.parquet: the training split has no tokens" in proc.stderr
+    assert not (tmp_path / "data/domain_vectors").exists()
+
+
+# --- unlabelled text (domain_vectors.unlabelled) ------------------------------------------------------
+
+
+def test_a_folder_of_unlabelled_text_is_its_txt_files_in_order_notes_passed_over(tmp_path):
+    folder = tmp_path / "unlabelled"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "b.txt").write_text("b\n")
+    (folder / "a.TXT").write_text("a\n")
+    (folder / "sub/c.txt.gz").write_bytes(gzip.compress(b"c\n"))
+    (folder / "README.md").write_text("notes")
+    (folder / "big.txt.dvc").write_text("outs: []")
+    (folder / ".gitignore").write_text("/big.txt")
+    (folder / ".cache").mkdir()
+    (folder / ".cache/x.bin").write_bytes(b"\0")
+    assert unlabelled.text_files(folder) == [folder / "a.TXT", folder / "b.txt", folder / "sub/c.txt.gz"]
+    assert unlabelled.text_files(folder / "README.md") == [folder / "README.md"]  # a file named: read as it is
+    (folder / "sub/posts.csv").write_text("text\nhello\n")
+    with pytest.raises(PipelineError, match=r"sub/posts\.csv: not a \.txt file: the unlabelled text \(domain_vectors\.unlabelled\)"):
+        unlabelled.text_files(folder)
+    with pytest.raises(PipelineError, match=r"nowhere: no such file or folder \(params domain_vectors\.unlabelled\)"):
+        unlabelled.text_files(tmp_path / "nowhere")
+
+
+def test_unlabelled_text_is_tokenized_as_prepare_tokenizes_a_line_at_a_time(tmp_path):
+    (tmp_path / "a.txt").write_text("The <b>Rocket</b> launched!\n\n   \nSee https://example.com now\n", encoding="utf-8")
+    (tmp_path / "b.txt.bz2").write_bytes(bz2.compress("Zorbl ORBIT\n".encode()))
+    text = unlabelled.UnlabelledText([tmp_path / "a.txt", tmp_path / "b.txt.bz2"], TextConfig())
+    assert list(text) == [["the", "rocket", "launched", "!"], ["see", "now"], ["zorbl", "orbit"]]
+    assert list(text) == list(text)  # gensim iterates it once per epoch
+
+
+def test_undecodable_unlabelled_text_names_the_file_and_line(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"fine\nstill fine\nbad \xff byte\n")
+    with pytest.raises(PipelineError, match=r"a\.txt: line 3: not valid utf-8 text .*set corpus\.encoding"):
+        list(unlabelled.UnlabelledText([tmp_path / "a.txt"], TextConfig()))
+
+
+def test_unlabelled_text_teaches_a_training_word_its_neighbours(tmp_path):
+    # 'zorbl' occurs once in training, among hockey words; the unlabelled text uses it as a space word
+    space = "orbit rocket launch nasa shuttle satellite".split()
+    hockey = "puck goalie rink playoff skate stick".split()
+    rng = np.random.default_rng(0)
+    docs = [list(rng.choice(topic, 12)) for _ in range(300) for topic in (space, hockey)] + [hockey + ["zorbl"]]
+    path = tmp_path / "train.parquet"
+    pd.DataFrame({"tokens": docs}).to_parquet(path)
+    (tmp_path / "more.txt").write_text("".join(" ".join(list(rng.choice(space, 8)) + ["zorbl"]) + "\n"
+                                               for _ in range(300)))
+
+    def closeness(sentences) -> float:
+        words, vectors = domain_vectors.train(sentences, "word2vec", dim=16, epochs=5, window=4, min_count=1, seed=1)
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        row = {w: i for i, w in enumerate(words)}
+        return (np.mean([unit[row["zorbl"]] @ unit[row[w]] for w in space])
+                - np.mean([unit[row["zorbl"]] @ unit[row[w]] for w in hockey]))
+
+    alone = closeness(domain_vectors.TokenStream(path))
+    with_text = closeness(domain_vectors.Sentences(domain_vectors.TokenStream(path),
+                                                   unlabelled.UnlabelledText([tmp_path / "more.txt"], TextConfig())))
+    assert alone < 0 < with_text - 0.3, (alone, with_text)
+
+
+def test_the_stage_counts_unlabelled_tokens_towards_auto_and_learns_their_words(tmp_path, train_split):
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    train_split.rename(tmp_path / "data/prepared/train.parquet")
+    train_tokens = domain_vectors.count_tokens(tmp_path / "data/prepared/train.parquet")
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra/posts.txt").write_text("Quasar pulsar nebula\n" * 50)  # 150 tokens
+    threshold = train_tokens + 100
+    proc = _stage(tmp_path, "auto", threshold)  # the default folder: its README only
+    assert proc.returncode == 0, proc.stderr
+    assert f"below {threshold:,}" in proc.stdout
+    proc = _stage(tmp_path, "auto", threshold, unlabelled="extra")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "metrics/domain_vectors.json").read_text())
+    assert report["method"] == "fasttext" and report["unlabelled_files"] == 1 and report["unlabelled_tokens"] == 150
+    assert f"and 150 unlabelled (1 file)" in proc.stdout
+    words, _ = domain_vectors.read(tmp_path / "data/domain_vectors")
+    assert {"quasar", "pulsar", "nebula"} <= set(words)  # lowercased, as prepare would
+
+
+def test_a_wrong_unlabelled_path_stops_the_stage_and_writes_nothing(tmp_path, train_split):
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    train_split.rename(tmp_path / "data/prepared/train.parquet")
+    proc = _stage(tmp_path, "fasttext", unlabelled="data/unlabeled")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: data/unlabeled: no such file or folder (params domain_vectors.unlabelled)")
     assert not (tmp_path / "data/domain_vectors").exists()

@@ -183,6 +183,20 @@ def test_domain_vectors_are_trained_stacked_and_carried_into_the_model(repo):
     assert json.loads((repo / "metrics/vocab.json").read_text())["embedding_dim"] == 50
 
 
+def test_unlabelled_text_dropped_in_its_folder_reruns_domain_vectors(repo):
+    """data/unlabelled is a DVC dependency: a new .txt file there reruns domain_vectors, which counts it
+    (auto still trains nothing on so little text, so vocab and what follows stay as they are)."""
+    (repo / "data/unlabelled/more.txt").write_text("An unlabelled review of a film.\nAnother one, unlabelled.\n")
+    out = run(["dvc", "repro"], repo).stdout
+    assert stages_run(out) == {"domain_vectors"}, out
+    report = json.loads((repo / "metrics/domain_vectors.json").read_text())
+    assert (report["method"], report["unlabelled_files"], report["unlabelled_tokens"]) == ("none", 1, 12)
+    (repo / "data/unlabelled/more.csv").write_text("text\nnot plain text\n")
+    failed = run(["dvc", "repro"], repo, check=False)
+    assert failed.returncode != 0
+    assert "data/unlabelled/more.csv: not a .txt file" in failed.stdout
+
+
 def test_experiment_run_and_show(repo):
     run(["dvc", "exp", "run", "-n", "faster-lr", "-S", "train.lr=0.003"], repo)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)

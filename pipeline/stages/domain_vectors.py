@@ -1,5 +1,6 @@
-"""Stage domain_vectors: word vectors trained with gensim on the training split, for the vocab stage to
-stack beside the pretrained ones (pipeline/domain_vectors.py says why).
+"""Stage domain_vectors: word vectors trained with gensim on the training split and any unlabelled text
+of the same domain (domain_vectors.unlabelled), for the vocab stage to stack beside the pretrained ones
+(pipeline/domain_vectors.py says why).
 
 Writes data/domain_vectors/: words.json (the words, a JSON list) and vectors.npy (float32, a row each), or,
 when the method resolves to none, only a `.none` marker (the folder is a DVC output either way); and
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import domain_vectors, params
+from pipeline import domain_vectors, params, unlabelled
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
+from pipeline.text import TextConfig
 
 TRAIN_SPLIT = Path("data/prepared/train.parquet")
 OUT_DIR = Path("data/domain_vectors")
@@ -24,31 +26,42 @@ METRICS = Path("metrics/domain_vectors.json")
 
 def main() -> None:
     dp = params.load("domain_vectors")
-    tokens = domain_vectors.count_tokens(TRAIN_SPLIT)
-    method = domain_vectors.resolve_method(dp.method, tokens, dp.auto_min_tokens)
-    if method != "none" and tokens == 0:
+    files = unlabelled.text_files(Path(dp.unlabelled))
+    unlabelled_text = unlabelled.UnlabelledText(files, TextConfig.from_params(params.load("prepare")),
+                                                params.load("corpus").encoding)
+    train_tokens = domain_vectors.count_tokens(TRAIN_SPLIT)
+    # one pass to count (auto's threshold, the report); gensim makes its own passes after
+    unlabelled_tokens = sum(len(tokens) for tokens in unlabelled_text) if files else 0
+    method = domain_vectors.resolve_method(dp.method, train_tokens + unlabelled_tokens, dp.auto_min_tokens)
+    if method != "none" and train_tokens == 0:
         raise PipelineError(f"{TRAIN_SPLIT}: the training split has no tokens: no domain vectors to train "
                             f"(domain_vectors.method: {dp.method})")
-    report = {"method": method, "method_param": dp.method, "train_tokens": tokens}
+    report = {"method": method, "method_param": dp.method, "train_tokens": train_tokens,
+              "unlabelled_files": len(files), "unlabelled_tokens": unlabelled_tokens}
     start = time.perf_counter()
     with atomic_path(OUT_DIR) as tmp:
         tmp.mkdir()
         if method == "none":
             (tmp / ".none").write_text("no domain vectors (domain_vectors.method resolved to none)\n", encoding="utf-8")
         else:
-            words, vectors = domain_vectors.train(domain_vectors.TokenStream(TRAIN_SPLIT), method, dp.dim, dp.epochs,
-                                                  dp.window, dp.min_count, dp.seed, dp.buckets)
+            sentences = domain_vectors.Sentences(domain_vectors.TokenStream(TRAIN_SPLIT),
+                                                 unlabelled_text if unlabelled_tokens else None)
+            words, vectors = domain_vectors.train(sentences, method, dp.dim, dp.epochs, dp.window, dp.min_count,
+                                                  dp.seed, dp.buckets)
             write_json(tmp / domain_vectors.WORDS_FILE, words)
             np.save(tmp / domain_vectors.VECTORS_FILE, vectors)
             report.update(words=len(words), dim=int(vectors.shape[1]))
     report["seconds"] = round(time.perf_counter() - start, 2)
     write_json(METRICS, report)
+    read = f"{train_tokens:,} training tokens"
+    if unlabelled_tokens:
+        read += f" and {unlabelled_tokens:,} unlabelled ({len(files)} file{'s' * (len(files) > 1)})"
     if method == "none":
-        why = "" if dp.method == "none" else f" (auto: {tokens:,} training tokens, below {dp.auto_min_tokens:,})"
+        why = "" if dp.method == "none" else f" (auto: {read}, below {dp.auto_min_tokens:,})"
         print(f"domain vectors: none{why}")
     else:
-        print(f"domain vectors: {method}, {report['words']:,} words x {report['dim']} from {tokens:,} training "
-              f"tokens in {report['seconds']:.0f}s")
+        print(f"domain vectors: {method}, {report['words']:,} words x {report['dim']} from {read} "
+              f"in {report['seconds']:.0f}s")
 
 
 if __name__ == "__main__":
