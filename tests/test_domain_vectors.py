@@ -233,6 +233,9 @@ def test_the_stage_counts_unlabelled_tokens_towards_auto_and_learns_their_words(
     assert f"and 150 unlabelled (1 file)" in proc.stdout
     words, _ = domain_vectors.read(tmp_path / "data/domain_vectors")
     assert {"quasar", "pulsar", "nebula"} <= set(words)  # lowercased, as prepare would
+    proc = _stage(tmp_path, "none", unlabelled="extra")  # nothing to train: the text is not even read
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "metrics/domain_vectors.json").read_text())["unlabelled_tokens"] is None
 
 
 def test_a_wrong_unlabelled_path_stops_the_stage_and_writes_nothing(tmp_path, train_split):
