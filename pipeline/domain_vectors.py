@@ -56,6 +56,14 @@ class Sentences:
             yield from part
 
 
+def word_set(path: Path) -> set[str]:
+    """The distinct words of a prepared split (read a batch at a time)."""
+    words: set[str] = set()
+    for tokens in TokenStream(path):
+        words.update(tokens)
+    return words
+
+
 def count_tokens(path: Path) -> int:
     """Running tokens of a prepared split (the list lengths, read a batch at a time)."""
     import pyarrow.compute as pc
@@ -75,9 +83,10 @@ def resolve_method(method: str, tokens: int, auto_min_tokens: int) -> str:
 
 
 def train(sentences: TokenStream | Sentences, method: str, dim: int, epochs: int, window: int, min_count: int,
-          seed: int, buckets: int = 2_000_000) -> tuple[list[str], np.ndarray]:
+          seed: int, buckets: int = 2_000_000, keep: set[str] | None = None) -> tuple[list[str], np.ndarray]:
     """Train word2vec (CBOW) or fastText (CBOW with character 3-6-grams hashed into `buckets` rows) and
-    return (words, vectors).
+    return (words, vectors): every word's, or only those in `keep` (the training split's words, the only
+    ones the vocab stage looks up: unlabelled text may hold millions more).
 
     One worker thread: gensim's multi-threaded training depends on thread timing, and the same params
     must give the same vectors (DVC caches them, and the model built on them repeats byte for byte).
@@ -94,7 +103,8 @@ def train(sentences: TokenStream | Sentences, method: str, dim: int, epochs: int
         raise PipelineError(f"{sentences.path}: no word occurs domain_vectors.min_count={min_count} times: "
                             f"nothing to train vectors on ({err})") from None
     words = list(model.wv.index_to_key)
-    return words, np.asarray(model.wv.vectors, dtype=np.float32)
+    rows = [i for i, w in enumerate(words) if keep is None or w in keep]
+    return [words[i] for i in rows], np.asarray(model.wv.vectors[rows], dtype=np.float32)
 
 
 def stack(pretrained: np.ndarray, itos: list[str], words: list[str], vectors: np.ndarray,

@@ -232,7 +232,9 @@ def test_the_stage_counts_unlabelled_tokens_towards_auto_and_learns_their_words(
     assert report["method"] == "fasttext" and report["unlabelled_files"] == 1 and report["unlabelled_tokens"] == 150
     assert f"and 150 unlabelled (1 file)" in proc.stdout
     words, _ = domain_vectors.read(tmp_path / "data/domain_vectors")
-    assert {"quasar", "pulsar", "nebula"} <= set(words)  # lowercased, as prepare would
+    # learnt from, but kept only for the training split's words: the vocabulary looks up no others
+    assert set(words) == domain_vectors.word_set(tmp_path / "data/prepared/train.parquet")
+    assert not {"quasar", "pulsar", "nebula"} & set(words)
     proc = _stage(tmp_path, "none", unlabelled="extra")  # nothing to train: the text is not even read
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "metrics/domain_vectors.json").read_text())["unlabelled_tokens"] is None

@@ -46,8 +46,10 @@ def main() -> None:
         else:
             sentences = domain_vectors.Sentences(domain_vectors.TokenStream(TRAIN_SPLIT),
                                                  unlabelled_text if unlabelled_tokens else None)
+            # with unlabelled text, only the training split's words are kept: the vocabulary's
+            keep = domain_vectors.word_set(TRAIN_SPLIT) if unlabelled_tokens else None
             words, vectors = domain_vectors.train(sentences, method, dp.dim, dp.epochs, dp.window, dp.min_count,
-                                                  dp.seed, dp.buckets)
+                                                  dp.seed, dp.buckets, keep)
             write_json(tmp / domain_vectors.WORDS_FILE, words)
             np.save(tmp / domain_vectors.VECTORS_FILE, vectors)
             report.update(words=len(words), dim=int(vectors.shape[1]))
