@@ -10,9 +10,9 @@ Unlabelled text from the same domain (`unlabelled`: posts, reviews or tickets th
 teaches them more: it is read beside the training split, tokenized as the prepare stage tokenizes.
 Only the training split's words enter the vocabulary; the unlabelled text gives them better vectors.
 
-Too little text learns noise: `method: auto` trains them only when the training split and the
-unlabelled text hold at least `auto_min_tokens` tokens together (docs/stages.md has the measurements
-behind the default).
+Too little text learns noise: `method: auto` trains them only when the training split has at least
+`auto_min_tokens` tokens, unlabelled text or not (docs/stages.md has the measurements behind the
+default).
 """
 
 from __future__ import annotations
@@ -75,8 +75,7 @@ def count_tokens(path: Path) -> int:
 
 
 def resolve_method(method: str, tokens: int, auto_min_tokens: int) -> str:
-    """The method that runs: `auto` is fasttext from auto_min_tokens tokens (training and unlabelled)
-    up, else none."""
+    """The method that runs: `auto` is fasttext from auto_min_tokens training tokens up, else none."""
     if method != "auto":
         return method
     return "fasttext" if tokens >= auto_min_tokens else "none"

@@ -216,17 +216,20 @@ def test_unlabelled_text_teaches_a_training_word_its_neighbours(tmp_path):
     assert alone < 0 < with_text - 0.3, (alone, with_text)
 
 
-def test_the_stage_counts_unlabelled_tokens_towards_auto_and_learns_their_words(tmp_path, train_split):
+def test_the_stage_learns_from_unlabelled_text_and_auto_decides_on_the_training_split(tmp_path, train_split):
     (tmp_path / "data/prepared").mkdir(parents=True)
     train_split.rename(tmp_path / "data/prepared/train.parquet")
     train_tokens = domain_vectors.count_tokens(tmp_path / "data/prepared/train.parquet")
     (tmp_path / "extra").mkdir()
     (tmp_path / "extra/posts.txt").write_text("Quasar pulsar nebula\n" * 50)  # 150 tokens
     threshold = train_tokens + 100
-    proc = _stage(tmp_path, "auto", threshold)  # the default folder: its README only
-    assert proc.returncode == 0, proc.stderr
-    assert f"below {threshold:,}" in proc.stdout
+    # auto: the unlabelled text would take it past the threshold, but only the training split counts
     proc = _stage(tmp_path, "auto", threshold, unlabelled="extra")
+    assert proc.returncode == 0, proc.stderr
+    assert f"none (auto: {train_tokens:,} training tokens, below {threshold:,})" in proc.stdout
+    report = json.loads((tmp_path / "metrics/domain_vectors.json").read_text())
+    assert (report["method"], report["unlabelled_files"], report["unlabelled_tokens"]) == ("none", 1, None)
+    proc = _stage(tmp_path, "auto", train_tokens, unlabelled="extra")
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "metrics/domain_vectors.json").read_text())
     assert report["method"] == "fasttext" and report["unlabelled_files"] == 1 and report["unlabelled_tokens"] == 150
