@@ -68,8 +68,7 @@ PEER_SEEDS = [1, 2, 3]
 PREDICT_REPEAT = 10              # prediction throughput: the test texts, repeated this many times,
 PREDICT_TEXTS = 20_000           # or fewer times where that passes this many texts (at least once)
 PREDICT_BATCH = 256              # the batch size of every batched predictor (params.yaml predict.batch_size)
-THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-                                 # every tool gets all the cores this process may use
+THREADS = len(os.sched_getaffinity(0))  # every tool gets all the cores this process may use
 
 FASTTEXT_GRID = {"lr": [0.1, 0.25, 0.5, 1.0], "epoch": [5, 10, 25], "wordNgrams": [1, 2]}
 FLAIR_RECIPES = {"sgd": {"optimizer": "SGD", "learning_rate": 0.1},      # flair's documented RNN recipe
@@ -138,9 +137,14 @@ def job_vectors(args: dict) -> dict:
             "train_tokens": int(splits["train"]["tokens"].map(len).sum())}
 
 
+def _label_names() -> list[str]:
+    """The labels, by the index fastText's files carry for each (job_vectors)."""
+    return json.loads((CACHE / "labels.json").read_text(encoding="utf-8"))
+
+
 def _fasttext_lines(name: str) -> tuple[list[str], list[str]]:
     """A split's labels (the original strings) and texts, from its fastText file."""
-    names = json.loads((CACHE / "labels.json").read_text(encoding="utf-8"))
+    names = _label_names()
     labels, texts = [], []
     for line in (CACHE / f"{name}.fasttext.txt").read_text(encoding="utf-8").split("\n")[:-1]:
         label, _, text = line.partition(" ")
@@ -153,7 +157,7 @@ def _fasttext_lines(name: str) -> tuple[list[str], list[str]]:
 def _fasttext_predict(model, texts: list[str]) -> list[str]:
     # fasttext-wheel's predict() wraps its result in np.array(copy=False), which numpy 2 refuses: the
     # lower-level binding returns plain lists.
-    names = json.loads((CACHE / "labels.json").read_text(encoding="utf-8"))
+    names = _label_names()
     labels, _ = model.f.multilinePredict(texts, 1, 0.0, "strict")
     return [names[int(lab[0][len("__label__"):])] for lab in labels]
 
