@@ -38,20 +38,24 @@ def text_files(path: Path) -> list[Path]:
 class UnlabelledText:
     """Plain-text files, a document (or paragraph) per line, tokenized with the prepare stage's settings
     as gensim iterates them: a line at a time (lines bounded like the corpus readers'), so memory does
-    not grow with the text."""
+    not grow with the text. `tokens`: how many the last whole pass read (None before one)."""
 
     def __init__(self, files: list[Path], text_config: TextConfig, encoding: str = "utf-8"):
         self.files, self.text_config, self.encoding = files, text_config, encoding
+        self.tokens: int | None = None
 
     def __iter__(self) -> Iterator[list[str]]:
+        read = 0
         for path in self.files:
             try:
                 with open_lines(path, self.encoding) as lines:
                     for line in lines:
                         tokens = tokenize(line, self.text_config)
                         if tokens:
+                            read += len(tokens)
                             yield tokens
             except UnicodeDecodeError as err:
                 raise decode_error(path, err, self.encoding) from None
             except OSError as err:
                 raise PipelineError(f"{path}: cannot read the unlabelled text ({err.strerror or err})") from None
+        self.tokens = read

@@ -184,6 +184,7 @@ def test_unlabelled_text_is_tokenized_as_prepare_tokenizes_a_line_at_a_time(tmp_
     text = unlabelled.UnlabelledText([tmp_path / "a.txt", tmp_path / "b.txt.bz2"], TextConfig())
     assert list(text) == [["the", "rocket", "launched", "!"], ["see", "now"], ["zorbl", "orbit"]]
     assert list(text) == list(text)  # gensim iterates it once per epoch
+    assert text.tokens == 8  # counted on the pass, for the stage's report
 
 
 def test_undecodable_unlabelled_text_names_the_file_and_line(tmp_path):

@@ -36,30 +36,28 @@ def main() -> None:
     if method != "none" and train_tokens == 0:
         raise PipelineError(f"{TRAIN_SPLIT}: the training split has no tokens: no domain vectors to train "
                             f"(domain_vectors.method: {dp.method})")
-    # a pass to count, for the report (gensim makes its own passes after); not read when none are trained
-    unlabelled_tokens = sum(len(tokens) for tokens in unlabelled_text) if method != "none" else None
     report = {"method": method, "method_param": dp.method, "train_tokens": train_tokens,
-              "unlabelled_files": len(files), "unlabelled_tokens": unlabelled_tokens}
+              "unlabelled_files": len(files), "unlabelled_tokens": None}  # not read when none are trained
     start = time.perf_counter()
     with atomic_path(OUT_DIR) as tmp:
         tmp.mkdir()
         if method == "none":
             (tmp / ".none").write_text("no domain vectors (domain_vectors.method resolved to none)\n", encoding="utf-8")
         else:
-            sentences = domain_vectors.Sentences(domain_vectors.TokenStream(TRAIN_SPLIT),
-                                                 unlabelled_text if unlabelled_tokens else None)
+            sentences = domain_vectors.Sentences(domain_vectors.TokenStream(TRAIN_SPLIT), unlabelled_text)
             # with unlabelled text, only the training split's words are kept: the vocabulary's
-            keep = domain_vectors.word_set(TRAIN_SPLIT) if unlabelled_tokens else None
+            keep = domain_vectors.word_set(TRAIN_SPLIT) if files else None
             words, vectors = domain_vectors.train(sentences, method, dp.dim, dp.epochs, dp.window, dp.min_count,
                                                   dp.seed, dp.buckets, keep)
             write_json(tmp / domain_vectors.WORDS_FILE, words)
             np.save(tmp / domain_vectors.VECTORS_FILE, vectors)
-            report.update(words=len(words), dim=int(vectors.shape[1]))
+            # counted on gensim's own passes, not on one of its own
+            report.update(words=len(words), dim=int(vectors.shape[1]), unlabelled_tokens=unlabelled_text.tokens or 0)
     report["seconds"] = round(time.perf_counter() - start, 2)
     write_json(METRICS, report)
     read = f"{train_tokens:,} training tokens"
-    if unlabelled_tokens:
-        read += f" and {unlabelled_tokens:,} unlabelled ({len(files)} file{'s' * (len(files) > 1)})"
+    if report["unlabelled_tokens"]:
+        read += f" and {report['unlabelled_tokens']:,} unlabelled ({len(files)} file{'s' * (len(files) > 1)})"
     if method == "none":
         why = "" if dp.method == "none" else f" (auto: {read}, below {dp.auto_min_tokens:,})"
         print(f"domain vectors: none{why}")
