@@ -4,6 +4,10 @@ After each epoch the train stage saves a TrainState (with what DVCLive had logge
 params, the thread count (float sums depend on it), and the bytes of the inputs and of the code the
 stage reaches (imports.closure). A state is used only by a run with the same key; the file is removed
 when training ends.
+
+The file is a torch archive of plain data only (tensors, dicts, lists, numbers, strings), read back with
+`weights_only=True`: it sits in a folder a colleague or a copied checkout may have filled, so reading it must
+never run code. A file holding anything else (a pickled object, an older format) is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -18,7 +23,7 @@ import torch
 
 from pipeline.files import atomic_path
 from pipeline.imports import ROOT, closure
-from pipeline.training import TrainState
+from pipeline.training import TrainResult, TrainState
 
 
 def run_key(settings: list, inputs: list[Path], module: str = "pipeline.stages.train") -> str:
@@ -35,9 +40,18 @@ def run_key(settings: list, inputs: list[Path], module: str = "pipeline.stages.t
     return digest.hexdigest()
 
 
+FORMAT = 2  # 1 pickled the dataclasses themselves, which only an unsafe load could read
+
+
+def _fields(obj) -> dict:
+    """A dataclass's fields as a plain dict (shallow: the tensors are not copied)."""
+    return {field.name: getattr(obj, field.name) for field in dataclasses.fields(obj)}
+
+
 def save(path: Path, key: str, state: TrainState, live_events: list) -> None:
+    plain = _fields(state) | {"result": _fields(state.result)}
     buffer = io.BytesIO()
-    torch.save({"key": key, "state": state, "live_events": live_events}, buffer)
+    torch.save({"format": FORMAT, "key": key, "state": plain, "live_events": live_events}, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
 
@@ -48,10 +62,16 @@ def load(path: Path, key: str) -> tuple[TrainState, list] | None:
     if not path.is_file():
         return None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)  # a file this stage wrote
-    except Exception as err:  # a damaged file costs the epochs it held, nothing more
-        print(f"warning: {path}: cannot read the resume state ({err}); training from the start", file=sys.stderr)
+        # weights_only: plain data only; a pickled object in the file is refused here, before anything runs
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or saved.get("format") != FORMAT or saved.get("key") != key:
+            return None
+        plain = dict(saved["state"])
+        state = TrainState(**plain | {"result": TrainResult(**plain["result"])})
+        if not isinstance(saved["live_events"], list):
+            raise TypeError("live_events is not a list")
+    except Exception as err:  # a damaged or foreign file costs the epochs it held, nothing more
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"warning: {path}: cannot read the resume state ({reason}); training from the start", file=sys.stderr)
         return None
-    if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("state"), TrainState):
-        return None
-    return saved["state"], saved["live_events"]
+    return state, saved["live_events"]

@@ -71,3 +71,36 @@ def test_the_key_follows_the_settings_the_inputs_and_the_code(tmp_path, monkeypa
     with open(code / "pipeline" / "training.py", "a") as f:
         f.write("\n# an edit\n")
     assert resume.run_key([{"lr": 0.1}, 2], [data]) != key
+
+
+class _Planted:
+    """What a hostile resume file holds: unpickling it calls open(marker, "w"), i.e. runs code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("container", ["torch-archive", "legacy-pickle"])
+def test_a_planted_pickle_in_the_resume_file_runs_no_code(tmp_path, capsys, container):
+    """models/.train-resume.pt may come from a shared folder or a copied checkout: reading it, whatever
+    its key says, must never unpickle an object (the stage would run the planted code at start)."""
+    marker = tmp_path / "code-ran"
+    payload = {"format": resume.FORMAT, "key": "key-1", "state": _Planted(marker), "live_events": []}
+    if container == "torch-archive":
+        torch.save(payload, tmp_path / "resume.pt")
+    else:
+        import pickle
+        (tmp_path / "resume.pt").write_bytes(pickle.dumps(payload))
+    assert resume.load(tmp_path / "resume.pt", "key-1") is None
+    assert not marker.exists()
+    assert "training from the start" in capsys.readouterr().err
+
+
+def test_a_resume_file_of_the_wrong_shape_is_ignored(tmp_path, capsys):
+    torch.save({"format": resume.FORMAT, "key": "key-1", "state": {"epoch": 1}, "live_events": []},
+               tmp_path / "resume.pt")
+    assert resume.load(tmp_path / "resume.pt", "key-1") is None
+    assert "training from the start" in capsys.readouterr().err
