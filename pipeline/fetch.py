@@ -444,10 +444,10 @@ def parse_pypi(spec: str, key: str = "download"):
 
     name, sep, version = spec.partition("==")
     problem = None
-    if not sep:
-        problem = "no ==VERSION"
-    elif not _PROJECT.fullmatch(name):
+    if not _PROJECT.fullmatch(name):
         problem = f"{short(name)} is not a project name (letters, digits, '.', '_', '-' between them)"
+    elif not sep:
+        problem = "no ==VERSION"
     elif not _VERSION.fullmatch(version):
         problem = f"{short(version)} is not one exact version"
     else:
