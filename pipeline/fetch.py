@@ -139,6 +139,11 @@ def _check_free_space(folder: Path, needed: int, what: str) -> None:
                             f"of {folder}: free some space, then run again; nothing was written")
 
 
+def _shown(url: str) -> str:
+    """A URL as a message shows it: as is, unless it is long or holds unprintable characters."""
+    return url if len(url) <= 200 and url.isprintable() else short(url, 200)
+
+
 class _Refused(Exception):
     """A redirect that is not followed; its message names where it led."""
 
@@ -163,7 +168,7 @@ class _Redirects(urllib.request.HTTPRedirectHandler):
                 problem = f"the {hops}th redirect in a row: more than {MAX_REDIRECTS} is refused"
             if problem:
                 fp.close()
-                raise _Refused(f"redirected ({code}) to {short(target, 200)}, {problem}")
+                raise _Refused(f"redirected ({code}) to {_shown(target)}, {problem}")
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
@@ -683,7 +688,7 @@ def fetch_pypi(requirement: str, dest_dir: Path, key: str = "download", max_byte
             link = urllib.parse.urlparse(url).scheme.lower()
             if not _FILE_NAME.fullmatch(filename) or len(filename) > 200 or \
                     link not in (("file",) if scheme == "file" else ("http", "https")):
-                raise PipelineError(f"{_redact(answer[0])}: refusing the link {short(url, 200)} for "
+                raise PipelineError(f"{_redact(answer[0])}: refusing the link {_shown(url)} for "
                                     f"{short(filename)}: not a plain file name, or not on the index's own kind "
                                     "of URL")
             usable = _usable_hashes(hashes)
@@ -731,7 +736,7 @@ def fetch_pypi(requirement: str, dest_dir: Path, key: str = "download", max_byte
     for algorithm, digest in digests.items():
         if digest.hexdigest() != usable[algorithm]:
             dest.unlink()
-            raise PipelineError(f"pypi:{requirement}: {filename} (from {short(url, 200)}) has {algorithm} "
+            raise PipelineError(f"pypi:{requirement}: {filename} (from {_shown(url)}) has {algorithm} "
                                 f"{digest.hexdigest()}, not the {usable[algorithm]} that {_redact(index)} gives: "
                                 "refused, nothing kept")
     kind = "wheel" if rank < 2 else "sdist (opened as an archive, never built)"
