@@ -665,3 +665,43 @@ def test_the_stage_under_a_file_size_limit_fails_once_in_one_line(tmp_path, endl
     assert "(file too large for the size limit)" in proc.stderr and "Traceback" not in proc.stderr
     assert requests == ["/endless"]
     assert [p.name for p in Path("data/raw").iterdir()] == []
+
+
+def test_a_redirect_from_https_down_to_http_is_refused(tmp_path, server, monkeypatch):
+    """An https server on 127.0.0.1 (a self-signed certificate, trusted through SSL_CERT_FILE) whose
+    redirect leads to plain http: the data would then travel unprotected."""
+    import shutil
+    import ssl
+    import subprocess
+
+    if not shutil.which("openssl"):
+        pytest.skip("no openssl command to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    routes, requests, plain = server
+    routes["/corpus.csv"] = ({"Content-Length": "5"}, b"a,b\n\n")
+
+    class H(Handler):
+        routes = {"/corpus.csv": ({"status": 302, "Location": f"{plain}/corpus.csv"}, b""),
+                  "/same.csv": ({"status": 302, "Location": "/ok.csv"}, b""),
+                  "/ok.csv": ({"Content-Length": "5"}, b"a,b\n\n")}
+        requests = []
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"https://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        assert fetch.download(_src(f"{base}/same.csv"), tmp_path / "a")[0].read_bytes() == b"a,b\n\n"
+        with pytest.raises(PipelineError, match=rf"^{base}/corpus\.csv: redirected \(302\) to {plain}/corpus\.csv, "
+                                                r"from https down to plain http: refused$"):
+            fetch.download(_src(f"{base}/corpus.csv"), tmp_path / "b")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert H.requests == ["/same.csv", "/ok.csv", "/corpus.csv"] and requests == []
