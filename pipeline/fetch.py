@@ -959,6 +959,10 @@ def download(src: SourceParams, out_dir: Path, key: str = "download") -> list[Pa
             return []
         max_bytes = getattr(src, "max_bytes", MAX_BYTES)
         limit_key = key[: -len("download")] + "max_bytes" if key.endswith("download") else "max_bytes"
+        if src.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", src.sha256):
+            sha_key = key[: -len("download")] + "sha256" if key.endswith("download") else "sha256"
+            raise PipelineError(f"params.yaml: '{sha_key}' is {short(src.sha256)}, not a sha256 (64 hexadecimal "
+                                "digits) or null")
         fetched, whole = _fetch(src.download, Path(tmp), key, max_bytes)
         if src.sha256:
             actual = sha256_of(fetched)

@@ -761,3 +761,12 @@ def test_gensim_data_goes_through_the_same_fetcher(tmp_path, server, monkeypatch
                                             r"bytes, more than embeddings\.max_bytes \(100 bytes\)"):
         fetch.download(_bounded_src("gensim-data:tiny-25", 100), tmp_path / "a", key="embeddings.download")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("value", ["abc", "sha256:" + "0" * 64, "0" * 63 + "g", " " + "0" * 64])
+def test_a_sha256_that_is_no_sha256_is_refused_before_downloading(tmp_path, server, value):
+    routes, requests, base = server
+    routes["/corpus.csv"] = ({"Content-Length": str(len(CSV))}, CSV)
+    with pytest.raises(PipelineError, match=r"^params\.yaml: 'corpus\.sha256' is .*, not a sha256 \(64 hexadecimal"):
+        fetch.download(_src(f"{base}/corpus.csv", sha256=value), tmp_path / "raw" / "corpus", key="corpus.download")
+    assert not requests
