@@ -720,8 +720,12 @@ def fetch_pypi(requirement: str, dest_dir: Path, key: str = "download", max_byte
         dest = dest_dir / filename
         source = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
         try:
+            size = source.stat().st_size
+            if max_bytes is not None and size > max_bytes:
+                raise _too_big(url, max_bytes, limit_key, f"the file is {size:,} bytes")
+            _check_free_space(dest_dir, size, url)
             with open(source, "rb") as src, _Sink(dest, None if max_bytes is None else [max_bytes]) as out:
-                _copy_with_progress(src, out, None, filename)
+                _copy_with_progress(src, out, size, filename)
         except OSError as err:
             dest.unlink(missing_ok=True)
             raise PipelineError(f"{url}: cannot read the file the index names ({err.strerror})") from None
