@@ -1,7 +1,16 @@
-"""Batched prediction with a loaded checkpoint: token lists or raw texts -> class probabilities."""
+"""Batched prediction with a loaded checkpoint: token lists or raw texts -> class probabilities.
+
+One policy for every front end (textclf-predict, batch prediction, the predict stage, textclf-serve):
+a text with no tokens after the pipeline's own cleaning (markup only, a link only, invisible characters
+only; the prepare stage drops such rows, so the model never saw one) gets no label and no
+probabilities, and a stated reason (NO_TOKENS), never the label that an empty input happens to score.
+Batch prediction says NO_TEXT for a missing, empty or blank text; the CLI and the server refuse those
+as input errors. `predict_texts` applies the policy; `classify_texts` classifies whatever it is given.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -36,3 +45,55 @@ def classify_texts(ckpt: Checkpoint, texts: Sequence[str], batch_size: int = 256
     sequences = encode_texts(ckpt, [tokenize(t, ckpt.text_config) for t in texts])
     device = next(ckpt.model.parameters()).device
     return predict_proba(ckpt.model, sequences, batch_size, device)
+
+
+NO_TEXT = "no text (missing, empty or only blanks)"
+NO_TOKENS = "no tokens after cleaning (only markup, links or invisible characters): the model has nothing to read"
+
+
+@dataclass
+class Predictions:
+    """Per text: its class probabilities (a row of NaN where it has no label) and the reason it has no
+    label (None where it has one)."""
+    probs: np.ndarray           # (n, classes), float32
+    reasons: list[str | None]
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return np.array([r is None for r in self.reasons], dtype=bool)
+
+    def label(self, i: int, labels: Sequence[str]) -> str | None:
+        return None if self.reasons[i] is not None else labels[int(self.probs[i].argmax())]
+
+    def without(self, reason: str) -> int:
+        return sum(r == reason for r in self.reasons)
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+    def __getitem__(self, part: slice) -> "Predictions":  # the server hands each request its slice
+        return Predictions(self.probs[part], self.reasons[part])
+
+    def answer(self, i: int, labels: Sequence[str]) -> dict:
+        """Text i's label and probabilities as the server and `--json` give them; null and a reason when
+        it has none."""
+        if self.reasons[i] is not None:
+            return {"label": None, "probabilities": None, "reason": self.reasons[i]}
+        return {"label": self.label(i, labels),
+                "probabilities": {lab: float(v) for lab, v in zip(labels, self.probs[i])}}
+
+
+def predict_texts(ckpt: Checkpoint, texts: Sequence, batch_size: int = 256) -> Predictions:
+    """Probabilities of the texts that have something to classify; the others get a reason (module doc)."""
+    token_lists, reasons = [], []
+    for text in texts:
+        tokens = tokenize(text, ckpt.text_config) if isinstance(text, str) and text.strip() else []
+        token_lists.append(tokens)
+        reasons.append(None if tokens else NO_TOKENS if isinstance(text, str) and text.strip() else NO_TEXT)
+    probs = np.full((len(token_lists), len(ckpt.labels)), np.nan, dtype=np.float32)
+    keep = [i for i, r in enumerate(reasons) if r is None]
+    if keep:
+        device = next(ckpt.model.parameters()).device
+        sequences = encode_texts(ckpt, [token_lists[i] for i in keep])
+        probs[keep] = predict_proba(ckpt.model, sequences, batch_size, device)
+    return Predictions(probs, reasons)
