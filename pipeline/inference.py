@@ -11,7 +11,7 @@ as input errors. `predict_texts` applies the policy; `classify_texts` classifies
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -28,17 +28,36 @@ def encode_texts(ckpt: Checkpoint, token_lists) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def predict_proba(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
-                  device: str | torch.device = "cpu") -> np.ndarray:
-    """Class probabilities, (n, classes), in the order of `sequences`."""
+def probability_batches(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
+                        device: str | torch.device = "cpu") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(indices into `sequences`, their class probabilities) a length-bucketed batch at a time: a caller
+    that keeps only the top class holds one batch of probabilities, never (n, classes)."""
     model.eval()
-    probs = np.zeros((len(sequences), model.cfg.num_classes), dtype=np.float32)
     lengths = sequence_lengths(sequences)
     for index in bucket_batches(lengths, batch_size):
         ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
         logits = model(ids.to(device), lens.to(device))
-        probs[index] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        yield index, torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+
+def predict_proba(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """Class probabilities, (n, classes), in the order of `sequences`."""
+    probs = np.zeros((len(sequences), model.cfg.num_classes), dtype=np.float32)
+    for index, batch in probability_batches(model, sequences, batch_size, device):
+        probs[index] = batch
     return probs
+
+
+def predict_top(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
+                device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """The most probable class of each sequence and its probability, in memory linear in the rows."""
+    best = np.zeros(len(sequences), dtype=np.int64)
+    confidence = np.zeros(len(sequences), dtype=np.float32)
+    for index, batch in probability_batches(model, sequences, batch_size, device):
+        best[index] = batch.argmax(axis=1)
+        confidence[index] = batch.max(axis=1)
+    return best, confidence
 
 
 def classify_texts(ckpt: Checkpoint, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
