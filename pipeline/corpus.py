@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import decimal
 import functools
 import hashlib
 import itertools
 import multiprocessing
+import re
 import time
 import unicodedata
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -220,28 +222,56 @@ class CorpusFacts:
                    dict(sorted(fixes.items())))
 
 
+_NUMBER_LABEL = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def variant_key(spelling: str) -> str:
+    """What two spellings of one label share: stripped and case-folded; a number by its value, so '01',
+    '1', '1.0', '+1' and ' 1' are one label written four ways (a column of codes saved by two tools)."""
+    text = spelling.strip()
+    if _NUMBER_LABEL.fullmatch(text):
+        try:
+            value = decimal.Decimal(text)
+            return "number:" + str(value.normalize() if value else decimal.Decimal(0))
+        except decimal.DecimalException:  # an exponent past the context's: compare as written
+            return "number:" + text.lower()
+    return text.casefold()
+
+
 def canonical_labels(rows: CorpusFacts, variants: str, source: str) -> list[str]:
-    """Each raw label spelling's class name: stripped. Spellings that differ only by case or surrounding
-    blanks are an error, or (variants: merge) each group becomes its most frequent spelling."""
+    """Each raw label spelling's class name: stripped. Spellings that differ only by case, surrounding
+    blanks or the spelling of a number ('01' and '1') are an error naming each spelling, its count and the
+    first row that has it, or (variants: merge) each group becomes its most frequent spelling."""
     spellings = rows.spellings
     counts = np.bincount(rows.label[rows.label >= 0], minlength=len(spellings))
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(spellings):
-        groups.setdefault(s.strip().casefold(), []).append(i)
+        groups.setdefault(variant_key(s), []).append(i)
     # Within a group: most frequent first, then first seen.
     groups = {k: sorted(v, key=lambda i: -counts[i]) for k, v in groups.items()}
     clashes = {k: v for k, v in groups.items() if len(v) > 1}
     if clashes and variants == "error":
         k, members = sorted(clashes.items())[0]
-        shown = ", ".join(f"{spellings[i]!r} ({counts[i]})" for i in members)
+        first_row = {i: int(np.argmax(rows.label == i)) + 1 for i in members}
+        shown = ", ".join(f"{spellings[i]!r} ({counts[i]}; first at row {first_row[i]})"
+                          for i in sorted(members, key=first_row.get))
+        what = "the spelling of a number" if k.startswith("number:") else "case or surrounding blanks"
         raise PipelineError(
-            f"{source}: labels {shown} differ only by case or surrounding blanks"
-            f"{f' ({len(clashes)} such groups)' if len(clashes) > 1 else ''}; fix the data, or set "
+            f"{source}: labels {shown} differ only by {what}"
+            f"{f' ({len(clashes)} such groups)' if len(clashes) > 1 else ''}; rows are counted from 1 in the "
+            "order the corpus is read (a one-table corpus: its data rows); fix the data, or set "
             "corpus.label_variants: merge to merge each group into its most frequent spelling"
         )
     # Ties in a merged group: the first spelling in sorted order.
     canonical = {k: min((spellings[i] for i in v if counts[i] == counts[v[0]])).strip() for k, v in groups.items()}
-    return [canonical[s.strip().casefold()] for s in spellings]
+    return [canonical[variant_key(s)] for s in spellings]
+
+
+def merged_labels(rows: CorpusFacts, canonical: list[str]) -> dict:
+    """The spellings label_variants: merge folded into another (more than stripping): {spelling: {into, rows}}."""
+    counts = np.bincount(rows.label[rows.label >= 0], minlength=len(rows.spellings))
+    return {s: {"into": c, "rows": int(n)} for s, c, n in zip(rows.spellings, canonical, counts)
+            if s.strip() != c and n}
 
 
 def select_rows(rows: CorpusFacts, canonical: list[str], drop_labels: list[str], drop_duplicates: bool,
@@ -412,6 +442,8 @@ def prepare(source: Path, corpus: params.CorpusParams, prep: params.PrepareParam
     del facts
     canonical = canonical_labels(rows, corpus.label_variants, str(source))
     keep, row_class, names, report = select_rows(rows, canonical, corpus.drop_labels, prep.drop_duplicates, str(source))
+    if merged := merged_labels(rows, canonical):  # label_variants: merge, counted
+        report["labels_merged"] = merged
     split, split_info = final_splits(rows.given, rows.hashed, rows.carve, keep)
     by_split = split_counts(row_class, split, keep, names)
     test_from_corpus = bool((rows.given[keep] == SPLIT_CODE["test"]).any())

@@ -86,8 +86,9 @@ class CorpusParams(SourceParams):
     split_column: str | None
     # Rows whose label is one of these are dropped (e.g. 'plot' synopses in the Rotten Tomatoes corpus).
     drop_labels: list[str]
-    # Labels that differ only by case or surrounding blanks ('pos', 'Pos ', ' pos'): error (the default:
-    # the message names them), or merge (into the most frequent spelling, stripped).
+    # Labels that differ only by case, surrounding blanks or the spelling of a number ('pos', 'Pos ',
+    # ' pos'; '1', '01', '1.0'): error (the default: the message names them and the first row of each),
+    # or merge (into the most frequent spelling, stripped; counted in metrics/prepare.json).
     label_variants: Literal["error", "merge"]
 
 
