@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import pandas as pd
 
 from pipeline.metrics import classification_metrics, headline, plot_confusion
@@ -74,6 +75,7 @@ def test_a_few_classes_still_get_the_whole_matrix_and_their_confusions():
                                                  {"actual": "c", "predicted": "b", "count": 1}]
 
 
+@pytest.mark.slow
 def test_evaluate_at_many_classes_writes_outputs_linear_in_the_rows(tmp_path):
     """The evaluate stage with 400 classes and 100 test rows: before, the curves were micro-averaged over
     every (row, class) pair (rows x classes points: 149 MB of roc.json at 2,000 x 2,000) and the confusion

@@ -68,6 +68,7 @@ def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
     assert resolve_precision("auto", torch.device("meta")) == "fp32"
 
 
+@pytest.mark.slow
 def test_without_bf16_in_onednn_auto_trains_fp32_and_bf16_is_one_line(tmp_path):
     """ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU an AVX2-only one for oneDNN, which runs the LSTM: there bf16
     autocast fails inside oneDNN ("could not create a primitive descriptor for the LSTM forward
