@@ -222,7 +222,7 @@ class BaselineParams:
     # Leave out n-grams seen in fewer training documents (1: keep all).
     min_df: int = field(metadata=_range(1))
     # Inverse regularisation strengths tried; the best on the validation split is kept.
-    C: list[float] = field(metadata=_range(0, None, True))
+    C: list[float] = field(metadata={**_range(0, None, True), "nonempty": True})
     # Above this many training rows, the out-of-core model: hashed n-grams (2**hash_bits columns, no
     # vocabulary in memory) and logistic regression by SGD, read in chunks of chunk_rows, `epochs` passes.
     streaming_above: int = field(metadata=_range(0))
@@ -372,6 +372,8 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
         if _asks_float(tp):
             value = _as_float(f"{name}.{key}", value, where)
         _check_range(f"{name}.{key}", value, f.metadata, where)
+        if f.metadata.get("nonempty") and not value:
+            raise PipelineError(f"{where}: '{name}.{key}' must hold at least one value, got []")
         if f.metadata.get("encoding"):
             check_encoding(value, f"{where}: '{name}.{key}'")
         values[key] = value

@@ -53,6 +53,7 @@ def _write(tmp_path, mutate):
     (lambda d: d["vocab"].update(min_token_coverage=float("nan")), r"'vocab\.min_token_coverage' must be a finite"),
     (lambda d: d["baseline"].update(C=[1.0, float("inf")]), r"'baseline\.C\[1\]' must be a finite number, got inf$"),
     (lambda d: d["baseline"].update(C=[0.5, 0]), r"'baseline\.C\[1\]' must be > 0, got 0\.0$"),
+    (lambda d: d["baseline"].update(C=[]), r"'baseline\.C' must hold at least one value, got \[\]$"),
     (lambda d: d["train"].update(seed=2**70), r"'train\.seed' must be >= 0 and <= 4294967295, got 1180591620717411303424$"),
     (lambda d: d["prepare"].update(seed=-1), r"'prepare\.seed' must be >= 0 and <= 4294967295, got -1$"),
     (lambda d: d["domain_vectors"].update(seed=2**32), r"'domain_vectors\.seed' must be >= 0 and <= 4294967295"),
