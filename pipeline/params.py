@@ -319,7 +319,7 @@ def _as_float(key: str, value, where: str):
     """An integer where a number is asked for, as a float (one too large for a float is out of range)."""
     if isinstance(value, list):
         return [_as_float(f"{key}[{i}]", v, where) for i, v in enumerate(value)]
-    if value is None or isinstance(value, float):
+    if not isinstance(value, int) or isinstance(value, bool):  # a float, null, or another kind of a union
         return value
     try:
         return float(value)
