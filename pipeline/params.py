@@ -236,7 +236,7 @@ class PredictParams:
     # The DVC stage `predict` (python -m pipeline.stages.predict; it runs on every `dvc repro`): classify
     # every row of `input` (a CSV, TSV, JSON-lines or Parquet file; the text formats may be compressed:
     # gzip, bz2, xz, zstd, a one-file zip) and write it to `output` (.parquet, .csv, .tsv or .jsonl) with
-    # predicted_label and one prob_<label> column per class. `input` is a DVC dependency.
+    # predicted_label, one prob_<label> column per class and no_label_reason. `input` is a DVC dependency.
     input: str
     text_column: str
     output: str
