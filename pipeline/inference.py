@@ -67,7 +67,8 @@ def classify_texts(ckpt: Checkpoint, texts: Sequence[str], batch_size: int = 256
 
 
 NO_TEXT = "no text (missing, empty or only blanks)"
-NO_TOKENS = "no tokens after cleaning (only markup, links or invisible characters): the model has nothing to read"
+NO_TOKENS = ("no tokens after cleaning (markup, links and invisible characters are removed, numbers too with "
+             "prepare.numbers: drop): nothing for the model to read")
 
 
 @dataclass
