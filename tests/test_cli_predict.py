@@ -152,8 +152,10 @@ def test_predict_cli_reads_args_file_and_stdin(tmp_path, monkeypatch, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("good\n\nbad\n")
     predict.main(["--model", str(path), "--json", "--file", str(texts)])
-    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.strip().splitlines()]
     assert [r["text"] for r in rows] == ["good", "bad"] and set(rows[0]["probabilities"]) == {"neg", "pos"}
+    assert f"{texts}: 1 blank line(s) skipped" in captured.err  # skipped, and said so
 
     # Typographic and plain apostrophes: the same tokens, so the same prediction.
     predict.main(["--model", str(path), "--json", "the film\u2019s good, isn\u2019t it", "the film's good, isn't it"])

@@ -54,7 +54,11 @@ def _read_lines(source, name: str, encoding: str = "utf-8") -> list[str]:
                             "pass the file's encoding with --encoding") from None
     except OSError as err:
         raise PipelineError(f"{name}: cannot read: {err}") from None
-    return [line for line in text.splitlines() if line.strip()]
+    lines = text.splitlines()
+    kept = [line for line in lines if line.strip()]
+    if len(kept) < len(lines):  # the rule, said: a blank line is no text (the printed lines carry their text)
+        print(f"{name}: {len(lines) - len(kept)} blank line(s) skipped", file=sys.stderr)
+    return kept
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
