@@ -7,8 +7,11 @@ Reads a CSV, TSV, JSON-lines or Parquet file (pipeline.tables.TableReader; the t
 compressed) and
 writes .parquet, .csv, .tsv or .jsonl: every column of the input, in its order, then `predicted_label`
 and one `prob_<label>` column per class (the model's softmax; each row's probabilities sum to 1).
-Rows whose text is missing, empty or only blanks keep their place, with an empty (null) label and
-empty probabilities.
+Row i of the output is row i of the input, always: a row whose text is missing, empty or only blanks
+(a blank line of a CSV, TSV or JSON-lines file is such a row), or has no tokens after the pipeline's
+own cleaning (markup, a link, invisible characters only: pipeline.inference), keeps its place with an
+empty (null) label, empty probabilities, and the reason in `no_label_reason` (null where a label was
+given); both kinds are counted in the summary.
 
 The file is read, classified and written `chunk_rows` rows at a time, so memory does not grow with its
 size (a Parquet file is read one row group at a time, at most chunk_rows rows of it per chunk). The
@@ -45,11 +48,12 @@ import pyarrow as pa
 from pipeline.checkpoint import Checkpoint
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, check_output_file, json_dumps, json_safe, json_text
-from pipeline.inference import classify_texts
+from pipeline.inference import NO_TEXT, NO_TOKENS, predict_texts
 from pipeline.tables import TableReader
 
 LABEL_COLUMN = "predicted_label"
 PROB_PREFIX = "prob_"
+REASON_COLUMN = "no_label_reason"
 OUTPUT_KINDS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl",
                 ".ndjson": "jsonl"}
 
@@ -59,6 +63,7 @@ class BatchSummary:
     rows: int
     rows_without_text: int
     chunks: int
+    rows_without_tokens: int = 0
 
 
 def output_kind(path: Path) -> str:
@@ -69,7 +74,7 @@ def output_kind(path: Path) -> str:
 
 
 def output_columns(labels: list[str]) -> list[str]:
-    return [LABEL_COLUMN] + [f"{PROB_PREFIX}{label}" for label in labels]
+    return [LABEL_COLUMN] + [f"{PROB_PREFIX}{label}" for label in labels] + [REASON_COLUMN]
 
 
 # --- classifying and writing --------------------------------------------------------------------
@@ -97,23 +102,20 @@ def check_columns(schema: pa.Schema, text_column: str, labels: list[str], path: 
 
 def output_schema(schema: pa.Schema, labels: list[str]) -> pa.Schema:
     kept = [pa.field(f.name, f.type, f.nullable) for f in schema]  # without the readers' metadata
-    added = [pa.field(LABEL_COLUMN, pa.string())] + [pa.field(f"{PROB_PREFIX}{lab}", pa.float32()) for lab in labels]
+    added = ([pa.field(LABEL_COLUMN, pa.string())] + [pa.field(f"{PROB_PREFIX}{lab}", pa.float32()) for lab in labels]
+             + [pa.field(REASON_COLUMN, pa.string())])
     return pa.schema(kept + added)
 
 
 def predict_table(ckpt: Checkpoint, table: pa.Table, text_column: str, batch_size: int = 256) -> pa.Table:
-    """The table with predicted_label and prob_<label> columns added; rows without text get nulls."""
-    texts = table.column(text_column).to_pylist()
-    has_text = np.array([isinstance(t, str) and bool(t.strip()) for t in texts], dtype=bool)
-    probs = np.zeros((len(texts), len(ckpt.labels)), dtype=np.float32)
-    if has_text.any():
-        probs[has_text] = classify_texts(ckpt, [t for t, ok in zip(texts, has_text) if ok], batch_size)
-    missing = ~has_text
-    best = probs.argmax(axis=1)
-    label = pa.array([ckpt.labels[b] if ok else None for b, ok in zip(best, has_text)], pa.string())
-    columns = {LABEL_COLUMN: label}
+    """The table with predicted_label, prob_<label> and no_label_reason columns added; rows without text,
+    or without tokens after cleaning, get nulls and their reason."""
+    predictions = predict_texts(ckpt, table.column(text_column).to_pylist(), batch_size)
+    missing = ~predictions.labelled
+    columns = {LABEL_COLUMN: pa.array([predictions.label(i, ckpt.labels) for i in range(table.num_rows)], pa.string())}
     for k, name in enumerate(ckpt.labels):
-        columns[f"{PROB_PREFIX}{name}"] = pa.array(probs[:, k], pa.float32(), mask=missing)
+        columns[f"{PROB_PREFIX}{name}"] = pa.array(np.nan_to_num(predictions.probs[:, k]), pa.float32(), mask=missing)
+    columns[REASON_COLUMN] = pa.array(predictions.reasons, pa.string())
     out = table
     for name, column in columns.items():
         out = out.append_column(name, column)
@@ -249,7 +251,7 @@ def _predict_chunks(ckpt: Checkpoint, reader: TableReader, output_path: Path, ki
                     batch_size: int) -> BatchSummary:
     check_columns(reader.schema, text_column, ckpt.labels, reader.path)
     schema = output_schema(reader.schema, ckpt.labels)
-    rows = without_text = chunks = 0
+    rows = without_text = without_tokens = chunks = 0
     with atomic_path(output_path) as tmp:
         writer = TableWriter(tmp, kind, schema, output_path)
         try:
@@ -257,16 +259,20 @@ def _predict_chunks(ckpt: Checkpoint, reader: TableReader, output_path: Path, ki
                 out = predict_table(ckpt, table, text_column, batch_size).cast(schema)
                 writer.write(out)
                 rows += out.num_rows
-                without_text += out.column(LABEL_COLUMN).null_count
+                reasons = out.column(REASON_COLUMN).to_pylist()
+                without_text += reasons.count(NO_TEXT)
+                without_tokens += reasons.count(NO_TOKENS)
                 chunks += 1
         finally:
             writer.close()
         if rows == 0:  # raised inside atomic_path: no output is left
             raise PipelineError(f"{reader.path}: the file has no rows (only a header, or an empty table): "
                                 "nothing to classify")
-    return BatchSummary(rows, without_text, chunks)
+    return BatchSummary(rows, without_text, chunks, without_tokens)
 
 
 def describe(summary: BatchSummary, output_path: Path) -> str:
-    skipped = f" ({summary.rows_without_text} without text: no prediction)" if summary.rows_without_text else ""
+    parts = [f"{n} {what}" for n, what in ((summary.rows_without_text, "without text"),
+                                           (summary.rows_without_tokens, "with no tokens after cleaning")) if n]
+    skipped = f" ({', '.join(parts)}: no label, the reason in {REASON_COLUMN})" if parts else ""
     return f"wrote {summary.rows} rows{skipped} to {output_path}"

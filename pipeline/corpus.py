@@ -21,7 +21,6 @@ import hashlib
 import itertools
 import multiprocessing
 import time
-import unicodedata
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from tqdm import tqdm
 
 from pipeline import params
 from pipeline.errors import PipelineError
+from pipeline.labels import canonical_labels, label_text, merged_labels  # noqa: F401 (tests import them here)
 from pipeline.layouts import corpus_chunks
 from pipeline.readers import CHUNK_ROWS
 from pipeline.text import TextConfig, tokenize
@@ -61,20 +61,6 @@ class ChunkFacts:
     hashed: np.ndarray      # int8 split code from the seeded hash of the text
     carve: np.ndarray       # bool: the hash falls below val_size (val carved from given train rows)
     label_fixes: dict       # rows whose label a policy changed: {policy: count} (see label_text)
-
-
-def label_text(value) -> tuple[str | None, str | None]:
-    """A raw label as text, and the policy that changed it (None if none did):
-    - integer_from_float: 1.0 reads as '1' (an integer column with a missing value becomes floats in
-      pandas and Parquet; the class must still be '1', as it is in the same corpus without the gap);
-    - unicode_normalized: NFKC, as texts are ('café' typed on macOS and on Linux is one class)."""
-    if value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA or value is pd.NaT:
-        return None, None
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value)), "integer_from_float"
-    text = str(value)
-    normal = unicodedata.normalize("NFKC", text)
-    return normal, ("unicode_normalized" if normal != text else None)
 
 
 def hash_form(text: str) -> str:
@@ -218,30 +204,6 @@ class CorpusFacts:
         return cls(list(ids), label, joined("n_tokens", np.int32), joined("key", np.uint64, (0, 2)),
                    joined("given", np.int8), joined("hashed", np.int8), joined("carve", bool), chunk_rows,
                    dict(sorted(fixes.items())))
-
-
-def canonical_labels(rows: CorpusFacts, variants: str, source: str) -> list[str]:
-    """Each raw label spelling's class name: stripped. Spellings that differ only by case or surrounding
-    blanks are an error, or (variants: merge) each group becomes its most frequent spelling."""
-    spellings = rows.spellings
-    counts = np.bincount(rows.label[rows.label >= 0], minlength=len(spellings))
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(spellings):
-        groups.setdefault(s.strip().casefold(), []).append(i)
-    # Within a group: most frequent first, then first seen.
-    groups = {k: sorted(v, key=lambda i: -counts[i]) for k, v in groups.items()}
-    clashes = {k: v for k, v in groups.items() if len(v) > 1}
-    if clashes and variants == "error":
-        k, members = sorted(clashes.items())[0]
-        shown = ", ".join(f"{spellings[i]!r} ({counts[i]})" for i in members)
-        raise PipelineError(
-            f"{source}: labels {shown} differ only by case or surrounding blanks"
-            f"{f' ({len(clashes)} such groups)' if len(clashes) > 1 else ''}; fix the data, or set "
-            "corpus.label_variants: merge to merge each group into its most frequent spelling"
-        )
-    # Ties in a merged group: the first spelling in sorted order.
-    canonical = {k: min((spellings[i] for i in v if counts[i] == counts[v[0]])).strip() for k, v in groups.items()}
-    return [canonical[s.strip().casefold()] for s in spellings]
 
 
 def select_rows(rows: CorpusFacts, canonical: list[str], drop_labels: list[str], drop_duplicates: bool,
@@ -412,6 +374,8 @@ def prepare(source: Path, corpus: params.CorpusParams, prep: params.PrepareParam
     del facts
     canonical = canonical_labels(rows, corpus.label_variants, str(source))
     keep, row_class, names, report = select_rows(rows, canonical, corpus.drop_labels, prep.drop_duplicates, str(source))
+    if merged := merged_labels(rows, canonical):  # label_variants: merge, counted
+        report["labels_merged"] = merged
     split, split_info = final_splits(rows.given, rows.hashed, rows.carve, keep)
     by_split = split_counts(row_class, split, keep, names)
     test_from_corpus = bool((rows.given[keep] == SPLIT_CODE["test"]).any())

@@ -1,8 +1,17 @@
-"""Batched prediction with a loaded checkpoint: token lists or raw texts -> class probabilities."""
+"""Batched prediction with a loaded checkpoint: token lists or raw texts -> class probabilities.
+
+One policy for every front end (textclf-predict, batch prediction, the predict stage, textclf-serve):
+a text with no tokens after the pipeline's own cleaning (markup only, a link only, invisible characters
+only; the prepare stage drops such rows, so the model never saw one) gets no label and no
+probabilities, and a stated reason (NO_TOKENS), never the label that an empty input happens to score.
+Batch prediction says NO_TEXT for a missing, empty or blank text; the CLI and the server refuse those
+as input errors. `predict_texts` applies the policy; `classify_texts` classifies whatever it is given.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -19,20 +28,92 @@ def encode_texts(ckpt: Checkpoint, token_lists) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def predict_proba(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
-                  device: str | torch.device = "cpu") -> np.ndarray:
-    """Class probabilities, (n, classes), in the order of `sequences`."""
+def probability_batches(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
+                        device: str | torch.device = "cpu") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(indices into `sequences`, their class probabilities) a length-bucketed batch at a time: a caller
+    that keeps only the top class holds one batch of probabilities, never (n, classes)."""
     model.eval()
-    probs = np.zeros((len(sequences), model.cfg.num_classes), dtype=np.float32)
     lengths = sequence_lengths(sequences)
     for index in bucket_batches(lengths, batch_size):
         ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
         logits = model(ids.to(device), lens.to(device))
-        probs[index] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        yield index, torch.softmax(logits.float(), dim=-1).cpu().numpy()
+
+
+def predict_proba(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
+                  device: str | torch.device = "cpu") -> np.ndarray:
+    """Class probabilities, (n, classes), in the order of `sequences`."""
+    probs = np.zeros((len(sequences), model.cfg.num_classes), dtype=np.float32)
+    for index, batch in probability_batches(model, sequences, batch_size, device):
+        probs[index] = batch
     return probs
+
+
+def predict_top(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
+                device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """The most probable class of each sequence and its probability, in memory linear in the rows."""
+    best = np.zeros(len(sequences), dtype=np.int64)
+    confidence = np.zeros(len(sequences), dtype=np.float32)
+    for index, batch in probability_batches(model, sequences, batch_size, device):
+        best[index] = batch.argmax(axis=1)
+        confidence[index] = batch.max(axis=1)
+    return best, confidence
 
 
 def classify_texts(ckpt: Checkpoint, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     sequences = encode_texts(ckpt, [tokenize(t, ckpt.text_config) for t in texts])
     device = next(ckpt.model.parameters()).device
     return predict_proba(ckpt.model, sequences, batch_size, device)
+
+
+NO_TEXT = "no text (missing, empty or only blanks)"
+NO_TOKENS = ("no tokens after cleaning (markup, links and invisible characters are removed, numbers too with "
+             "prepare.numbers: drop): nothing for the model to read")
+
+
+@dataclass
+class Predictions:
+    """Per text: its class probabilities (a row of NaN where it has no label) and the reason it has no
+    label (None where it has one)."""
+    probs: np.ndarray           # (n, classes), float32
+    reasons: list[str | None]
+
+    @property
+    def labelled(self) -> np.ndarray:
+        return np.array([r is None for r in self.reasons], dtype=bool)
+
+    def label(self, i: int, labels: Sequence[str]) -> str | None:
+        return None if self.reasons[i] is not None else labels[int(self.probs[i].argmax())]
+
+    def without(self, reason: str) -> int:
+        return sum(r == reason for r in self.reasons)
+
+    def __len__(self) -> int:
+        return len(self.reasons)
+
+    def __getitem__(self, part: slice) -> "Predictions":  # the server hands each request its slice
+        return Predictions(self.probs[part], self.reasons[part])
+
+    def answer(self, i: int, labels: Sequence[str]) -> dict:
+        """Text i's label and probabilities as the server and `--json` give them; null and a reason when
+        it has none."""
+        if self.reasons[i] is not None:
+            return {"label": None, "probabilities": None, "reason": self.reasons[i]}
+        return {"label": self.label(i, labels),
+                "probabilities": {lab: float(v) for lab, v in zip(labels, self.probs[i])}}
+
+
+def predict_texts(ckpt: Checkpoint, texts: Sequence, batch_size: int = 256) -> Predictions:
+    """Probabilities of the texts that have something to classify; the others get a reason (module doc)."""
+    token_lists, reasons = [], []
+    for text in texts:
+        tokens = tokenize(text, ckpt.text_config) if isinstance(text, str) and text.strip() else []
+        token_lists.append(tokens)
+        reasons.append(None if tokens else NO_TOKENS if isinstance(text, str) and text.strip() else NO_TEXT)
+    probs = np.full((len(token_lists), len(ckpt.labels)), np.nan, dtype=np.float32)
+    keep = [i for i, r in enumerate(reasons) if r is None]
+    if keep:
+        device = next(ckpt.model.parameters()).device
+        sequences = encode_texts(ckpt, [token_lists[i] for i in keep])
+        probs[keep] = predict_proba(ckpt.model, sequences, batch_size, device)
+    return Predictions(probs, reasons)

@@ -12,6 +12,7 @@ short prefix of a value.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -29,10 +30,20 @@ AUTO_MIN_TOKENS, AUTO_MAX_TOKENS = 128, 800
 MAX_TOKENS_LIMIT = 10_000
 # <corpus|embeddings>.max_bytes when a SourceParams is made in code (params.yaml names it: 10 GB there too).
 MAX_DOWNLOAD_BYTES = 10_000_000_000
+# Every number is finite and in range. Integers without a stated bound stop at INT_MAX (what torch and
+# numpy take as a size or a count); seeds at SEED_MAX (numpy's and scikit-learn's seeds are 32-bit).
+INT_MAX = 2**31 - 1
+SEED_MAX = 2**32 - 1
+# Threads and processes: more than this is a typo, not a machine.
+MAX_WORKERS = 1024
 
 
 def _range(lo=None, hi=None, lo_open=False, hi_open=False):
     return {"range": (lo, hi, lo_open, hi_open)}
+
+
+def _seed():
+    return field(metadata=_range(0, SEED_MAX))
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,7 @@ class SourceParams:
     source: str
     # The most bytes the download may write: the fetched file, and again the members taken out of it. A
     # larger Content-Length, or a body or members that go past it, stop with an error (null: no bound).
-    max_bytes: int | None = field(default=MAX_DOWNLOAD_BYTES, kw_only=True, metadata=_range(1))
+    max_bytes: int | None = field(default=MAX_DOWNLOAD_BYTES, kw_only=True, metadata=_range(1, 2**63 - 1))
 
 
 @dataclass(frozen=True)
@@ -80,8 +91,9 @@ class CorpusParams(SourceParams):
     split_column: str | None
     # Rows whose label is one of these are dropped (e.g. 'plot' synopses in the Rotten Tomatoes corpus).
     drop_labels: list[str]
-    # Labels that differ only by case or surrounding blanks ('pos', 'Pos ', ' pos'): error (the default:
-    # the message names them), or merge (into the most frequent spelling, stripped).
+    # Labels that differ only by case, surrounding blanks or the spelling of a number ('pos', 'Pos ',
+    # ' pos'; '1', '01', '1.0'): error (the default: the message names them and the first row of each),
+    # or merge (into the most frequent spelling, stripped; counted in metrics/prepare.json).
     label_variants: Literal["error", "merge"]
 
 
@@ -98,10 +110,10 @@ class PrepareParams:
     # val_size is the share of its training rows held out for validation.
     val_size: float = field(metadata=_range(0, 1, True, True))
     test_size: float = field(metadata=_range(0, 1, True, True))
-    seed: int
+    seed: int = _seed()
     # Processes that clean and tokenize the corpus, a chunk of rows each. auto: the machine's cores
     # (shared among running DVC queue workers). The prepared data is the same for any number.
-    workers: Literal["auto"] | int = field(metadata=_range(1))
+    workers: Literal["auto"] | int = field(metadata=_range(1, MAX_WORKERS))
 
 
 @dataclass(frozen=True)
@@ -116,7 +128,7 @@ class VocabParams:
     case_fallback: bool
     # Stop when fewer than this share of the training tokens find a pretrained vector (0: never).
     min_token_coverage: float = field(metadata=_range(0, 1))
-    seed: int
+    seed: int = _seed()
 
 
 @dataclass(frozen=True)
@@ -136,7 +148,7 @@ class DomainVectorsParams:
     # fastText's character n-grams share this many hashed rows: memory is buckets x dim x 4 bytes, twice
     # over while training (800 MB x 2 at fastText's own 2,000,000 and dim 100), whatever the corpus size.
     buckets: int = field(metadata=_range(1))
-    seed: int
+    seed: int = _seed()
     # Unlabelled text of the same domain the vectors also learn from: a plain-text file or a folder of
     # them (.txt, compressed or not), a document per line, read in corpus.encoding. A path, relative to
     # the repository or absolute, and a DVC dependency; the default folder holds only its README.
@@ -186,7 +198,7 @@ class TrainParams:
     min_steps: int = field(metadata=_range(0))
     # Clip the gradient norm to this value (null: no clipping).
     grad_clip: float | None = field(metadata=_range(0, None, True))
-    seed: int
+    seed: int = _seed()
     device: Literal["auto", "cpu", "cuda"]
     # bf16: training steps under bf16 autocast (matrix products in bfloat16; weights, optimizer, loss and
     # validation in float32); fp32: none. auto: bf16 where the device computes bf16 in hardware (a CUDA
@@ -194,11 +206,11 @@ class TrainParams:
     precision: Literal["auto", "fp32", "bf16"]
     # CPU threads for training. auto: the machine's cores shared evenly among the DVC experiment-queue
     # workers running on it (`dvc queue start -j 2` on two cores: one each), all of them otherwise.
-    threads: Literal["auto"] | int = field(metadata=_range(1))
+    threads: Literal["auto"] | int = field(metadata=_range(1, MAX_WORKERS))
     # Data-parallel training in this many processes on this machine, launched with torchrun (gloo on
     # CPU, NCCL on GPUs); each process takes a share of every epoch's batches (so the effective batch is
     # processes x batch_size). 1: one process.
-    processes: int = field(metadata=_range(1))
+    processes: int = field(metadata=_range(1, MAX_WORKERS))
     # DVCLive logs the mean training loss and the learning rate every this many optimizer steps
     # (0: once per epoch, at its last step).
     log_every_steps: int = field(metadata=_range(0))
@@ -215,7 +227,7 @@ class BaselineParams:
     # Leave out n-grams seen in fewer training documents (1: keep all).
     min_df: int = field(metadata=_range(1))
     # Inverse regularisation strengths tried; the best on the validation split is kept.
-    C: list[float]
+    C: list[float] = field(metadata={**_range(0, None, True), "nonempty": True})
     # Above this many training rows, the out-of-core model: hashed n-grams (2**hash_bits columns, no
     # vocabulary in memory) and logistic regression by SGD, read in chunks of chunk_rows, `epochs` passes.
     streaming_above: int = field(metadata=_range(0))
@@ -229,7 +241,7 @@ class PredictParams:
     # The DVC stage `predict` (python -m pipeline.stages.predict; it runs on every `dvc repro`): classify
     # every row of `input` (a CSV, TSV, JSON-lines or Parquet file; the text formats may be compressed:
     # gzip, bz2, xz, zstd, a one-file zip) and write it to `output` (.parquet, .csv, .tsv or .jsonl) with
-    # predicted_label and one prob_<label> column per class. `input` is a DVC dependency.
+    # predicted_label, one prob_<label> column per class and no_label_reason. `input` is a DVC dependency.
     input: str
     text_column: str
     output: str
@@ -286,9 +298,19 @@ def _matches(value, tp) -> bool:
 
 
 def _check_range(key: str, value, spec, where: str) -> None:
-    if value is None or isinstance(value, str) or "range" not in spec:
+    """A number finite and in its range (each item of a list of numbers); integers below INT_MAX unless
+    their range says otherwise."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_range(f"{key}[{i}]", item, spec, where)
         return
-    lo, hi, lo_open, hi_open = spec["range"]
+    if value is None or isinstance(value, (str, bool)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PipelineError(f"{where}: '{key}' must be a finite number, got {short(value)}")
+    lo, hi, lo_open, hi_open = spec.get("range", (None, None, False, False))
+    if isinstance(value, int) and hi is None:
+        hi, hi_open = INT_MAX, False
     bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
         hi is not None and (value >= hi if hi_open else value > hi)
     )
@@ -296,6 +318,25 @@ def _check_range(key: str, value, spec, where: str) -> None:
         lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
         hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
         raise PipelineError(f"{where}: '{key}' must be {' and '.join(s for s in (lo_s, hi_s) if s)}, got {short(value)}")
+
+
+def _as_float(key: str, value, where: str):
+    """An integer where a number is asked for, as a float (one too large for a float is out of range)."""
+    if isinstance(value, list):
+        return [_as_float(f"{key}[{i}]", v, where) for i, v in enumerate(value)]
+    if not isinstance(value, int) or isinstance(value, bool):  # a float, null, or another kind of a union
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        raise PipelineError(f"{where}: '{key}' must be a finite number, got {short(value)}") from None
+
+
+def _asks_float(tp) -> bool:
+    if tp is float:
+        return True
+    origin = typing.get_origin(tp)
+    return origin in (list, typing.Union, types.UnionType) and any(_asks_float(a) for a in typing.get_args(tp))
 
 
 REMOTE_PREFIXES = ("http://", "https://", "pypi:", "gensim-data:", "s3://", "gs://", "file://")
@@ -333,9 +374,11 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
             raise PipelineError(
                 f"{where}: '{name}.{key}' must be {_type_name(tp)}, got {short(value)} ({type(value).__name__})"
             )
-        if tp is float or (typing.get_origin(tp) in (typing.Union, types.UnionType) and float in typing.get_args(tp)):
-            value = float(value) if value is not None else None
+        if _asks_float(tp):
+            value = _as_float(f"{name}.{key}", value, where)
         _check_range(f"{name}.{key}", value, f.metadata, where)
+        if f.metadata.get("nonempty") and not value:
+            raise PipelineError(f"{where}: '{name}.{key}' must hold at least one value, got []")
         if f.metadata.get("encoding"):
             check_encoding(value, f"{where}: '{name}.{key}'")
         values[key] = value

@@ -272,16 +272,30 @@ def _check_columns(path: Path, columns, wanted: list[tuple[str, str]]) -> None:
             )
 
 
+def _leading_blank_lines(path: Path, encoding: str) -> int:
+    lines = 0
+    with open_lines(path, encoding) as f:
+        for line in f:
+            if line.strip():
+                break
+            lines += 1
+    return lines
+
+
 def delimited_chunks(path: Path, kind: str, encoding: str = "utf-8", header: bool = True,
-                     chunk_rows: int = CHUNK_ROWS, check=None) -> Iterator[pd.DataFrame]:
+                     chunk_rows: int = CHUNK_ROWS, check=None, keep_blank_lines: bool = False) -> Iterator[pd.DataFrame]:
     """A CSV or TSV file (kind csv or tsv) as frames of text values, under the one rule of this module's
     docstring; `check(columns)` sees the column names before any row is yielded. Without a header the
-    columns are named 0, 1, 2, ..."""
+    columns are named 0, 1, 2, ... `keep_blank_lines`: each blank line after the header (or after the
+    blank lines that open the file) is a row of missing values, so that row i is data line i (batch
+    prediction); otherwise blank lines are no rows (the corpus)."""
     # Only empty fields are missing: 'NA', 'null' or 'nan' are text like any other.
     sep = "," if kind == "csv" else "\t"
+    skip = _leading_blank_lines(path, encoding) if keep_blank_lines else 0
     try:
         with bounded_lines(path) as raw, pd.read_csv(
-                raw, sep=sep, dtype=str, keep_default_na=False, na_values=[""],
+                raw, sep=sep, dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=not keep_blank_lines,
+                skiprows=skip or None,
                 encoding=encoding, header=0 if header else None, chunksize=chunk_rows, compression=None) as reader:
             rows = 0
             for df in reader:

@@ -45,7 +45,7 @@ from fastapi import Request  # at module level: FastAPI resolves the endpoint's 
 from pipeline.checkpoint import Checkpoint, load_checkpoint, require_model_file
 from pipeline.errors import PipelineError
 from pipeline.explain import IG_STEPS, explain_texts
-from pipeline.inference import classify_texts
+from pipeline.inference import predict_texts
 
 TOKEN_ENV = "TEXTCLF_SERVE_TOKEN"
 PROTECTED = ("/predict", "/ready", "/version")  # what a token guards; the page and /health stay open
@@ -274,11 +274,16 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
     ckpt = load_checkpoint(model_path)
     identity = model_identity(model_path, ckpt)
     labels = ckpt.labels
-    batcher = Batcher(lambda texts: classify_texts(ckpt, texts, limits.batch_texts), limits)
+    batcher = Batcher(lambda texts: predict_texts(ckpt, texts, limits.batch_texts), limits)
     page, page_headers = render_page(labels, limits, token is not None, ckpt.model.cfg.pooling == "attention")
 
     def explained(texts: list[str]):
-        return classify_texts(ckpt, texts, limits.batch_texts), explain_texts(ckpt, texts, steps=limits.steps)
+        predictions = predict_texts(ckpt, texts, limits.batch_texts)  # a text with no tokens: no label, no explanation
+        labelled = [i for i, reason in enumerate(predictions.reasons) if reason is None]
+        explanations = [None] * len(texts)
+        for i, explanation in zip(labelled, explain_texts(ckpt, [texts[i] for i in labelled], steps=limits.steps)):
+            explanations[i] = explanation
+        return predictions, explanations
 
     app = FastAPI(title="textclf-serve", version="1", docs_url=None, redoc_url=None,  # their pages load CDN scripts
                   description="Text classification with a trained checkpoint of this pipeline, with per-token "
@@ -311,14 +316,14 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
             raise RequestError(415, "content-type", "send the body as application/json")
         texts, explain = parse_request(await read_body(request.receive, limits.max_body_bytes), limits)
         if explain:
-            probs, explanations = await batcher.alone(explained, texts)
+            answers, explanations = await batcher.alone(explained, texts)
         else:
-            probs, explanations = await batcher.classify(texts), None
+            answers, explanations = await batcher.classify(texts), None
         predictions = []
-        for i, p in enumerate(probs):
-            row = {"label": labels[int(p.argmax())], "probabilities": {lab: float(v) for lab, v in zip(labels, p)}}
+        for i in range(len(answers)):  # pipeline.inference: a text with no tokens has a null label and a reason
+            row = answers.answer(i, labels)
             if explanations is not None:
-                row["explanation"] = explanations[i].to_dict(labels)
+                row["explanation"] = None if explanations[i] is None else explanations[i].to_dict(labels)
             predictions.append(row)
         return JSONResponse({"labels": labels, "predictions": predictions})
 

@@ -43,9 +43,10 @@ class Explanation(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: str
-    probabilities: dict[str, float]
+    label: str | None = Field(description="null when the text has no tokens after cleaning: see reason")
+    probabilities: dict[str, float] | None
     explanation: Explanation | None = None
+    reason: str | None = Field(None, description="why there is no label (only when label is null)")
 
 
 class PredictResponse(BaseModel):
@@ -114,6 +115,14 @@ function show(texts, data) {
   data.predictions.forEach((p, i) => {
     const r = el("div", "result");
     const head = el("div", "", "");
+    if (p.label === null) {  // nothing left to read after cleaning: no label, and why
+      head.appendChild(el("span", "label", "no label"));
+      head.appendChild(el("span", "", "  " + p.reason));
+      r.appendChild(head);
+      r.appendChild(el("small", "", texts[i]));
+      out.appendChild(r);
+      return;
+    }
     head.appendChild(el("span", "label", p.label));
     head.appendChild(el("span", "", "  " + (100 * p.probabilities[p.label]).toFixed(1) + "%"));
     r.appendChild(head);

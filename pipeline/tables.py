@@ -1,5 +1,9 @@
 """Whole tables for batch prediction: every column of a CSV, TSV, JSON-lines or Parquet file, with its
-schema known before any row is read, in chunks. Delimited text follows the one rule of pipeline.readers."""
+schema known before any row is read, in chunks. Delimited text follows the one rule of pipeline.readers.
+
+Row i of a table is data line i of its file: a blank line of a CSV or TSV file (after the header) or of
+a JSON-lines file is a row whose values are all missing, never dropped (so predictions line up with the
+input); blank lines before a CSV's header are not rows, and a file of blank lines only has no rows."""
 
 from __future__ import annotations
 
@@ -82,14 +86,16 @@ class TableReader:
             yield pa.Table.from_batches([batch])
 
     def _csv_chunks(self) -> Iterator[pa.Table]:
-        for df in delimited_chunks(self.path, self.kind, self.encoding, chunk_rows=self.chunk_rows):
+        # Every line after the header is a row, a blank one too: output row i is input row i.
+        for df in delimited_chunks(self.path, self.kind, self.encoding, chunk_rows=self.chunk_rows,
+                                   keep_blank_lines=True):
             yield pa.Table.from_pandas(df, self.schema, preserve_index=False)
 
     def _jsonl_chunks(self) -> Iterator[pa.Table]:
         names = self.schema.names
         as_json = {f.name for f in self.schema if f.metadata and f.metadata.get(b"json") == b"1"}
         rows: list[dict] = []
-        for _, row in _jsonl_rows(self.path, self.encoding):
+        for _, row in _jsonl_rows(self.path, self.encoding, keep_blank=True):  # a blank line: a row of nulls
             rows.append({k: (json_text(row.get(k)) if k in as_json else row.get(k)) for k in names})
             if len(rows) == self.chunk_rows:
                 yield pa.Table.from_pylist(rows, self.schema)
@@ -98,13 +104,16 @@ class TableReader:
             yield pa.Table.from_pylist(rows, self.schema)
 
 
-def _jsonl_rows(path: Path, encoding: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line; a line that is not a JSON object is an error."""
+def _jsonl_rows(path: Path, encoding: str, keep_blank: bool = False) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line (and {} for a blank one, when `keep_blank`); a line
+    that is not a JSON object is an error."""
     lineno = 0
     try:
         with open_lines(path, encoding) as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
+                    if keep_blank:
+                        yield lineno, {}
                     continue
                 yield lineno, json_object_line(line, path, lineno)
     except READ_ERRORS as err:

@@ -150,25 +150,58 @@ def stretched_epochs(tp: TrainParams, steps_per_epoch: int) -> tuple[int, int]:
     return epochs, math.ceil(tp.patience * epochs / tp.epochs)
 
 
+def onednn_bf16() -> bool:
+    """Whether oneDNN, which runs the CPU's LSTM, will run it in bf16 here (False on an AVX2-only CPU, or
+    under ONEDNN_MAX_CPU_ISA=AVX2: there its LSTM answers "could not create a primitive descriptor")."""
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else True
+    except RuntimeError:
+        return False
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bf16 in hardware: a CUDA GPU that supports it, or a CPU with AMX or
-    AVX512-BF16 instructions (recent Xeons and EPYCs). Elsewhere bf16 is emulated, and slower than fp32."""
+    AVX512-BF16 instructions (recent Xeons and EPYCs) that oneDNN may use. Elsewhere bf16 is emulated,
+    slower than fp32, or (an AVX2-only CPU) not there at all."""
     if device.type == "cuda":  # Ampere on; older GPUs emulate it
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type != "cpu":
         return False
     capabilities = getattr(torch.cpu, "get_capabilities", dict)()
-    return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16"))
+    return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16")) and onednn_bf16()
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
     """train.precision: 'bf16' (autocast: matrix products in bfloat16, weights, optimizer and loss in
     float32) or 'fp32'. auto: bf16 where the device computes it natively. On a 2-core Xeon with AMX the
     LSTM's forward and backward take about 20% less time, training on the built-in snippets 7% less, with
-    the same validation accuracy over three seeds (docs/results.md)."""
+    the same validation accuracy over three seeds (docs/results.md). bf16 asked for on a device without
+    it is an error (the same check as auto's), not a silent fp32 run nor oneDNN's traceback."""
     if setting == "auto":
         return "bf16" if native_bf16(device) else "fp32"
+    if setting == "bf16" and not native_bf16(device):
+        what = ("this GPU has no bf16 arithmetic (Ampere or later has it)" if device.type == "cuda" else
+                "this CPU has no bf16 instructions (AMX or AVX512-BF16) that oneDNN can use"
+                if device.type == "cpu" else f"the {device.type} device has no bf16")
+        raise PipelineError(f"params.yaml: 'train.precision' is bf16, but {what}: set it to auto (bf16 where the "
+                            "hardware has it) or fp32")
     return setting
+
+
+def diverged(what: str, tp: TrainParams, lr: float) -> PipelineError:
+    """The error of a training that went non-finite (a NaN or infinite loss or weight): nothing is saved."""
+    clip = "lower train.grad_clip" if tp.grad_clip else "set train.grad_clip (e.g. 1.0)"
+    return PipelineError(f"{what}: training diverged, and no model is saved; lower train.lr (now {tp.lr:g}, "
+                         f"{lr:g} at that step) or {clip}")
+
+
+def finite_weights(state: dict) -> str | None:
+    """The name of the first floating-point tensor of `state` holding a NaN or an infinity, or None."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
 
 
 def train_step(forward: nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, lengths: torch.Tensor,
@@ -302,6 +335,9 @@ class Trainer:
                                       lens.to(self.device, non_blocking=True), target, self.loss_fn,
                                       self.objective_fn, self.tp.grad_clip, self.model, self.bf16)
             batch_loss = loss.item()
+            if not math.isfinite(batch_loss):
+                raise diverged(f"epoch {epoch}, optimizer step {self.step + 1}: the training loss is {batch_loss}",
+                               self.tp, self.optimizer.param_groups[0]["lr"])
             self.after_step(batch_loss / len(index))
             total_loss += batch_loss
             correct += int((logits.argmax(-1) == target).sum())
@@ -385,6 +421,12 @@ def fit(model: TextClassifier, tp: TrainParams, train: Split, val: Split, device
                "val_loss": val_result.loss, "val_accuracy": val_result.accuracy, "lr": lr_at_start,
                "epoch_seconds": train_result.seconds, "train_tokens_per_second": train_result.tokens_per_second}
         trainer.result.history.append(row)
+        bad = None if math.isfinite(val_result.loss) else f"the validation loss is {val_result.loss}"
+        if bad is None and (name := finite_weights(model.state_dict())) is not None:
+            bad = f"weight {name!r} is not finite"
+        if bad is not None:  # never kept as the best epoch: a NaN model scores some accuracy too
+            raise diverged(f"epoch {epoch}, after optimizer step {trainer.step}: {bad}", tp,
+                           trainer.optimizer.param_groups[0]["lr"])
         trainer.end_epoch(epoch, val_result.accuracy)
         if hooks.on_epoch:
             hooks.on_epoch(trainer.step, row)

@@ -19,7 +19,7 @@ import yaml
 from pipeline.batch_predict import predict_file
 from pipeline.cli import predict as predict_cli
 from pipeline.errors import PipelineError
-from pipeline.inference import classify_texts
+from pipeline.inference import NO_TEXT, NO_TOKENS, classify_texts
 from pipeline.tables import TableReader, jsonl_schema
 from pipeline.stages import predict as predict_stage
 
@@ -72,7 +72,7 @@ def test_batch_prediction_writes_every_row_with_its_probabilities(tmp_path, tiny
                   "--output", str(output), "--chunk-rows", "4", "--batch-size", "3"])
     out = _read_output(output)
     prob_columns = [f"prob_{lab}" for lab in tiny_ckpt.labels]
-    assert list(out.columns) == ["id", "review", "source", "predicted_label", *prob_columns]
+    assert list(out.columns) == ["id", "review", "source", "predicted_label", *prob_columns, "no_label_reason"]
     assert out["id"].tolist() == [f"r{i}" for i in range(len(TEXTS))]  # every row, in order
     assert out["source"].tolist() == _input_frame()["source"].tolist()
 
@@ -84,8 +84,11 @@ def test_batch_prediction_writes_every_row_with_its_probabilities(tmp_path, tiny
     assert out["predicted_label"][has_text].tolist() == [tiny_ckpt.labels[i] for i in expected.argmax(axis=1)]
     # Rows without text keep their place, with no prediction.
     assert out["predicted_label"][~has_text].isna().all() and np.isnan(probs[~has_text]).all()
+    assert out["no_label_reason"][~has_text].tolist() == [NO_TEXT] * (~has_text).sum()
+    assert out["no_label_reason"][has_text].isna().all()
     # ... and are counted.
-    assert f"wrote {len(TEXTS)} rows ({(~has_text).sum()} without text: no prediction)" in capsys.readouterr().err
+    assert (f"wrote {len(TEXTS)} rows ({(~has_text).sum()} without text: no label, the reason in no_label_reason)"
+            in capsys.readouterr().err)
     assert not list(output.parent.glob(".*.partial"))
 
 
@@ -137,7 +140,9 @@ def test_json_lines_columns_keep_their_types(tmp_path, tiny_ckpt):
     assert [str(schema.field(n).type) for n in schema.names] == ["int64", "string", "double", "bool", "string", "string"]
     predict_file(tiny_ckpt, source, tmp_path / "out.jsonl", "text", chunk_rows=2)
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [r["id"] for r in out] == [1, 2, 3] and out[0]["score"] == 4.5 and out[1]["ok"] is False
+    # the blank line at the end is a row too (every line is one), with nothing in it
+    assert [r["id"] for r in out] == [1, 2, 3, None] and out[0]["score"] == 4.5 and out[1]["ok"] is False
+    assert out[3]["text"] is None and out[3]["no_label_reason"] == NO_TEXT
     assert out[0]["tags"] == '["a"]' and out[1]["tags"] == '"b"'  # mixed kinds: each value's JSON text
     assert out[0]["extra"] is None and out[1]["extra"] == "only here"
     assert out[2]["predicted_label"] is None and out[2][f"prob_{tiny_ckpt.labels[0]}"] is None
@@ -322,3 +327,50 @@ def test_a_parquet_input_is_closed_after_reading(tmp_path):
         next(chunks)  # stopped part-way: the file is open
         assert os.path.realpath(source) in _open_files()
     assert os.path.realpath(source) not in _open_files()
+
+
+# Texts with nothing left after the pipeline's own cleaning (prepare drops such rows): markup only, a link
+# only, invisible characters only. Before, each got the label an empty input happens to score.
+EMPTY_AFTER_CLEANING = ["<br/>", "https://example.com/a-long-path?q=1", "\u200b\u200d\ufeff", "<p></p> www.example.org",
+                        "&nbsp;<b></b>"]
+
+
+@pytest.mark.parametrize("output_name", ["out.parquet", "out.csv", "out.jsonl"])
+def test_texts_without_tokens_after_cleaning_get_no_label_and_a_reason(tmp_path, tiny_model_path, tiny_ckpt,
+                                                                       output_name, capsys):
+    texts = ["a gripping , beautifully acted film", *EMPTY_AFTER_CLEANING, "dull"]
+    source, output = tmp_path / "in.csv", tmp_path / output_name
+    pd.DataFrame({"text": texts}).to_csv(source, index=False)
+    predict_cli.main(["--model", str(tiny_model_path), "--input", str(source), "--output", str(output)])
+    out = _read_output(output)
+    empty = np.array([t in EMPTY_AFTER_CLEANING for t in texts])
+    assert out["text"].tolist() == texts
+    assert out["predicted_label"][empty].isna().all() and out["predicted_label"][~empty].notna().all()
+    probs = out[[f"prob_{lab}" for lab in tiny_ckpt.labels]].to_numpy(dtype=float)
+    assert np.isnan(probs[empty]).all() and not np.isnan(probs[~empty]).any()
+    assert out["no_label_reason"][empty].tolist() == [NO_TOKENS] * empty.sum()
+    assert f"wrote {len(texts)} rows ({empty.sum()} with no tokens after cleaning: no label" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, content, texts", [
+    ("one.csv", "text\ngood film\n\nbad film\n\n\nfine\n", ["good film", None, "bad film", None, None, "fine"]),
+    ("two.csv", "\nid,text\n1,good film\n\n3,bad film\n", ["good film", None, "bad film"]),
+    ("one.tsv", "text\ngood film\n\nbad film\n", ["good film", None, "bad film"]),
+    ("one.jsonl", '{"text": "good film"}\n\n{"text": "bad film"}\n  \n', ["good film", None, "bad film", None]),
+    ("one.csv.gz", "text\ngood film\n\nbad film\n", ["good film", None, "bad film"]),
+])
+def test_blank_lines_are_rows_so_output_row_i_is_input_row_i(tmp_path, tiny_ckpt, name, content, texts):
+    """A one-column CSV of texts with blank lines: before, the blank lines vanished uncounted, so the
+    predictions no longer lined up with the input lines."""
+    source = tmp_path / name
+    data = content.encode("utf-8")
+    source.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    for output in (tmp_path / "out.parquet", tmp_path / "out.jsonl", tmp_path / "out.csv"):
+        summary = predict_file(tiny_ckpt, source, output, "text")
+        out = _read_output(output)
+        assert len(out) == summary.rows == len(texts)
+        assert [None if pd.isna(t) else t for t in out["text"]] == texts
+        blank = np.array([t is None for t in texts])
+        assert out["predicted_label"][blank].isna().all() and out["predicted_label"][~blank].notna().all()
+        assert out["no_label_reason"][blank].tolist() == [NO_TEXT] * blank.sum()
+        assert summary.rows_without_text == blank.sum()

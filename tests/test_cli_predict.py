@@ -152,8 +152,10 @@ def test_predict_cli_reads_args_file_and_stdin(tmp_path, monkeypatch, capsys):
     texts = tmp_path / "texts.txt"
     texts.write_text("good\n\nbad\n")
     predict.main(["--model", str(path), "--json", "--file", str(texts)])
-    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.strip().splitlines()]
     assert [r["text"] for r in rows] == ["good", "bad"] and set(rows[0]["probabilities"]) == {"neg", "pos"}
+    assert f"{texts}: 1 blank line(s) skipped" in captured.err  # skipped, and said so
 
     # Typographic and plain apostrophes: the same tokens, so the same prediction.
     predict.main(["--model", str(path), "--json", "the film\u2019s good, isn\u2019t it", "the film's good, isn't it"])
@@ -171,3 +173,43 @@ def test_predict_cli_reads_args_file_and_stdin(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     with pytest.raises(PipelineError, match="no text to classify"):
         predict.main(["--model", str(path)])
+
+
+def _model_with_labels(tmp_path, labels):
+    tp = train_params(embeddings="finetune")
+    model = build_model(tp, np.random.default_rng(0).normal(size=(4, 8)).astype(np.float32), len(labels))
+    path = tmp_path / "model.pt"
+    save_checkpoint(path, model, model.state_dict(), ["<pad>", "<unk>", "good", "bad"], labels, TextConfig(), 1, {})
+    return path
+
+
+def test_a_text_with_no_tokens_after_cleaning_gets_no_label_and_a_reason(tmp_path, tiny_model_path, capsys):
+    from pipeline.inference import NO_TOKENS
+
+    texts = ["a gripping film", "<br/>", "https://example.com/x", "\u200b\u200d"]
+    predict.main(["--model", str(tiny_model_path), "--json", *texts])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert rows[0]["label"] is not None and "reason" not in rows[0]
+    assert rows[1:] == [{"text": t, "label": None, "probabilities": None, "reason": NO_TOKENS} for t in texts[1:]]
+    predict.main(["--model", str(tiny_model_path), "--explain", *texts])
+    out = capsys.readouterr().out
+    assert out.count(f"\tno label: {NO_TOKENS}\t") == 3 and "\tno label: " + NO_TOKENS + "\t<br/>\n" in out
+
+
+def test_the_plain_output_is_one_line_of_three_fields_whatever_the_labels_and_texts_hold(tmp_path, capsys):
+    """Labels with a tab or a line break (a model trained on such a corpus), texts with them too: each is
+    escaped (backslash, \\t, \\n, \\r, \\u2028...), so every text is one line of three tab-separated fields."""
+    labels = ["neg\tative", "pos\nitive"]
+    path = _model_with_labels(tmp_path, labels)
+    texts = ["good\tfilm", "bad\nfilm\r\nreally", "good \\ bad\u2028end"]
+    predict.main(["--model", str(path), *texts])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) == len(texts) and all(len(line.split("\t")) == 3 for line in lines), lines
+    assert [line.split("\t")[2] for line in lines] == ["good\\tfilm", "bad\\nfilm\\r\\nreally",
+                                                      "good \\\\ bad\\u2028end"]
+    assert {line.split("\t")[0] for line in lines} <= {"neg\\tative", "pos\\nitive"}
+    assert lines[0].split("\t")[1].startswith("neg\\tative=")
+    # --json is JSON: the label as it is
+    predict.main(["--model", str(path), "--json", "good\tfilm"])
+    assert json.loads(capsys.readouterr().out)["label"] in labels

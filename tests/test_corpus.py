@@ -38,12 +38,38 @@ def test_duplicates_keep_the_test_copy():
 
 def test_label_variants_are_an_error_or_merged():
     df = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["pos", "Pos ", " pos", "neg"]})
-    with pytest.raises(PipelineError, match=r"c\.csv: labels 'pos' \(1\), 'Pos ' \(1\), ' pos' \(1\) differ only"):
+    with pytest.raises(PipelineError, match=r"c\.csv: labels 'pos' \(1; first at row 1\), 'Pos ' \(1; first at row 2\), "
+                                            r"' pos' \(1; first at row 3\) differ only by case or surrounding blanks"):
         clean_corpus(df, TextConfig(), [], True, "c.csv")
     out, report = clean_corpus(df, TextConfig(), [], True, "c.csv", label_variants="merge")
     assert report["class_counts"] == {"neg": 1, "pos": 3}
     lone = pd.DataFrame({"text": ["a", "b"], "label": [" pos ", "neg"]})  # one spelling: just stripped
     assert clean_corpus(lone, TextConfig(), [], True)[0]["label"].tolist() == ["pos", "neg"]
+
+
+def test_labels_that_differ_only_by_the_spelling_of_a_number_are_an_error_or_merged():
+    """'01' and '1' (a column of codes written by two tools): before, two classes without a word."""
+    df = pd.DataFrame({"text": [f"text {i}" for i in range(7)], "label": ["1", "2", "01", "1.0", "2", "1", " +1 "]})
+    with pytest.raises(PipelineError, match=r"^c\.csv: labels '1' \(2; first at row 1\), '01' \(1; first at row 3\), "
+                                            r"'1\.0' \(1; first at row 4\), ' \+1 ' \(1; first at row 7\) differ only by "
+                                            r"the spelling of a number; rows are counted from 1"):
+        clean_corpus(df, TextConfig(), [], True, "c.csv")
+    out, report = clean_corpus(df, TextConfig(), [], True, "c.csv", label_variants="merge")
+    assert report["class_counts"] == {"1": 5, "2": 2}
+    # numbers that differ are different labels; so are codes that are not numbers
+    other = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": ["1", "10", "0.5", "A01"]})
+    assert sorted(clean_corpus(other, TextConfig(), [], True)[0]["label"]) == ["0.5", "1", "10", "A01"]
+
+
+def test_a_merge_of_label_variants_is_counted_in_the_report(tmp_path):
+    from pipeline.corpus import prepare
+
+    source = tmp_path / "c.csv"
+    labels = (["1", "2"] * 20) + ["01"] * 3 + ["Pos"] * 10 + ["pos"] * 2
+    pd.DataFrame({"text": [f"review number {i}" for i in range(len(labels))], "label": labels}).to_csv(source, index=False)
+    report = prepare(source, corpus_params(source=str(source), label_variants="merge"),
+                     prepare_params(val_size=0.3, test_size=0.3), tmp_path / "out", workers=1)
+    assert report["labels_merged"] == {"01": {"into": "1", "rows": 3}, "pos": {"into": "Pos", "rows": 2}}
 
 
 def test_empty_and_single_class_corpora_are_refused():

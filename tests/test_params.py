@@ -44,6 +44,24 @@ def _write(tmp_path, mutate):
     (lambda d: d["train"].update(threads=0), r"'train\.threads' must be >= 1"),
     (lambda d: d["train"].update(precision="fp16"), r"'train\.precision' must be one of 'auto', 'fp32', 'bf16'"),
     (lambda d: d["baseline"].update(hash_bits=40), r"'baseline\.hash_bits' must be >= 10 and <= 28"),
+    # numbers: finite, in range, integers within what numpy and torch take
+    (lambda d: d["train"].update(lr=float("inf")), r"'train\.lr' must be a finite number, got inf$"),
+    (lambda d: d["train"].update(grad_clip=float("nan")), r"'train\.grad_clip' must be a finite number, got nan$"),
+    (lambda d: d["train"].update(weight_decay=float("-inf")), r"'train\.weight_decay' must be a finite number"),
+    (lambda d: d["train"].update(lr=10**400), r"'train\.lr' must be a finite number, got 1000"),
+    (lambda d: d["prepare"].update(val_size=float("nan")), r"'prepare\.val_size' must be a finite number, got nan$"),
+    (lambda d: d["vocab"].update(min_token_coverage=float("nan")), r"'vocab\.min_token_coverage' must be a finite"),
+    (lambda d: d["baseline"].update(C=[1.0, float("inf")]), r"'baseline\.C\[1\]' must be a finite number, got inf$"),
+    (lambda d: d["baseline"].update(C=[0.5, 0]), r"'baseline\.C\[1\]' must be > 0, got 0\.0$"),
+    (lambda d: d["baseline"].update(C=[]), r"'baseline\.C' must hold at least one value, got \[\]$"),
+    (lambda d: d["train"].update(seed=2**70), r"'train\.seed' must be >= 0 and <= 4294967295, got 1180591620717411303424$"),
+    (lambda d: d["prepare"].update(seed=-1), r"'prepare\.seed' must be >= 0 and <= 4294967295, got -1$"),
+    (lambda d: d["domain_vectors"].update(seed=2**32), r"'domain_vectors\.seed' must be >= 0 and <= 4294967295"),
+    (lambda d: d["vocab"].update(seed=2**64), r"'vocab\.seed' must be >= 0 and <= 4294967295"),
+    (lambda d: d["train"].update(batch_size=2**70), r"'train\.batch_size' must be >= 1 and <= 2147483647, got 118"),
+    (lambda d: d["baseline"].update(chunk_rows=2**63), r"'baseline\.chunk_rows' must be >= 1 and <= 2147483647"),
+    (lambda d: d["train"].update(threads=10**6), r"'train\.threads' must be >= 1 and <= 1024, got 1000000$"),
+    (lambda d: d["train"].update(processes=5000), r"'train\.processes' must be >= 1 and <= 1024"),
 ])
 def test_bad_params_name_the_file_and_key(tmp_path, mutate, message):
     path = _write(tmp_path, mutate)
@@ -57,6 +75,27 @@ def test_a_url_as_source_points_to_download():
     with pytest.raises(PipelineError, match=r"'corpus\.source' is 'https://example\.org/c\.csv'.*'corpus\.download: https"):
         params.check_local_source("corpus", src)
     params.check_local_source("corpus", dataclasses.replace(src, source="data/my.csv"))
+
+
+def test_every_float_is_finite_and_every_int_bounded_in_every_section(tmp_path):
+    """The whole class, not the reported keys: every number-typed key of every section refuses NaN and
+    infinities, and every integer key refuses 2**70, each with the key named."""
+    import typing
+
+    for name, cls in params.SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            args = typing.get_args(hints[f.name]) or (hints[f.name],)
+            item = args[0] if typing.get_origin(hints[f.name]) is list else None
+            bad = []
+            if float in args or item is float:
+                bad += [float("nan"), float("inf"), float("-inf")]
+            if int in args:
+                bad += [2**70, -(2**70)]
+            for value in bad:
+                path = _write(tmp_path, lambda d: d[name].update({f.name: [value] if item else value}))
+                with pytest.raises(PipelineError, match=rf"'{name}\.{f.name}(\[0\])?' must be"):
+                    params.load_all(path)
 
 
 def test_integers_are_accepted_where_numbers_are_asked(tmp_path):

@@ -123,6 +123,23 @@ def test_explanations_over_http_are_the_librarys(server, tiny_ckpt):
     assert "explanation" not in server.post({"texts": texts})[1]["predictions"][0]
 
 
+def test_a_text_with_no_tokens_after_cleaning_gets_no_label_and_a_reason(server):
+    """Markup only, a link only, invisible characters only: the prepare stage drops such texts, so the model
+    never saw one. Before, each got a confident-looking label; now null, with the reason, per text."""
+    from pipeline.inference import NO_TOKENS
+
+    texts = ["<br/>", "a gripping , beautifully acted film", "https://example.com/x", "\u200b\u200b"]
+    for explain in (False, True):
+        status, data = server.post({"texts": texts, "explain": explain})
+        assert status == 200, data
+        empty = [data["predictions"][i] for i in (0, 2, 3)]
+        expected = {"label": None, "probabilities": None, "reason": NO_TOKENS}
+        assert all(p == ({**expected, "explanation": None} if explain else expected) for p in empty), empty
+        good = data["predictions"][1]
+        assert good["label"] in data["labels"] and "reason" not in good
+        assert (good["explanation"] is not None) if explain else "explanation" not in good
+
+
 def test_concurrent_requests_each_get_their_own_answer(server, tiny_ckpt):
     """Requests arriving together share forward passes; each still gets the probabilities of its own text."""
     texts = [f"{word} film , {n} times" for n, word in enumerate(["gripping", "dull", "moving", "flat"] * 6)]

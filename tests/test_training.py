@@ -18,8 +18,8 @@ import yaml
 from pipeline.errors import PipelineError
 from pipeline.inference import predict_proba
 from pipeline.stages import train as train_stage
-from pipeline.training import (Hooks, build_model, class_weights, evaluate, fit, lr_factor, resolve_precision,
-                               set_determinism, stretched_epochs)
+from pipeline.training import (Hooks, build_model, class_weights, evaluate, fit, lr_factor, native_bf16,
+                               resolve_precision, set_determinism, stretched_epochs)
 from tests.ddp_toy import DDP_PARAMS
 from tests.helpers import ROOT, fit_toy, toy_matrix, toy_problem, train_params
 
@@ -32,6 +32,12 @@ def test_training_learns_and_repeats_exactly():
         assert torch.equal(first.best_state[key], second.best_state[key])
 
 
+# bf16 needs the hardware (AMX or AVX512-BF16, and oneDNN allowed to use it): an AVX2-only CPU has none.
+needs_bf16 = pytest.mark.skipif(not native_bf16(torch.device("cpu")),
+                                reason="this CPU has no bf16 instructions (AMX or AVX512-BF16) that oneDNN can use")
+
+
+@needs_bf16
 def test_bf16_training_learns_repeats_exactly_and_is_not_fp32():
     bf16, again = fit_toy(train_params(precision="bf16")), fit_toy(train_params(precision="bf16"))
     fp32 = fit_toy(train_params(precision="fp32"))
@@ -44,13 +50,63 @@ def test_bf16_training_learns_repeats_exactly_and_is_not_fp32():
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
+    from pipeline import training
+
     cpu = torch.device("cpu")
-    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    assert resolve_precision("fp32", cpu) == "fp32"
+    monkeypatch.setattr(training, "onednn_bf16", lambda: True)  # what the CPU's flags say, below
     for capabilities, expected in [({"amx_bf16": True}, "bf16"), ({"avx512_bf16": True, "amx_bf16": False}, "bf16"),
                                    ({"avx512_f": True, "avx2": True}, "fp32"), ({}, "fp32")]:
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
         assert resolve_precision("auto", cpu) == expected, capabilities
+        if expected == "bf16":
+            assert resolve_precision("bf16", cpu) == "bf16"
+        else:  # asked for explicitly on a CPU without it: one line naming the key and what the CPU lacks
+            with pytest.raises(PipelineError, match=r"^params\.yaml: 'train\.precision' is bf16, but this CPU has "
+                                                    r"no bf16 instructions \(AMX or AVX512-BF16\)"):
+                resolve_precision("bf16", cpu)
     assert resolve_precision("auto", torch.device("meta")) == "fp32"
+
+
+@pytest.mark.slow
+def test_without_bf16_in_onednn_auto_trains_fp32_and_bf16_is_one_line(tmp_path):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes this CPU an AVX2-only one for oneDNN, which runs the LSTM: there bf16
+    autocast fails inside oneDNN ("could not create a primitive descriptor for the LSTM forward
+    propagation primitive"). auto must train in fp32, and an explicit bf16 must be one error line."""
+    script = ("import sys\n"
+              "from pipeline.errors import run_main\n"
+              "from tests.helpers import fit_toy, train_params\n"
+              "def main():\n"
+              "    result = fit_toy(train_params(precision=sys.argv[1], epochs=1, patience=1))\n"
+              "    print('trained', result.best_epoch)\n"
+              "run_main(main)\n")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "PYTHONPATH": str(ROOT)}
+    runs = {setting: subprocess.run([sys.executable, "-c", script, setting], cwd=ROOT, env=env, capture_output=True,
+                                    text=True, timeout=300) for setting in ("auto", "bf16")}
+    assert runs["auto"].returncode == 0 and "trained 1" in runs["auto"].stdout, runs["auto"].stderr[-2000:]
+    bf16 = runs["bf16"]
+    assert bf16.returncode == 1 and "Traceback" not in bf16.stderr and "primitive" not in bf16.stderr, bf16.stderr
+    assert bf16.stderr.strip().splitlines() == [
+        "error: params.yaml: 'train.precision' is bf16, but this CPU has no bf16 instructions (AMX or AVX512-BF16) "
+        "that oneDNN can use: set it to auto (bf16 where the hardware has it) or fp32"]
+
+
+def test_a_diverging_training_stops_naming_the_step_and_train_lr_and_keeps_no_best_epoch():
+    """A learning rate that makes the loss NaN: before, the NaN model scored an accuracy and was kept as the
+    best epoch. Now the first non-finite loss stops training, naming the epoch, the step and the keys."""
+    with pytest.raises(PipelineError, match=r"^epoch 1, optimizer step \d+: the training loss is nan: training "
+                                            r"diverged, and no model is saved; lower train\.lr \(now 1e\+30"):
+        fit_toy(train_params(lr=1e30, grad_clip=None))
+
+
+def test_the_train_stage_refuses_an_infinite_lr_before_training(tmp_path, monkeypatch):
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    data["train"]["lr"] = float("inf")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PipelineError, match=r"^params\.yaml: 'train\.lr' must be a finite number, got inf$"):
+        train_stage.main()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no model, no metrics
 
 
 def test_a_run_too_short_to_unfreeze_the_embeddings_says_so(capsys):

@@ -7,7 +7,13 @@
     python -m pipeline.cli.predict --explain "..."           # and the words that drove each prediction
     python -m pipeline.cli.predict --input reviews.csv --text-column text --output predictions.parquet
 
-Prints, per text, the predicted label and the probability of each class. Texts given as arguments
+Prints, per text, one line of three tab-separated fields: the predicted label, the probability of each
+class (`label=0.123`, two blanks apart), and the text. In labels and texts a backslash, tab, line feed,
+carriage return and any other line break are written as escapes (`\\`, `\t`, `\n`, `\r`, `\x0b`,
+`\u2028`, ...), so each text is one line of exactly three fields whatever it holds. A text with no
+tokens after the pipeline's cleaning (only markup, links or invisible characters) gets no label: an
+empty first field, then `no label: <reason>`; with --json, "label" and "probabilities" are null and
+"reason" says why (pipeline.inference). Texts given as arguments
 come first, then the lines of --file, then the lines of stdin when '-' is among the arguments (or when
 neither texts nor --file are given). With --input, every row of a CSV, TSV, JSON-lines or Parquet file
 is classified and written to --output with one probability column per class (pipeline.batch_predict).
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -34,7 +41,7 @@ from pipeline.checkpoint import MODEL_PATH, load_checkpoint, require_model_file
 from pipeline.errors import PipelineError, command_name, run_main
 from pipeline.explain import explain_texts, format_explanation
 from pipeline.files import check_encoding
-from pipeline.inference import classify_texts
+from pipeline.inference import predict_texts
 
 SCRIPT = "textclf-predict"
 
@@ -47,7 +54,11 @@ def _read_lines(source, name: str, encoding: str = "utf-8") -> list[str]:
                             "pass the file's encoding with --encoding") from None
     except OSError as err:
         raise PipelineError(f"{name}: cannot read: {err}") from None
-    return [line for line in text.splitlines() if line.strip()]
+    lines = text.splitlines()
+    kept = [line for line in lines if line.strip()]
+    if len(kept) < len(lines):  # the rule, said: a blank line is no text (the printed lines carry their text)
+        print(f"{name}: {len(lines) - len(kept)} blank line(s) skipped", file=sys.stderr)
+    return kept
 
 
 def read_texts(args: argparse.Namespace) -> list[str]:
@@ -69,7 +80,22 @@ def read_texts(args: argparse.Namespace) -> list[str]:
     return texts
 
 
-def format_result(text: str, labels: list[str], probs, as_json: bool, explanation=None) -> str:
+# What would split a line of the plain output: tabs, and whatever Python's str.splitlines() breaks at.
+_UNSAFE = re.compile(r"[\\\t\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
+_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def tsv_field(value: str) -> str:
+    """A label or a text as one field of the plain output: backslash, tab and line breaks escaped."""
+    return _UNSAFE.sub(lambda m: _ESCAPES.get(m.group(), m.group().encode("unicode_escape").decode("ascii")), value)
+
+
+def format_result(text: str, labels: list[str], probs, as_json: bool, explanation=None,
+                  reason: str | None = None) -> str:
+    if reason is not None:  # no label (pipeline.inference): say why, in the same shape
+        if as_json:
+            return json.dumps({"text": text, "label": None, "probabilities": None, "reason": reason})
+        return f"\tno label: {reason}\t{tsv_field(text)}"
     best = int(probs.argmax())
     if as_json:
         row = {"text": text, "label": labels[best],
@@ -77,8 +103,8 @@ def format_result(text: str, labels: list[str], probs, as_json: bool, explanatio
         if explanation is not None:
             row["explanation"] = explanation.to_dict(labels)
         return json.dumps(row)
-    shown = "  ".join(f"{lab}={p:.3f}" for lab, p in zip(labels, probs))
-    line = f"{labels[best]}\t{shown}\t{text}"
+    shown = "  ".join(f"{tsv_field(lab)}={p:.3f}" for lab, p in zip(labels, probs))
+    line = f"{tsv_field(labels[best])}\t{shown}\t{tsv_field(text)}"
     return line if explanation is None else f"{line}\n{format_explanation(explanation, labels)}"
 
 
@@ -140,10 +166,15 @@ def main(argv: list[str] | None = None) -> None:
     if not texts:
         raise PipelineError("no text to classify (the input was empty)")
     ckpt = load_checkpoint(model_path)
-    probs = classify_texts(ckpt, texts, args.batch_size)
-    explanations = explain_texts(ckpt, texts) if args.explain else [None] * len(texts)
-    for text, p, explanation in zip(texts, probs, explanations):
-        print(format_result(text, ckpt.labels, p, args.json, explanation))
+    predictions = predict_texts(ckpt, texts, args.batch_size)
+    labelled = [i for i, reason in enumerate(predictions.reasons) if reason is None]
+    explanations = [None] * len(texts)
+    if args.explain and labelled:
+        for i, explanation in zip(labelled, explain_texts(ckpt, [texts[i] for i in labelled])):
+            explanations[i] = explanation
+    for i, text in enumerate(texts):
+        print(format_result(text, ckpt.labels, predictions.probs[i], args.json, explanations[i],
+                            predictions.reasons[i]))
 
 
 def cli() -> None:

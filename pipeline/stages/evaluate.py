@@ -7,6 +7,11 @@ actual,predicted row per example, for DVC's confusion template), confusion.png, 
 (text, true label, prediction, confidence), misclassified.html (the same examples, most confident
 first, words shaded by their attribution: pipeline.explain), and DVCLive's ROC and precision-recall
 curves under plots/sklearn/.
+
+Nothing grows with the square of the classes (10,000 classes and 10,000 test rows: seconds, docs/scale.md):
+the probabilities are reduced a batch at a time to each row's top class; confusion counts stay sparse
+(pipeline.metrics); and past CURVE_CLASSES classes the curves are of the top prediction being right,
+scored by its probability, one point per row, instead of micro-averaged over every (row, class) pair.
 """
 
 from __future__ import annotations
@@ -20,30 +25,40 @@ from pipeline import params
 from pipeline.checkpoint import MODEL_PATH, load_checkpoint
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
-from pipeline.inference import encode_texts, predict_proba
+from pipeline.inference import encode_texts, predict_proba, predict_top
 from pipeline.metrics import classification_metrics, headline, plot_confusion
 
 TEST = Path("data/prepared/test.parquet")
 METRICS = Path("metrics/eval.json")
 PLOTS_DIR = Path("metrics/eval")
 REPORT = PLOTS_DIR / "report.json"
+# Up to this many classes the curves are one class against the rest, micro-averaged over all (row, class)
+# pairs (n x classes scores); past it, of the top prediction being right (n scores).
+CURVE_CLASSES = 100
 
 
-def log_curves(actual: list[str], probs: np.ndarray, labels: list[str]) -> None:
+def log_curves(actual: list[str], labels: list[str], probs: np.ndarray | None = None,
+               predicted: list[str] | None = None, confidence: np.ndarray | None = None) -> None:
     """ROC and precision-recall curves through DVCLive (metrics/eval/plots/sklearn/): of the second class
-    against the first for two classes, else micro-averaged over the classes (one against the rest)."""
+    against the first for two classes; else, from `probs`, micro-averaged over the classes (one against the
+    rest); without `probs` (past CURVE_CLASSES classes), of the top prediction being right, by its probability."""
     from dvclive import Live
 
-    index = {label: i for i, label in enumerate(labels)}
-    probs = probs.astype(np.float64)  # DVCLive writes float32 thresholds as no JSON it knows
-    truth = np.zeros_like(probs, dtype=np.int64)
-    truth[np.arange(len(actual)), [index[label] for label in actual]] = 1
-    if len(labels) == 2:
-        truth, scores = truth[:, 1], probs[:, 1]
-        what = f"{labels[1]!r} against {labels[0]!r}"
+    if probs is None:
+        truth = (np.asarray(actual, dtype=object) == np.asarray(predicted, dtype=object)).astype(np.int64)
+        scores = confidence.astype(np.float64)
+        what = f"the top prediction being right, by its probability ({len(labels):,} classes)"
     else:
-        truth, scores = truth.ravel(), probs.ravel()
-        what = "micro-average, each class against the rest"
+        index = {label: i for i, label in enumerate(labels)}
+        probs = probs.astype(np.float64)  # DVCLive writes float32 thresholds as no JSON it knows
+        truth = np.zeros_like(probs, dtype=np.int64)
+        truth[np.arange(len(actual)), [index[label] for label in actual]] = 1
+        if len(labels) == 2:
+            truth, scores = truth[:, 1], probs[:, 1]
+            what = f"{labels[1]!r} against {labels[0]!r}"
+        else:
+            truth, scores = truth.ravel(), probs.ravel()
+            what = "micro-average, each class against the rest"
     with Live(dir=str(PLOTS_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
         live.log_sklearn_plot("roc", truth, scores, title=f"ROC, {what}", drop_intermediate=True)
         live.log_sklearn_plot("precision_recall", truth, scores, title=f"precision-recall, {what}",
@@ -61,12 +76,17 @@ def main() -> None:
                             f"{', '.join(map(repr, checkpoint.labels[:10]))}); the model and the splits come from "
                             "different runs: run `dvc repro`")
     sequences = encode_texts(checkpoint, test["tokens"])
-    probs = predict_proba(checkpoint.model, sequences, evaluate_params.batch_size)
-    predicted = [checkpoint.labels[i] for i in probs.argmax(axis=1)]
+    probs = None
+    if len(checkpoint.labels) <= CURVE_CLASSES:  # (n, classes) kept for the micro-averaged curves
+        probs = predict_proba(checkpoint.model, sequences, evaluate_params.batch_size)
+        best, confidence = probs.argmax(axis=1), probs.max(axis=1)
+    else:  # a batch at a time: memory linear in the rows
+        best, confidence = predict_top(checkpoint.model, sequences, evaluate_params.batch_size)
+    predicted = [checkpoint.labels[i] for i in best]
     actual = test["label"].tolist()
     metrics = classification_metrics(actual, predicted, checkpoint.labels)
     metrics["test_rows"] = len(test)
-    wrong = test.assign(predicted=predicted, confidence=probs.max(axis=1).round(4))
+    wrong = test.assign(predicted=predicted, confidence=confidence.round(4))
     wrong = wrong[wrong["label"] != wrong["predicted"]].sort_values("confidence", ascending=False)
 
     # Everything is computed: the outputs are written one after another, each atomically.
@@ -76,7 +96,7 @@ def main() -> None:
     plot_confusion(actual, predicted, checkpoint.labels, PLOTS_DIR / "confusion.png")
     with atomic_path(PLOTS_DIR / "misclassified.csv") as tmp:
         wrong[["text", "label", "predicted", "confidence"]].to_csv(tmp, index=False)
-    log_curves(actual, probs, checkpoint.labels)
+    log_curves(actual, checkpoint.labels, probs, predicted, confidence)
     write_json(REPORT, metrics)
     write_json(METRICS, headline(metrics, "lstm"))
     print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "

@@ -1,5 +1,6 @@
 """Stage predict: every row of `predict.input` classified and written to `predict.output`, with
-predicted_label and one prob_<label> column per class (pipeline.batch_predict). By default the test split.
+predicted_label, one prob_<label> column per class and no_label_reason (pipeline.batch_predict). By default the
+test split.
 """
 
 from __future__ import annotations
