@@ -709,7 +709,8 @@ def test_a_redirect_from_https_down_to_http_is_refused(tmp_path, server, monkeyp
     assert H.requests == ["/same.csv", "/ok.csv", "/corpus.csv"] and requests == []
 
 
-@pytest.mark.parametrize("value, said", [(0, r"must be >= 1 and <= \d+, got 0"), (-5, r"must be >= 1 and <= \d+, got -5"),
+@pytest.mark.parametrize("value, said", [(0, r"must be >= 1 and <= \d+, got 0"),
+                                         (-5, r"must be >= 1 and <= \d+, got -5"),
                                          ("10GB", r"must be an integer or null, got '10GB'"),
                                          (1e10, r"must be an integer or null, got 1")])
 def test_max_bytes_is_validated(tmp_path, monkeypatch, value, said):
