@@ -81,11 +81,46 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, token: str | None) -> None:
-    """A host other than loopback needs a token of at least MIN_TOKEN_CHARS; say why, loudly."""
-    if token is not None and len(token) < MIN_TOKEN_CHARS:
-        raise PipelineError(f"the token is {len(token)} characters: use at least {MIN_TOKEN_CHARS} "
-                            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+TOKEN_ADVICE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/")
+
+
+def token_problem(token: str) -> str | None:
+    """What keeps a client from sending `token` as `Authorization: Bearer <token>`, or None.
+
+    RFC 6750's b64token: letters, digits, - . _ ~ + / and then only '=' (padding). A header carries visible
+    ASCII; a blank at either end is stripped by every client and server, so a token read from a `.env` line
+    with a trailing blank could never match what a client sends; a non-ASCII character has no agreed
+    encoding in a header at all."""
+    body = token.rstrip("=")
+    for i, char in enumerate(token):
+        where = f"at character {i + 1} of {len(token)}"
+        if char in " \t\r\n" and (i == 0 or i == len(token) - 1 or not token.strip()):
+            end = "start" if i == 0 else "end"
+            return f"a blank (space, tab or line break) at its {end} (a `.env` line or a pasted value?)"
+        if char in " \t":
+            return f"a blank {where}"
+        if ord(char) > 126:
+            return f"a non-ASCII character {where}"
+        if ord(char) < 32 or ord(char) == 127:
+            return f"a control character {where}"
+        if char not in _TOKEN_CHARS and not (char == "=" and i >= len(body)):
+            return f"the character {char!r} {where}, outside RFC 6750's token characters"
+    return None
+
+
+def check_exposure(host: str, token: str | None, source: str = "the token") -> None:
+    """A host other than loopback needs a token of at least MIN_TOKEN_CHARS; a token must be one clients can
+    send (token_problem); say why, loudly, naming where the token came from (`source`)."""
+    if token is not None:
+        problem = token_problem(token)
+        if problem is not None:
+            raise PipelineError(f"{source}: the token has {problem}: no client could send it as "
+                                "'Authorization: Bearer <token>'; use letters, digits and - . _ ~ + / "
+                                f"(then '=' at the end only), e.g. {TOKEN_ADVICE}")
+        if len(token) < MIN_TOKEN_CHARS:
+            raise PipelineError(f"{source}: the token is {len(token)} characters: use at least {MIN_TOKEN_CHARS} "
+                                f"({TOKEN_ADVICE})")
     if not is_loopback(host) and token is None:
         raise PipelineError(f"--host {host} would let other machines classify with this model and read what it "
                             f"says: set a token (the {TOKEN_ENV} environment variable, or --token) that clients "
@@ -270,6 +305,8 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
 
     from pipeline.serve_page import PredictRequest, PredictResponse, render_page
 
+    if token is not None:
+        check_exposure("127.0.0.1", token)  # a token no client can send is refused here too
     model_path = require_model_file(Path(model_path))
     ckpt = load_checkpoint(model_path)
     identity = model_identity(model_path, ckpt)
@@ -357,11 +394,18 @@ class Guard:
             refusal = self.error(421, "host", f"{host!r} is not a loopback name: this server listens on loopback "
                                  "only (use 127.0.0.1 or localhost)")
         elif self.token and scope["path"] in PROTECTED:
-            given = headers.get("authorization", "")
+            given = headers.get("authorization", "").strip()
             scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
-                refusal = self.error(401, "authorization", "send 'Authorization: Bearer <token>'",
-                                     {"WWW-Authenticate": "Bearer"})
+            if not given:
+                problem = "missing: send 'Authorization: Bearer <token>'"
+            elif scheme.lower() != "bearer":
+                problem = f"the scheme is {scheme[:20]!r}, not Bearer: send 'Authorization: Bearer <token>'"
+            elif not hmac.compare_digest(value.strip().encode("latin-1"), self.token.encode("ascii")):
+                problem = "the token is not the server's (sent as 'Authorization: Bearer <token>')"
+            else:
+                problem = None
+            if problem is not None:
+                refusal = self.error(401, "authorization", problem, {"WWW-Authenticate": "Bearer"})
         length = headers.get("content-length", "")
         if refusal is None and length.isdigit() and int(length) > 0 and scope["path"] == "/predict" and \
                 int(length) > self.state.batcher.limits.max_body_bytes:

@@ -298,6 +298,52 @@ def test_listening_wider_needs_a_token(tiny_model_path, monkeypatch):
         check_exposure(host, None)
 
 
+BAD_TOKENS = [  # (the token as it reached the server, what the error names)
+    (TOKEN + " ", "a blank (space, tab or line break) at its end"),  # `TEXTCLF_SERVE_TOKEN=abc... ` in a .env
+    (TOKEN + "\n", "a blank (space, tab or line break) at its end"),
+    (" " + TOKEN, "a blank (space, tab or line break) at its start"),
+    ("s3cret-tökén-for-the-tests", "a non-ASCII character at character 9 of 26"),
+    ("s3cret token for the tests", "a blank at character 7 of 26"),
+    ("s3cret-token\x01for-the-tests", "a control character at character 13 of 26"),
+    ("s3cret-token!for-the-tests", "the character '!' at character 13 of 26, outside RFC 6750's token characters"),
+    ("s3cret=token-for-the-tests", "the character '=' at character 7 of 26"),
+]
+
+
+@pytest.mark.parametrize("token,problem", BAD_TOKENS)
+def test_a_token_no_client_can_send_is_refused_at_start_naming_where_it_came_from(tiny_model_path, monkeypatch,
+                                                                                 token, problem):
+    """Such a token used to be accepted, and then every request got a 401 telling the client to send what it
+    had sent: clients strip blanks and cannot send non-ASCII in a header."""
+    from pipeline.cli import serve as serve_cli
+
+    monkeypatch.setenv("TEXTCLF_SERVE_TOKEN", token)
+    with pytest.raises(PipelineError) as err:
+        serve_cli.main(["--model", str(tiny_model_path), "--host", "0.0.0.0"])
+    assert str(err.value).startswith(f"TEXTCLF_SERVE_TOKEN: the token has {problem}"), str(err.value)
+    assert "\n" not in str(err.value) and token.strip() not in str(err.value)  # the secret is never printed
+    monkeypatch.delenv("TEXTCLF_SERVE_TOKEN")
+    with pytest.raises(PipelineError, match=f"^--token: the token has {re.escape(problem)}"):
+        serve_cli.main(["--model", str(tiny_model_path), "--port", "0", "--token", token])
+    with pytest.raises(PipelineError, match=re.escape(problem)):
+        create_app(tiny_model_path, LIMITS, token=token)
+
+
+def test_every_token_a_client_can_send_works_and_the_401_says_what_was_wrong(tiny_model_path):
+    token = "Az09-._~+/Az09-._~+/=="  # RFC 6750's b64token: every character class, padding at the end
+    check_exposure("0.0.0.0", token)
+    live = LiveServer(create_app(tiny_model_path, LIMITS, token=token))
+    try:
+        assert live.post({"text": "a film"}, {"Authorization": f"Bearer {token}"})[0] == 200
+        assert live.post({"text": "a film"}, {"Authorization": f"bearer  {token} "})[0] == 200
+        for header, says in ((None, "authorization: missing"), (f"Basic {token}", "not Bearer"),
+                             (f"Bearer {token[:-1]}", "not the server's")):
+            status, data = live.post({"text": "a film"}, {"Authorization": header} if header else {})
+            assert status == 401 and data["error"].startswith("authorization: ") and says in data["error"], data
+    finally:
+        live.stop()
+
+
 def test_the_listening_socket_turns_nagle_off():
     """Else each keep-alive request waited 40 ms (the client's delayed ACK) for the body after the headers."""
     import socket

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     if not 0 <= args.port <= 65535:
         raise PipelineError(f"--port {args.port}: not a port (0 to 65535)")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
-    check_exposure(args.host, token)  # before loading anything
+    check_exposure(args.host, token, "--token" if args.token is not None else TOKEN_ENV)  # before loading anything
     model = require_model_file(Path(args.model))
     import torch
 
