@@ -27,6 +27,7 @@ that allows nothing else: it loads nothing from anywhere and works offline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
@@ -46,6 +47,7 @@ from pipeline.checkpoint import Checkpoint, load_checkpoint, require_model_file
 from pipeline.errors import PipelineError
 from pipeline.explain import IG_STEPS, explain_texts
 from pipeline.inference import classify_texts
+from pipeline.serve_http import BoundedH11Protocol, ConnectionBounds, raise_open_files_limit
 
 TOKEN_ENV = "TEXTCLF_SERVE_TOKEN"
 PROTECTED = ("/predict", "/ready", "/version")  # what a token guards; the page and /health stay open
@@ -445,17 +447,30 @@ def address(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
-def uvicorn_server(app, log_level: str = "warning", limit_concurrency: int = 512):
-    """uvicorn, quiet (no access log, no server header), bounded in connections and idle keep-alive."""
+def uvicorn_server(app, log_level: str = "warning", bounds: ConnectionBounds = ConnectionBounds()):
+    """uvicorn, quiet (no access log, no server header), its connections bounded in time and number
+    (pipeline/serve_http.py): slow or idle clients never take the place of complete requests."""
     import uvicorn
 
+    protocol = type("TextclfH11Protocol", (BoundedH11Protocol,), {"bounds": bounds})
     return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, server_header=False,
-                                         limit_concurrency=limit_concurrency, timeout_keep_alive=5, lifespan="off"))
+                                         http=protocol, timeout_keep_alive=max(1, round(bounds.keep_alive)),
+                                         timeout_graceful_shutdown=max(1, round(bounds.graceful_shutdown)),
+                                         lifespan="off"))
 
 
-def serve(app, host: str, port: int, announce: Callable[[str], None], log_level: str = "warning") -> None:
-    """Run uvicorn on a socket bound here, so that port 0 works and the real address is announced."""
+def serve(app, host: str, port: int, announce: Callable[[str], None], log_level: str = "warning",
+          bounds: ConnectionBounds = ConnectionBounds()) -> None:
+    """Run uvicorn on a socket bound here, so that port 0 works and the real address is announced. The
+    open-files limit is raised to hold max_connections sockets (fewer connections when it cannot be)."""
+    spare = 64  # the listening socket, the model file, the event loop's own, stdio
+    limit = raise_open_files_limit(bounds.max_connections + spare)
+    if limit < bounds.max_connections + spare:
+        fit = max(16, limit - spare)
+        print(f"textclf-serve: the open files limit (ulimit -n) is {limit}: at most {fit} connections "
+              f"rather than {bounds.max_connections}", file=sys.stderr, flush=True)
+        bounds = dataclasses.replace(bounds, max_connections=fit)
     sock = listen(host, port)
-    server = uvicorn_server(app, log_level)
+    server = uvicorn_server(app, log_level, bounds)
     announce(address(sock))
     server.run(sockets=[sock])

@@ -28,6 +28,7 @@ import yaml
 from pipeline.errors import PipelineError
 from pipeline.explain import explain_texts
 from pipeline.inference import classify_texts
+from pipeline.serve_http import ConnectionBounds, raise_open_files_limit
 from pipeline.serve import Batcher, Limits, RequestError, check_exposure, create_app, listen, model_identity, \
     uvicorn_server
 from tests.helpers import ROOT
@@ -42,10 +43,10 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 class LiveServer:
     """uvicorn serving `app` from a thread, on a free port of 127.0.0.1."""
 
-    def __init__(self, app):
+    def __init__(self, app, bounds: ConnectionBounds = ConnectionBounds()):
         self.sock = listen("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn_server(app)
+        self.server = uvicorn_server(app, bounds=bounds)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20
