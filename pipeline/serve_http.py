@@ -247,11 +247,15 @@ class BoundedH11Protocol(H11Protocol):
             connection._abort()
 
     def shutdown(self) -> None:
-        """SIGTERM: idle connections close now; a request being answered is answered first (uvicorn waits
-        at most graceful_shutdown seconds); a body still coming keeps its body deadline."""
+        """SIGTERM: idle connections close now, a request whose head or body is still coming gets a 503,
+        and a request being answered is answered first (within its deadline; uvicorn waits at most
+        graceful_shutdown seconds)."""
         if self.phase in ("closing", "closed"):
             return
-        if self.cycle is not None and not self.cycle.response_complete:
+        if self.phase == "body" and self.cycle is not None and not self.cycle.response_started:
+            self._answer_and_close(503, "Service Unavailable", "server", "shutting down (the body was not all "
+                                   "sent yet)")
+        elif self.cycle is not None and not self.cycle.response_complete:
             self.cycle.keep_alive = False
         elif self.phase == "head" and self.phase_bytes:
             self._answer_and_close(503, "Service Unavailable", "server", "shutting down")

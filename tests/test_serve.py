@@ -345,6 +345,117 @@ def test_every_token_a_client_can_send_works_and_the_401_says_what_was_wrong(tin
         live.stop()
 
 
+def _recv_all(sock, timeout: float) -> bytes:
+    """What the server sends before it closes the connection (b"" for a quiet close or a reset)."""
+    import socket
+
+    sock.settimeout(timeout)
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        chunks.append(b"<still open>")
+    return b"".join(chunks)
+
+
+@pytest.mark.slow
+def test_idle_and_slow_connections_never_keep_a_complete_request_waiting(tiny_model_path):
+    """600 connections that send nothing, send their headers a line at a time (slowloris) or their body too
+    slowly: a normal client is still answered at once (uvicorn's limit_concurrency counted them all, and
+    answered everyone else a plain-text 503 for as long as they stayed), and each of them ends within its
+    deadline: the silent ones closed quietly, the others with a 408 naming the deadline."""
+    import socket
+
+    if raise_open_files_limit(2000) < 1400:
+        pytest.skip("the open files limit (ulimit -n) is below 1,400")
+    bounds = ConnectionBounds(header_timeout=2.0, body_timeout=3.0)
+    live = LiveServer(create_app(tiny_model_path, LIMITS), bounds)
+    head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    idle, slowloris, slow_body = [], [], []
+    try:
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", live.port)))
+            slowloris.append(socket.create_connection(("127.0.0.1", live.port)))
+            slowloris[-1].sendall(head)
+            slow_body.append(socket.create_connection(("127.0.0.1", live.port)))
+            slow_body[-1].sendall(head + b'Content-Length: 100\r\n\r\n{"text": ')
+        opened = time.monotonic()
+        for _ in range(5):  # one request at a time, then several at once, while all 600 stay open
+            began = time.monotonic()
+            status, data = live.post({"text": "a gripping film"})
+            assert status == 200 and time.monotonic() - began < 5, (status, data)
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(live.post({"text": "dull"})[0])) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert answers == [200] * 20
+        while time.monotonic() - opened < 1.5:  # a header every half second: no read ever waits long
+            for sock in slowloris:
+                sock.sendall(b"X-Slow: 1\r\n")
+            time.sleep(0.5)
+        for sock in idle[:20]:
+            assert _recv_all(sock, 4) == b""  # closed without a word
+        for sock in slowloris[:20]:
+            answer = _recv_all(sock, 4)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["field"] == "request"
+        for sock in slow_body[:20]:
+            answer = _recv_all(sock, 5)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert b"within 3 s of the headers" in answer and b'"field": "body"' in answer
+        assert time.monotonic() - opened < 3.0 + 5  # the body deadline, and not much more
+        deadline = time.monotonic() + 10
+        while len(live.server.server_state.connections) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(live.server.server_state.connections) == 0  # every one of the 600 is gone
+    finally:
+        for sock in idle + slowloris + slow_body:
+            sock.close()
+        live.stop()
+
+
+def test_past_the_connection_cap_the_oldest_connections_without_a_request_make_room(tiny_model_path):
+    import socket
+
+    live = LiveServer(create_app(tiny_model_path, LIMITS), ConnectionBounds(max_connections=20))
+    try:
+        idle = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(30)]
+        assert live.post({"text": "a gripping film"})[0] == 200  # a 31st connection, served
+        assert _recv_all(idle[0], 2) == b""  # the oldest idle ones were closed to make room
+        for sock in idle:
+            sock.close()
+    finally:
+        live.stop()
+
+
+@pytest.mark.parametrize("size", [200_000, 4_000_000])
+def test_a_client_that_sends_its_whole_body_first_reads_the_413(server, guarded, size):
+    """urllib (and requests) send the whole body before they read: the server used to close the connection
+    under a refused body, and such a client got 'connection reset by peer' (curl, which reads early, saw
+    the 413). Now the rest of the body is read and dropped (lingering close) and the client reads the
+    answer: 413 for a body over the limit, with or without Content-Length, and 401 without the token."""
+    import urllib.error
+    import urllib.request
+
+    body = b'{"text": "' + b"a" * size + b'"}'
+    for live, headers, data, status, field in (
+            (server, {}, body, 413, "body"),
+            (server, {"Transfer-Encoding": "chunked"}, [body[i:i + 65536] for i in range(0, len(body), 65536)],
+             413, "body"),
+            (guarded, {}, body, 401, "authorization")):
+        request = urllib.request.Request(f"http://127.0.0.1:{live.port}/predict", data=data,
+                                         headers={"Content-Type": "application/json", **headers})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        assert err.value.code == status and json.loads(err.value.read())["field"] == field
+    assert server.post({"text": "a gripping film"})[0] == 200
+
+
 def test_the_listening_socket_turns_nagle_off():
     """Else each keep-alive request waited 40 ms (the client's delayed ACK) for the body after the headers."""
     import socket
@@ -404,6 +515,37 @@ def test_the_console_script_announces_serves_and_stops_on_sigterm(tiny_model_pat
                           env={k: v for k, v in ENV.items() if k != "TEXTCLF_SERVE_TOKEN"})
     assert wide.returncode == 1 and wide.stderr.startswith("error: --host 0.0.0.0 would let other machines")
     assert "Traceback" not in wide.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_waits_a_bounded_time_for_a_slow_body(tiny_model_path, tmp_path):
+    """A client that sent its headers and part of its body, and then nothing: SIGTERM used to wait for it
+    without bound. Now idle connections close at once, and a request whose body is still coming gets a 503."""
+    import socket
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.serve", "--model", str(tiny_model_path),
+                             "--port", "0"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(re.search(r"on http://127\.0\.0\.1:(\d+)", proc.stderr.readline()).group(1))
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b'Content-Length: 100\r\n\r\n{"text": ')
+        idle = socket.create_connection(("127.0.0.1", port))
+        time.sleep(0.5)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert _recv_all(idle, 5) == b""  # an idle connection is closed at once
+        rest = proc.communicate(timeout=30)[1]
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143 and took < 5, (took, rest)
+    answer = _recv_all(slow, 5)
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"shutting down" in answer, answer
+    assert "Traceback" not in rest, rest
+    slow.close()
 
 
 @pytest.mark.slow
