@@ -493,6 +493,70 @@ def test_the_batcher_runs_the_texts_of_waiting_requests_together():
     assert [len(c) for c in calls] == [1, 4, 4, 2]  # then batches of at most batch_texts, requests whole
 
 
+def test_explanations_are_weighed_by_their_cost_and_never_hold_back_classification():
+    """Each explained text costs words x 4 x steps, not one text: a few requests asking for explanations
+    of long texts used to fill the queue's count of one text each and run, whole, ahead of every plain
+    request that came after them."""
+    calls: list[tuple[str, list[str]]] = []
+
+    def classify(texts):
+        calls.append(("classify", list(texts)))
+        time.sleep(0.02)
+        return np.array([[1.0, 0.0]] * len(texts))
+
+    def explain(texts):
+        calls.append(("explain", list(texts)))
+        time.sleep(0.2)  # an explanation is slow
+        return np.array([[0.0, 1.0]] * len(texts)), [f"why {t}" for t in texts]
+
+    long = " ".join(["word"] * 200)  # 200 words: 200 x 4 x 2 steps = 1,600 units to explain
+
+    async def scenario():
+        limits = Limits(steps=2, max_pending_work=8_000, request_timeout=5.0)
+        batcher = Batcher(classify, limits, explain=explain)
+        explaining = [asyncio.ensure_future(batcher.submit([long, long], True))]  # 3,200 units
+        await asyncio.sleep(0.05)  # its first text is on the model thread
+        with pytest.raises(RequestError) as busy:  # 3,200 + 3,200 would pass half of 8,000
+            await batcher.submit([long, long], True)
+        with pytest.raises(RequestError) as too_much:  # one request over half the budget: never admitted
+            await batcher.submit([long] * 6, True)
+        began = time.monotonic()
+        plain = await batcher.classify(["a plain text"])
+        waited = time.monotonic() - began
+        return busy.value, too_much.value, plain, waited, await asyncio.gather(*explaining)
+
+    busy, too_much, plain, waited, explained = asyncio.run(scenario())
+    assert busy.status == 503 and "busy explaining" in busy.message
+    assert too_much.status == 413 and "9,600 units of work" in too_much.message and "--max-pending-work" in too_much.message
+    assert plain.tolist() == [[1.0, 0.0]] and waited < 0.35  # after the running part, not after the whole request
+    assert calls == [("explain", [long]), ("classify", ["a plain text"]), ("explain", [long])]
+    assert explained[0][1] == [f"why {long}"] * 2
+
+
+def test_a_request_past_its_deadline_gets_503_and_its_work_is_dropped_or_504_if_started():
+    ran: list[list[str]] = []
+
+    def classify(texts):
+        ran.append(list(texts))
+        time.sleep(0.6)
+        return np.array([[1.0, 0.0]] * len(texts))
+
+    async def scenario():
+        batcher = Batcher(classify, Limits(request_timeout=0.3, batching=False))
+        first = asyncio.ensure_future(batcher.classify(["first"]))  # runs 0.6 s: past its own deadline
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.classify(["second"]))  # waits for it: past its deadline too
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        await asyncio.sleep(0.8)  # time enough for the model thread to have run "second", had it not been dropped
+        return results, batcher.pending, batcher.pending_work
+
+    (first, second), pending, pending_work = asyncio.run(scenario())
+    assert isinstance(first, RequestError) and first.status == 504 and first.field == "request"
+    assert "0.3 s (the request timeout, --request-timeout)" in first.message
+    assert isinstance(second, RequestError) and second.status == 503 and "its work was dropped" in second.message
+    assert ran == [["first"]] and pending == 0 and pending_work == 0
+
+
 @pytest.mark.slow
 def test_the_console_script_announces_serves_and_stops_on_sigterm(tiny_model_path, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.serve", "--model", str(tiny_model_path),
