@@ -78,9 +78,11 @@ def require_model_file(path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu", data: bytes | None = None
+                    ) -> Checkpoint:
+    """The checkpoint at `path` (or in `data`, the bytes read from it: what was hashed is what is loaded)."""
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        payload = torch.load(path if data is None else io.BytesIO(data), map_location=device, weights_only=True)
     except FileNotFoundError:
         raise PipelineError(f"{path}: no trained model (run `make repro` or `dvc repro train` first)") from None
     except IsADirectoryError:

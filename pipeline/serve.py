@@ -3,7 +3,8 @@
     POST /predict   {"text": "..."} or {"texts": [...]}, optional "explain": true
                     -> {"labels": [...], "predictions": [{"label", "probabilities", "explanation"?}, ...]}
     GET  /health    the process answers
-    GET  /ready     the model's identity: file md5, the dvc.lock record of it, labels, vocabulary size
+    GET  /ready     the model's identity: its md5, the file's md5 now (status "stale" when the file was
+                    replaced since it was loaded: restart), the dvc.lock record, labels, vocabulary size
                     (also at /version)
     GET  /          a page to type or paste texts and see labels, probabilities and shaded words
     GET  /openapi.json
@@ -162,8 +163,8 @@ def dvc_lock_record(model: Path) -> dict | None:
     return None
 
 
-def model_identity(path: Path, ckpt: Checkpoint) -> dict:
-    md5 = _file_md5(path)
+def model_identity(path: Path, ckpt: Checkpoint, md5: str | None = None) -> dict:
+    md5 = md5 or _file_md5(path)
     record = dvc_lock_record(path)
     if record is not None:
         record["matches_file"] = record["md5"] == md5
@@ -171,6 +172,57 @@ def model_identity(path: Path, ckpt: Checkpoint) -> dict:
     return {"path": os.path.abspath(path), "md5": md5, "dvc": record, "labels": ckpt.labels,
             "vocabulary_size": len(ckpt.itos), "encoder": cfg.encoder, "pooling": cfg.pooling,
             "max_tokens": ckpt.max_tokens, "truncation": ckpt.truncation}
+
+
+def _file_key(path: Path) -> tuple | None:
+    """What changes when the file is replaced or rewritten (ctime cannot be set back), or None if absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+class ModelWatch:
+    """The loaded model against the file on disk now, for /ready: a `dvc repro` that replaced the file since
+    the server loaded it shows as status "stale", the two md5s, and what to do (restart). The file is
+    hashed again only when its stat (device, inode, size, mtime, ctime) changed."""
+
+    def __init__(self, path: Path, ckpt: Checkpoint, md5: str, key: tuple | None):
+        self.path, self.loaded_md5 = Path(path), md5
+        self.seen: tuple[tuple | None, str | None] = (key, md5)
+        self.static = model_identity(path, ckpt, md5)
+        self.lock = asyncio.Lock()
+
+    def _look(self) -> tuple[str | None, dict | None]:
+        key = _file_key(self.path)
+        if key is None:
+            md5 = None
+        elif key == self.seen[0]:
+            md5 = self.seen[1]
+        else:
+            try:
+                md5 = _file_md5(self.path)
+            except OSError:
+                md5 = None
+            if _file_key(self.path) == key:  # not changed while hashed
+                self.seen = (key, md5)
+        return md5, dvc_lock_record(self.path)
+
+    async def identity(self) -> dict:
+        async with self.lock:
+            md5, record = await asyncio.to_thread(self._look)
+        if record is not None:
+            record["matches_file"] = record["md5"] == md5
+            record["matches_loaded"] = record["md5"] == self.loaded_md5
+        answer = {**self.static, "dvc": record,
+                  "file": {"exists": md5 is not None, "md5": md5, "matches_loaded": md5 == self.loaded_md5}}
+        if md5 == self.loaded_md5:
+            return {"status": "ready", "model": answer}
+        now = f"md5 {md5} on disk" if md5 else "no file there now"
+        return {"status": "stale", "model": answer,
+                "action": f"{self.path} changed since the server loaded it (loaded md5 {self.loaded_md5}, {now}): "
+                          "the server still answers with the loaded model; restart textclf-serve to serve the file"}
 
 
 @dataclass(eq=False)
@@ -440,8 +492,15 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
     if token is not None:
         check_exposure("127.0.0.1", token)  # a token no client can send is refused here too
     model_path = require_model_file(Path(model_path))
-    ckpt = load_checkpoint(model_path)
-    identity = model_identity(model_path, ckpt)
+    for _ in range(3):  # what is hashed is what is loaded; the file's stat says whether it changed meanwhile
+        key = _file_key(model_path)
+        data = model_path.read_bytes()
+        if _file_key(model_path) == key:
+            break
+    ckpt = load_checkpoint(model_path, data=data)
+    watch = ModelWatch(model_path, ckpt, hashlib.md5(data).hexdigest(), key)
+    del data
+    identity = watch.static
     labels = ckpt.labels
     cap = ckpt.max_tokens or 10**9
     batcher = Batcher(lambda texts: classify_texts(ckpt, texts, limits.batch_texts), limits,
@@ -496,7 +555,7 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
 
     @app.get("/ready", summary="The model's identity: md5, the dvc.lock record, labels, vocabulary size")
     async def ready():
-        return {"status": "ready", "model": identity}
+        return await watch.identity()
 
     app.add_api_route("/version", ready, methods=["GET"], include_in_schema=False)
 

@@ -244,6 +244,59 @@ def test_the_identity_names_the_dvc_lock_record_of_the_model(tiny_model_path, ti
     assert model_identity(Path(model), tiny_ckpt)["dvc"]["dvc_lock"] == str(checkout / "dvc.lock")
 
 
+def test_ready_compares_the_loaded_model_with_the_file_on_disk_now(tiny_model_path, tmp_path):
+    """`dvc repro` replaced the model file under a running server: /ready used to go on saying the old md5
+    and matches_file true. Now it says "stale", both md5s, what dvc.lock records, and to restart."""
+    from tests.tiny_model import train_tiny_checkpoint
+
+    checkout = tmp_path / "checkout"
+    (checkout / "models").mkdir(parents=True)
+    model = checkout / "models" / "model.pt"
+    shutil.copy(tiny_model_path, model)
+    loaded = hashlib.md5(model.read_bytes()).hexdigest()
+
+    def lock(md5: str) -> None:
+        (checkout / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"train": {
+            "cmd": "python -m pipeline.stages.train", "outs": [{"path": "models/model.pt", "md5": md5}]}}}))
+
+    lock(loaded)
+    live = LiveServer(create_app(model, LIMITS))
+    try:
+        ready = json.loads(live.request("GET", "/ready")[2])
+        assert ready["status"] == "ready" and ready["model"]["md5"] == loaded
+        assert ready["model"]["file"] == {"exists": True, "md5": loaded, "matches_loaded": True}
+        assert ready["model"]["dvc"]["matches_file"] is True and ready["model"]["dvc"]["matches_loaded"] is True
+        # dvc repro: a new model written beside and renamed into place, and dvc.lock records it
+        train_tiny_checkpoint(tmp_path / "new.pt", steps=5)
+        os.replace(tmp_path / "new.pt", model)
+        new = hashlib.md5(model.read_bytes()).hexdigest()
+        lock(new)
+        status, _, body = live.request("GET", "/ready")
+        ready = json.loads(body)
+        assert status == 200 and ready["status"] == "stale", ready  # it still serves the loaded model
+        assert ready["model"]["md5"] == loaded and ready["model"]["file"] == {"exists": True, "md5": new,
+                                                                              "matches_loaded": False}
+        assert ready["model"]["dvc"]["matches_file"] is True and ready["model"]["dvc"]["matches_loaded"] is False
+        assert f"loaded md5 {loaded}, md5 {new} on disk" in ready["action"] and "restart textclf-serve" in ready["action"]
+        # rewritten in place to the same size, its mtime set back: ctime still tells
+        stat = model.stat()
+        data = bytearray(model.read_bytes())
+        data[-1] ^= 1
+        model.write_bytes(bytes(data))
+        os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert json.loads(live.request("GET", "/ready")[2])["model"]["file"]["md5"] == hashlib.md5(data).hexdigest()
+        model.unlink()
+        ready = json.loads(live.request("GET", "/ready")[2])
+        assert ready["status"] == "stale" and ready["model"]["file"] == {"exists": False, "md5": None,
+                                                                         "matches_loaded": False}
+        assert "no file there now" in ready["action"]
+        shutil.copy(tiny_model_path, model)  # the same bytes back: ready again
+        assert json.loads(live.request("GET", "/ready")[2])["status"] == "ready"
+        assert live.post({"text": "a gripping film"})[0] == 200
+    finally:
+        live.stop()
+
+
 def test_the_openapi_schema_and_no_page_that_loads_cdn_scripts(server):
     schema = json.loads(server.request("GET", "/openapi.json")[2])
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
