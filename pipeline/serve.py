@@ -10,13 +10,16 @@
     GET  /openapi.json
 
 Requests are bounded (Limits): the body's bytes, texts per request (fewer when explaining: each
-explained text costs `steps` forward and backward passes), characters per text, and texts waiting
-for the model. Anything malformed (not JSON, not UTF-8, wrong types, an unknown field, an empty
-batch, a blank text, a lone surrogate) gets a 4xx whose "error" names the field; never a traceback.
+explained text costs `steps` forward and backward passes), characters per text, the texts and the work
+(words x passes) waiting for the model, and a deadline per request. Anything malformed (not JSON, not
+UTF-8, wrong types, an unknown field, an empty batch, a blank text, a lone surrogate) gets a 4xx whose
+"error" names the field; never a traceback. Connections are bounded in time and number
+(pipeline/serve_http.py): slow or idle clients never take the place of complete requests.
 
-All model work runs on one thread, in order. Texts of requests that arrive while the model is busy wait
-together and go through the next forward pass as one batch (Batcher); how much that pays is measured by
-benchmarks/serve_load.py (docs/serving.md). Explanations are computed per request, on the same thread.
+All model work runs on one thread. Texts of requests that arrive while the model is busy wait together
+and go through the next forward pass as one batch (Batcher); how much that pays is measured by
+benchmarks/serve_load.py (docs/serving.md). Explanations run on the same thread, a part at a time, when
+no classification waits.
 
 Safe by default: the command listens on 127.0.0.1 and, there, answers only requests whose Host header is a
 loopback name (a web page cannot reach it by rebinding its own name to 127.0.0.1). Listening wider needs a

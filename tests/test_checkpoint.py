@@ -145,7 +145,7 @@ def test_an_inconsistent_checkpoint_is_one_error_naming_the_file_and_key(tiny_mo
 def test_a_small_checkpoint_asking_for_a_huge_model_allocates_nothing(tiny_model_path, tmp_path):
     """A few-KB file whose config says hidden_size 8192 (2 GB of LSTM weights): refused from the saved
     tensors' shapes before any model is built. Checked in a fresh process, by its peak memory; and the
-    command-line tools that load a model (predict, export, card) say so in one line, exit status 1."""
+    command-line tools that load a model (predict, export, card, serve) say so in one line, exit status 1."""
     import subprocess
     import sys
 
@@ -168,7 +168,8 @@ def test_a_small_checkpoint_asking_for_a_huge_model_allocates_nothing(tiny_model
     assert int(peak_kib) < 1_000_000, f"{int(peak_kib) // 1024} MiB at peak"
     for command in (["pipeline.cli.predict", "--model", str(bad), "a film"],
                     ["pipeline.cli.export", "--model", str(bad), "--output", str(tmp_path / "out.onnx")],
-                    ["pipeline.cli.card", "--model", str(bad), "--output", str(tmp_path / "card.md")]):
+                    ["pipeline.cli.card", "--model", str(bad), "--output", str(tmp_path / "card.md")],
+                    ["pipeline.cli.serve", "--model", str(bad), "--port", "0"]):
         run = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env,
                              cwd=tmp_path, timeout=300)
         errors = [line for line in run.stderr.splitlines() if not line.startswith("warning: ")]

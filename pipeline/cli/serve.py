@@ -8,8 +8,9 @@
 
 Listens on 127.0.0.1 unless --host says otherwise; any other host needs a token of at least 16 characters
 (the TEXTCLF_SERVE_TOKEN environment variable, or --token, which other users can see in the process list),
-sent by clients as 'Authorization: Bearer <token>'. Prints the address it listens on once the model is
-loaded. The API and its limits: pipeline/serve.py and docs/serving.md.
+sent by clients as 'Authorization: Bearer <token>' (so only RFC 6750's characters: a token with a blank
+at an end, or a non-ASCII character, is refused at start). Prints the address it listens on once the model
+is loaded. The API and its limits: pipeline/serve.py, pipeline/serve_http.py and docs/serving.md.
 """
 
 from __future__ import annotations
