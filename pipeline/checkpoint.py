@@ -216,6 +216,18 @@ def _validated(payload: dict) -> tuple[ModelConfig, dict, TextConfig]:
         else:
             raise _Invalid(f"input: unknown key {str(key)[:60]!r}")
 
+    info = payload["info"]  # what train recorded, shown by the model card
+    if not all(isinstance(key, str) for key in info):
+        raise _Invalid("info: expected names for keys")
+    if "params" in info and not (isinstance(info["params"], dict) and all(isinstance(k, str) for k in info["params"])):
+        raise _Invalid("info.params: expected a dict of params")
+    if "best_epoch" in info and not _is_int(info["best_epoch"]):
+        raise _Invalid("info.best_epoch: expected an integer")
+    accuracy = info.get("best_val_accuracy")
+    if accuracy is not None and (not isinstance(accuracy, (int, float)) or isinstance(accuracy, bool)
+                                 or not math.isfinite(accuracy)):
+        raise _Invalid("info.best_val_accuracy: expected a finite number")
+
     state_dict = payload["state_dict"]
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
         raise _Invalid("state_dict: expected names of tensors")

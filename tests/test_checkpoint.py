@@ -127,6 +127,8 @@ INCONSISTENT = [
     ("unk_id past the vocabulary", lambda p: {**p, "unk_id": 10**6}, r"unk_id: 1000000 is not a word index"),
     ("an unknown truncation", lambda p: {**p, "input": {**p["input"], "truncation": "middle"}},
      r"input\.truncation: 'middle'"),
+    ("a list for the params the card shows", lambda p: {**p, "info": {**p["info"], "params": [1, 2]}},
+     r"info\.params: expected a dict"),
     ("a string for lowercase", lambda p: {**p, "text_config": {**p["text_config"], "lowercase": "no"}},
      r"text_config\.lowercase: expected true or false"),
 ]
