@@ -16,8 +16,9 @@ body (urllib, requests) saw "connection reset by peer", never the 413. Here, per
   closed the way nginx's lingering_close does: the answer is sent, then our side of the connection is shut
   (FIN), and what the client still sends is read and dropped for at most `linger_seconds` (and
   `linger_read_timeout` between reads) before the socket is closed, so the client reads the answer;
-- an answer the client does not read is dropped `send_timeout` seconds after the connection is closed
-  (send_timeout), so a client that never reads cannot hold a socket and its buffer;
+- a client that does not read its answers has `send_timeout` seconds to start again once the buffers are
+  full, and an answer still unread `send_timeout` seconds after the connection is closed is dropped
+  (nginx's send_timeout), so a client that never reads cannot hold a socket, its buffer or its request;
 - at most `max_connections` connections are open: past that, the oldest ones that have not delivered a
   complete request (idle keep-alive, headers or body still coming, lingering) are closed to make room
   (nginx reuses such connections the same way), and only when every connection has a request being
@@ -101,6 +102,7 @@ class BoundedH11Protocol(H11Protocol):
         self.raw: asyncio.Transport | None = None
         self.lingering_until = 0.0
         self.refused = False
+        self.write_timer: asyncio.TimerHandle | None = None
 
     # -- the connection's life
 
@@ -113,6 +115,8 @@ class BoundedH11Protocol(H11Protocol):
 
     def connection_lost(self, exc) -> None:
         self._cancel_deadline()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
         self.phase = "closed"
         super().connection_lost(exc)
 
@@ -261,6 +265,20 @@ class BoundedH11Protocol(H11Protocol):
             self._answer_and_close(503, "Service Unavailable", "server", "shutting down")
         else:
             self._finish_close()
+
+    def pause_writing(self) -> None:
+        """The client reads slower than answers are written (or not at all): it has send_timeout seconds to
+        take them, or the connection is dropped (nginx's send_timeout); else an answer waiting to be written
+        would hold its request for ever."""
+        super().pause_writing()
+        if self.write_timer is None:
+            self.write_timer = self.loop.call_later(self.bounds.send_timeout, self._abort)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.write_timer is not None:
+            self.write_timer.cancel()
+            self.write_timer = None
 
     def timeout_keep_alive_handler(self) -> None:
         if self.phase not in ("closing", "closed"):

@@ -486,6 +486,27 @@ def test_past_the_connection_cap_the_oldest_connections_without_a_request_make_r
         live.stop()
 
 
+def test_a_client_that_never_reads_its_answers_is_dropped_after_the_send_timeout(tiny_model_path):
+    """Pipelined requests for the page, no answer ever read: once the buffers are full, uvicorn used to wait
+    for the client for ever, holding the connection and a request."""
+    import socket
+
+    live = LiveServer(create_app(tiny_model_path, LIMITS), ConnectionBounds(send_timeout=1.0))
+    try:
+        sock = socket.create_connection(("127.0.0.1", live.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 2000)
+        deadline = time.monotonic() + 15
+        state = live.server.server_state
+        while (state.connections or state.tasks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not state.connections and not state.tasks, (len(state.connections), len(state.tasks))
+        assert live.post({"text": "a gripping film"})[0] == 200
+        sock.close()
+    finally:
+        live.stop()
+
+
 @pytest.mark.parametrize("size", [200_000, 4_000_000])
 def test_a_client_that_sends_its_whole_body_first_reads_the_413(server, guarded, size):
     """urllib (and requests) send the whole body before they read: the server used to close the connection
@@ -496,12 +517,13 @@ def test_a_client_that_sends_its_whole_body_first_reads_the_413(server, guarded,
     import urllib.request
 
     body = b'{"text": "' + b"a" * size + b'"}'
-    for live, headers, data, status, field in (
-            (server, {}, body, 413, "body"),
-            (server, {"Transfer-Encoding": "chunked"}, [body[i:i + 65536] for i in range(0, len(body), 65536)],
-             413, "body"),
-            (guarded, {}, body, 401, "authorization")):
-        request = urllib.request.Request(f"http://127.0.0.1:{live.port}/predict", data=data,
+    for live, path, headers, data, status, field in (
+            (server, "/predict", {}, body, 413, "body"),
+            (server, "/predict", {"Transfer-Encoding": "chunked"},
+             [body[i:i + 65536] for i in range(0, len(body), 65536)], 413, "body"),
+            (guarded, "/predict", {}, body, 401, "authorization"),
+            (server, "/predictions", {}, body, 404, "path")):  # any answer given before the body is read
+        request = urllib.request.Request(f"http://127.0.0.1:{live.port}{path}", data=data,
                                          headers={"Content-Type": "application/json", **headers})
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(request, timeout=30)
