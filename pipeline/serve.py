@@ -113,7 +113,9 @@ def token_problem(token: str) -> str | None:
             return f"a non-ASCII character {where}"
         if ord(char) < 32 or ord(char) == 127:
             return f"a control character {where}"
-        if char not in _TOKEN_CHARS and not (char == "=" and i >= len(body)):
+        if char == "=" and i < len(body):
+            return f"an '=' {where}, before the end (RFC 6750 allows '=' only as padding at the end)"
+        if char not in _TOKEN_CHARS and char != "=":
             return f"the character {char!r} {where}, outside RFC 6750's token characters"
     return None
 

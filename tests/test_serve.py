@@ -360,7 +360,7 @@ BAD_TOKENS = [  # (the token as it reached the server, what the error names)
     ("s3cret token for the tests", "a blank at character 7 of 26"),
     ("s3cret-token\x01for-the-tests", "a control character at character 13 of 26"),
     ("s3cret-token!for-the-tests", "the character '!' at character 13 of 26, outside RFC 6750's token characters"),
-    ("s3cret=token-for-the-tests", "the character '=' at character 7 of 26"),
+    ("s3cret=token-for-the-tests", "an '=' at character 7 of 26, before the end"),
 ]
 
 
