@@ -36,47 +36,24 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import socket
 import sys
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 from fastapi import Request  # at module level: FastAPI resolves the endpoint's annotations here
 
-from pipeline.checkpoint import Checkpoint, load_checkpoint, require_model_file
+from pipeline.checkpoint import load_checkpoint, require_model_file
 from pipeline.errors import PipelineError
-from pipeline.explain import IG_STEPS, explain_texts
+from pipeline.explain import explain_texts
 from pipeline.inference import classify_texts
 from pipeline.serve_http import BoundedH11Protocol, ConnectionBounds, raise_open_files_limit
+from pipeline.serve_identity import ModelWatch, dvc_lock_record, file_key, model_identity  # noqa: F401
+from pipeline.serve_queue import Batcher, Limits, RequestError  # noqa: F401 (Batcher: the tests' too)
 
 TOKEN_ENV = "TEXTCLF_SERVE_TOKEN"
 PROTECTED = ("/predict", "/ready", "/version")  # what a token guards; the page and /health stay open
 MIN_TOKEN_CHARS = 16
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 1 << 20      # a request body past this is refused unread (413)
-    max_batch: int = 64                # texts per request
-    max_explain_batch: int = 16        # texts per request that asks for explanations
-    max_text_chars: int = 20_000       # characters per text
-    max_pending_texts: int = 4096      # texts waiting for the model before requests get 503
-    max_pending_work: int = 1_000_000  # their cost (Batcher): words x passes; explanations at most half
-    request_timeout: float = 30.0      # a request not answered by then gets a 503 (not started) or a 504
-    batch_texts: int = 256             # at most this many texts in one forward pass
-    batching: bool = True              # concurrent requests' texts share forward passes
-    steps: int = IG_STEPS              # integrated-gradients steps
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, field: str, message: str, headers: dict | None = None):
-        super().__init__(f"{field}: {message}")
-        self.status, self.field, self.message, self.headers = status, field, message, headers
 
 
 def is_loopback(host: str) -> bool:
@@ -136,293 +113,6 @@ def check_exposure(host: str, token: str | None, source: str = "the token") -> N
         raise PipelineError(f"--host {host} would let other machines classify with this model and read what it "
                             f"says: set a token (the {TOKEN_ENV} environment variable, or --token) that clients "
                             "send as 'Authorization: Bearer <token>', or listen on 127.0.0.1 (the default)")
-
-
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def dvc_lock_record(model: Path) -> dict | None:
-    """What the nearest dvc.lock above the model says of it: {dvc_lock, stage, md5}, or None."""
-    from ruamel.yaml import YAML
-
-    model = Path(os.path.abspath(model))  # not resolve(): a model DVC links from its cache stays in the checkout
-    for folder in model.parents:
-        lock = folder / "dvc.lock"
-        if not lock.is_file():
-            continue
-        try:
-            stages = (YAML(typ="safe").load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-        except Exception:  # a damaged lock file says nothing about the model; the server still serves
-            return None
-        relative = model.relative_to(folder).as_posix()
-        for name, stage in stages.items():
-            for out in (stage or {}).get("outs", []) or []:
-                if isinstance(out, dict) and out.get("path") == relative and "md5" in out:
-                    return {"dvc_lock": str(lock), "stage": name, "md5": out["md5"]}
-        return None
-    return None
-
-
-def model_identity(path: Path, ckpt: Checkpoint, md5: str | None = None) -> dict:
-    md5 = md5 or _file_md5(path)
-    record = dvc_lock_record(path)
-    if record is not None:
-        record["matches_file"] = record["md5"] == md5
-    cfg = ckpt.model.cfg
-    return {"path": os.path.abspath(path), "md5": md5, "dvc": record, "labels": ckpt.labels,
-            "vocabulary_size": len(ckpt.itos), "encoder": cfg.encoder, "pooling": cfg.pooling,
-            "max_tokens": ckpt.max_tokens, "truncation": ckpt.truncation}
-
-
-def _file_key(path: Path) -> tuple | None:
-    """What changes when the file is replaced or rewritten (ctime cannot be set back), or None if absent."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-class ModelWatch:
-    """The loaded model against the file on disk now, for /ready: a `dvc repro` that replaced the file since
-    the server loaded it shows as status "stale", the two md5s, and what to do (restart). The file is
-    hashed again only when its stat (device, inode, size, mtime, ctime) changed."""
-
-    def __init__(self, path: Path, ckpt: Checkpoint, md5: str, key: tuple | None):
-        self.path, self.loaded_md5 = Path(path), md5
-        self.seen: tuple[tuple | None, str | None] = (key, md5)
-        self.static = model_identity(path, ckpt, md5)
-        self.lock = asyncio.Lock()
-
-    def _look(self) -> tuple[str | None, dict | None]:
-        key = _file_key(self.path)
-        if key is None:
-            md5 = None
-        elif key == self.seen[0]:
-            md5 = self.seen[1]
-        else:
-            try:
-                md5 = _file_md5(self.path)
-            except OSError:
-                md5 = None
-            if _file_key(self.path) == key:  # not changed while hashed
-                self.seen = (key, md5)
-        return md5, dvc_lock_record(self.path)
-
-    async def identity(self) -> dict:
-        async with self.lock:
-            md5, record = await asyncio.to_thread(self._look)
-        if record is not None:
-            record["matches_file"] = record["md5"] == md5
-            record["matches_loaded"] = record["md5"] == self.loaded_md5
-        answer = {**self.static, "dvc": record,
-                  "file": {"exists": md5 is not None, "md5": md5, "matches_loaded": md5 == self.loaded_md5}}
-        if md5 == self.loaded_md5:
-            return {"status": "ready", "model": answer}
-        now = f"md5 {md5} on disk" if md5 else "no file there now"
-        return {"status": "stale", "model": answer,
-                "action": f"{self.path} changed since the server loaded it (loaded md5 {self.loaded_md5}, {now}): "
-                          "the server still answers with the loaded model; restart textclf-serve to serve the file"}
-
-
-@dataclass(eq=False)
-class _Work:
-    """One request's texts on their way through the model thread."""
-    texts: list[str]
-    explain: bool
-    remaining: int               # its cost not yet run (work units)
-    future: asyncio.Future
-    done_texts: int = 0
-    parts: list = dataclasses.field(default_factory=list)
-    started: bool = False        # some of its work has run (a timeout is then a 504, else a 503)
-    released: bool = False
-    timer: asyncio.TimerHandle | None = None
-
-
-class Batcher:
-    """One model thread; requests' texts queue up while it is busy and go through together.
-
-    Pending work is weighed by its cost, not by its count of texts: a text costs its words (at most the
-    model's max_tokens) times its passes, 1 to classify and 4 x steps to explain (integrated gradients runs
-    `steps` forward and backward passes; measured 84 to 170 times a classification of the same text).
-    Classification goes first: explanations run a few texts at a time when no classification waits, so a
-    plain request waits at most for one such part; explanations may hold at most half of
-    max_pending_work. Every request has a deadline (request_timeout): past it, a 503 when none of its work
-    had started (and its work is dropped), a 504 when some had."""
-
-    def __init__(self, work: Callable, limits: Limits, explain: Callable | None = None,
-                 words: Callable[[str], int] | None = None):
-        self.work, self.explain_work, self.limits = work, explain, limits
-        self.words = words or (lambda text: max(1, len(text.split())))
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.plain: deque = deque()
-        self.explaining: deque = deque()
-        self.pending = 0                # texts queued or running
-        self.pending_work = 0           # their cost
-        self.pending_explain_work = 0   # the part of it that explains
-        self.closing = False
-        self.draining = False
-        self.drain_task: asyncio.Task | None = None  # held, so the loop cannot collect it mid-run
-
-    def cost(self, texts: list[str], explain: bool) -> int:
-        return sum(self.words(t) for t in texts) * (4 * self.limits.steps if explain else 1)
-
-    def check_room(self, count: int, cost: int = 0, explain: bool = False) -> None:
-        limits = self.limits
-        if self.closing:
-            raise RequestError(503, "server", "shutting down")
-        if self.pending + count > limits.max_pending_texts:
-            raise RequestError(503, "texts", f"the server is busy ({self.pending} texts waiting, at most "
-                               f"{limits.max_pending_texts}); retry later", {"Retry-After": "1"})
-        if explain:
-            share = limits.max_pending_work // 2
-            if cost > share:
-                raise RequestError(413, "texts", f"explaining these texts is {cost:,} units of work (words x "
-                                   f"{4 * limits.steps} passes), more than one request may ask ({share:,}, half "
-                                   "of --max-pending-work): send fewer or shorter texts")
-            if self.pending_explain_work + cost > share:
-                raise RequestError(503, "texts", f"the server is busy explaining ({self.pending_explain_work:,} "
-                                   f"units of work waiting, at most {share:,}); retry later", {"Retry-After": "2"})
-        elif self.pending_work and self.pending_work + cost > limits.max_pending_work:
-            raise RequestError(503, "texts", f"the server is busy ({self.pending_work:,} units of work waiting, "
-                               f"at most {limits.max_pending_work:,}); retry later", {"Retry-After": "1"})
-
-    async def run(self, fn: Callable, *args):
-        """Run anything on the model thread."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    async def classify(self, texts: list[str]):
-        """The probabilities of texts, in turn with other requests' texts."""
-        return (await self.submit(texts, False))[0]
-
-    async def submit(self, texts: list[str], explain: bool):
-        """(probabilities, explanations or None) of one request's texts, within its deadline."""
-        cost = self.cost(texts, explain)
-        self.check_room(len(texts), cost, explain)
-        loop = asyncio.get_running_loop()
-        work = _Work(list(texts), explain, cost, loop.create_future())
-        self.pending += len(texts)
-        self.pending_work += cost
-        if explain:
-            self.pending_explain_work += cost
-        work.timer = loop.call_later(self.limits.request_timeout, self._expire, work)
-        (self.explaining if explain else self.plain).append(work)
-        if not self.draining:
-            self.draining = True
-            self.drain_task = loop.create_task(self._drain())
-        try:
-            return await work.future
-        finally:
-            self._release(work)  # a client gone away: its work is dropped
-
-    def _release(self, work: _Work, done: int | None = None) -> None:
-        """Take work's texts (or `done` texts' worth) out of the pending counts."""
-        if work.released:
-            return
-        cost = work.remaining if done is None else self.cost(work.texts[work.done_texts:work.done_texts + done],
-                                                             work.explain)
-        self.pending_work -= cost
-        if work.explain:
-            self.pending_explain_work -= cost
-        work.remaining -= cost
-        if done is None:
-            self.pending -= len(work.texts) - work.done_texts
-            work.released = True
-            if work.timer is not None:
-                work.timer.cancel()
-            if not work.future.done():
-                work.future.cancel()
-        else:
-            self.pending -= done
-            work.done_texts += done
-
-    def _expire(self, work: _Work) -> None:
-        if work.future.done():
-            return
-        timeout = self.limits.request_timeout
-        if work.started:
-            error = RequestError(504, "request", f"not answered within {timeout:g} s (the request timeout, "
-                                 "--request-timeout): the model is too busy; retry later or send less")
-        else:
-            error = RequestError(503, "request", f"not started within {timeout:g} s (the request timeout, "
-                                 "--request-timeout): the model is too busy; its work was dropped; retry later",
-                                 {"Retry-After": "2"})
-        work.future.set_exception(error)
-        self._release(work)
-
-    def close(self) -> None:
-        """Shutting down: every request still waiting gets a 503 now; new ones too."""
-        self.closing = True
-        for work in [*self.plain, *self.explaining]:
-            if not work.future.done():
-                work.future.set_exception(RequestError(503, "server", "shutting down"))
-            self._release(work)
-
-    def _take_plain(self) -> list[_Work]:
-        batch, size = [], 0
-        while self.plain and (not batch or (self.limits.batching and
-                                            size + len(self.plain[0].texts) <= self.limits.batch_texts)):
-            work = self.plain.popleft()
-            if not work.future.done():
-                batch.append(work)
-                size += len(work.texts)
-        return batch
-
-    async def _drain(self) -> None:
-        try:
-            while self.plain or self.explaining:
-                if self.plain:
-                    batch = self._take_plain()
-                    if not batch:
-                        continue
-                    for work in batch:
-                        work.started = True
-                    try:
-                        probs = await self.run(self.work, [t for work in batch for t in work.texts])
-                    except Exception as err:  # every waiting request hears of it; the drain goes on
-                        for work in batch:
-                            if not work.future.done():
-                                work.future.set_exception(err)
-                        continue
-                    start = 0
-                    for work in batch:
-                        if not work.future.done():
-                            work.future.set_result((probs[start:start + len(work.texts)], None))
-                        start += len(work.texts)
-                    continue
-                work = self.explaining[0]
-                if work.future.done():
-                    self.explaining.popleft()
-                    continue
-                # A part of a few texts (about 256 words, at least one text): classification waits for no more.
-                count, words = 0, 0
-                for text in work.texts[work.done_texts:]:
-                    if count and words + self.words(text) > 256:
-                        break
-                    count, words = count + 1, words + self.words(text)
-                part = work.texts[work.done_texts:work.done_texts + count]
-                work.started = True
-                try:
-                    work.parts.append(await self.run(self.explain_work, part))
-                except Exception as err:
-                    self.explaining.popleft()
-                    if not work.future.done():
-                        work.future.set_exception(err)
-                    continue
-                if work.future.done():
-                    continue
-                self._release(work, done=count)
-                if work.done_texts == len(work.texts):
-                    self.explaining.popleft()
-                    probs = np.concatenate([p for p, _ in work.parts])
-                    work.future.set_result((probs, [x for _, xs in work.parts for x in xs]))
-        finally:
-            self.draining = False
 
 
 def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool]:
@@ -498,9 +188,9 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
         check_exposure("127.0.0.1", token)  # a token no client can send is refused here too
     model_path = require_model_file(Path(model_path))
     for _ in range(3):  # what is hashed is what is loaded; the file's stat says whether it changed meanwhile
-        key = _file_key(model_path)
+        key = file_key(model_path)
         data = model_path.read_bytes()
-        if _file_key(model_path) == key:
+        if file_key(model_path) == key:
             break
     ckpt = load_checkpoint(model_path, data=data)
     watch = ModelWatch(model_path, ckpt, hashlib.md5(data).hexdigest(), key)
