@@ -308,7 +308,8 @@ def slow_table(result: dict) -> str:
                                          f"{result['each']} slow-body connections", result["with_slow_clients"]),
             ("beside 4 clients explaining two 800-word texts each, back to back", result["explanations"]["plain"]),
             ("(the explaining clients)", result["explanations"]["explain"])]
-    lines = ["| a new connection, one text | requests | p50 ms | p99 ms | max ms | answers |", "|---|---:|---:|---:|---:|---|"]
+    lines = ["| a new connection, one text | requests | p50 ms | p99 ms | max ms | answers |",
+             "|---|---:|---:|---:|---:|---|"]
     for what, r in rows:
         answers = ", ".join(f"{k.replace('HTTP/1.1 ', '')}: {v}" for k, v in sorted(r["answers"].items()))
         lines.append(f"| {what} | {r['requests']} | {r['p50_ms']:,.1f} | {r['p99_ms']:,.1f} | {r['max_ms']:,.1f} "

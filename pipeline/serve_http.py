@@ -285,10 +285,11 @@ class BoundedH11Protocol(H11Protocol):
             self.close_connection()
 
     def send_400_response(self, msg: str) -> None:
-        """A request h11 cannot parse (or headers over its 16 KiB): JSON like every other refusal."""
+        """A request h11 cannot parse (or headers still unfinished past its 16 KiB): JSON like every other
+        refusal."""
         big = self.phase_bytes > DEFAULT_MAX_INCOMPLETE_EVENT_SIZE  # h11's bound on a request's head
         status, reason = (431, "Request Header Fields Too Large") if big else (400, "Bad Request")
-        what = "headers over 16 KiB" if status == 431 else "not a valid HTTP/1.1 request"
+        what = "the headers are still unfinished after 16 KiB" if status == 431 else "not a valid HTTP/1.1 request"
         self.raw.write(_raw_answer(status, reason, "request", what))
         self.refused = True
         self.close_connection()

@@ -277,7 +277,8 @@ def test_ready_compares_the_loaded_model_with_the_file_on_disk_now(tiny_model_pa
         assert ready["model"]["md5"] == loaded and ready["model"]["file"] == {"exists": True, "md5": new,
                                                                               "matches_loaded": False}
         assert ready["model"]["dvc"]["matches_file"] is True and ready["model"]["dvc"]["matches_loaded"] is False
-        assert f"loaded md5 {loaded}, md5 {new} on disk" in ready["action"] and "restart textclf-serve" in ready["action"]
+        assert f"loaded md5 {loaded}, md5 {new} on disk" in ready["action"]
+        assert "restart textclf-serve" in ready["action"]
         # rewritten in place to the same size, its mtime set back: ctime still tells
         stat = model.stat()
         data = bytearray(model.read_bytes())
@@ -486,6 +487,21 @@ def test_past_the_connection_cap_the_oldest_connections_without_a_request_make_r
         live.stop()
 
 
+def test_unfinished_headers_over_16_kib_and_garbage_get_json_naming_the_request(server):
+    """h11's own refusals were uvicorn's plain text ("Invalid HTTP request received.")."""
+    import socket
+
+    for raw, status in ((b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000, 431),
+                        (b"NOT HTTP AT ALL\r\n\r\n", 400)):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(raw)  # headers still without their end past 16 KiB: h11's bound
+        answer = _recv_all(sock, 5)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["field"] == "request"
+    assert server.request("GET", "/health")[0] == 200
+
+
 def test_a_client_that_never_reads_its_answers_is_dropped_after_the_send_timeout(tiny_model_path):
     """Pipelined requests for the page, no answer ever read: once the buffers are full, uvicorn used to wait
     for the client for ever, holding the connection and a request."""
@@ -602,7 +618,8 @@ def test_explanations_are_weighed_by_their_cost_and_never_hold_back_classificati
 
     busy, too_much, plain, waited, explained = asyncio.run(scenario())
     assert busy.status == 503 and "busy explaining" in busy.message
-    assert too_much.status == 413 and "9,600 units of work" in too_much.message and "--max-pending-work" in too_much.message
+    assert too_much.status == 413 and "9,600 units of work" in too_much.message
+    assert "--max-pending-work" in too_much.message
     assert plain.tolist() == [[1.0, 0.0]] and waited < 0.8  # after the running part (0.5 s), not the request (1 s)
     assert calls == [("explain", [long]), ("classify", ["a plain text"]), ("explain", [long])]
     assert explained[0][1] == [f"why {long}"] * 2
