@@ -705,6 +705,32 @@ def test_sigterm_waits_a_bounded_time_for_a_slow_body(tiny_model_path, tmp_path)
 
 
 @pytest.mark.slow
+def test_a_low_open_files_limit_means_fewer_connections_said_at_start(tiny_model_path, tmp_path):
+    """2,048 connections need about 2,112 open files; under a hard limit of 512 the server says how many it
+    can hold, holds that many, and serves."""
+    import resource
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.serve", "--model", str(tiny_model_path),
+                             "--port", "0"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=low_limit)
+    try:
+        note = proc.stderr.readline()
+        assert note.startswith("textclf-serve: the open files limit (ulimit -n) is 512: at most 448 connections "
+                               "rather than 2048"), note
+        port = int(re.search(r"on http://127\.0\.0\.1:(\d+)", proc.stderr.readline()).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+
+
+@pytest.mark.slow
 def test_the_page_draws_a_prediction_offline_in_chromium(server, tmp_path):
     """Headless Chromium, every host name unresolvable but the server's address: the page classifies the
     texts its link carries and draws labels, probabilities and shaded words, with no policy violation."""
