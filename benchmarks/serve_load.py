@@ -153,6 +153,171 @@ def run_cells(model: Path, texts: list[str], options: list[str], label: str, cel
     return rows
 
 
+# --- slow and idle clients, and explanations of long texts (`--only slow`) -----------------------------
+
+
+def shaped_model() -> Path:
+    """A checkpoint shaped like the built-in model (BiLSTM 128 with attention pooling, 50-d embeddings,
+    20,000 words, max_tokens 800), with random weights: a forward or backward pass costs what the built-in
+    model's does, whatever its weights say. Used for the slow-client run when models/model.pt is absent."""
+    path = ROOT / "benchmarks/.cache/serve_shaped_model.pt"
+    if path.is_file():
+        return path
+    import torch
+
+    from pipeline.checkpoint import save_checkpoint
+    from pipeline.model import ModelConfig, TextClassifier
+    from pipeline.text import TextConfig
+
+    torch.manual_seed(0)
+    itos = ["<pad>", "<unk>"] + [f"w{i}" for i in range(19_998)]
+    cfg = ModelConfig(vocab_size=len(itos), embedding_dim=50, num_classes=2, hidden_size=128, pooling="attention")
+    model = TextClassifier(cfg).eval()
+    save_checkpoint(path, model, model.state_dict(), itos, ["fresh", "rotten"], TextConfig(), 1, {}, 800, "head")
+    return path
+
+
+async def _timed_request(port: int, body: bytes, timeout: float = 30.0) -> tuple[float, str]:
+    """One request on a fresh connection: (seconds to the whole answer, status line or the error)."""
+    began = time.perf_counter()
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), timeout)
+        try:
+            writer.write(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+            length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+            await asyncio.wait_for(reader.readexactly(length), timeout)
+            status = head.split(b"\r\n")[0].decode()
+        finally:
+            writer.close()
+    except Exception as err:  # noqa: BLE001 - what the client saw is the measurement
+        status = type(err).__name__
+    return time.perf_counter() - began, status
+
+
+async def _hold(port: int, kind: str, stop_at: float, seen: dict) -> None:
+    """Keep one connection of `kind` open until stop_at, opening a new one whenever the server closes it:
+    idle (sends nothing), slowloris (a header line a second, never the blank line) or slow body (a byte a
+    second of a body of 100)."""
+    head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    while time.perf_counter() < stop_at:
+        try:
+            reader, writer = await asyncio.open_connection(HOST, port)
+        except OSError:
+            seen["connect errors"] = seen.get("connect errors", 0) + 1
+            await asyncio.sleep(1)
+            continue
+        if kind == "slowloris":
+            writer.write(head)
+        elif kind == "slow body":
+            writer.write(head + b"Content-Length: 100\r\n\r\n{")
+        try:
+            while time.perf_counter() < stop_at:
+                try:
+                    data = await asyncio.wait_for(reader.read(4096), 1.0)
+                except asyncio.TimeoutError:
+                    writer.write(b"X-Slow: 1\r\n" if kind == "slowloris" else b" " if kind == "slow body" else b"")
+                    continue
+                answer = data.split(b"\r\n")[0].decode(errors="replace")[:40] or "closed"
+                key = f"{kind}: {answer}"
+                seen[key] = seen.get(key, 0) + 1
+                break
+        except OSError as err:
+            key = f"{kind}: {type(err).__name__}"
+            seen[key] = seen.get(key, 0) + 1
+        finally:
+            writer.close()
+
+
+async def _normal_client(port: int, body: bytes, stop_at: float, every: float = 0.2) -> list[tuple[float, str]]:
+    results = []
+    while time.perf_counter() < stop_at:
+        results.append(await _timed_request(port, body))
+        await asyncio.sleep(every)
+    return results
+
+
+def _summary(results: list[tuple[float, str]]) -> dict:
+    ms = np.array([r[0] for r in results]) * 1000
+    statuses: dict[str, int] = {}
+    for _, status in results:
+        statuses[status] = statuses.get(status, 0) + 1
+    return {"requests": len(results), "p50_ms": round(float(np.percentile(ms, 50)), 1),
+            "p99_ms": round(float(np.percentile(ms, 99)), 1), "max_ms": round(float(ms.max()), 1),
+            "answers": statuses}
+
+
+async def _slow_scenario(port: int, text: str, each: int, seconds: float) -> dict:
+    body = json.dumps({"text": text}).encode()
+    alone = _summary(await _normal_client(port, body, time.perf_counter() + 3))
+    seen: dict[str, int] = {}
+    stop_at = time.perf_counter() + seconds
+    holders = [asyncio.ensure_future(_hold(port, kind, stop_at, seen))
+               for kind in ("idle", "slowloris", "slow body") for _ in range(each)]
+    await asyncio.sleep(2)  # all of them open
+    loaded = _summary(await _normal_client(port, body, stop_at))
+    await asyncio.gather(*holders)
+    return {"alone": alone, "with_slow_clients": loaded, "slow_clients_saw": seen}
+
+
+async def _explain_scenario(port: int, long_text: str, clients: int, seconds: float) -> dict:
+    explain = json.dumps({"texts": [long_text, long_text], "explain": True}).encode()
+    plain = json.dumps({"text": "a gripping , beautifully acted film"}).encode()
+    stop_at = time.perf_counter() + seconds
+    outcomes: list[tuple[float, str]] = []
+
+    async def explainer():
+        while time.perf_counter() < stop_at:
+            outcomes.append(await _timed_request(port, explain, 120))
+            if not outcomes[-1][1].startswith("HTTP/1.1 200"):
+                await asyncio.sleep(0.5)  # a refused client retries after a while
+
+    tasks = [asyncio.ensure_future(explainer()) for _ in range(clients)]
+    await asyncio.sleep(1)
+    plain_results = await _normal_client(port, plain, stop_at)
+    await asyncio.gather(*tasks)
+    return {"plain": _summary(plain_results), "explain": _summary(outcomes)}
+
+
+def slow_clients(seconds: float, each: int) -> dict:
+    """A normal client's latency alone, then beside `each` idle, `each` slowloris and `each` slow-body
+    connections (each reopened when the server closes it); then beside 4 clients asking, back to back,
+    for explanations of two 800-word texts."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 3 * each + 256 <= hard:  # the clients' own sockets
+        resource.setrlimit(resource.RLIMIT_NOFILE, (3 * each + 256, hard))
+    built_in = ROOT / "models/model.pt"
+    model = built_in if built_in.is_file() else shaped_model()
+    words = " ".join(f"w{i * 7 % 19_998}" for i in range(800)) if model != built_in else \
+        " ".join((" ".join(sample_texts(400))).split()[:800])
+    server = Server(model)
+    try:
+        slow = asyncio.run(_slow_scenario(server.port, "a gripping , beautifully acted film", each, seconds))
+        explain = asyncio.run(_explain_scenario(server.port, words, 4, seconds))
+    finally:
+        server.stop()
+    return {"model": str(model.relative_to(ROOT)), "each": each, "seconds": seconds, **slow,
+            "explanations": explain}
+
+
+def slow_table(result: dict) -> str:
+    rows = [("alone", result["alone"]), (f"beside {result['each']} idle + {result['each']} slowloris + "
+                                         f"{result['each']} slow-body connections", result["with_slow_clients"]),
+            ("beside 4 clients explaining two 800-word texts each, back to back", result["explanations"]["plain"]),
+            ("(the explaining clients)", result["explanations"]["explain"])]
+    lines = ["| a new connection, one text | requests | p50 ms | p99 ms | max ms | answers |",
+             "|---|---:|---:|---:|---:|---|"]
+    for what, r in rows:
+        answers = ", ".join(f"{k.replace('HTTP/1.1 ', '')}: {v}" for k, v in sorted(r["answers"].items()))
+        lines.append(f"| {what} | {r['requests']} | {r['p50_ms']:,.1f} | {r['p99_ms']:,.1f} | {r['max_ms']:,.1f} "
+                     f"| {answers} |")
+    seen = ", ".join(f"{k}: {v}" for k, v in sorted(result["slow_clients_saw"].items()))
+    return "\n".join(lines) + f"\n\nWhat the slow connections saw (each reopened at once): {seen}\n"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| server | texts per request | clients | requests/s | texts/s | p50 ms | p99 ms | requests |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -176,9 +341,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-requests", type=int, default=4000,
                         help="the most requests each cell sends (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="the server's torch threads (default: textclf-serve's)")
-    parser.add_argument("--only", choices=["batching", "no-batching"], help="run one server setting only")
+    parser.add_argument("--only", choices=["batching", "no-batching", "slow"],
+                        help="run one server setting only; slow: the slow-client and explanation run alone "
+                             "(writes serve_slow.{json,md})")
+    parser.add_argument("--slow-each", type=int, default=200,
+                        help="idle, slowloris and slow-body connections each, with --only slow (default: %(default)s)")
     parser.add_argument("--name", default="serve_load", help="results file names (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.only == "slow":
+        info = {**machine(), "seconds": args.seconds}
+        print(json.dumps(info), flush=True)
+        result = slow_clients(args.seconds, args.slow_each)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "serve_slow.json").write_text(json.dumps({"machine": info, **result}, indent=2) + "\n")
+        (RESULTS / "serve_slow.md").write_text(slow_table(result))
+        print(slow_table(result))
+        return
     extra = [] if args.threads is None else ["--threads", str(args.threads)]
     model, texts = model_path(), sample_texts()
     info = {**machine(), "model": str(model.relative_to(ROOT)) if model.is_relative_to(ROOT) else str(model),

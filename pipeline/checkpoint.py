@@ -78,9 +78,11 @@ def require_model_file(path: Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu") -> Checkpoint:
+def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu", data: bytes | None = None
+                    ) -> Checkpoint:
+    """The checkpoint at `path` (or in `data`, the bytes read from it: what was hashed is what is loaded)."""
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        payload = torch.load(path if data is None else io.BytesIO(data), map_location=device, weights_only=True)
     except FileNotFoundError:
         raise PipelineError(f"{path}: no trained model (run `make repro` or `dvc repro train` first)") from None
     except IsADirectoryError:
@@ -96,14 +98,158 @@ def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu")
     if not isinstance(payload, dict) or payload.get("format") not in (2, FORMAT):
         raise PipelineError(f"{path}: not a checkpoint of this pipeline's current format "
                             "(retrain it with `dvc repro train`)")
-    state_dict = payload["state_dict"]
-    if payload["format"] == 2:
-        state_dict = {_format_2_key(key): value for key, value in state_dict.items()}
-    model = TextClassifier(ModelConfig(**payload["config"]))
+    try:
+        cfg, state_dict, text_config = _validated(payload)
+    except _Invalid as err:
+        raise PipelineError(f"{path}: not a usable checkpoint: {err} (retrain it with `dvc repro train`)") from None
+    model = TextClassifier(cfg)  # allocates only what the saved tensors already hold (checked above)
     model.load_state_dict(state_dict)
     model.to(device).eval()
-    return Checkpoint(model, payload["itos"], payload["labels"], TextConfig(**payload["text_config"]),
-                      payload["unk_id"], payload["info"], **payload["input"])
+    return Checkpoint(model, payload["itos"], payload["labels"], text_config, payload["unk_id"], payload["info"],
+                      **payload["input"])
+
+
+class _Invalid(Exception):
+    """What is wrong with a checkpoint's contents, naming the key."""
+
+
+# ModelConfig's fields: the type each must have and, for numbers, the range (inclusive). The ranges only
+# keep the model's description sane before its shapes are computed; the shapes of the saved tensors are
+# what decides (a model is never built bigger than the file's own tensors).
+_CONFIG_INTS = {"vocab_size": (2, 10**8), "embedding_dim": (1, 1 << 16), "num_classes": (2, 1 << 16),
+                "hidden_size": (1, 1 << 16), "num_layers": (1, 64), "pad_id": (0, 10**8),
+                "embedding_channels": (1, 2)}
+_CONFIG_FLOATS = {"dropout": (0.0, 1.0), "embedding_dropout": (0.0, 1.0)}
+_POOLINGS = ("last", "max", "mean", "attention")
+_TRUNCATIONS = ("head", "tail", "head+tail")
+_NUMBERS = ("keep", "token", "drop")
+_KEYS = ("format", "input", "config", "state_dict", "itos", "labels", "text_config", "unk_id", "info")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _validated(payload: dict) -> tuple[ModelConfig, dict, TextConfig]:
+    """Every key, type, number and shape of a checkpoint's dict checked against the others, before any model
+    is built: (config, state dict with current names, text config), or _Invalid naming what is wrong."""
+    import dataclasses
+    import math
+
+    from pipeline.model import ENCODERS
+
+    missing = [key for key in _KEYS if key not in payload]
+    if missing:
+        raise _Invalid(f"no {', '.join(repr(k) for k in missing)} key")
+    unknown = [key for key in payload if key not in _KEYS]
+    if unknown:
+        raise _Invalid(f"unknown key {str(unknown[0])[:60]!r}")
+    for key in ("input", "config", "state_dict", "text_config", "info"):
+        if not isinstance(payload[key], dict):
+            raise _Invalid(f"{key}: expected a dict, got {type(payload[key]).__name__}")
+
+    config = dict(payload["config"])
+    if payload["format"] == 2:
+        config.setdefault("encoder", "lstm")  # format 2 knew one encoder
+    fields = {f.name: f for f in dataclasses.fields(ModelConfig)}
+    for key in config:
+        if key not in fields:
+            raise _Invalid(f"config: unknown key {str(key)[:60]!r}")
+    for name, f in fields.items():
+        if name not in config and f.default is dataclasses.MISSING:
+            raise _Invalid(f"config: no {name!r}")
+    for name, value in config.items():
+        where = f"config.{name}"
+        if name in _CONFIG_INTS:
+            low, high = _CONFIG_INTS[name]
+            if not _is_int(value):
+                raise _Invalid(f"{where}: expected an integer, got {type(value).__name__}")
+            if not low <= value <= high:
+                raise _Invalid(f"{where}: {value} is out of range ({low} to {high})")
+        elif name in _CONFIG_FLOATS:
+            low, high = _CONFIG_FLOATS[name]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                    or not low <= value < high:
+                raise _Invalid(f"{where}: {str(value)[:40]} is not a number in [{low}, {high})")
+        elif name == "bidirectional" and not isinstance(value, bool):
+            raise _Invalid(f"{where}: expected true or false, got {type(value).__name__}")
+        elif name == "pooling" and value not in _POOLINGS:
+            raise _Invalid(f"{where}: {str(value)[:40]!r} is not one of {', '.join(_POOLINGS)}")
+        elif name == "encoder" and value not in ENCODERS:
+            raise _Invalid(f"{where}: {str(value)[:40]!r} is not one of {', '.join(ENCODERS)}")
+    cfg = ModelConfig(**config)
+
+    itos, labels = payload["itos"], payload["labels"]
+    if not isinstance(itos, list) or not all(isinstance(w, str) for w in itos):
+        raise _Invalid("itos: expected a list of words")
+    if len(itos) != cfg.vocab_size:
+        raise _Invalid(f"itos: {len(itos)} words, but config.vocab_size is {cfg.vocab_size}")
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise _Invalid("labels: expected a list of label names")
+    if len(labels) != cfg.num_classes:
+        raise _Invalid(f"labels: {len(labels)} names, but the model has {cfg.num_classes} outputs "
+                       "(config.num_classes)")
+    if len(set(labels)) != len(labels):
+        raise _Invalid(f"labels: {next(lab for lab in labels if labels.count(lab) > 1)[:60]!r} more than once")
+    unk_id = payload["unk_id"]
+    if not _is_int(unk_id) or not 0 <= unk_id < cfg.vocab_size:
+        raise _Invalid(f"unk_id: {str(unk_id)[:40]} is not a word index (0 to {cfg.vocab_size - 1})")
+    if cfg.pad_id >= cfg.vocab_size:
+        raise _Invalid(f"config.pad_id: {cfg.pad_id} is not a word index (0 to {cfg.vocab_size - 1})")
+
+    text_fields = {f.name for f in dataclasses.fields(TextConfig)}
+    for key, value in payload["text_config"].items():
+        if key not in text_fields:
+            raise _Invalid(f"text_config: unknown key {str(key)[:60]!r}")
+        if key == "numbers" and value not in _NUMBERS:
+            raise _Invalid(f"text_config.numbers: {str(value)[:40]!r} is not one of {', '.join(_NUMBERS)}")
+        if key != "numbers" and not isinstance(value, bool):
+            raise _Invalid(f"text_config.{key}: expected true or false, got {type(value).__name__}")
+    text_config = TextConfig(**payload["text_config"])
+    for key, value in payload["input"].items():
+        if key == "max_tokens":
+            if value is not None and (not _is_int(value) or value < 1):
+                raise _Invalid(f"input.max_tokens: {str(value)[:40]} is not a positive integer")
+        elif key == "truncation":
+            if value not in _TRUNCATIONS:
+                raise _Invalid(f"input.truncation: {str(value)[:40]!r} is not one of {', '.join(_TRUNCATIONS)}")
+        else:
+            raise _Invalid(f"input: unknown key {str(key)[:60]!r}")
+
+    info = payload["info"]  # what train recorded, shown by the model card
+    if not all(isinstance(key, str) for key in info):
+        raise _Invalid("info: expected names for keys")
+    if "params" in info and not (isinstance(info["params"], dict) and all(isinstance(k, str) for k in info["params"])):
+        raise _Invalid("info.params: expected a dict of params")
+    if "best_epoch" in info and not _is_int(info["best_epoch"]):
+        raise _Invalid("info.best_epoch: expected an integer")
+    accuracy = info.get("best_val_accuracy")
+    if accuracy is not None and (not isinstance(accuracy, (int, float)) or isinstance(accuracy, bool)
+                                 or not math.isfinite(accuracy)):
+        raise _Invalid("info.best_val_accuracy: expected a finite number")
+
+    state_dict = payload["state_dict"]
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state_dict.items()):
+        raise _Invalid("state_dict: expected names of tensors")
+    if payload["format"] == 2:
+        state_dict = {_format_2_key(key): value for key, value in state_dict.items()}
+    # The shapes the config implies, from a model on the meta device: nothing is allocated.
+    with torch.device("meta"):
+        expected = TextClassifier(cfg).state_dict()
+    for name in expected:
+        if name not in state_dict:
+            raise _Invalid(f"state_dict: no {name!r}, which the config implies")
+    for name, tensor in state_dict.items():
+        if name not in expected:
+            raise _Invalid(f"state_dict: {name[:80]!r} is not a weight of the model the config describes")
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise _Invalid(f"state_dict: {name!r} is {tuple(tensor.shape)}, but the config implies "
+                           f"{tuple(expected[name].shape)}")
+        if not tensor.is_floating_point():
+            raise _Invalid(f"state_dict: {name!r} holds {tensor.dtype}, not floating-point numbers")
+        if not bool(torch.isfinite(tensor).all()):
+            raise _Invalid(f"state_dict: {name!r} holds NaN or infinite values")
+    return cfg, state_dict, text_config
 
 
 def _format_2_key(key: str) -> str:

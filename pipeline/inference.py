@@ -94,6 +94,10 @@ class Predictions:
     def __getitem__(self, part: slice) -> "Predictions":  # the server hands each request its slice
         return Predictions(self.probs[part], self.reasons[part])
 
+    @classmethod
+    def concat(cls, parts: Sequence["Predictions"]) -> "Predictions":  # the server's explained parts, joined
+        return cls(np.concatenate([p.probs for p in parts]), [r for p in parts for r in p.reasons])
+
     def answer(self, i: int, labels: Sequence[str]) -> dict:
         """Text i's label and probabilities as the server and `--json` give them; null and a reason when
         it has none."""

@@ -3,19 +3,23 @@
     POST /predict   {"text": "..."} or {"texts": [...]}, optional "explain": true
                     -> {"labels": [...], "predictions": [{"label", "probabilities", "explanation"?}, ...]}
     GET  /health    the process answers
-    GET  /ready     the model's identity: file md5, the dvc.lock record of it, labels, vocabulary size
+    GET  /ready     the model's identity: its md5, the file's md5 now (status "stale" when the file was
+                    replaced since it was loaded: restart), the dvc.lock record, labels, vocabulary size
                     (also at /version)
     GET  /          a page to type or paste texts and see labels, probabilities and shaded words
     GET  /openapi.json
 
 Requests are bounded (Limits): the body's bytes, texts per request (fewer when explaining: each
-explained text costs `steps` forward and backward passes), characters per text, and texts waiting
-for the model. Anything malformed (not JSON, not UTF-8, wrong types, an unknown field, an empty
-batch, a blank text, a lone surrogate) gets a 4xx whose "error" names the field; never a traceback.
+explained text costs `steps` forward and backward passes), characters per text, the texts and the work
+(words x passes) waiting for the model, and a deadline per request. Anything malformed (not JSON, not
+UTF-8, wrong types, an unknown field, an empty batch, a blank text, a lone surrogate) gets a 4xx whose
+"error" names the field; never a traceback. Connections are bounded in time and number
+(pipeline/serve_http.py): slow or idle clients never take the place of complete requests.
 
-All model work runs on one thread, in order. Texts of requests that arrive while the model is busy wait
-together and go through the next forward pass as one batch (Batcher); how much that pays is measured by
-benchmarks/serve_load.py (docs/serving.md). Explanations are computed per request, on the same thread.
+All model work runs on one thread. Texts of requests that arrive while the model is busy wait together
+and go through the next forward pass as one batch (Batcher); how much that pays is measured by
+benchmarks/serve_load.py (docs/serving.md). Explanations run on the same thread, a part at a time, when
+no classification waits.
 
 Safe by default: the command listens on 127.0.0.1 and, there, answers only requests whose Host header is a
 loopback name (a web page cannot reach it by rebinding its own name to 127.0.0.1). Listening wider needs a
@@ -27,47 +31,29 @@ that allows nothing else: it loads nothing from anywhere and works offline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import socket
 import sys
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from fastapi import Request  # at module level: FastAPI resolves the endpoint's annotations here
 
-from pipeline.checkpoint import Checkpoint, load_checkpoint, require_model_file
+from pipeline.checkpoint import load_checkpoint, require_model_file
 from pipeline.errors import PipelineError
-from pipeline.explain import IG_STEPS, explain_texts
+from pipeline.explain import explain_texts
 from pipeline.inference import predict_texts
+from pipeline.serve_http import BoundedH11Protocol, ConnectionBounds, raise_open_files_limit
+from pipeline.serve_identity import ModelWatch, dvc_lock_record, file_key, model_identity  # noqa: F401
+from pipeline.serve_queue import Batcher, Limits, RequestError  # noqa: F401 (Batcher: the tests' too)
 
 TOKEN_ENV = "TEXTCLF_SERVE_TOKEN"
 PROTECTED = ("/predict", "/ready", "/version")  # what a token guards; the page and /health stay open
 MIN_TOKEN_CHARS = 16
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_body_bytes: int = 1 << 20      # a request body past this is refused unread (413)
-    max_batch: int = 64                # texts per request
-    max_explain_batch: int = 16        # texts per request that asks for explanations
-    max_text_chars: int = 20_000       # characters per text
-    max_pending_texts: int = 4096      # texts waiting for the model before requests get 503
-    batch_texts: int = 256             # at most this many texts in one forward pass
-    batching: bool = True              # concurrent requests' texts share forward passes
-    steps: int = IG_STEPS              # integrated-gradients steps
-
-
-class RequestError(Exception):
-    def __init__(self, status: int, field: str, message: str):
-        super().__init__(f"{field}: {message}")
-        self.status, self.field, self.message = status, field, message
 
 
 def is_loopback(host: str) -> bool:
@@ -81,124 +67,52 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, token: str | None) -> None:
-    """A host other than loopback needs a token of at least MIN_TOKEN_CHARS; say why, loudly."""
-    if token is not None and len(token) < MIN_TOKEN_CHARS:
-        raise PipelineError(f"the token is {len(token)} characters: use at least {MIN_TOKEN_CHARS} "
-                            "(python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+TOKEN_ADVICE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/")
+
+
+def token_problem(token: str) -> str | None:
+    """What keeps a client from sending `token` as `Authorization: Bearer <token>`, or None.
+
+    RFC 6750's b64token: letters, digits, - . _ ~ + / and then only '=' (padding). A header carries visible
+    ASCII; a blank at either end is stripped by every client and server, so a token read from a `.env` line
+    with a trailing blank could never match what a client sends; a non-ASCII character has no agreed
+    encoding in a header at all."""
+    body = token.rstrip("=")
+    for i, char in enumerate(token):
+        where = f"at character {i + 1} of {len(token)}"
+        if char in " \t\r\n" and (i == 0 or i == len(token) - 1 or not token.strip()):
+            end = "start" if i == 0 else "end"
+            return f"a blank (space, tab or line break) at its {end} (a `.env` line or a pasted value?)"
+        if char in " \t":
+            return f"a blank {where}"
+        if ord(char) > 126:
+            return f"a non-ASCII character {where}"
+        if ord(char) < 32 or ord(char) == 127:
+            return f"a control character {where}"
+        if char == "=" and i < len(body):
+            return f"an '=' {where}, before the end (RFC 6750 allows '=' only as padding at the end)"
+        if char not in _TOKEN_CHARS and char != "=":
+            return f"the character {char!r} {where}, outside RFC 6750's token characters"
+    return None
+
+
+def check_exposure(host: str, token: str | None, source: str = "the token") -> None:
+    """A host other than loopback needs a token of at least MIN_TOKEN_CHARS; a token must be one clients can
+    send (token_problem); say why, loudly, naming where the token came from (`source`)."""
+    if token is not None:
+        problem = token_problem(token)
+        if problem is not None:
+            raise PipelineError(f"{source}: the token has {problem}: no client could send it as "
+                                "'Authorization: Bearer <token>'; use letters, digits and - . _ ~ + / "
+                                f"(then '=' at the end only), e.g. {TOKEN_ADVICE}")
+        if len(token) < MIN_TOKEN_CHARS:
+            raise PipelineError(f"{source}: the token is {len(token)} characters: use at least {MIN_TOKEN_CHARS} "
+                                f"({TOKEN_ADVICE})")
     if not is_loopback(host) and token is None:
         raise PipelineError(f"--host {host} would let other machines classify with this model and read what it "
                             f"says: set a token (the {TOKEN_ENV} environment variable, or --token) that clients "
                             "send as 'Authorization: Bearer <token>', or listen on 127.0.0.1 (the default)")
-
-
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def dvc_lock_record(model: Path) -> dict | None:
-    """What the nearest dvc.lock above the model says of it: {dvc_lock, stage, md5}, or None."""
-    from ruamel.yaml import YAML
-
-    model = Path(os.path.abspath(model))  # not resolve(): a model DVC links from its cache stays in the checkout
-    for folder in model.parents:
-        lock = folder / "dvc.lock"
-        if not lock.is_file():
-            continue
-        try:
-            stages = (YAML(typ="safe").load(lock.read_text(encoding="utf-8")) or {}).get("stages", {})
-        except Exception:  # a damaged lock file says nothing about the model; the server still serves
-            return None
-        relative = model.relative_to(folder).as_posix()
-        for name, stage in stages.items():
-            for out in (stage or {}).get("outs", []) or []:
-                if isinstance(out, dict) and out.get("path") == relative and "md5" in out:
-                    return {"dvc_lock": str(lock), "stage": name, "md5": out["md5"]}
-        return None
-    return None
-
-
-def model_identity(path: Path, ckpt: Checkpoint) -> dict:
-    md5 = _file_md5(path)
-    record = dvc_lock_record(path)
-    if record is not None:
-        record["matches_file"] = record["md5"] == md5
-    cfg = ckpt.model.cfg
-    return {"path": os.path.abspath(path), "md5": md5, "dvc": record, "labels": ckpt.labels,
-            "vocabulary_size": len(ckpt.itos), "encoder": cfg.encoder, "pooling": cfg.pooling,
-            "max_tokens": ckpt.max_tokens, "truncation": ckpt.truncation}
-
-
-class Batcher:
-    """One model thread; requests' texts queue up while it is busy and go through together."""
-
-    def __init__(self, work: Callable, limits: Limits):
-        self.work, self.limits = work, limits
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.queue: deque = deque()
-        self.pending = 0
-        self.draining = False
-        self.drain_task: asyncio.Task | None = None  # held, so the loop cannot collect it mid-run
-
-    def check_room(self, count: int) -> None:
-        if self.pending + count > self.limits.max_pending_texts:
-            raise RequestError(503, "texts", f"the server is busy ({self.pending} texts waiting); retry later")
-
-    async def run(self, fn: Callable, *args):
-        """Run anything on the model thread (explanations, or one request's texts without batching)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
-
-    async def alone(self, fn: Callable, texts: list[str]):
-        """fn(texts) on the model thread, in turn, counted among the waiting texts."""
-        self.check_room(len(texts))
-        self.pending += len(texts)
-        try:
-            return await self.run(fn, texts)
-        finally:
-            self.pending -= len(texts)
-
-    async def classify(self, texts: list[str]):
-        if not self.limits.batching:
-            return await self.alone(self.work, texts)
-        self.check_room(len(texts))
-        future = asyncio.get_running_loop().create_future()
-        self.queue.append((texts, future))
-        self.pending += len(texts)
-        if not self.draining:
-            self.draining = True
-            self.drain_task = asyncio.get_running_loop().create_task(self._drain())
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            while self.queue:
-                batch, size = [], 0
-                while self.queue and (not batch or size + len(self.queue[0][0]) <= self.limits.batch_texts):
-                    texts, future = self.queue.popleft()
-                    self.pending -= len(texts)
-                    if not future.done():  # a client that went away needs no answer
-                        batch.append((texts, future))
-                        size += len(texts)
-                if not batch:
-                    continue
-                try:
-                    probs = await self.run(self.work, [t for texts, _ in batch for t in texts])
-                except Exception as err:  # every waiting request hears of it; the drain goes on
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(err)
-                    continue
-                start = 0
-                for texts, future in batch:
-                    if not future.done():
-                        future.set_result(probs[start:start + len(texts)])
-                    start += len(texts)
-        finally:
-            self.draining = False
 
 
 def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool]:
@@ -270,11 +184,22 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
 
     from pipeline.serve_page import PredictRequest, PredictResponse, render_page
 
+    if token is not None:
+        check_exposure("127.0.0.1", token)  # a token no client can send is refused here too
     model_path = require_model_file(Path(model_path))
-    ckpt = load_checkpoint(model_path)
-    identity = model_identity(model_path, ckpt)
+    for _ in range(3):  # what is hashed is what is loaded; the file's stat says whether it changed meanwhile
+        key = file_key(model_path)
+        data = model_path.read_bytes()
+        if file_key(model_path) == key:
+            break
+    ckpt = load_checkpoint(model_path, data=data)
+    watch = ModelWatch(model_path, ckpt, hashlib.md5(data).hexdigest(), key)
+    del data
+    identity = watch.static
     labels = ckpt.labels
-    batcher = Batcher(lambda texts: predict_texts(ckpt, texts, limits.batch_texts), limits)
+    cap = ckpt.max_tokens or 10**9
+    batcher = Batcher(lambda texts: predict_texts(ckpt, texts, limits.batch_texts), limits,
+                      explain=lambda texts: explained(texts), words=lambda text: max(1, min(len(text.split()), cap)))
     page, page_headers = render_page(labels, limits, token is not None, ckpt.model.cfg.pooling == "attention")
 
     def explained(texts: list[str]):
@@ -295,7 +220,7 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
 
     @app.exception_handler(RequestError)
     async def request_error(request, err: RequestError):
-        return error(err.status, err.field, err.message)
+        return error(err.status, err.field, err.message, err.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, err: HTTPException):
@@ -315,10 +240,7 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise RequestError(415, "content-type", "send the body as application/json")
         texts, explain = parse_request(await read_body(request.receive, limits.max_body_bytes), limits)
-        if explain:
-            answers, explanations = await batcher.alone(explained, texts)
-        else:
-            answers, explanations = await batcher.classify(texts), None
+        answers, explanations = await batcher.submit(texts, explain)
         predictions = []
         for i in range(len(answers)):  # pipeline.inference: a text with no tokens has a null label and a reason
             row = answers.answer(i, labels)
@@ -333,7 +255,7 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
 
     @app.get("/ready", summary="The model's identity: md5, the dvc.lock record, labels, vocabulary size")
     async def ready():
-        return {"status": "ready", "model": identity}
+        return await watch.identity()
 
     app.add_api_route("/version", ready, methods=["GET"], include_in_schema=False)
 
@@ -362,11 +284,18 @@ class Guard:
             refusal = self.error(421, "host", f"{host!r} is not a loopback name: this server listens on loopback "
                                  "only (use 127.0.0.1 or localhost)")
         elif self.token and scope["path"] in PROTECTED:
-            given = headers.get("authorization", "")
+            given = headers.get("authorization", "").strip()
             scheme, _, value = given.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token.encode()):
-                refusal = self.error(401, "authorization", "send 'Authorization: Bearer <token>'",
-                                     {"WWW-Authenticate": "Bearer"})
+            if not given:
+                problem = "missing: send 'Authorization: Bearer <token>'"
+            elif scheme.lower() != "bearer":
+                problem = f"the scheme is {scheme[:20]!r}, not Bearer: send 'Authorization: Bearer <token>'"
+            elif not hmac.compare_digest(value.strip().encode("latin-1"), self.token.encode("ascii")):
+                problem = "the token is not the server's (sent as 'Authorization: Bearer <token>')"
+            else:
+                problem = None
+            if problem is not None:
+                refusal = self.error(401, "authorization", problem, {"WWW-Authenticate": "Bearer"})
         length = headers.get("content-length", "")
         if refusal is None and length.isdigit() and int(length) > 0 and scope["path"] == "/predict" and \
                 int(length) > self.state.batcher.limits.max_body_bytes:
@@ -406,17 +335,38 @@ def address(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
-def uvicorn_server(app, log_level: str = "warning", limit_concurrency: int = 512):
-    """uvicorn, quiet (no access log, no server header), bounded in connections and idle keep-alive."""
+def uvicorn_server(app, log_level: str = "warning", bounds: ConnectionBounds = ConnectionBounds()):
+    """uvicorn, quiet (no access log, no server header), its connections bounded in time and number
+    (pipeline/serve_http.py): slow or idle clients never take the place of complete requests."""
     import uvicorn
 
-    return uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, server_header=False,
-                                         limit_concurrency=limit_concurrency, timeout_keep_alive=5, lifespan="off"))
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            """Requests waiting for the model get until a second before uvicorn's own deadline, then a 503."""
+            batcher = getattr(getattr(self.config.app, "state", None), "batcher", None)
+            if batcher is not None:
+                asyncio.get_running_loop().call_later(max(0.0, bounds.graceful_shutdown - 1), batcher.close)
+            await super().shutdown(sockets)
+
+    protocol = type("TextclfH11Protocol", (BoundedH11Protocol,), {"bounds": bounds})
+    return Server(uvicorn.Config(app, log_level=log_level, access_log=False, server_header=False,
+                                         http=protocol, timeout_keep_alive=max(1, round(bounds.keep_alive)),
+                                         timeout_graceful_shutdown=max(1, round(bounds.graceful_shutdown)),
+                                         lifespan="off"))
 
 
-def serve(app, host: str, port: int, announce: Callable[[str], None], log_level: str = "warning") -> None:
-    """Run uvicorn on a socket bound here, so that port 0 works and the real address is announced."""
+def serve(app, host: str, port: int, announce: Callable[[str], None], log_level: str = "warning",
+          bounds: ConnectionBounds = ConnectionBounds()) -> None:
+    """Run uvicorn on a socket bound here, so that port 0 works and the real address is announced. The
+    open-files limit is raised to hold max_connections sockets (fewer connections when it cannot be)."""
+    spare = 64  # the listening socket, the model file, the event loop's own, stdio
+    limit = raise_open_files_limit(bounds.max_connections + spare)
+    if limit < bounds.max_connections + spare:
+        fit = max(16, limit - spare)
+        print(f"textclf-serve: the open files limit (ulimit -n) is {limit}: at most {fit} connections "
+              f"rather than {bounds.max_connections}", file=sys.stderr, flush=True)
+        bounds = dataclasses.replace(bounds, max_connections=fit)
     sock = listen(host, port)
-    server = uvicorn_server(app, log_level)
+    server = uvicorn_server(app, log_level, bounds)
     announce(address(sock))
     server.run(sockets=[sock])

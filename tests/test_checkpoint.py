@@ -87,3 +87,93 @@ def test_a_format_2_checkpoint_still_loads_as_the_same_lstm(tmp_path):
     assert old.model.cfg.encoder == "lstm" and old.info == {"best_epoch": 3}
     for key, value in model.state_dict().items():
         assert torch.equal(old.model.state_dict()[key], value), key
+
+
+def _tiny_payload(tiny_model_path) -> dict:
+    return torch.load(tiny_model_path, weights_only=True)
+
+
+def _drop(mapping: dict, key: str) -> dict:
+    return {k: v for k, v in mapping.items() if k != key}
+
+
+# (what, a change to the tiny checkpoint's dict, what the one-line error says)
+INCONSISTENT = [
+    ("fewer labels than outputs", lambda p: {**p, "labels": p["labels"][:1]},
+     r"labels: 1 names, but the model has 2 outputs"),
+    ("a label twice", lambda p: {**p, "labels": [p["labels"][0]] * 2}, r"labels: '.*' more than once"),
+    ("an unknown config key", lambda p: {**p, "config": {**p["config"], "heads": 4}}, r"config: unknown key 'heads'"),
+    ("a config key missing", lambda p: {**p, "config": _drop(p["config"], "vocab_size")}, r"config: no 'vocab_size'"),
+    ("no labels", lambda p: _drop(p, "labels"), r"no 'labels' key"),
+    ("an unknown top-level key", lambda p: {**p, "extra": 1}, r"unknown key 'extra'"),
+    ("a string for hidden_size", lambda p: {**p, "config": {**p["config"], "hidden_size": "8"}},
+     r"config\.hidden_size: expected an integer"),
+    ("NaN dropout", lambda p: {**p, "config": {**p["config"], "dropout": float("nan")}},
+     r"config\.dropout: nan is not a number"),
+    ("an unknown pooling", lambda p: {**p, "config": {**p["config"], "pooling": "avg"}},
+     r"config\.pooling: 'avg' is not one of"),
+    ("more words than embedding rows", lambda p: {**p, "itos": p["itos"] + ["extra"]},
+     r"itos: \d+ words, but config\.vocab_size is"),
+    ("vocab_size beyond the embedding", lambda p: {**p, "itos": p["itos"] + ["extra"],
+                                                   "config": {**p["config"], "vocab_size": len(p["itos"]) + 1}},
+     r"state_dict: 'embedder\.embedding\.weight' is \(\d+, 8\), but the config implies"),
+    ("a hidden size the weights do not have", lambda p: {**p, "config": {**p["config"], "hidden_size": 16}},
+     r"state_dict: 'encoder\.forward_layers\.0\.weight_ih_l0' is \(32, 8\), but the config implies \(64, 8\)"),
+    ("a weight missing", lambda p: {**p, "state_dict": _drop(p["state_dict"], "classifier.bias")},
+     r"state_dict: no 'classifier\.bias'"),
+    ("a NaN weight", lambda p: {**p, "state_dict": {**p["state_dict"],
+                                                    "classifier.bias": torch.tensor([float("nan"), 0.0])}},
+     r"state_dict: 'classifier\.bias' holds NaN"),
+    ("unk_id past the vocabulary", lambda p: {**p, "unk_id": 10**6}, r"unk_id: 1000000 is not a word index"),
+    ("an unknown truncation", lambda p: {**p, "input": {**p["input"], "truncation": "middle"}},
+     r"input\.truncation: 'middle'"),
+    ("a list for the params the card shows", lambda p: {**p, "info": {**p["info"], "params": [1, 2]}},
+     r"info\.params: expected a dict"),
+    ("a string for lowercase", lambda p: {**p, "text_config": {**p["text_config"], "lowercase": "no"}},
+     r"text_config\.lowercase: expected true or false"),
+]
+
+
+@pytest.mark.parametrize("what,change,message", INCONSISTENT, ids=[c[0] for c in INCONSISTENT])
+def test_an_inconsistent_checkpoint_is_one_error_naming_the_file_and_key(tiny_model_path, tmp_path, what, change,
+                                                                        message):
+    torch.save(change(_tiny_payload(tiny_model_path)), tmp_path / "bad.pt")
+    with pytest.raises(PipelineError, match=r"bad\.pt: not a usable checkpoint: " + message) as err:
+        load_checkpoint(tmp_path / "bad.pt")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_small_checkpoint_asking_for_a_huge_model_allocates_nothing(tiny_model_path, tmp_path):
+    """A few-KB file whose config says hidden_size 8192 (2 GB of LSTM weights): refused from the saved
+    tensors' shapes before any model is built. Checked in a fresh process, by its peak memory; and the
+    command-line tools that load a model (predict, export, card, serve) say so in one line, exit status 1."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    payload = _tiny_payload(tiny_model_path)
+    payload["config"] = {**payload["config"], "hidden_size": 8192}
+    bad = tmp_path / "huge.pt"
+    torch.save(payload, bad)
+    assert bad.stat().st_size < 64 * 1024
+    code = ("import resource, sys\nfrom pipeline.checkpoint import load_checkpoint\nfrom pipeline.errors import "
+            "PipelineError\ntry:\n    load_checkpoint(sys.argv[1])\nexcept PipelineError as err:\n    print(err)\n"
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    env = {**__import__("os").environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    message, peak_kib = proc.stdout.splitlines()
+    assert "huge.pt: not a usable checkpoint: state_dict:" in message and "but the config implies" in message
+    assert int(peak_kib) < 1_000_000, f"{int(peak_kib) // 1024} MiB at peak"
+    for command in (["pipeline.cli.predict", "--model", str(bad), "a film"],
+                    ["pipeline.cli.export", "--model", str(bad), "--output", str(tmp_path / "out.onnx")],
+                    ["pipeline.cli.card", "--model", str(bad), "--output", str(tmp_path / "card.md")],
+                    ["pipeline.cli.serve", "--model", str(bad), "--port", "0"]):
+        run = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env,
+                             cwd=tmp_path, timeout=300)
+        errors = [line for line in run.stderr.splitlines() if not line.startswith("warning: ")]
+        assert run.returncode == 1 and len(errors) == 1, (command, run.stderr[-2000:])
+        assert errors[0].startswith(f"error: {bad}: not a usable checkpoint: state_dict:"), errors

@@ -28,6 +28,7 @@ import yaml
 from pipeline.errors import PipelineError
 from pipeline.explain import explain_texts
 from pipeline.inference import classify_texts
+from pipeline.serve_http import ConnectionBounds, raise_open_files_limit
 from pipeline.serve import Batcher, Limits, RequestError, check_exposure, create_app, listen, model_identity, \
     uvicorn_server
 from tests.helpers import ROOT
@@ -42,10 +43,10 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 class LiveServer:
     """uvicorn serving `app` from a thread, on a free port of 127.0.0.1."""
 
-    def __init__(self, app):
+    def __init__(self, app, bounds: ConnectionBounds = ConnectionBounds()):
         self.sock = listen("127.0.0.1", 0)
         self.port = self.sock.getsockname()[1]
-        self.server = uvicorn_server(app)
+        self.server = uvicorn_server(app, bounds=bounds)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 20
@@ -260,6 +261,60 @@ def test_the_identity_names_the_dvc_lock_record_of_the_model(tiny_model_path, ti
     assert model_identity(Path(model), tiny_ckpt)["dvc"]["dvc_lock"] == str(checkout / "dvc.lock")
 
 
+def test_ready_compares_the_loaded_model_with_the_file_on_disk_now(tiny_model_path, tmp_path):
+    """`dvc repro` replaced the model file under a running server: /ready used to go on saying the old md5
+    and matches_file true. Now it says "stale", both md5s, what dvc.lock records, and to restart."""
+    from tests.tiny_model import train_tiny_checkpoint
+
+    checkout = tmp_path / "checkout"
+    (checkout / "models").mkdir(parents=True)
+    model = checkout / "models" / "model.pt"
+    shutil.copy(tiny_model_path, model)
+    loaded = hashlib.md5(model.read_bytes()).hexdigest()
+
+    def lock(md5: str) -> None:
+        (checkout / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"train": {
+            "cmd": "python -m pipeline.stages.train", "outs": [{"path": "models/model.pt", "md5": md5}]}}}))
+
+    lock(loaded)
+    live = LiveServer(create_app(model, LIMITS))
+    try:
+        ready = json.loads(live.request("GET", "/ready")[2])
+        assert ready["status"] == "ready" and ready["model"]["md5"] == loaded
+        assert ready["model"]["file"] == {"exists": True, "md5": loaded, "matches_loaded": True}
+        assert ready["model"]["dvc"]["matches_file"] is True and ready["model"]["dvc"]["matches_loaded"] is True
+        # dvc repro: a new model written beside and renamed into place, and dvc.lock records it
+        train_tiny_checkpoint(tmp_path / "new.pt", steps=5)
+        os.replace(tmp_path / "new.pt", model)
+        new = hashlib.md5(model.read_bytes()).hexdigest()
+        lock(new)
+        status, _, body = live.request("GET", "/ready")
+        ready = json.loads(body)
+        assert status == 200 and ready["status"] == "stale", ready  # it still serves the loaded model
+        assert ready["model"]["md5"] == loaded and ready["model"]["file"] == {"exists": True, "md5": new,
+                                                                              "matches_loaded": False}
+        assert ready["model"]["dvc"]["matches_file"] is True and ready["model"]["dvc"]["matches_loaded"] is False
+        assert f"loaded md5 {loaded}, md5 {new} on disk" in ready["action"]
+        assert "restart textclf-serve" in ready["action"]
+        # rewritten in place to the same size, its mtime set back: ctime still tells
+        stat = model.stat()
+        data = bytearray(model.read_bytes())
+        data[-1] ^= 1
+        model.write_bytes(bytes(data))
+        os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert json.loads(live.request("GET", "/ready")[2])["model"]["file"]["md5"] == hashlib.md5(data).hexdigest()
+        model.unlink()
+        ready = json.loads(live.request("GET", "/ready")[2])
+        assert ready["status"] == "stale" and ready["model"]["file"] == {"exists": False, "md5": None,
+                                                                         "matches_loaded": False}
+        assert "no file there now" in ready["action"]
+        shutil.copy(tiny_model_path, model)  # the same bytes back: ready again
+        assert json.loads(live.request("GET", "/ready")[2])["status"] == "ready"
+        assert live.post({"text": "a gripping film"})[0] == 200
+    finally:
+        live.stop()
+
+
 def test_the_openapi_schema_and_no_page_that_loads_cdn_scripts(server):
     schema = json.loads(server.request("GET", "/openapi.json")[2])
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -315,6 +370,200 @@ def test_listening_wider_needs_a_token(tiny_model_path, monkeypatch):
         check_exposure(host, None)
 
 
+BAD_TOKENS = [  # (the token as it reached the server, what the error names)
+    (TOKEN + " ", "a blank (space, tab or line break) at its end"),  # `TEXTCLF_SERVE_TOKEN=abc... ` in a .env
+    (TOKEN + "\n", "a blank (space, tab or line break) at its end"),
+    (" " + TOKEN, "a blank (space, tab or line break) at its start"),
+    ("s3cret-tökén-for-the-tests", "a non-ASCII character at character 9 of 26"),
+    ("s3cret token for the tests", "a blank at character 7 of 26"),
+    ("s3cret-token\x01for-the-tests", "a control character at character 13 of 26"),
+    ("s3cret-token!for-the-tests", "the character '!' at character 13 of 26, outside RFC 6750's token characters"),
+    ("s3cret=token-for-the-tests", "an '=' at character 7 of 26, before the end"),
+]
+
+
+@pytest.mark.parametrize("token,problem", BAD_TOKENS)
+def test_a_token_no_client_can_send_is_refused_at_start_naming_where_it_came_from(tiny_model_path, monkeypatch,
+                                                                                 token, problem):
+    """Such a token used to be accepted, and then every request got a 401 telling the client to send what it
+    had sent: clients strip blanks and cannot send non-ASCII in a header."""
+    from pipeline.cli import serve as serve_cli
+
+    monkeypatch.setenv("TEXTCLF_SERVE_TOKEN", token)
+    with pytest.raises(PipelineError) as err:
+        serve_cli.main(["--model", str(tiny_model_path), "--host", "0.0.0.0"])
+    assert str(err.value).startswith(f"TEXTCLF_SERVE_TOKEN: the token has {problem}"), str(err.value)
+    assert "\n" not in str(err.value) and token.strip() not in str(err.value)  # the secret is never printed
+    monkeypatch.delenv("TEXTCLF_SERVE_TOKEN")
+    with pytest.raises(PipelineError, match=f"^--token: the token has {re.escape(problem)}"):
+        serve_cli.main(["--model", str(tiny_model_path), "--port", "0", "--token", token])
+    with pytest.raises(PipelineError, match=re.escape(problem)):
+        create_app(tiny_model_path, LIMITS, token=token)
+
+
+def test_every_token_a_client_can_send_works_and_the_401_says_what_was_wrong(tiny_model_path):
+    token = "Az09-._~+/Az09-._~+/=="  # RFC 6750's b64token: every character class, padding at the end
+    check_exposure("0.0.0.0", token)
+    live = LiveServer(create_app(tiny_model_path, LIMITS, token=token))
+    try:
+        assert live.post({"text": "a film"}, {"Authorization": f"Bearer {token}"})[0] == 200
+        assert live.post({"text": "a film"}, {"Authorization": f"bearer  {token} "})[0] == 200
+        for header, says in ((None, "authorization: missing"), (f"Basic {token}", "not Bearer"),
+                             (f"Bearer {token[:-1]}", "not the server's")):
+            status, data = live.post({"text": "a film"}, {"Authorization": header} if header else {})
+            assert status == 401 and data["error"].startswith("authorization: ") and says in data["error"], data
+    finally:
+        live.stop()
+
+
+def _recv_all(sock, timeout: float) -> bytes:
+    """What the server sends before it closes the connection (b"" for a quiet close or a reset)."""
+    import socket
+
+    sock.settimeout(timeout)
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    except socket.timeout:
+        chunks.append(b"<still open>")
+    return b"".join(chunks)
+
+
+@pytest.mark.slow
+def test_idle_and_slow_connections_never_keep_a_complete_request_waiting(tiny_model_path):
+    """600 connections that send nothing, send their headers a line at a time (slowloris) or their body too
+    slowly: a normal client is still answered at once (uvicorn's limit_concurrency counted them all, and
+    answered everyone else a plain-text 503 for as long as they stayed), and each of them ends within its
+    deadline: the silent ones closed quietly, the others with a 408 naming the deadline."""
+    import socket
+
+    if raise_open_files_limit(2000) < 1400:
+        pytest.skip("the open files limit (ulimit -n) is below 1,400")
+    bounds = ConnectionBounds(header_timeout=2.0, body_timeout=3.0)
+    live = LiveServer(create_app(tiny_model_path, LIMITS), bounds)
+    head = b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+    idle, slowloris, slow_body = [], [], []
+    try:
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", live.port)))
+            slowloris.append(socket.create_connection(("127.0.0.1", live.port)))
+            slowloris[-1].sendall(head)
+            slow_body.append(socket.create_connection(("127.0.0.1", live.port)))
+            slow_body[-1].sendall(head + b'Content-Length: 100\r\n\r\n{"text": ')
+        opened = time.monotonic()
+        for _ in range(5):  # one request at a time, then several at once, while all 600 stay open
+            began = time.monotonic()
+            status, data = live.post({"text": "a gripping film"})
+            assert status == 200 and time.monotonic() - began < 5, (status, data)
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(live.post({"text": "dull"})[0])) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert answers == [200] * 20
+        while time.monotonic() - opened < 1.5:  # a header every half second: no read ever waits long
+            for sock in slowloris:
+                sock.sendall(b"X-Slow: 1\r\n")
+            time.sleep(0.5)
+        for sock in idle[:20]:
+            assert _recv_all(sock, 4) == b""  # closed without a word
+        for sock in slowloris[:20]:
+            answer = _recv_all(sock, 4)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["field"] == "request"
+        for sock in slow_body[:20]:
+            answer = _recv_all(sock, 5)
+            assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+            assert b"within 3 s of the headers" in answer and b'"field": "body"' in answer
+        assert time.monotonic() - opened < 3.0 + 5  # the body deadline, and not much more
+        deadline = time.monotonic() + 10
+        while len(live.server.server_state.connections) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(live.server.server_state.connections) == 0  # every one of the 600 is gone
+    finally:
+        for sock in idle + slowloris + slow_body:
+            sock.close()
+        live.stop()
+
+
+def test_past_the_connection_cap_the_oldest_connections_without_a_request_make_room(tiny_model_path):
+    import socket
+
+    live = LiveServer(create_app(tiny_model_path, LIMITS), ConnectionBounds(max_connections=20))
+    try:
+        idle = [socket.create_connection(("127.0.0.1", live.port)) for _ in range(30)]
+        assert live.post({"text": "a gripping film"})[0] == 200  # a 31st connection, served
+        assert _recv_all(idle[0], 2) == b""  # the oldest idle ones were closed to make room
+        for sock in idle:
+            sock.close()
+    finally:
+        live.stop()
+
+
+def test_unfinished_headers_over_16_kib_and_garbage_get_json_naming_the_request(server):
+    """h11's own refusals were uvicorn's plain text ("Invalid HTTP request received.")."""
+    import socket
+
+    for raw, status in ((b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * 20_000, 431),
+                        (b"NOT HTTP AT ALL\r\n\r\n", 400)):
+        sock = socket.create_connection(("127.0.0.1", server.port))
+        sock.sendall(raw)  # headers still without their end past 16 KiB: h11's bound
+        answer = _recv_all(sock, 5)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 %d " % status), answer[:200]
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["field"] == "request"
+    assert server.request("GET", "/health")[0] == 200
+
+
+def test_a_client_that_never_reads_its_answers_is_dropped_after_the_send_timeout(tiny_model_path):
+    """Pipelined requests for the page, no answer ever read: once the buffers are full, uvicorn used to wait
+    for the client for ever, holding the connection and a request."""
+    import socket
+
+    live = LiveServer(create_app(tiny_model_path, LIMITS), ConnectionBounds(send_timeout=1.0))
+    try:
+        sock = socket.create_connection(("127.0.0.1", live.port))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" * 2000)
+        deadline = time.monotonic() + 15
+        state = live.server.server_state
+        while (state.connections or state.tasks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not state.connections and not state.tasks, (len(state.connections), len(state.tasks))
+        assert live.post({"text": "a gripping film"})[0] == 200
+        sock.close()
+    finally:
+        live.stop()
+
+
+@pytest.mark.parametrize("size", [200_000, 4_000_000])
+def test_a_client_that_sends_its_whole_body_first_reads_the_413(server, guarded, size):
+    """urllib (and requests) send the whole body before they read: the server used to close the connection
+    under a refused body, and such a client got 'connection reset by peer' (curl, which reads early, saw
+    the 413). Now the rest of the body is read and dropped (lingering close) and the client reads the
+    answer: 413 for a body over the limit, with or without Content-Length, and 401 without the token."""
+    import urllib.error
+    import urllib.request
+
+    body = b'{"text": "' + b"a" * size + b'"}'
+    for live, path, headers, data, status, field in (
+            (server, "/predict", {}, body, 413, "body"),
+            (server, "/predict", {"Transfer-Encoding": "chunked"},
+             [body[i:i + 65536] for i in range(0, len(body), 65536)], 413, "body"),
+            (guarded, "/predict", {}, body, 401, "authorization"),
+            (server, "/predictions", {}, body, 404, "path")):  # any answer given before the body is read
+        request = urllib.request.Request(f"http://127.0.0.1:{live.port}{path}", data=data,
+                                         headers={"Content-Type": "application/json", **headers})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request, timeout=30)
+        assert err.value.code == status and json.loads(err.value.read())["field"] == field
+    assert server.post({"text": "a gripping film"})[0] == 200
+
+
 def test_the_listening_socket_turns_nagle_off():
     """Else each keep-alive request waited 40 ms (the client's delayed ACK) for the body after the headers."""
     import socket
@@ -352,6 +601,71 @@ def test_the_batcher_runs_the_texts_of_waiting_requests_together():
     assert [len(c) for c in calls] == [1, 4, 4, 2]  # then batches of at most batch_texts, requests whole
 
 
+def test_explanations_are_weighed_by_their_cost_and_never_hold_back_classification():
+    """Each explained text costs words x 4 x steps, not one text: a few requests asking for explanations
+    of long texts used to fill the queue's count of one text each and run, whole, ahead of every plain
+    request that came after them."""
+    calls: list[tuple[str, list[str]]] = []
+
+    def classify(texts):
+        calls.append(("classify", list(texts)))
+        time.sleep(0.02)
+        return np.array([[1.0, 0.0]] * len(texts))
+
+    def explain(texts):
+        calls.append(("explain", list(texts)))
+        time.sleep(0.5)  # an explanation is slow
+        return np.array([[0.0, 1.0]] * len(texts)), [f"why {t}" for t in texts]
+
+    long = " ".join(["word"] * 200)  # 200 words: 200 x 4 x 2 steps = 1,600 units to explain
+
+    async def scenario():
+        limits = Limits(steps=2, max_pending_work=8_000, request_timeout=5.0)
+        batcher = Batcher(classify, limits, explain=explain)
+        explaining = [asyncio.ensure_future(batcher.submit([long, long], True))]  # 3,200 units
+        await asyncio.sleep(0.05)  # its first text is on the model thread
+        with pytest.raises(RequestError) as busy:  # 3,200 + 3,200 would pass half of 8,000
+            await batcher.submit([long, long], True)
+        with pytest.raises(RequestError) as too_much:  # one request over half the budget: never admitted
+            await batcher.submit([long] * 6, True)
+        began = time.monotonic()
+        plain = await batcher.classify(["a plain text"])
+        waited = time.monotonic() - began
+        return busy.value, too_much.value, plain, waited, await asyncio.gather(*explaining)
+
+    busy, too_much, plain, waited, explained = asyncio.run(scenario())
+    assert busy.status == 503 and "busy explaining" in busy.message
+    assert too_much.status == 413 and "9,600 units of work" in too_much.message
+    assert "--max-pending-work" in too_much.message
+    assert plain.tolist() == [[1.0, 0.0]] and waited < 0.8  # after the running part (0.5 s), not the request (1 s)
+    assert calls == [("explain", [long]), ("classify", ["a plain text"]), ("explain", [long])]
+    assert explained[0][1] == [f"why {long}"] * 2
+
+
+def test_a_request_past_its_deadline_gets_503_and_its_work_is_dropped_or_504_if_started():
+    ran: list[list[str]] = []
+
+    def classify(texts):
+        ran.append(list(texts))
+        time.sleep(0.6)
+        return np.array([[1.0, 0.0]] * len(texts))
+
+    async def scenario():
+        batcher = Batcher(classify, Limits(request_timeout=0.3, batching=False))
+        first = asyncio.ensure_future(batcher.classify(["first"]))  # runs 0.6 s: past its own deadline
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.classify(["second"]))  # waits for it: past its deadline too
+        results = await asyncio.gather(first, second, return_exceptions=True)
+        await asyncio.sleep(0.8)  # time enough for the model thread to have run "second", had it not been dropped
+        return results, batcher.pending, batcher.pending_work
+
+    (first, second), pending, pending_work = asyncio.run(scenario())
+    assert isinstance(first, RequestError) and first.status == 504 and first.field == "request"
+    assert "0.3 s (the request timeout, --request-timeout)" in first.message
+    assert isinstance(second, RequestError) and second.status == 503 and "its work was dropped" in second.message
+    assert ran == [["first"]] and pending == 0 and pending_work == 0
+
+
 @pytest.mark.slow
 def test_the_console_script_announces_serves_and_stops_on_sigterm(tiny_model_path, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.serve", "--model", str(tiny_model_path),
@@ -374,6 +688,63 @@ def test_the_console_script_announces_serves_and_stops_on_sigterm(tiny_model_pat
                           env={k: v for k, v in ENV.items() if k != "TEXTCLF_SERVE_TOKEN"})
     assert wide.returncode == 1 and wide.stderr.startswith("error: --host 0.0.0.0 would let other machines")
     assert "Traceback" not in wide.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_waits_a_bounded_time_for_a_slow_body(tiny_model_path, tmp_path):
+    """A client that sent its headers and part of its body, and then nothing: SIGTERM used to wait for it
+    without bound. Now idle connections close at once, and a request whose body is still coming gets a 503."""
+    import socket
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.serve", "--model", str(tiny_model_path),
+                             "--port", "0"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(re.search(r"on http://127\.0\.0\.1:(\d+)", proc.stderr.readline()).group(1))
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     b'Content-Length: 100\r\n\r\n{"text": ')
+        idle = socket.create_connection(("127.0.0.1", port))
+        time.sleep(0.5)
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert _recv_all(idle, 5) == b""  # an idle connection is closed at once
+        rest = proc.communicate(timeout=30)[1]
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143 and took < 5, (took, rest)
+    answer = _recv_all(slow, 5)
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"shutting down" in answer, answer
+    assert "Traceback" not in rest, rest
+    slow.close()
+
+
+@pytest.mark.slow
+def test_a_low_open_files_limit_means_fewer_connections_said_at_start(tiny_model_path, tmp_path):
+    """2,048 connections need about 2,112 open files; under a hard limit of 512 the server says how many it
+    can hold, holds that many, and serves."""
+    import resource
+
+    def low_limit():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512))
+
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli.serve", "--model", str(tiny_model_path),
+                             "--port", "0"], cwd=tmp_path, env=ENV, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=low_limit)
+    try:
+        note = proc.stderr.readline()
+        assert note.startswith("textclf-serve: the open files limit (ulimit -n) is 512: at most 448 connections "
+                               "rather than 2048"), note
+        port = int(re.search(r"on http://127\.0\.0\.1:(\d+)", proc.stderr.readline()).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/health")
+        assert conn.getresponse().status == 200
+        conn.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
 
 
 @pytest.mark.slow

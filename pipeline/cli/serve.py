@@ -8,13 +8,15 @@
 
 Listens on 127.0.0.1 unless --host says otherwise; any other host needs a token of at least 16 characters
 (the TEXTCLF_SERVE_TOKEN environment variable, or --token, which other users can see in the process list),
-sent by clients as 'Authorization: Bearer <token>'. Prints the address it listens on once the model is
-loaded. The API and its limits: pipeline/serve.py and docs/serving.md.
+sent by clients as 'Authorization: Bearer <token>' (so only RFC 6750's characters: a token with a blank
+at an end, or a non-ASCII character, is refused at start). Prints the address it listens on once the model
+is loaded. The API and its limits: pipeline/serve.py, pipeline/serve_http.py and docs/serving.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -22,6 +24,7 @@ from pathlib import Path
 from pipeline.checkpoint import MODEL_PATH, require_model_file
 from pipeline.errors import PipelineError, command_name, run_main
 from pipeline.serve import TOKEN_ENV, Limits, check_exposure, create_app, is_loopback, serve
+from pipeline.serve_http import ConnectionBounds
 
 SCRIPT = "textclf-serve"
 
@@ -52,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="characters per text (default: %(default)s)")
     limits.add_argument("--max-pending", type=int, default=defaults.max_pending_texts,
                         help="texts waiting for the model before requests get 503 (default: %(default)s)")
+    limits.add_argument("--max-pending-work", type=int, default=defaults.max_pending_work,
+                        help="the cost of the texts waiting for the model, in words x passes (1 to classify, "
+                             "4 x steps to explain), before requests get 503; explanations may hold half "
+                             "(default: %(default)s)")
+    limits.add_argument("--request-timeout", type=float, default=defaults.request_timeout,
+                        help="seconds a request may wait for the model: then 503 if its work had not started "
+                             "(dropped), 504 if it had (default: %(default)s)")
+    bounds = ConnectionBounds()
+    limits.add_argument("--header-timeout", type=float, default=bounds.header_timeout,
+                        help="seconds for a request's line and headers to arrive (then 408) (default: %(default)s)")
+    limits.add_argument("--body-timeout", type=float, default=bounds.body_timeout,
+                        help="seconds for a request's body to arrive after its headers (then 408) "
+                             "(default: %(default)s)")
+    limits.add_argument("--max-connections", type=int, default=bounds.max_connections,
+                        help="connections open at once; past it the oldest without a complete request are "
+                             "closed (default: %(default)s)")
     limits.add_argument("--steps", type=int, default=defaults.steps,
                         help="integrated-gradients steps per explanation (default: %(default)s)")
     limits.add_argument("--no-batching", action="store_true",
@@ -61,30 +80,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    for option in ("max_body_bytes", "max_batch", "max_explain_batch", "max_text_chars", "max_pending", "threads"):
+    for option in ("max_body_bytes", "max_batch", "max_explain_batch", "max_text_chars", "max_pending", "threads",
+                   "max_pending_work", "max_connections"):
         value = getattr(args, option)
         if value is not None and value < 1:
             raise PipelineError(f"--{option.replace('_', '-')} must be at least 1")
+    for option in ("request_timeout", "header_timeout", "body_timeout"):
+        value = getattr(args, option)
+        if not math.isfinite(value) or not 0.1 <= value <= 3600:
+            raise PipelineError(f"--{option.replace('_', '-')} {value}: give seconds from 0.1 to 3600")
     if args.steps < 2:
         raise PipelineError("--steps must be at least 2")
     if not 0 <= args.port <= 65535:
         raise PipelineError(f"--port {args.port}: not a port (0 to 65535)")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
-    check_exposure(args.host, token)  # before loading anything
+    check_exposure(args.host, token, "--token" if args.token is not None else TOKEN_ENV)  # before loading anything
     model = require_model_file(Path(args.model))
     import torch
 
     torch.set_num_threads(args.threads)
     limits = Limits(max_body_bytes=args.max_body_bytes, max_batch=args.max_batch,
                     max_explain_batch=min(args.max_explain_batch, args.max_batch), max_text_chars=args.max_text_chars,
-                    max_pending_texts=args.max_pending, batching=not args.no_batching, steps=args.steps)
+                    max_pending_texts=args.max_pending, max_pending_work=args.max_pending_work,
+                    request_timeout=args.request_timeout, batching=not args.no_batching, steps=args.steps)
+    bounds = ConnectionBounds(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                              max_connections=args.max_connections,
+                              graceful_shutdown=min(args.request_timeout + 1, ConnectionBounds.graceful_shutdown))
     app = create_app(model, limits, token, loopback_only=is_loopback(args.host))
 
     def announce(url: str) -> None:
         print(f"{SCRIPT}: {model} on {url}  (page: {url}/, API: POST {url}/predict, schema: {url}/openapi.json)"
               + ("  [token required]" if token else ""), file=sys.stderr, flush=True)
 
-    serve(app, args.host, args.port, announce)
+    serve(app, args.host, args.port, announce, bounds=bounds)
 
 
 def cli() -> None:
