@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import fetch, params
+from pipeline import fetch, http_download, params
 from pipeline.errors import PipelineError
 from pipeline.stages import download as stage
 
@@ -87,7 +87,7 @@ def server():
 
 @pytest.fixture
 def no_backoff(monkeypatch):
-    monkeypatch.setattr(fetch.time, "sleep", lambda s: None)
+    monkeypatch.setattr(http_download.time, "sleep", lambda s: None)
 
 
 def _stage_project(tmp_path: Path, monkeypatch, download: str, sha256: str | None = None) -> Path:
@@ -288,7 +288,7 @@ def test_a_stalled_transfer_is_stopped_retried_and_nothing_kept(tmp_path, drippi
                                                                 no_backoff, length):
     plan, requests, base = dripping_server
     plan.update(length=length, first=120, gap=60)  # 120 bytes, then silence
-    monkeypatch.setattr(fetch, "STALL_SECONDS", 0.4)
+    monkeypatch.setattr(http_download, "STALL_SECONDS", 0.4)
     out = tmp_path / "raw" / "corpus"
     out.mkdir(parents=True)
     (out / "corpus.csv").write_bytes(b"text,label\ngood,fresh\n")  # the previous good download
@@ -307,7 +307,7 @@ def test_a_drip_is_a_stall(tmp_path, dripping_server, monkeypatch, no_backoff):
     """Bytes that keep coming, but fewer than STALL_BYTES in STALL_SECONDS, never end a read's timeout."""
     plan, requests, base = dripping_server
     plan.update(length=False, first=10, gap=0.02)
-    monkeypatch.setattr(fetch, "STALL_SECONDS", 0.4)
+    monkeypatch.setattr(http_download, "STALL_SECONDS", 0.4)
     start = time.monotonic()
     with pytest.raises(PipelineError, match=rf"^{base}/corpus\.csv: download failed after 3 tries: the transfer "
                                             r"stalled: \d+ bytes in 0\.4\d* s \(a drip\), after \d+ bytes$"):

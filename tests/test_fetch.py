@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import fetch, params, vectors
+from pipeline import fetch, http_download, params, vectors
 from pipeline.errors import PipelineError
 
 def _src(download, members=(), sha256=None):
@@ -106,7 +106,7 @@ def test_download_refuses_local_paths_escaping_members_and_bad_checksums(tmp_pat
 def test_a_truncated_http_body_fails_and_keeps_nothing(tmp_path, glove_small, monkeypatch):
     """The server announces the whole file in Content-Length, then closes after half of it."""
     payload = glove_small.read_bytes()
-    monkeypatch.setattr(fetch.time, "sleep", lambda s: None)
+    monkeypatch.setattr(http_download.time, "sleep", lambda s: None)
 
     class Handler(QuietHandler):
         def do_GET(self):
@@ -162,7 +162,7 @@ def test_no_download_writes_a_folder_holding_only_a_note(tmp_path):
 def test_download_over_http_from_loopback_retries_server_errors(tmp_path, glove_small, monkeypatch):
     payload = glove_small.read_bytes()
     requests = []
-    monkeypatch.setattr(fetch.time, "sleep", lambda s: None)  # no real back-off wait in tests
+    monkeypatch.setattr(http_download.time, "sleep", lambda s: None)  # no real back-off wait in tests
 
     class Handler(QuietHandler):
         def do_GET(self):

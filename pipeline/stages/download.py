@@ -14,7 +14,7 @@ The output directory appears whole or not at all: when a download fails, the pre
 Over http(s), a body the server compressed for the transfer (Content-Encoding gzip or deflate) is saved
 decoded, as the file it stands for (a `.gz` file labelled so is kept as the `.gz`); an HTML page where
 data was asked for (a login or error page) is refused; a transfer that brings fewer than STALL_BYTES in
-STALL_SECONDS (pipeline/fetch.py) is stopped and retried. A body sent without a Content-Length is kept
+STALL_SECONDS (pipeline/http_download.py) is stopped and retried. A body sent without a Content-Length is kept
 as received, with a warning on stderr that nothing could check it: set `<what>.sha256` to have it checked.
 A redirect goes only to http(s), never down from https to http, at most 10 times. `<what>.max_bytes`
 bounds what is written (the file, and the members taken out of it); a full disk is not retried.
