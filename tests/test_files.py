@@ -6,6 +6,9 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -33,6 +36,58 @@ def test_an_atomic_output_appears_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]  # replaced whole, nothing stale
     write_json(tmp_path / "m.json", {"a": 1})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from pipeline.files import atomic_path
+
+target, started, go, label = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+with atomic_path(target) as tmp:
+    tmp.mkdir()
+    (tmp / "first.txt").write_text(label)
+    started.touch()
+    while not go.exists():
+        time.sleep(0.01)
+    (tmp / "second.txt").write_text(label)
+"""
+
+
+def test_two_writers_of_one_output_at_once_both_succeed_and_the_last_wins(tmp_path):
+    """Two real processes write one output folder at once (two prepares by hand): the second to start
+    never deletes the first's temporary folder; both succeed, the output is whole and the last writer's,
+    and no temporary folder is left. A leftover of a writer that is gone is still removed."""
+    target = tmp_path / "prepared"
+    (tmp_path / ".prepared.pid99999999-dead.partial").mkdir()  # a killed writer's (no such process)
+    (tmp_path / ".prepared.abc123.partial").mkdir()  # an older version's leftover (no pid)
+    first = subprocess.Popen([sys.executable, "-c", WRITER, str(target), str(tmp_path / "a-started"),
+                              str(tmp_path / "a-go"), "a"])
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "a-started").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (tmp_path / "b-go").touch()
+    second = subprocess.run([sys.executable, "-c", WRITER, str(target), str(tmp_path / "b-started"),
+                             str(tmp_path / "b-go"), "b"], capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr
+    assert {p.read_text() for p in target.iterdir()} == {"b"}
+    (tmp_path / "a-go").touch()
+    assert first.wait(60) == 0  # its temporary folder was still there
+    assert {p.read_text() for p in target.iterdir()} == {"a"}  # the last to finish
+    assert not list(tmp_path.glob(".prepared*"))
+
+
+def test_many_writers_replacing_one_folder_all_succeed(tmp_path):
+    """Writers racing to rename their folder onto one output: each finds the other's folder there at
+    times, moves it aside and tries again; none fails, none leaves anything behind."""
+    code = ("import sys\nfrom pathlib import Path\nfrom pipeline.files import atomic_path\n"
+            "for i in range(30):\n    with atomic_path(Path(sys.argv[1])) as tmp:\n        tmp.mkdir()\n"
+            "        (tmp / 'f').write_text(sys.argv[2])\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "out"), str(i)],
+                              stderr=subprocess.PIPE, text=True) for i in range(4)]
+    for proc in procs:
+        assert proc.wait(120) == 0, proc.stderr.read()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in (tmp_path / "out").iterdir()] == ["f"]
 
 
 def test_an_output_file_may_not_be_a_folder_or_an_input(tmp_path):
