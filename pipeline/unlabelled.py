@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import PipelineError
+from pipeline.files import READ_ERRORS
 from pipeline.readers import decode_error, open_lines, strip_compression
 from pipeline.text import TextConfig, tokenize
 
@@ -47,15 +48,18 @@ class UnlabelledText:
     def __iter__(self) -> Iterator[list[str]]:
         read = 0
         for path in self.files:
+            lineno = 0
             try:
                 with open_lines(path, self.encoding) as lines:
-                    for line in lines:
+                    for lineno, line in enumerate(lines, 1):
                         tokens = tokenize(line, self.text_config)
                         if tokens:
                             read += len(tokens)
                             yield tokens
             except UnicodeDecodeError as err:
                 raise decode_error(path, err, self.encoding) from None
-            except OSError as err:
-                raise PipelineError(f"{path}: cannot read the unlabelled text ({err.strerror or err})") from None
+            except READ_ERRORS as err:  # a truncated .gz ends in EOFError, a corrupt one in zlib.error
+                where = f"cannot read past line {lineno}" if lineno else "cannot read it"
+                raise PipelineError(f"{path}: {where} ({getattr(err, 'strerror', None) or err or type(err).__name__}): "
+                                    "a truncated or corrupt file? (domain_vectors.unlabelled)") from None
         self.tokens = read

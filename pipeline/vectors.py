@@ -100,7 +100,7 @@ class _Matcher:
 
 
 def _unreadable(path: Path, err: Exception) -> PipelineError:
-    return PipelineError(f"{path}: cannot read to the end ({err}): a truncated or corrupt file?")
+    return PipelineError(f"{path}: cannot read to the end ({err or type(err).__name__}): a truncated or corrupt file?")
 
 
 def _is_number(token: bytes) -> bool:
