@@ -10,6 +10,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import zipfile
@@ -60,10 +61,13 @@ def writer_temp(directory: Path, prefix: str, suffix: str = ".partial") -> Path:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except IsADirectoryError:  # made a folder meanwhile
         shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
 
 
 def _replace(tmp: Path, target: Path) -> None:
@@ -81,7 +85,7 @@ def _replace(tmp: Path, target: Path) -> None:
                 os.replace(tmp, target)
                 return
             except OSError as err:  # a folder landed at target meanwhile (another writer's)
-                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR) or not target.is_dir():
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
                     raise
             finally:
                 if aside is not None:
@@ -146,10 +150,45 @@ def _writer_alive(path: Path) -> bool:
         changed = path.lstat().st_mtime
         process = psutil.Process(int(pids[-1]))
         return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= changed + 1
-    except (FileNotFoundError, psutil.NoSuchProcess, ValueError, OverflowError):
+    except FileNotFoundError:  # gone already: nothing to remove (a writer_temp is a name with nothing at it at times)
+        return True
+    except (psutil.NoSuchProcess, ValueError, OverflowError):
         return False
     except psutil.AccessDenied:  # another user's process: it may be the writer
         return True
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(path: str | os.PathLike) -> str | None:
+    """'a FIFO (named pipe)', 'a character device', ... for what is neither a regular file nor a folder
+    (through symbolic links); None for those, and for what does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((name for test, name in _SPECIAL if test(mode)), None)
+
+
+def check_data_path(path: str | os.PathLike, key: str) -> None:
+    """A params key's data (`key`: corpus.source, embeddings.source, ...) is regular files and folders
+    only: else an error naming the FIFO or device (reading one would wait forever, and so does DVC,
+    which hashes every file of a dependency). A folder is checked file by file."""
+    def refuse(found, kind):
+        fix = "point the key at a regular file or folder" if found == path else "move it out of the folder"
+        raise PipelineError(f"{found}: is {kind}, not a regular file or folder ({key}); reading it could wait "
+                            f"forever, DVC's hashing too: {fix}")
+
+    kind = special_kind(path)
+    if kind:
+        refuse(path, kind)
+    if os.path.isdir(path):
+        for root, _, names in os.walk(path):
+            for name in names:
+                if (kind := special_kind(os.path.join(root, name))):
+                    refuse(Path(root, name), kind)
 
 
 def write_json(path: str | os.PathLike, data) -> None:
@@ -289,3 +328,4 @@ def check_writable(*folders: str | os.PathLike) -> None:
         except OSError as err:
             raise PipelineError(f"{folder}: cannot write there ({err.strerror or err}); "
                                 "the outputs go there") from None
+

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import PipelineError
-from pipeline.files import READ_ERRORS
+from pipeline.files import READ_ERRORS, check_data_path
 from pipeline.readers import decode_error, open_lines, strip_compression
 from pipeline.text import TextConfig, tokenize
 
@@ -19,6 +19,7 @@ def text_files(path: Path) -> list[Path]:
     or every .txt file in the folder and its subfolders, compressed or not (.txt.gz, .txt.bz2, .txt.xz,
     .txt.zst). A folder's README, DVC pointer files and hidden files are passed over; any other file is
     an error, not silently left out."""
+    check_data_path(path, "domain_vectors.unlabelled")
     if path.is_file():
         return [path]
     if not path.is_dir():

@@ -22,6 +22,7 @@ from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
 from pipeline.inference import encode_texts, predict_proba
 from pipeline.metrics import classification_metrics, headline, plot_confusion
+from pipeline.workspace import start_stage
 
 TEST = Path("data/prepared/test.parquet")
 METRICS = Path("metrics/eval.json")
@@ -52,6 +53,7 @@ def log_curves(actual: list[str], probs: np.ndarray, labels: list[str]) -> None:
 
 
 def main() -> None:
+    start_stage("evaluate")
     evaluate_params = params.load("evaluate")
     checkpoint = load_checkpoint(MODEL_PATH)
     test = pd.read_parquet(TEST, columns=["text", "tokens", "label"])
