@@ -124,7 +124,12 @@ def check_output_file(path: str | os.PathLike, *protected: str | os.PathLike) ->
             raise PipelineError(f"{path}: cannot write there: {parent} is a file, not a folder")
     target = path.resolve()
     for source in protected:
-        if source is not None and Path(source).resolve() == target:
+        if source is None:
+            continue
+        same = Path(source).resolve() == target
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(source, path)  # a hard link of it
+        if same:
             raise PipelineError(f"{path}: the output would replace the input {source}; name another file")
     return path
 

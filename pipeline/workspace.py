@@ -38,13 +38,18 @@ def check_workspace(dvc_file: str | os.PathLike = "dvc.yaml", params_file: str |
     (check_stage_paths), and every input that exists is regular files and folders (check_data_path):
     DVC hashes each dependency before it runs anything, and waits forever on a FIFO or a device. Also
     removes an abandoned resume state."""
-    stages = stage_paths(dvc_file, params_file)
-    for stage in stages:
+    for stage in stage_paths(dvc_file, params_file):
         check_stage_paths(stage, dvc_file, params_file)
-    for stage in stages.values():
+    check_dependencies(dvc_file, params_file)
+    remove_abandoned_resume_state()
+
+
+def check_dependencies(dvc_file: str | os.PathLike = "dvc.yaml", params_file: str | os.PathLike = "params.yaml") -> None:
+    """Every stage's existing dependencies are regular files and folders (check_data_path): what to
+    check before a `dvc` command that hashes them (status, repro), which waits forever on a FIFO."""
+    for stage in stage_paths(dvc_file, params_file).values():
         for dep, key in stage["deps"]:
             check_data_path(dep, key or dep)
-    remove_abandoned_resume_state()
 
 
 def remove_abandoned_resume_state(resume: Path = RESUME_STATE, finished: Path = FINISHED_TRAINING) -> None:

@@ -102,6 +102,11 @@ def test_an_output_file_may_not_be_a_folder_or_an_input(tmp_path):
     with pytest.raises(PipelineError, match=r"the output would replace the input"):
         check_output_file(tmp_path / "folder" / ".." / "file", tmp_path / "file")
     assert check_output_file(tmp_path / "new" / "out.csv", tmp_path / "file", None) == tmp_path / "new" / "out.csv"
+    import os
+
+    os.link(tmp_path / "file", tmp_path / "hard")
+    with pytest.raises(PipelineError, match=r"hard: the output would replace the input .*file"):
+        check_output_file(tmp_path / "hard", tmp_path / "file")
 
 
 def test_compressed_text_is_known_by_its_first_bytes(tmp_path):

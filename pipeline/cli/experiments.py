@@ -208,6 +208,9 @@ def unsaved_changes(rev: str) -> list[str]:
 def modified_outputs() -> list[str]:
     """DVC outputs whose workspace bytes are not the ones dvc.lock records (edited, or left by a run
     that was never recorded): no cache holds them."""
+    from pipeline.workspace import check_dependencies
+
+    check_dependencies()  # `dvc status` would wait forever on a FIFO among them
     modified = set()
     for stage in json.loads(dvc("status", "--json").stdout or "{}").values():
         for entry in stage if isinstance(stage, list) else []:
