@@ -22,8 +22,12 @@ $(STAMP): requirements.txt pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# `python -m pipeline.params` first: the keys, and the paths DVC would hang on (a FIFO, a device) or a
+# stage would overwrite; then again, to remove the resume state of a training the run cache replaced.
 repro: $(STAMP)
+	python -m pipeline.params
 	dvc repro
+	@python -m pipeline.params >/dev/null
 
 # Every test (the README's test command, and CI's). Without Chromium the browser checks are skipped with
 # the reason, except where CI=true: there they fail (.ci/run installs Debian's chromium).

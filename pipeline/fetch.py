@@ -236,7 +236,7 @@ def download(src: SourceParams, out_dir: Path, key: str = "download") -> list[Pa
     # and removed by the next run (and a large file is not copied across file systems).
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(out_dir.parent, f".download-{out_dir.name}-*")
-    with tempfile.TemporaryDirectory(prefix=f".download-{out_dir.name}-", dir=out_dir.parent) as tmp, \
+    with tempfile.TemporaryDirectory(prefix=f".download-{out_dir.name}-pid{os.getpid()}-", dir=out_dir.parent) as tmp, \
             atomic_path(out_dir) as staging:
         if src.download is None:
             staging.mkdir()

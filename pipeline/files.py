@@ -8,7 +8,9 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
+import stat
 import tarfile
 import tempfile
 import zipfile
@@ -27,20 +29,19 @@ READ_ERRORS = (EOFError, OSError, zlib.error, zipfile.BadZipFile, tarfile.TarErr
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `target`; move it onto `target` only if the block succeeds.
 
-    Works for files and directories alike. The temporary name starts with a dot and ends in
-    `.partial`, so a crash never leaves something that DVC or a rerun could take for the real output.
+    Works for files and directories alike. The temporary name starts with a dot, carries the writer's
+    process id and ends in `.partial` (`.NAME.pid123-x1y2.partial`), so a crash never leaves something
+    that DVC or a rerun could take for the real output, and the next writer removes only the leftovers
+    of writers that are gone: two writers of one output at once never delete each other's files. Both
+    succeed; the output is whole, and the last to finish wins.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(target.parent, f".{target.name}.*.partial")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    # mkdtemp made a directory; callers writing a single file get a path inside nothing yet.
-    tmp.rmdir()
+    tmp = writer_temp(target.parent, f".{target.name}.")
     try:
         yield tmp
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        _replace(tmp, target)
     except OSError as err:
         reason = _write_failure(err)
         if reason is None:
@@ -48,10 +49,51 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         raise PipelineError(f"{target}: cannot write the output ({reason}); free space or raise the limit, "
                             "then run again: the last good output is untouched") from None
     finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
-            tmp.unlink()
+        _remove(tmp)
+
+
+def writer_temp(directory: Path, prefix: str, suffix: str = ".partial") -> Path:
+    """A fresh path in `directory` (nothing there yet) named `PREFIXpid<this process>-<random>SUFFIX`:
+    remove_stale then knows whose it is."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}pid{os.getpid()}-", suffix=suffix, dir=directory))
+    tmp.rmdir()  # callers writing a single file get a path with nothing at it yet
+    return tmp
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    except IsADirectoryError:  # made a folder meanwhile
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Rename `tmp` onto `target`. A folder at `target` is first renamed aside (atomically), then
+    removed: another writer of the same output may put its own folder there in between, so try again
+    until the rename lands (last writer wins; the output is always one writer's, whole)."""
+    aside = None
+    try:
+        for _ in range(1000):
+            if target.is_dir() and not target.is_symlink():
+                aside = aside or writer_temp(target.parent, f".{target.name}.")
+                with contextlib.suppress(FileNotFoundError):  # another writer moved it first
+                    os.rename(target, aside)
+            try:
+                os.replace(tmp, target)
+                return
+            except OSError as err:  # a folder landed at target meanwhile (another writer's)
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EISDIR):
+                    raise
+            finally:
+                if aside is not None:
+                    _remove(aside)
+        raise PipelineError(f"{target}: other processes keep writing this output; run one at a time")
+    finally:
+        if aside is not None:
+            _remove(aside)
 
 
 _WRITE_FAILURES = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file too large for the size limit",
@@ -82,7 +124,12 @@ def check_output_file(path: str | os.PathLike, *protected: str | os.PathLike) ->
             raise PipelineError(f"{path}: cannot write there: {parent} is a file, not a folder")
     target = path.resolve()
     for source in protected:
-        if source is not None and Path(source).resolve() == target:
+        if source is None:
+            continue
+        same = Path(source).resolve() == target
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(source, path)  # a hard link of it
+        if same:
             raise PipelineError(f"{path}: the output would replace the input {source}; name another file")
     return path
 
@@ -90,12 +137,63 @@ def check_output_file(path: str | os.PathLike, *protected: str | os.PathLike) ->
 def remove_stale(directory: Path, pattern: str) -> None:
     """Delete what a killed run left behind (its temporary files or folders matching `pattern`).
 
-    Only ever called for the one output a stage is about to write, so nothing live matches."""
+    A name carrying `pid<N>-` (writer_temp) belongs to a writer that may still be at work: it is kept
+    while that process lives (and started before the file was last changed, so a reused process id is
+    not taken for the writer). Names without one are from older code, or from a writer that is gone."""
     for leftover in directory.glob(pattern):
-        if leftover.is_dir() and not leftover.is_symlink():
-            shutil.rmtree(leftover, ignore_errors=True)
-        else:
-            leftover.unlink(missing_ok=True)
+        if not _writer_alive(leftover):
+            _remove(leftover)
+
+
+def _writer_alive(path: Path) -> bool:
+    import psutil
+
+    pids = re.findall(r"pid(\d+)-", path.name)
+    if not pids:
+        return False
+    try:
+        changed = path.lstat().st_mtime
+        process = psutil.Process(int(pids[-1]))
+        return process.status() != psutil.STATUS_ZOMBIE and process.create_time() <= changed + 1
+    except FileNotFoundError:  # gone already: nothing to remove (a writer_temp is a name with nothing at it at times)
+        return True
+    except (psutil.NoSuchProcess, ValueError, OverflowError):
+        return False
+    except psutil.AccessDenied:  # another user's process: it may be the writer
+        return True
+
+
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(path: str | os.PathLike) -> str | None:
+    """'a FIFO (named pipe)', 'a character device', ... for what is neither a regular file nor a folder
+    (through symbolic links); None for those, and for what does not exist."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return next((name for test, name in _SPECIAL if test(mode)), None)
+
+
+def check_data_path(path: str | os.PathLike, key: str) -> None:
+    """A params key's data (`key`: corpus.source, embeddings.source, ...) is regular files and folders
+    only: else an error naming the FIFO or device (reading one would wait forever, and so does DVC,
+    which hashes every file of a dependency). A folder is checked file by file."""
+    def refuse(found, kind):
+        fix = "point the key at a regular file or folder" if found == path else "move it out of the folder"
+        raise PipelineError(f"{found}: is {kind}, not a regular file or folder ({key}); reading it could wait "
+                            f"forever, DVC's hashing too: {fix}")
+
+    kind = special_kind(path)
+    if kind:
+        refuse(path, kind)
+    if os.path.isdir(path):
+        for root, _, names in os.walk(path):
+            for name in names:
+                if (kind := special_kind(os.path.join(root, name))):
+                    refuse(Path(root, name), kind)
 
 
 def write_json(path: str | os.PathLike, data) -> None:
@@ -235,3 +333,4 @@ def check_writable(*folders: str | os.PathLike) -> None:
         except OSError as err:
             raise PipelineError(f"{folder}: cannot write there ({err.strerror or err}); "
                                 "the outputs go there") from None
+

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.files import check_data_path
 from pipeline.readers import (CHUNK_ROWS, MAX_FIELD_BYTES, corpus_kind, decode_error, iter_table, strip_compression,
                               too_long)
 
@@ -102,6 +103,7 @@ def corpus_chunks(source: Path, c: "CorpusParams", chunk_rows: int = CHUNK_ROWS)
     the chunks are read."""
     if not source.exists():
         raise PipelineError(f"{source}: no such file or folder (params corpus.source)")
+    check_data_path(source, "corpus.source")
     if source.is_file():
         chunks = iter_table(source, corpus_kind(source, c.format), c.text_column, c.label_column, c.split_column,
                             c.encoding, c.header, chunk_rows)

@@ -427,5 +427,7 @@ def load_all(path: str | Path = PARAMS_FILE) -> dict:
 
 if __name__ == "__main__":
     from pipeline.errors import run_main
+    from pipeline.workspace import check_workspace
 
-    run_main(lambda: (load_all(), print(f"{PARAMS_FILE}: ok")))
+    # Every key, then what DVC would hang on or a stage run by hand would overwrite (pipeline.files).
+    run_main(lambda: (load_all(), check_workspace(), print(f"{PARAMS_FILE}: ok")))

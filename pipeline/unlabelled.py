@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import PipelineError
+from pipeline.files import READ_ERRORS, check_data_path
 from pipeline.readers import decode_error, open_lines, strip_compression
 from pipeline.text import TextConfig, tokenize
 
@@ -18,6 +19,7 @@ def text_files(path: Path) -> list[Path]:
     or every .txt file in the folder and its subfolders, compressed or not (.txt.gz, .txt.bz2, .txt.xz,
     .txt.zst). A folder's README, DVC pointer files and hidden files are passed over; any other file is
     an error, not silently left out."""
+    check_data_path(path, "domain_vectors.unlabelled")
     if path.is_file():
         return [path]
     if not path.is_dir():
@@ -47,15 +49,18 @@ class UnlabelledText:
     def __iter__(self) -> Iterator[list[str]]:
         read = 0
         for path in self.files:
+            lineno = 0
             try:
                 with open_lines(path, self.encoding) as lines:
-                    for line in lines:
+                    for lineno, line in enumerate(lines, 1):
                         tokens = tokenize(line, self.text_config)
                         if tokens:
                             read += len(tokens)
                             yield tokens
             except UnicodeDecodeError as err:
                 raise decode_error(path, err, self.encoding) from None
-            except OSError as err:
-                raise PipelineError(f"{path}: cannot read the unlabelled text ({err.strerror or err})") from None
+            except READ_ERRORS as err:  # a truncated .gz ends in EOFError, a corrupt one in zlib.error
+                where = f"cannot read past line {lineno}" if lineno else "cannot read it"
+                raise PipelineError(f"{path}: {where} ({getattr(err, 'strerror', None) or err or type(err).__name__}): "
+                                    "a truncated or corrupt file? (domain_vectors.unlabelled)") from None
         self.tokens = read

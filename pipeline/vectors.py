@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import PipelineError
-from pipeline.files import READ_ERRORS, open_binary
+from pipeline.files import READ_ERRORS, check_data_path, open_binary
 
 BOM = b"\xef\xbb\xbf"
 FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")
@@ -100,7 +100,7 @@ class _Matcher:
 
 
 def _unreadable(path: Path, err: Exception) -> PipelineError:
-    return PipelineError(f"{path}: cannot read to the end ({err}): a truncated or corrupt file?")
+    return PipelineError(f"{path}: cannot read to the end ({err or type(err).__name__}): a truncated or corrupt file?")
 
 
 def _is_number(token: bytes) -> bool:
@@ -335,6 +335,7 @@ class VectorsSource:
 def detect(directory: Path, fmt: str = "auto") -> VectorsSource:
     """The vectors file(s) at `directory` (a file, or a folder holding them) and their format
     (`fmt` overrides detection)."""
+    check_data_path(directory, "embeddings.source")
     if directory.is_file():
         files = [directory]
     elif directory.is_dir():

@@ -7,6 +7,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import lzma
 import subprocess
 import sys
 
@@ -191,6 +192,20 @@ def test_undecodable_unlabelled_text_names_the_file_and_line(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"fine\nstill fine\nbad \xff byte\n")
     with pytest.raises(PipelineError, match=r"a\.txt: line 3: not valid utf-8 text .*set corpus\.encoding"):
         list(unlabelled.UnlabelledText([tmp_path / "a.txt"], TextConfig()))
+
+
+def test_truncated_compressed_unlabelled_text_names_the_file_and_the_line_reached(tmp_path):
+    """A .txt.gz cut short (a copy that stopped) is one line naming the file and the last line read, not
+    a traceback of gzip's EOFError; the same for bz2 and xz."""
+    text = "".join(f"a good movie, review number {i}\n" for i in range(20000)).encode()
+    for suffix, compress in ((".gz", gzip.compress), (".bz2", bz2.compress), (".xz", lzma.compress)):
+        data = compress(text)
+        path = tmp_path / f"more.txt{suffix}"
+        path.write_bytes(data[: len(data) * 3 // 4])
+        with pytest.raises(PipelineError, match=rf"more\.txt\{suffix}: cannot read (past line [1-9]\d*|it) \(.*\): "
+                                                r"a truncated or corrupt file\? \(domain_vectors\.unlabelled\)$"):
+            list(unlabelled.UnlabelledText(unlabelled.text_files(tmp_path), TextConfig()))
+        path.unlink()
 
 
 def test_unlabelled_text_teaches_a_training_word_its_neighbours(tmp_path):

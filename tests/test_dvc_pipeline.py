@@ -570,3 +570,46 @@ def test_kill_9_mid_stage_then_repro_recovers(own_data_repo, tmp_path, stage, ho
     assert json.loads((repo / "metrics/eval/report.json").read_text())["test_rows"] > 0
     assert json.loads((repo / "metrics/prepare.json").read_text())["rows_kept"] == 200
     assert tree_digest(repo / "metrics/train") != before
+
+
+def test_a_stage_run_by_hand_never_overwrites_the_corpus(own_repo):
+    """predict.output at the corpus (by name, through a symbolic link, or a hard link): DVC refuses such
+    params, and the predict stage run by hand now does too, with one line naming the key, the corpus
+    untouched."""
+    import os
+
+    corpus = own_repo / "data/my_reviews.csv"
+    before = corpus.read_bytes()
+    (own_repo / "data/link.csv").symlink_to("my_reviews.csv")
+    os.link(corpus, own_repo / "data/hard.csv")
+    for output in ("data/my_reviews.csv", "data/link.csv", "data/hard.csv"):
+        set_param(own_repo, "predict", "output", output)
+        proc = run(["python", "-m", "pipeline.stages.predict"], own_repo, check=False)
+        assert proc.returncode == 1, proc.stdout
+        assert proc.stdout.strip().splitlines() == [
+            f"error: params.yaml: 'predict.output' ({output}), an output of stage predict, "
+            f"{'is a hard link of' if output == 'data/hard.csv' else 'is'} data/my_reviews.csv (corpus.source), "
+            "read by stage prepare: running predict would overwrite it; name another path"], proc.stdout
+        assert corpus.read_bytes() == before
+
+
+def test_an_abandoned_trainings_resume_state_is_not_left_behind(repo):
+    """A training killed mid-run leaves its resume state (models/.train-resume.pt). Going back to the
+    committed params, `dvc repro` restores train from the run cache and runs none of this project's
+    code; the next thing of it that runs (any stage, textclf-exp, `python -m pipeline.params`, which
+    `make repro` runs after DVC) removes the state, which a finished training's marker shows abandoned.
+    While the training is unfinished, it is kept for the run that resumes it."""
+    resume = repo / "models/.train-resume.pt"
+    set_param(repo, "train", "epochs", 12)
+    set_param(repo, "train", "patience", 12)
+    assert _kill_stage_mid_work(repo, "train") != 0
+    assert resume.is_file() and not (repo / "metrics/train/best.json").exists()
+    run(["python", "-m", "pipeline.params"], repo)
+    assert resume.is_file()  # unfinished: kept
+    run(["git", "checkout", "--", "params.yaml"], repo)
+    out = run(["dvc", "repro"], repo).stdout
+    assert not stages_run(out) and "Stage 'train' is cached - skipping run" in out, out
+    assert resume.is_file()  # DVC ran nothing of ours
+    out = run(["python", "-m", "pipeline.params"], repo).stdout
+    assert "removed models/.train-resume.pt" in out and not resume.exists(), out
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""

@@ -111,3 +111,102 @@ def test_a_shared_experiment_without_its_model_costs_a_colleague_nothing(repo, t
     assert (clone / "models/model.pt").read_bytes() == theirs
     assert (clone / ".dvc/config").read_text() == config  # the remote is still there
     assert not (clone / ".dvc/config.local").exists() and not (repo / ".dvc/config.local").exists()
+
+
+def test_apply_never_loses_uncommitted_changes(repo):
+    """`dvc exp apply` over uncommitted changes keeps them only in a DVC-internal ref (cleared by its next
+    apply). textclf-exp apply refuses, naming them, and changes nothing; --force first saves them in a
+    git stash (a changed model through `dvc commit`, so the stash's dvc.lock finds it in the cache).
+    Right after `dvc exp run` the workspace's changes are that experiment's: nothing to lose, no refusal."""
+    run(["dvc", "exp", "run", "-n", "other", "-S", "train.lr=0.003"], repo)
+    theirs = (repo / "models/model.pt").read_bytes()
+    assert "applied experiment 'other'" in exp(repo, "apply", "other", "--git-remote", "").stdout
+    assert run(["git", "stash", "list"], repo).stdout == ""
+    run(["git", "checkout", "--", "."], repo)
+    run(["dvc", "checkout"], repo)
+
+    with (repo / "params.yaml").open("a") as f:
+        f.write("# my note\n")
+    with (repo / "models/model.pt").open("ab") as f:
+        f.write(b"my edit")
+    mine = (repo / "models/model.pt").read_bytes()
+    proc = exp(repo, "apply", "other", "--git-remote", "", check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stdout.strip().splitlines() == [
+        "error: experiment 'other': applying it would overwrite your uncommitted changes to params.yaml, "
+        "models/model.pt; nothing was changed. Commit them, or run again with --force to save them in a git "
+        "stash first"], proc.stdout
+    assert (repo / "params.yaml").read_text().endswith("# my note\n") and (repo / "models/model.pt").read_bytes() == mine
+
+    out = exp(repo, "apply", "other", "--git-remote", "", "--force").stdout
+    assert "saved your changes as the git stash" in out and "applied experiment 'other'" in out, out
+    assert (repo / "models/model.pt").read_bytes() == theirs
+    assert "textclf-exp apply other: your uncommitted changes" in run(["git", "stash", "list"], repo).stdout
+    assert run(["git", "show", "stash@{0}:params.yaml"], repo).stdout.endswith("# my note\n")
+    import yaml
+    lock = yaml.safe_load(run(["git", "show", "stash@{0}:dvc.lock"], repo).stdout)
+    digest = next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.pt")
+    assert (repo / ".dvc/cache/files/md5" / digest[:2] / digest[2:]).read_bytes() == mine
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_failed_upload_publishes_no_experiment(repo, tmp_path, monkeypatch):
+    """The data goes first, the git ref only when every output arrived: a remote that is full (a 64 KiB
+    tmpfs, where one can be mounted) or an S3 bucket that does not exist (moto on 127.0.0.1) is one line
+    naming the remote and the cause, and origin gets no experiment; once the remote works, it does."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    origin = tmp_path / "origin.git"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
+    run(["git", "remote", "add", "origin", str(origin)], repo)
+    run(["git", "push", "-q", "origin", "main"], repo)
+    run(["dvc", "exp", "run", "-n", "shared", "-S", "train.lr=0.003"], repo)
+
+    def published() -> str:
+        return run(["git", "ls-remote", str(origin), "refs/exps/*"], repo).stdout
+
+    full = tmp_path / "full"
+    full.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)], capture_output=True).returncode == 0:
+        try:
+            run(["dvc", "remote", "add", "full", str(full / "store")], repo)
+            proc = exp(repo, "push", "shared", "--dvc-remote", "full", check=False)
+            assert proc.returncode == 1, proc.stdout
+            assert proc.stdout.startswith("error: experiment 'shared': its outputs did not all reach the DVC remote "
+                                          "'full' (No space left on device"), proc.stdout
+            assert "its git ref was not pushed" in proc.stdout and published() == ""
+        finally:
+            subprocess.run(["umount", str(full)])
+    else:  # not root, or no tmpfs here: the S3 half below still runs
+        print("skipped the full-disk half: cannot mount a tmpfs here")
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        run(["dvc", "remote", "add", "-d", "s3store", "s3://no-such-bucket/dvc"], repo)
+        run(["dvc", "remote", "modify", "s3store", "endpointurl", endpoint], repo)
+        proc = exp(repo, "push", "shared", check=False)
+        assert proc.returncode == 1, proc.stdout
+        assert proc.stdout.startswith("error: experiment 'shared': its outputs did not all reach the DVC remote "
+                                      "'s3store' (NoSuchBucket"), proc.stdout
+        assert published() == ""
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="no-such-bucket")
+        assert "pushed experiment 'shared'" in exp(repo, "push", "shared").stdout
+        assert "refs/exps/" in published()
+        listed = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="no-such-bucket")
+        assert listed["KeyCount"] > 0
+    finally:
+        server.stop()

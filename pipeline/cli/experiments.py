@@ -1,7 +1,7 @@
 """textclf-exp: share experiments through DVC without losing a model or a remote on either side.
 
     textclf-exp push NAME [--git-remote origin] [--dvc-remote STORE]
-    textclf-exp apply NAME [--git-remote origin]
+    textclf-exp apply NAME [--git-remote origin] [--force]
     textclf-exp show [dvc exp show options]
 
 DVC does the work (`dvc exp push`, `dvc exp pull`, `dvc exp apply`, `dvc exp show`); this adds the checks
@@ -12,10 +12,15 @@ DVC leaves out:
   below lend this clone's remotes to every commit for their duration (copied into .dvc/config.local,
   which is put back after).
 - push: the outputs go to the DVC remote named by `--dvc-remote`, else the default one; with none, it
-  refuses.
+  refuses. The outputs go first (DVC's push of the experiment's commit), the git ref only once all of
+  them are there (`dvc exp push --no-cache`); a failed upload is one line naming the remote and the
+  cause (no space left, a quota, a missing bucket, an HTTP error), and the ref stays here.
 - apply: the experiment is pulled, then applied only if every output it records is in the local DVC
   cache; else it stops and changes nothing (`dvc exp apply` would first delete the workspace model, then
   fail). Your `.dvc/config` is kept: an experiment made before a remote was added would otherwise take it.
+  Uncommitted changes it would overwrite (tracked files, changed DVC outputs; `dvc exp apply` keeps them
+  only in a DVC-internal ref that its next apply clears) stop it, naming them; --force saves them in a
+  git stash first (changed outputs through `dvc commit`).
 - show: `dvc exp show` cut to 120 columns: the experiment, the headline metrics, and only the params that
   differ between the experiments shown.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -108,20 +114,150 @@ def push(name: str, git_remote: str, dvc_remote: str | None) -> None:
     if remote is None:
         raise PipelineError(f"experiment {name!r}: no DVC remote to take its model and data: add one first "
                             "(`dvc remote add --local -d NAME URL`), or pass --dvc-remote NAME")
+    rev = experiment_rev(name)
     with remotes_for_every_commit():
-        dvc("exp", "push", "--run-cache", "-r", remote, git_remote, name)
-    print(f"pushed experiment {name!r}: its git ref to {git_remote!r}, its outputs to the DVC remote {remote!r}")
+        # The data first, and the git ref only once every output is there: a colleague who sees the
+        # experiment can always fetch its model (`dvc exp push` sends the ref even when uploads fail).
+        upload_outputs(name, rev, remote)
+        dvc("exp", "push", "--no-cache", git_remote, name)
+    print(f"pushed experiment {name!r}: its outputs to the DVC remote {remote!r}, then its git ref to {git_remote!r}")
 
 
-def apply(name: str, git_remote: str | None) -> None:
+def upload_outputs(name: str, rev: str, remote: str) -> None:
+    """Every output `rev` records (and the run cache) to the DVC remote `remote`, through DVC's own push;
+    else an error naming the remote and the first failure's cause (a full disk, a quota, a missing
+    bucket, an HTTP status), where DVC says only how many files failed."""
+    import logging
+
+    from dvc.repo import Repo
+
+    failures: list[BaseException] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            if record.exc_info and record.exc_info[1] is not None:
+                failures.append(record.exc_info[1])
+
+    handler = Keep(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("dvc", "dvc_data", "dvc_objects")]
+    saved = [(logger.handlers[:], logger.propagate) for logger in loggers]
+    for logger in loggers:  # DVC's log of each failed file (a line each, hundreds) kept for the cause only
+        logger.handlers, logger.propagate = [handler], False
+    try:
+        with Repo(".") as repo:
+            repo.push(revs=[rev], remote=remote, run_cache=True, workspace=False)
+    except Exception as err:  # DVC's UploadError (a count), or what stopped it before any upload
+        cause = failure_cause(failures[0] if failures else err)
+        raise PipelineError(f"experiment {name!r}: its outputs did not all reach the DVC remote {remote!r} "
+                            f"({cause}); its git ref was not pushed. Fix the remote, then run again") from None
+    finally:
+        for logger, (handlers, propagate) in zip(loggers, saved):
+            logger.handlers, logger.propagate = handlers, propagate
+
+
+def failure_cause(err: BaseException) -> str:
+    """The first line of the root cause of an upload's failure, as plain as it can be said."""
+    import errno
+
+    seen = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    for exc in reversed(seen):  # the root first
+        code = getattr(exc, "errno", None)
+        if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES):
+            return os.strerror(code)
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict) and "Error" in response:  # botocore's ClientError: S3's own words
+            error = response["Error"]
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            return f"{error.get('Code')}: {error.get('Message')}{f' (HTTP {status})' if status else ''}"
+    root = seen[-1] if seen else err
+    text = (str(root).strip().splitlines() or [""])[0]
+    return f"{type(root).__name__}: {text}" if text else type(root).__name__
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout
+
+
+def unsaved_changes(rev: str) -> list[str]:
+    """What `dvc exp apply` of `rev` would destroy: tracked files changed in the workspace (staged or
+    not), untracked files that `rev` also holds, and DVC outputs changed since dvc.lock (their bytes are
+    in no cache). Changes that some experiment of this clone holds as they are (the workspace after `dvc
+    exp run`) are not lost, so not counted."""
+    changed = []
+    entries = iter(git("status", "--porcelain", "-z", "--untracked-files=all").split("\0"))
+    for entry in entries:
+        if len(entry) < 4:
+            continue
+        code, path = entry[:2], entry[3:]
+        if code[0] in "RC":  # a rename or copy: the old path comes next
+            changed.append(next(entries, ""))
+        if code != "??" or subprocess.run(["git", "cat-file", "-e", f"{rev}:{path}"],
+                                          capture_output=True).returncode == 0:
+            changed.append(path)
+    changed = [path for path in changed if path]
+    if changed:
+        held = [line.split()[0] for line in git("for-each-ref", "--format=%(objectname)", "refs/exps").splitlines()]
+        if any(all(_same_in(commit, path) for path in changed) for commit in held):
+            changed = []
+    return sorted(set(changed)) + modified_outputs()
+
+
+def modified_outputs() -> list[str]:
+    """DVC outputs whose workspace bytes are not the ones dvc.lock records (edited, or left by a run
+    that was never recorded): no cache holds them."""
+    from pipeline.workspace import check_dependencies
+
+    check_dependencies()  # `dvc status` would wait forever on a FIFO among them
+    modified = set()
+    for stage in json.loads(dvc("status", "--json").stdout or "{}").values():
+        for entry in stage if isinstance(stage, list) else []:
+            if isinstance(entry, dict):
+                modified.update(out for out, how in (entry.get("changed outs") or {}).items() if how == "modified")
+    return sorted(modified)
+
+
+def _same_in(commit: str, path: str) -> bool:
+    """Whether the workspace's `path` is byte for byte `commit`'s (both absent counts as the same)."""
+    there = subprocess.run(["git", "rev-parse", "-q", "--verify", f"{commit}:{path}"], capture_output=True, text=True)
+    if not Path(path).is_file():
+        return there.returncode != 0
+    here = subprocess.run(["git", "hash-object", "--", path], capture_output=True, text=True)
+    return there.returncode == 0 and there.stdout.strip() == here.stdout.strip()
+
+
+def save_changes(name: str, changed: list[str]) -> str:
+    """The workspace's changes into a git stash the user sees (`git stash list`): changed DVC outputs
+    first into the DVC cache and dvc.lock (`dvc commit`), so the stash holds them too."""
+    outputs = modified_outputs()
+    if outputs:
+        dvc("commit", "--force", *outputs)
+    message = f"textclf-exp apply {name}: your uncommitted changes ({', '.join(changed[:4])}{', ...' * (len(changed) > 4)})"
+    git("stash", "push", "--include-untracked", "-m", message)
+    return message
+
+
+def apply(name: str, git_remote: str | None, force: bool = False) -> None:
     if git_remote:
         with remotes_for_every_commit():
             dvc("exp", "pull", git_remote, name)
-    missing = missing_outputs(experiment_rev(name))
+    rev = experiment_rev(name)
+    missing = missing_outputs(rev)
     if missing:
         raise PipelineError(f"experiment {name!r}: its outputs are in no DVC cache or remote this clone reaches "
                             f"({', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}); nothing was changed. "
                             f"Ask its author to run `{SCRIPT} push {name}`")
+    changed = unsaved_changes(rev)
+    if changed and not force:
+        raise PipelineError(f"experiment {name!r}: applying it would overwrite your uncommitted changes to "
+                            f"{', '.join(changed[:4])}{', ...' if len(changed) > 4 else ''}; nothing was changed. "
+                            "Commit them, or run again with --force to save them in a git stash first")
+    if changed:
+        message = save_changes(name, changed)
+        print(f"saved your changes as the git stash {message!r}: after `git checkout -- .`, "
+              "`git stash pop && dvc checkout` brings them back")
     config = Path(".dvc/config")
     kept = config.read_bytes() if config.is_file() else None
     dvc("exp", "apply", name)
@@ -167,19 +303,24 @@ def build_parser() -> argparse.ArgumentParser:
     apply_parser = commands.add_parser("apply", help="pull an experiment and apply it, only if its outputs came")
     apply_parser.add_argument("name")
     apply_parser.add_argument("--git-remote", default="origin", help="'' for an experiment already here")
+    apply_parser.add_argument("--force", action="store_true",
+                              help="apply over uncommitted changes, saved first in a git stash (`git stash list`)")
     commands.add_parser("show", help="dvc exp show in 120 columns: headline metrics, the params that differ")
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    from pipeline.workspace import remove_abandoned_resume_state
+
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    remove_abandoned_resume_state()
     if extra and args.command != "show":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "push":
         push(args.name, args.git_remote, args.dvc_remote)
     elif args.command == "apply":
-        apply(args.name, args.git_remote or None)
+        apply(args.name, args.git_remote or None, args.force)
     else:
         show(extra)
 

@@ -23,6 +23,7 @@ from pipeline.errors import run_main
 from pipeline.files import write_json
 from pipeline.metrics import classification_metrics, headline
 from pipeline.tfidf import fit_baseline, fit_streaming, read_chunks
+from pipeline.workspace import start_stage
 
 PREPARED = Path("data/prepared")
 METRICS = Path("metrics/baseline.json")
@@ -30,6 +31,7 @@ REPORT = Path("metrics/baseline/report.json")
 
 
 def main() -> None:
+    start_stage("baseline")
     bp = params.load("baseline")
 
     def split_path(name: str) -> Path:

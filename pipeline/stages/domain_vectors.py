@@ -18,6 +18,7 @@ from pipeline import domain_vectors, params, unlabelled
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
 from pipeline.text import TextConfig
+from pipeline.workspace import start_stage
 
 TRAIN_SPLIT = Path("data/prepared/train.parquet")
 OUT_DIR = Path("data/domain_vectors")
@@ -25,6 +26,7 @@ METRICS = Path("metrics/domain_vectors.json")
 
 
 def main() -> None:
+    start_stage("domain_vectors")
     dp = params.load("domain_vectors")
     files = unlabelled.text_files(Path(dp.unlabelled))
     unlabelled_text = unlabelled.UnlabelledText(files, TextConfig.from_params(params.load("prepare")),

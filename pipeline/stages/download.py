@@ -32,6 +32,7 @@ from pathlib import Path
 from pipeline import params
 from pipeline.errors import run_main
 from pipeline.fetch import download
+from pipeline.workspace import start_stage
 
 RAW_DIR = Path("data/raw")
 
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["embeddings", "corpus"])
     args = parser.parse_args(argv)
+    start_stage(f"download_{args.what}")
     src = params.load(args.what)
     written = download(src, RAW_DIR / args.what, key=f"{args.what}.download")
     for path in written[:20]:

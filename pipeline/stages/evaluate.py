@@ -27,6 +27,7 @@ from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
 from pipeline.inference import encode_texts, predict_proba, predict_top
 from pipeline.metrics import classification_metrics, headline, plot_confusion
+from pipeline.workspace import start_stage
 
 TEST = Path("data/prepared/test.parquet")
 METRICS = Path("metrics/eval.json")
@@ -67,6 +68,7 @@ def log_curves(actual: list[str], labels: list[str], probs: np.ndarray | None = 
 
 
 def main() -> None:
+    start_stage("evaluate")
     evaluate_params = params.load("evaluate")
     checkpoint = load_checkpoint(MODEL_PATH)
     test = pd.read_parquet(TEST, columns=["text", "tokens", "label"])

@@ -14,12 +14,14 @@ from pipeline.corpus import prepare
 from pipeline.errors import run_main
 from pipeline.files import atomic_path, check_writable, write_json
 from pipeline.resources import cpu_share
+from pipeline.workspace import start_stage
 
 OUT_DIR = Path("data/prepared")
 REPORT = Path("metrics/prepare.json")
 
 
 def main() -> None:
+    start_stage("prepare")
     corpus, prep = params.load("corpus"), params.load("prepare")
     params.check_local_source("corpus", corpus)
     workers = cpu_share(prep.workers)

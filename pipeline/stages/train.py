@@ -26,6 +26,7 @@ from pipeline.model import ENCODERS
 from pipeline.resources import cpu_share
 from pipeline.text import TextConfig
 from pipeline.training import Hooks, build_model, fit, label_ids, resolve_device, resolve_precision, set_determinism
+from pipeline.workspace import start_stage
 
 PREPARED = Path("data/prepared")
 VOCAB_DIR = Path("data/vocab")
@@ -37,6 +38,7 @@ BEST = "best.json"  # in LIVE_DIR
 
 
 def main() -> None:
+    start_stage("train")
     train_params, prepare_params = params.load("train"), params.load("prepare")
     if train_params.encoder not in ENCODERS:
         raise PipelineError(f"params.yaml: 'train.encoder' is {train_params.encoder!r}; known encoders: "

@@ -17,6 +17,7 @@ from pipeline import domain_vectors, params, vectors
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
 from pipeline.vocabulary import PAD_ID, UNK_ID, build_vocab, count_split_tokens, coverage, fill_missing, write_token_ids
+from pipeline.workspace import start_stage
 
 PREPARED = Path("data/prepared")
 DOMAIN_DIR = Path("data/domain_vectors")
@@ -26,6 +27,7 @@ TOP_MISSING = 50
 
 
 def main() -> None:
+    start_stage("vocab")
     vocab_params, vector_params = params.load("vocab"), params.load("embeddings")
     params.check_local_source("embeddings", vector_params)
     train_counts, test_counts = (count_split_tokens(PREPARED / f"{name}.parquet") for name in ("train", "test"))
