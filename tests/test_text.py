@@ -25,3 +25,16 @@ def test_typographic_quotes_and_dashes_give_the_plain_tokens():
     assert tokenize(curly, TextConfig()) == tokenize(straight, TextConfig()) == [
         "the", "film", "'s", "best", "scene", "is", "n't", "enough", "--", '"', "dull", '"', "...", "a", "fine"]
     assert tokenize("don&rsquo;t", TextConfig()) == ["do", "n't"]
+
+
+def test_marks_stay_inside_their_words_in_every_script():
+    # Vowel signs and viramas (Unicode Mn, Mc) are not \w to re: they used to cut every Indic word apart.
+    cfg = TextConfig()
+    assert tokenize("यह फिल्म बहुत अच्छी थी।", cfg) == ["यह", "फिल्म", "बहुत", "अच्छी", "थी", "।"]  # Hindi
+    assert tokenize("இந்த படம் மிகவும் நன்றாக இருந்தது", cfg) == [
+        "இந்த", "படம்", "மிகவும்", "நன்றாக", "இருந்தது"]                                    # Tamil
+    assert tokenize("এই সিনেমাটা খুব ভালো ছিল", cfg) == ["এই", "সিনেমাটা", "খুব", "ভালো", "ছিল"]  # Bengali
+    assert tokenize("ఈ సినిమా చాలా బాగుంది", cfg) == ["ఈ", "సినిమా", "చాలా", "బాగుంది"]          # Telugu
+    assert tokenize("หนัง สนุก มาก", cfg) == ["หนัง", "สนุก", "มาก"]                          # Thai vowels
+    assert tokenize("ड्रामा-फिल्म's", cfg) == ["ड्रामा-फिल्म", "'s"]   # hyphens and clitics as in English
+    assert tokenize("\u0301 lone mark", cfg) == ["\u0301", "lone", "mark"]  # a mark with no letter: a symbol
