@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -37,7 +38,7 @@ from pipeline import params
 from pipeline.errors import PipelineError
 from pipeline.layouts import corpus_chunks
 from pipeline.readers import CHUNK_ROWS
-from pipeline.text import TextConfig, tokenize
+from pipeline.text import TextConfig, icu_version, text_config_metadata, tokenize_counted
 
 SPLITS = ("train", "val", "test")
 ROW_GROUP = 20_000    # rows per Parquet row group of the prepared splits
@@ -61,6 +62,7 @@ class ChunkFacts:
     hashed: np.ndarray      # int8 split code from the seeded hash of the text
     carve: np.ndarray       # bool: the hash falls below val_size (val carved from given train rows)
     label_fixes: dict       # rows whose label a policy changed: {policy: count} (see label_text)
+    segmented: int = 0      # rows the word segmenter cut (scripts written without spaces)
 
 
 def label_text(value) -> tuple[str | None, str | None]:
@@ -114,7 +116,11 @@ def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float
         if fix:
             fixes[fix] += 1
     label_code, labels = pd.factorize(pd.Series(raw_label, dtype=object))
-    tokens = [tokenize(t, cfg) for t in text]
+    tokens, segmented = [], 0
+    for t in text:
+        words, cut = tokenize_counted(t, cfg)
+        tokens.append(words)
+        segmented += cut
     # Two hashes: the seeded 64-bit one places the text in a split (as it always has, so splits do
     # not move); the 128-bit one finds duplicates, where a 64-bit collision would be a real risk.
     u = text_hash_unit(text, seed)
@@ -125,7 +131,7 @@ def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float
         key=np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2),
         given=given_split_codes(df["split"]),
         hashed=hashed_split_codes(u, val_size, test_size), carve=u < val_size,
-        label_fixes=dict(fixes))
+        label_fixes=dict(fixes), segmented=segmented)
     table = pa.table({"text": pa.array(text, pa.string()), "tokens": pa.array(tokens, pa.list_(pa.string()))})
     return table, facts
 
@@ -194,6 +200,7 @@ class CorpusFacts:
     carve: np.ndarray
     chunk_rows: list[int]
     label_fixes: dict
+    segmented: int = 0
 
     @classmethod
     def join(cls, facts: list[ChunkFacts]) -> "CorpusFacts":
@@ -217,7 +224,7 @@ class CorpusFacts:
         fixes = sum((collections.Counter(f.label_fixes) for f in facts), collections.Counter())
         return cls(list(ids), label, joined("n_tokens", np.int32), joined("key", np.uint64, (0, 2)),
                    joined("given", np.int8), joined("hashed", np.int8), joined("carve", bool), chunk_rows,
-                   dict(sorted(fixes.items())))
+                   dict(sorted(fixes.items())), sum(f.segmented for f in facts))
 
 
 def canonical_labels(rows: CorpusFacts, variants: str, source: str) -> list[str]:
@@ -351,17 +358,26 @@ def length_stats(lengths: np.ndarray) -> dict:
 # --- writing ----------------------------------------------------------------------------------------
 
 
+def resolve_tokenizer(cfg: TextConfig, rows: CorpusFacts) -> TextConfig:
+    """`auto` as the corpus needed it: icu if the segmenter cut any row, else words (both give the tokens
+    already made: they differ only on the scripts written without spaces)."""
+    if cfg.tokenizer != "auto":
+        return cfg
+    return dataclasses.replace(cfg, tokenizer="icu" if rows.segmented else "words")
+
+
 def write_splits(shards: list[Path], rows: CorpusFacts, keep: np.ndarray, split: np.ndarray,
-                 row_class: np.ndarray, names: list[str], out_dir: Path) -> None:
+                 row_class: np.ndarray, names: list[str], out_dir: Path, text_config: TextConfig) -> None:
     """Copy each kept row from the shards to its split's file, in the corpus's order, with its class
     name; row groups of ROW_GROUP rows (the later stages read a group at a time). A thread per split
     encodes and writes while the next shard is read (Arrow releases the GIL in both)."""
     label_names = pa.array(names, pa.string())
+    schema = OUTPUT_SCHEMA.with_metadata(text_config_metadata(text_config))
     buffered: dict[str, list[pa.Table]] = {name: [] for name in SPLITS}
     writes: collections.deque = collections.deque()
     with contextlib.ExitStack() as stack:
         # No min/max statistics of texts and tokens: nothing filters on them, and they cost a sixth of the writing.
-        writers = {name: stack.enter_context(pq.ParquetWriter(out_dir / f"{name}.parquet", OUTPUT_SCHEMA,
+        writers = {name: stack.enter_context(pq.ParquetWriter(out_dir / f"{name}.parquet", schema,
                                                               write_statistics=["label"]))
                    for name in SPLITS}
         threads = {name: stack.enter_context(ThreadPoolExecutor(1)) for name in SPLITS}  # one each: in order
@@ -406,7 +422,8 @@ def prepare(source: Path, corpus: params.CorpusParams, prep: params.PrepareParam
     shard_dir = out_dir / ".shards"
     shard_dir.mkdir(parents=True)
     started = time.perf_counter()
-    shards, facts = tokenize_corpus(chunks, shard_dir, TextConfig.from_params(prep), prep, workers)
+    text_config = TextConfig.from_params(prep)
+    shards, facts = tokenize_corpus(chunks, shard_dir, text_config, prep, workers)
     tokenized = time.perf_counter()
     rows = CorpusFacts.join(facts)
     del facts
@@ -422,11 +439,16 @@ def prepare(source: Path, corpus: params.CorpusParams, prep: params.PrepareParam
     if by_split["val"].sum() == 0:
         raise PipelineError(f"{source}: the val split is empty (raise prepare.val_size)")
     decided = time.perf_counter()
-    write_splits(shards, rows, keep, split, row_class, names, out_dir)
+    text_config = resolve_tokenizer(text_config, rows)
+    write_splits(shards, rows, keep, split, row_class, names, out_dir, text_config)
     shard_dir.rmdir()
     print(f"read and tokenized in {tokenized - started:.1f}s ({workers} worker{'s' if workers > 1 else ''}), "
           f"decided in {decided - tokenized:.1f}s, wrote the splits in {time.perf_counter() - decided:.1f}s")
     report["layout"] = layout
+    report["tokenizer"] = text_config.tokenizer
+    if text_config.tokenizer == "icu":
+        report["icu_version"] = icu_version()
+    report["rows_segmented"] = rows.segmented
     if rows.label_fixes:  # policies of label_text, each counted in rows
         report["labels_changed"] = rows.label_fixes
     report.update(split_info)

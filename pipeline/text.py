@@ -12,17 +12,28 @@ that have vectors. Hyphenated words stay whole ("well-made" has a GloVe vector).
 letters and digits with the combining marks among them (Unicode categories Mn, Mc, Me: the vowel signs
 and viramas of Devanagari, Bengali, Tamil, Thai and the other Brahmic scripts), so "अच्छी" is one word,
 not four pieces.
+
+Scripts written without spaces between words (Chinese, Japanese, Thai, Lao, Khmer, Myanmar) are cut
+into words by ICU's word-break iterator (dictionaries for each of them; the icu4py wheel bundles ICU),
+under `tokenizer: icu`, or `auto` where the text holds such a script. `words` keeps each run of them
+whole. Text without those scripts gives the same tokens under all three. docs/text.md says why ICU.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import html
+import json
 import re
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import regex  # Unicode properties, which the standard library's re lacks
+
+from pipeline.errors import PipelineError
 
 NUM_TOKEN = "<num>"
 
@@ -67,6 +78,20 @@ _TOKEN = re.compile(
 )
 _NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")
 
+# Letters of the scripts written without spaces between words (by Script_Extensions, so the Japanese
+# long-vowel mark and the iteration marks count): each run of them, with its marks, goes to ICU.
+UNSPACED_SCRIPTS = ("Han", "Hiragana", "Katakana", "Thai", "Lao", "Khmer", "Myanmar")
+_UNSPACED = _char_class("(?V1)[[%s]&&[\\p{L}\\p{Nl}]]" % "".join(f"\\p{{scx={n}}}" for n in UNSPACED_SCRIPTS))
+_UNSPACED_FIND = re.compile(f"[{_UNSPACED}]")
+# The tokenizer above with those runs as tokens of their own ("iphone很好" is "iphone" and "很好"),
+# for the segmenter to cut.
+_SPACED_LETTER = f"[^\\W_{_UNSPACED}]"
+_TOKEN_SEGMENTED = re.compile(
+    f"(?P<unspaced>[{_UNSPACED}]+(?:{_MARK}+[{_UNSPACED}]*)*)|" + _TOKEN.pattern.replace(r"[^\W_]", _SPACED_LETTER),
+    re.VERBOSE | re.IGNORECASE,
+)
+TOKENIZERS = ("auto", "words", "icu")
+
 
 @dataclass(frozen=True)
 class TextConfig:
@@ -74,10 +99,40 @@ class TextConfig:
     strip_html: bool = True
     strip_urls: bool = True
     numbers: str = "keep"  # keep | token | drop
+    # words | icu | auto (icu where the text holds a script written without spaces; prepare resolves
+    # it to the one its corpus needed, which the checkpoint keeps). Checkpoints from before: words.
+    tokenizer: str = "words"
+
+    def __post_init__(self):
+        if self.tokenizer not in TOKENIZERS:
+            raise PipelineError(f"tokenizer {self.tokenizer!r} is not one of {', '.join(TOKENIZERS)}")
 
     @classmethod
     def from_params(cls, p) -> "TextConfig":
-        return cls(p.lowercase, p.strip_html, p.strip_urls, p.numbers)
+        return cls(p.lowercase, p.strip_html, p.strip_urls, p.numbers, p.tokenizer)
+
+
+# The prepared splits' Parquet metadata holds the settings they were tokenized with (`auto` resolved):
+# what train puts in the checkpoint, and how domain_vectors tokenizes the unlabelled text.
+TEXT_CONFIG_KEY = b"pipeline.text_config"
+
+
+def text_config_metadata(cfg: TextConfig) -> dict:
+    return {TEXT_CONFIG_KEY: json.dumps(dataclasses.asdict(cfg), sort_keys=True).encode()}
+
+
+def prepared_text_config(split: Path, fallback: TextConfig) -> TextConfig:
+    """The tokenizer settings a prepared split was made with (its Parquet metadata); `fallback` (the
+    prepare params) for a split written without them."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(split).metadata or {}
+    if TEXT_CONFIG_KEY not in meta:
+        return fallback
+    try:
+        return TextConfig(**json.loads(meta[TEXT_CONFIG_KEY]))
+    except (ValueError, TypeError, PipelineError) as e:
+        raise PipelineError(f"{split}: unreadable tokenizer settings in its metadata ({e}); run the prepare stage again") from None
 
 
 def normalize(text: str) -> str:
@@ -97,11 +152,48 @@ def clean(text: str, cfg: TextConfig) -> str:
     return text
 
 
-def tokenize(text: str, cfg: TextConfig) -> list[str]:
-    tokens = _TOKEN.findall(clean(text, cfg))
+@functools.cache
+def _word_breaker():
+    try:
+        from icu4py.breakers import WordBreaker
+    except ImportError as e:
+        raise PipelineError(f"tokenizer icu needs the icu4py package ({e}); install requirements.txt, or set "
+                            "prepare.tokenizer: words") from None
+    return WordBreaker
+
+
+def icu_version() -> str:
+    import icu4py
+    return icu4py.icu_version
+
+
+def _segmented(text: str) -> list[str]:
+    """The tokens of a text with runs of unspaced scripts in it: those runs cut by ICU's word breaks."""
+    breaker = _word_breaker()
+    tokens = []
+    for m in _TOKEN_SEGMENTED.finditer(text):
+        run = m.group("unspaced")
+        if run is None:
+            tokens.append(m.group())
+        else:
+            tokens += [run[a:b] for a, b in breaker(run, "root").segments()]
+    return tokens
+
+
+def tokenize_counted(text: str, cfg: TextConfig) -> tuple[list[str], bool]:
+    """The tokens, and whether the segmenter cut any (what `auto` resolves by)."""
+    text = clean(text, cfg)
+    if cfg.tokenizer != "words" and not text.isascii() and _UNSPACED_FIND.search(text):
+        tokens, segmented = _segmented(text), True
+    else:
+        tokens, segmented = _TOKEN.findall(text), False
     if cfg.numbers != "keep":
         if cfg.numbers == "token":
             tokens = [NUM_TOKEN if _NUMBER.fullmatch(t) else t for t in tokens]
         else:
             tokens = [t for t in tokens if not _NUMBER.fullmatch(t)]
-    return tokens
+    return tokens, segmented
+
+
+def tokenize(text: str, cfg: TextConfig) -> list[str]:
+    return tokenize_counted(text, cfg)[0]
