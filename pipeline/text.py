@@ -92,6 +92,22 @@ _TOKEN_SEGMENTED = re.compile(
 )
 TOKENIZERS = ("auto", "words", "icu")
 
+# What prepare checks the tokens against: a word's script, and the most characters (marks included) a
+# word of it plausibly has. Chinese and Japanese words seldom pass 6 characters (a clause left whole
+# does); Thai, Lao, Khmer and Myanmar words with their marks 20; the rest 40 (long German compounds).
+WORD_LENGTH = {"HAN": 6, "HIRAGANA": 6, "KATAKANA": 6, "THAI": 20, "LAO": 20, "KHMER": 20, "MYANMAR": 20}
+DEFAULT_WORD_LENGTH = 40
+
+
+def token_script(token: str) -> str | None:
+    """A token's script: the first word of the Unicode name of its first character (LATIN, DEVANAGARI,
+    THAI, HAN for the CJK ideographs...); None for numbers and symbols."""
+    c = token[0]
+    if unicodedata.category(c)[0] not in "LM":
+        return None
+    script = unicodedata.name(c, "UNNAMED").split(" ", 1)[0]
+    return "HAN" if script == "CJK" else script
+
 
 @dataclass(frozen=True)
 class TextConfig:

@@ -115,10 +115,31 @@ def test_prepare_resolves_auto_by_the_corpus_and_records_it(tmp_path):
     report = corpus.prepare(english, corpus_params(), prepare_params(), tmp_path / "en", 1)
     assert report["tokenizer"] == "words" and report["rows_segmented"] == 0 and "icu_version" not in report
     assert prepared_text_config(tmp_path / "en" / "train.parquet", fallback) == TextConfig(tokenizer="words")
-    # set by hand, it is kept: words leaves each Chinese clause whole
-    corpus.prepare(source, corpus_params(), prepare_params(tokenizer="words"), tmp_path / "w", 1)
-    assert ("这部电影非常好看", ",", "我很喜欢", "。") in {tuple(t[:-1]) for t in _prepared_tokens(tmp_path / "w")}
-    assert prepared_text_config(tmp_path / "w" / "train.parquet", fallback).tokenizer == "words"
+    # set by hand, it is kept
+    corpus.prepare(english, corpus_params(), prepare_params(tokenizer="icu"), tmp_path / "i", 1)
+    assert prepared_text_config(tmp_path / "i" / "train.parquet", fallback).tokenizer == "icu"
+
+
+def test_prepare_reports_tokens_per_script_and_stops_when_most_are_no_words(tmp_path):
+    source = _multilingual_corpus(tmp_path / "c.csv", MULTILINGUAL)
+    report = corpus.prepare(source, corpus_params(), prepare_params(), tmp_path / "out", 1)
+    scripts = report["scripts"]
+    assert {"HAN", "HIRAGANA", "THAI", "DEVANAGARI"} <= set(scripts)
+    assert all(s["single_mark"] == 0 and s["too_long"] == 0 for s in scripts.values())
+    assert report["train_letters_not_in_words"] == 0
+    # words leaves the Chinese, Japanese and Thai clauses whole: most of the text is in no word
+    only_unspaced = [row for row in MULTILINGUAL if not row[0].startswith("यह")]
+    source = _multilingual_corpus(tmp_path / "u.csv", only_unspaced)
+    with pytest.raises(PipelineError, match=r"u.csv: \d+% of the training text's letters are in tokens that are no "
+                                            r"words \(\d+ of its \d+ Han tokens longer than a word\); set "
+                                            r"prepare.tokenizer: auto"):
+        corpus.prepare(source, corpus_params(), prepare_params(tokenizer="words"), tmp_path / "w", 1)
+    # text no tokenizer cuts into words (a column of hashes, say): the error says what to check
+    hashes = _multilingual_corpus(tmp_path / "h.csv", [("f" * 64, "pos"), ("e" * 64, "neg")])
+    with pytest.raises(PipelineError, match=r"100% .* \(24 of its 24 Latin tokens longer than a word\); "
+                                            r"prepare.tokenizer \(words\) cannot cut it into words: check "
+                                            r"corpus.text_column"):
+        corpus.prepare(hashes, corpus_params(), prepare_params(), tmp_path / "x", 1)
 
 
 def test_predict_explain_and_serve_tokenize_as_the_checkpoint_says(tmp_path):
