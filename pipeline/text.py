@@ -164,7 +164,12 @@ def clean(text: str, cfg: TextConfig) -> str:
     if cfg.strip_urls:
         text = _URL.sub(" ", text)
     if cfg.lowercase:
+        # Unicode's default lowercasing, for every language alike (docs/text.md, "Case"): final sigma
+        # right (ΟΔΟΣ -> οδος), ß kept (as the vectors keep it). The one fix: the Turkish capital İ
+        # becomes i, not i and a combining dot. Turkish I still becomes i, not ı (that needs the language).
         text = text.lower()
+        if not text.isascii():
+            text = text.replace("i\u0307", "i")
     return text
 
 

@@ -170,3 +170,12 @@ def test_predict_explain_and_serve_tokenize_as_the_checkpoint_says(tmp_path):
     finally:
         live.stop()
     assert status == 200 and data["predictions"][0]["explanation"]["tokens"] == expected
+
+
+def test_lowercasing_is_unicodes_for_every_language_with_the_turkish_capital_dotted_i_made_i():
+    cfg = TextConfig()
+    assert tokenize("İSTANBUL İstanbul", cfg) == ["istanbul", "istanbul"]  # not "i̇stanbul" (i + U+0307)
+    assert tokenize("ΟΔΟΣ ΚΑΛΟΣ", cfg) == ["οδος", "καλος"]                  # final sigma
+    assert tokenize("Straße ẞ", cfg) == ["straße", "ß"]                       # ß kept, as in the vectors
+    assert tokenize("KIRMIZI ılık", cfg) == ["kirmizi", "ılık"]                # the documented limit
+    assert tokenize("İstanbul", TextConfig(lowercase=False)) == ["İstanbul"]
