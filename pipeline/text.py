@@ -45,27 +45,37 @@ _TYPOGRAPHY = str.maketrans({
     **dict.fromkeys("\u2012\u2013\u2014\u2015", "--"),                       # figure, en, em, bar dashes
     **dict.fromkeys("\u200b\u200c\u200d\u2060\ufeff\u00ad", ""),             # invisible characters
 })
+_ASCII_TYPOGRAPHY = [(chr(k), v) for k, v in _TYPOGRAPHY.items() if k < 128]  # the backtick
 # C0 and C1 control characters but tab, line feed and carriage return (which are blanks already).
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _HTML_TAG = re.compile(r"<[^>]{0,200}>")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 
 
-def _char_class(prop: str) -> str:
-    """The code points a Unicode property (`regex` syntax, e.g. \\p{M}) matches, as the body of a
-    character class for `re`, whose matching is faster: `re` has no Unicode properties of its own."""
+def _char_class(prop: str) -> tuple[str, str]:
+    """The code points a Unicode property (`regex` syntax, e.g. \\p{M}) matches, as the bodies of two
+    character classes for `re` (which has no Unicode properties of its own, and matches faster): those
+    below U+10000, then those above. re finds a character of the first kind in one table look-up."""
     every = np.concatenate([np.arange(0xD800, dtype="<u4"), np.arange(0xE000, 0x110000, dtype="<u4")])
-    runs = regex.finditer(f"{prop}+", every.tobytes().decode("utf-32-le"))
-    return "".join(re.escape(m[0][0]) + (f"-{re.escape(m[0][-1])}" if len(m[0]) > 1 else "") for m in runs)
+    runs = [m[0] for m in regex.finditer(f"{prop}+", every.tobytes().decode("utf-32-le"))]
+    runs = [part for run in runs for part in ([run] if run[0] > "\uffff" or run[-1] <= "\uffff" else
+                                              [run[:run.index("\U00010000")], run[run.index("\U00010000"):]])]
+
+    def body(parts):
+        return "".join(re.escape(r[0]) + (f"-{re.escape(r[-1])}" if len(r) > 1 else "") for r in parts)
+    return body(r for r in runs if r[0] <= "\uffff"), body(r for r in runs if r[0] > "\uffff")
 
 
-# Combining marks. A mark is never \w to re: a word is letters with marks among them. The marks come
-# after a letter, and the look-ahead (one range) keeps the class's long list of ranges off the ASCII
-# text that is most of what English corpora hold: the tokenizer is as fast as without marks.
-_MARK = "(?=[\u0300-\U0010ffff])[%s]" % _char_class(r"\p{M}")
-_WORD = r"[^\W_]+(?:%s+[^\W_]*)*" % _MARK
-_TOKEN = re.compile(
-    r"""
+def _any_of(bmp: str, astral: str) -> str:
+    """A pattern for one character of either class, the second's long list of ranges tried only above U+FFFF."""
+    return f"(?:[{bmp}]|(?=[\U00010000-\U0010ffff])[{astral}])"
+
+
+# Combining marks (Mn, Mc, Me). A mark is never \w to re: a word is letters with marks among them.
+_MARKS = _char_class(r"\p{M}")
+_MARK = _any_of(*_MARKS)
+_MARK_FIND = re.compile(_MARK)
+_PATTERN = r"""
       [^\W_]+(?=n't\b)                 # "do" of "don't"
     | n't\b                            # the "n't" itself
     | '(?:s|re|ve|ll|d|m)\b            # clitics: 's 're 've 'll 'd 'm
@@ -73,21 +83,24 @@ _TOKEN = re.compile(
     | WORD(?:-WORD|'(?!(?:s|re|ve|ll|d|m|t)\b)WORD)*   # words, well-made, o'clock
     | \.\.\.|--+                        # ellipsis and dashes, as GloVe has them
     | [^\w\s]                          # any other single symbol
-    """.replace("WORD", _WORD).replace("MARK", _MARK),
-    re.VERBOSE | re.IGNORECASE,
-)
+    """
+_TOKEN = re.compile(_PATTERN.replace("WORD", r"[^\W_]+(?:MARK+[^\W_]*)*").replace("MARK", _MARK),
+                    re.VERBOSE | re.IGNORECASE)
+# The same without marks, for the text that has none (most text of most corpora): faster.
+_TOKEN_NO_MARKS = re.compile(_PATTERN.replace("WORD", r"[^\W_]+").replace("|MARK", ""), re.VERBOSE | re.IGNORECASE)
 _NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")
 
 # Letters of the scripts written without spaces between words (by Script_Extensions, so the Japanese
 # long-vowel mark and the iteration marks count): each run of them, with its marks, goes to ICU.
 UNSPACED_SCRIPTS = ("Han", "Hiragana", "Katakana", "Thai", "Lao", "Khmer", "Myanmar")
-_UNSPACED = _char_class("(?V1)[[%s]&&[\\p{L}\\p{Nl}]]" % "".join(f"\\p{{scx={n}}}" for n in UNSPACED_SCRIPTS))
-_UNSPACED_FIND = re.compile(f"[{_UNSPACED}]")
-# The tokenizer above with those runs as tokens of their own ("iphone很好" is "iphone" and "很好"),
-# for the segmenter to cut.
-_SPACED_LETTER = f"[^\\W_{_UNSPACED}]"
+_UNSPACED_CLASSES = _char_class("(?V1)[[%s]&&[\\p{L}\\p{Nl}]]" % "".join(f"\\p{{scx={n}}}" for n in UNSPACED_SCRIPTS))
+_UNSPACED_FIND = re.compile(_any_of(*_UNSPACED_CLASSES))
+# The tokenizer with those runs as tokens of their own ("iphone很好" is "iphone" and "很好"), for
+# the segmenter to cut.
+_UNSPACED = "".join(_UNSPACED_CLASSES)
 _TOKEN_SEGMENTED = re.compile(
-    f"(?P<unspaced>[{_UNSPACED}]+(?:{_MARK}+[{_UNSPACED}]*)*)|" + _TOKEN.pattern.replace(r"[^\W_]", _SPACED_LETTER),
+    f"(?P<unspaced>[{_UNSPACED}]+(?:{_MARK}+[{_UNSPACED}]*)*)|"
+    + _TOKEN.pattern.replace(r"[^\W_]", f"[^\\W_{_UNSPACED}]"),
     re.VERBOSE | re.IGNORECASE,
 )
 TOKENIZERS = ("auto", "words", "icu")
@@ -154,6 +167,10 @@ def prepared_text_config(split: Path, fallback: TextConfig) -> TextConfig:
 def normalize(text: str) -> str:
     """NFKC, then typographic quotes, apostrophes and dashes to their ASCII forms; control characters
     (a NUL byte, say) become blanks, so they are never tokens."""
+    if text.isascii():  # NFKC leaves ASCII as it is, and the table maps few ASCII characters: faster
+        for char, replacement in _ASCII_TYPOGRAPHY:
+            text = text.replace(char, replacement)
+        return _CONTROL.sub(" ", text)
     return _CONTROL.sub(" ", unicodedata.normalize("NFKC", text).translate(_TYPOGRAPHY))
 
 
@@ -204,10 +221,15 @@ def _segmented(text: str) -> list[str]:
 def tokenize_counted(text: str, cfg: TextConfig) -> tuple[list[str], bool]:
     """The tokens, and whether the segmenter cut any (what `auto` resolves by)."""
     text = clean(text, cfg)
-    if cfg.tokenizer != "words" and not text.isascii() and _UNSPACED_FIND.search(text):
+    segmented = False
+    if text.isascii():
+        tokens = _TOKEN_NO_MARKS.findall(text)
+    elif cfg.tokenizer != "words" and _UNSPACED_FIND.search(text):
         tokens, segmented = _segmented(text), True
+    elif _MARK_FIND.search(text):
+        tokens = _TOKEN.findall(text)
     else:
-        tokens, segmented = _TOKEN.findall(text), False
+        tokens = _TOKEN_NO_MARKS.findall(text)
     if cfg.numbers != "keep":
         if cfg.numbers == "token":
             tokens = [NUM_TOKEN if _NUMBER.fullmatch(t) else t for t in tokens]
