@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline import corpus
+from pipeline import corpus, params
 from pipeline.errors import PipelineError
 from pipeline.text import TextConfig, prepared_text_config, tokenize
 from tests.helpers import corpus_params, prepare_params
@@ -79,8 +79,12 @@ def test_every_tokenizer_gives_english_the_same_tokens():
 
 
 def test_an_unknown_tokenizer_is_refused():
+    raw = {**prepare_params().__dict__, "tokenizer": "spaces"}
+    with pytest.raises(PipelineError, match=r"params.yaml: 'prepare.tokenizer' must be one of 'auto', 'words', "
+                                            r"'icu', got 'spaces'"):
+        params.parse_section("prepare", raw)
     with pytest.raises(PipelineError, match="tokenizer 'spaces' is not one of auto, words, icu"):
-        TextConfig(tokenizer="spaces")
+        TextConfig(tokenizer="spaces")  # a checkpoint's or a sidecar's settings
 
 
 MULTILINGUAL = [(CHINESE, "pos"), ("这部电影太无聊了，我不喜欢。", "neg"), (JAPANESE, "pos"),
