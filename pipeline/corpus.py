@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import functools
 import hashlib
 import itertools
@@ -38,8 +37,8 @@ from pipeline import params
 from pipeline.errors import PipelineError
 from pipeline.layouts import corpus_chunks
 from pipeline.readers import CHUNK_ROWS
-from pipeline.text import DEFAULT_WORD_LENGTH, WORD_LENGTH, TextConfig, icu_version, text_config_metadata, \
-    token_script, tokenize_counted
+from pipeline.text import TextConfig, text_config_metadata, tokenize_all
+from pipeline.words import WordFacts, resolve_and_check
 
 SPLITS = ("train", "val", "test")
 ROW_GROUP = 20_000    # rows per Parquet row group of the prepared splits
@@ -63,10 +62,7 @@ class ChunkFacts:
     hashed: np.ndarray      # int8 split code from the seeded hash of the text
     carve: np.ndarray       # bool: the hash falls below val_size (val carved from given train rows)
     label_fixes: dict       # rows whose label a policy changed: {policy: count} (see label_text)
-    segmented: int = 0      # rows the word segmenter cut (scripts written without spaces)
-    scripts: dict = None    # per script: tokens, single_mark and too_long counts (see token_checks)
-    word_chars: np.ndarray = None  # int32: characters in the row's tokens of letters (words or not)
-    odd_chars: np.ndarray = None   # int32: those in tokens that are no word (a lone mark, too long)
+    words: WordFacts = None  # what the tokens look like per script, the rows segmented (pipeline.words)
 
 
 def label_text(value) -> tuple[str | None, str | None]:
@@ -120,11 +116,7 @@ def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float
         if fix:
             fixes[fix] += 1
     label_code, labels = pd.factorize(pd.Series(raw_label, dtype=object))
-    tokens, segmented = [], 0
-    for t in text:
-        words, cut = tokenize_counted(t, cfg)
-        tokens.append(words)
-        segmented += cut
+    tokens, segmented = tokenize_all(text, cfg)
     # Two hashes: the seeded 64-bit one places the text in a split (as it always has, so splits do
     # not move); the 128-bit one finds duplicates, where a 64-bit collision would be a real risk.
     u = text_hash_unit(text, seed)
@@ -135,60 +127,10 @@ def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float
         key=np.frombuffer(digests, dtype=np.uint64).reshape(-1, 2),
         given=given_split_codes(df["split"]),
         hashed=hashed_split_codes(u, val_size, test_size), carve=u < val_size,
-        label_fixes=dict(fixes), segmented=segmented)
+        label_fixes=dict(fixes))
     table = pa.table({"text": pa.array(text, pa.string()), "tokens": pa.array(tokens, pa.list_(pa.string()))})
-    facts.scripts, facts.word_chars, facts.odd_chars = token_checks(table.column("tokens").combine_chunks())
+    facts.words = WordFacts.of_chunk(table.column("tokens").combine_chunks(), segmented)
     return table, facts
-
-
-def token_checks(tokens: pa.ListArray) -> tuple[dict, np.ndarray, np.ndarray]:
-    """What the tokens of a chunk look like, per script (text.token_script): how many, how many are a
-    single combining mark, how many longer than a word of the script can be (text.WORD_LENGTH); and per
-    row, the characters in tokens of letters and in those that are no word. ASCII tokens are counted
-    at once by Arrow (Latin, or no script); only the others one at a time."""
-    flat = tokens.flatten()
-    n = len(tokens)
-    if len(flat) == 0:
-        return {}, np.zeros(n, np.int32), np.zeros(n, np.int32)
-    # Straight from Arrow's buffers (a token is never empty): each token's bytes, whether they are all
-    # ASCII, and whether the first is a letter.
-    offsets = np.frombuffer(flat.buffers()[1], np.int32)[flat.offset:flat.offset + len(flat) + 1]
-    data = np.frombuffer(flat.buffers()[2], np.uint8)
-    length = np.diff(offsets).astype(np.int64)  # bytes: the characters of an ASCII token
-    ascii_ = np.ones(len(flat), bool)
-    high = np.flatnonzero(data[offsets[0]:offsets[-1]] >= 0x80) + offsets[0]  # few, in most corpora
-    ascii_[np.unique(np.searchsorted(offsets, high, side="right") - 1)] = False
-    first = data[offsets[:-1]] | 0x20
-    word = ascii_ & (first >= ord("a")) & (first <= ord("z"))
-    odd = word & (length > DEFAULT_WORD_LENGTH)
-    scripts = collections.defaultdict(lambda: {"tokens": 0, "single_mark": 0, "too_long": 0})
-    if word.any():
-        scripts["LATIN"].update(tokens=int(word.sum()), too_long=int(odd.sum()))
-    others = np.flatnonzero(~ascii_)
-    for i, token in zip(others, flat.take(pa.array(others)).to_pylist()):
-        length[i] = len(token)
-        script = token_script(token)
-        if script is None:
-            continue
-        counts = scripts[script]
-        counts["tokens"] += 1
-        word[i] = True
-        if len(token) == 1 and unicodedata.category(token)[0] == "M":
-            counts["single_mark"] += 1
-            odd[i] = True
-        elif len(token) > WORD_LENGTH.get(script, DEFAULT_WORD_LENGTH):
-            counts["too_long"] += 1
-            odd[i] = True
-    # per row: sums over each row's run of tokens
-    bounds = tokens.offsets.to_numpy() - tokens.offsets[0].as_py()
-
-    def per_row(chars: np.ndarray) -> np.ndarray:
-        total = np.concatenate([[0], np.cumsum(chars)])
-        return (total[bounds[1:]] - total[bounds[:-1]]).astype(np.int32)
-
-    word_chars = per_row(length * word)
-    odd_chars = per_row(length * odd) if odd.any() else np.zeros(n, np.int32)
-    return dict(scripts), word_chars, odd_chars
 
 
 def _tokenize_to_shard(df: pd.DataFrame, shard: Path, cfg: TextConfig, seed: int, val_size: float,
@@ -255,10 +197,7 @@ class CorpusFacts:
     carve: np.ndarray
     chunk_rows: list[int]
     label_fixes: dict
-    segmented: int
-    scripts: dict
-    word_chars: np.ndarray
-    odd_chars: np.ndarray
+    words: WordFacts
 
     @classmethod
     def join(cls, facts: list[ChunkFacts]) -> "CorpusFacts":
@@ -280,17 +219,10 @@ class CorpusFacts:
         del labels
         chunk_rows = [len(f.n_tokens) for f in facts]
         fixes = sum((collections.Counter(f.label_fixes) for f in facts), collections.Counter())
-        scripts: dict = {}
-        for f in facts:
-            for script, counts in f.scripts.items():
-                total = scripts.setdefault(script, dict.fromkeys(counts, 0))
-                for k, v in counts.items():
-                    total[k] += v
-        scripts = dict(sorted(scripts.items(), key=lambda kv: -kv[1]["tokens"]))
+        words = WordFacts.join([f.words for f in facts])
         return cls(list(ids), label, joined("n_tokens", np.int32), joined("key", np.uint64, (0, 2)),
                    joined("given", np.int8), joined("hashed", np.int8), joined("carve", bool), chunk_rows,
-                   dict(sorted(fixes.items())), sum(f.segmented for f in facts), scripts,
-                   joined("word_chars", np.int32), joined("odd_chars", np.int32))
+                   dict(sorted(fixes.items())), words)
 
 
 def canonical_labels(rows: CorpusFacts, variants: str, source: str) -> list[str]:
@@ -424,38 +356,6 @@ def length_stats(lengths: np.ndarray) -> dict:
 # --- writing ----------------------------------------------------------------------------------------
 
 
-# Prepare stops when more than this share of the training text's letters is in tokens that are no word.
-MAX_NOT_WORDS = 0.5
-
-
-def check_words(rows: CorpusFacts, train: np.ndarray, cfg: TextConfig, source: str) -> float:
-    """The share of the training text's letters in tokens that are no word (a lone combining mark, or
-    longer than a word of its script); an error naming prepare.tokenizer when it is most of the text."""
-    letters = int(rows.word_chars[train].sum(dtype=np.int64))
-    share = int(rows.odd_chars[train].sum(dtype=np.int64)) / letters if letters else 0.0
-    if share > MAX_NOT_WORDS:
-        worst = max(rows.scripts, key=lambda k: rows.scripts[k]["single_mark"] + rows.scripts[k]["too_long"])
-        counts = rows.scripts[worst]
-        marks = f" and {counts['single_mark']:,} a lone mark" if counts["single_mark"] else ""
-        what = f"{counts['too_long']:,} of its {counts['tokens']:,} {worst.title()} tokens longer than a word{marks}"
-        if cfg.tokenizer == "words" and worst in WORD_LENGTH:  # a script written without spaces
-            fix = "set prepare.tokenizer: auto (it cuts Chinese, Japanese, Thai, Lao, Khmer and Myanmar into words)"
-        else:
-            fix = (f"prepare.tokenizer ({cfg.tokenizer}) cannot cut it into words: check corpus.text_column "
-                   "names the text, or put spaces between the words")
-        raise PipelineError(f"{source}: {share:.0%} of the training text's letters are in tokens that are no words "
-                            f"({what}); {fix}")
-    return share
-
-
-def resolve_tokenizer(cfg: TextConfig, rows: CorpusFacts) -> TextConfig:
-    """`auto` as the corpus needed it: icu if the segmenter cut any row, else words (both give the tokens
-    already made: they differ only on the scripts written without spaces)."""
-    if cfg.tokenizer != "auto":
-        return cfg
-    return dataclasses.replace(cfg, tokenizer="icu" if rows.segmented else "words")
-
-
 def write_splits(shards: list[Path], rows: CorpusFacts, keep: np.ndarray, split: np.ndarray,
                  row_class: np.ndarray, names: list[str], out_dir: Path, text_config: TextConfig) -> None:
     """Copy each kept row from the shards to its split's file, in the corpus's order, with its class
@@ -512,8 +412,7 @@ def prepare(source: Path, corpus: params.CorpusParams, prep: params.PrepareParam
     shard_dir = out_dir / ".shards"
     shard_dir.mkdir(parents=True)
     started = time.perf_counter()
-    text_config = TextConfig.from_params(prep)
-    shards, facts = tokenize_corpus(chunks, shard_dir, text_config, prep, workers)
+    shards, facts = tokenize_corpus(chunks, shard_dir, TextConfig.from_params(prep), prep, workers)
     tokenized = time.perf_counter()
     rows = CorpusFacts.join(facts)
     del facts
@@ -529,21 +428,14 @@ def prepare(source: Path, corpus: params.CorpusParams, prep: params.PrepareParam
     if by_split["val"].sum() == 0:
         raise PipelineError(f"{source}: the val split is empty (raise prepare.val_size)")
     decided = time.perf_counter()
-    text_config = resolve_tokenizer(text_config, rows)
-    not_words = check_words(rows, keep & (split == SPLIT_CODE["train"]), text_config, str(source))
+    text_config, words_report = resolve_and_check(rows.words, keep & (split == SPLIT_CODE["train"]),
+                                                  TextConfig.from_params(prep), str(source))
     write_splits(shards, rows, keep, split, row_class, names, out_dir, text_config)
     shard_dir.rmdir()
     print(f"read and tokenized in {tokenized - started:.1f}s ({workers} worker{'s' if workers > 1 else ''}), "
           f"decided in {decided - tokenized:.1f}s, wrote the splits in {time.perf_counter() - decided:.1f}s")
     report["layout"] = layout
-    report["tokenizer"] = text_config.tokenizer
-    if text_config.tokenizer == "icu":
-        report["icu_version"] = icu_version()
-    report["rows_segmented"] = rows.segmented
-    # Per script, the corpus's tokens of letters, and those that are no word; the training text's share of
-    # letters in those (prepare stops above MAX_NOT_WORDS).
-    report["scripts"] = rows.scripts
-    report["train_letters_not_in_words"] = round(not_words, 4)
+    report.update(words_report)  # the tokenizer, per script the tokens that are no words (docs/text.md)
     if rows.label_fixes:  # policies of label_text, each counted in rows
         report["labels_changed"] = rows.label_fixes
     report.update(split_info)

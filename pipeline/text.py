@@ -240,3 +240,13 @@ def tokenize_counted(text: str, cfg: TextConfig) -> tuple[list[str], bool]:
 
 def tokenize(text: str, cfg: TextConfig) -> list[str]:
     return tokenize_counted(text, cfg)[0]
+
+
+def tokenize_all(texts, cfg: TextConfig) -> tuple[list[list[str]], int]:
+    """Each text's tokens, and how many texts the segmenter cut."""
+    tokens, segmented = [], 0
+    for text in texts:
+        words, cut = tokenize_counted(text, cfg)
+        tokens.append(words)
+        segmented += cut
+    return tokens, segmented
