@@ -119,6 +119,11 @@ def test_prepare_resolves_auto_by_the_corpus_and_records_it(tmp_path):
     report = corpus.prepare(english, corpus_params(), prepare_params(), tmp_path / "en", 1)
     assert report["tokenizer"] == "words" and report["rows_segmented"] == 0 and "icu_version" not in report
     assert prepared_text_config(tmp_path / "en" / "train.parquet", fallback) == TextConfig(tokenizer="words")
+    # in worker processes, chunk by chunk: the same splits, the same resolution
+    report = corpus.prepare(source, corpus_params(), prepare_params(workers=2), tmp_path / "w2", 2, chunk_rows=17)
+    assert report["tokenizer"] == "icu" and report["rows_segmented"] == 6 * 12
+    for name in ("train", "val", "test"):
+        assert pd.read_parquet(tmp_path / "w2" / f"{name}.parquet").equals(pd.read_parquet(tmp_path / "out" / f"{name}.parquet"))
     # set by hand, it is kept
     corpus.prepare(english, corpus_params(), prepare_params(tokenizer="icu"), tmp_path / "i", 1)
     assert prepared_text_config(tmp_path / "i" / "train.parquet", fallback).tokenizer == "icu"
