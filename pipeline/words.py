@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import unicodedata
 from dataclasses import dataclass
 
@@ -55,6 +56,14 @@ def resolve_and_check(facts: WordFacts, train: np.ndarray, cfg: TextConfig, sour
     return cfg, report
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _char_facts(c: str) -> tuple[str | None, int, bool]:
+    """A token's script, the most characters a word of it has, and whether it is a combining mark, by
+    its first character."""
+    script = token_script(c)
+    return script, WORD_LENGTH.get(script, DEFAULT_WORD_LENGTH), unicodedata.category(c)[0] == "M"
+
+
 def token_checks(tokens: pa.ListArray) -> tuple[dict, np.ndarray, np.ndarray]:
     """What the tokens of a chunk look like, per script (text.token_script): how many, how many are a
     single combining mark, how many longer than a word of the script can be (text.WORD_LENGTH); and per
@@ -69,9 +78,14 @@ def token_checks(tokens: pa.ListArray) -> tuple[dict, np.ndarray, np.ndarray]:
     offsets = np.frombuffer(flat.buffers()[1], np.int32)[flat.offset:flat.offset + len(flat) + 1]
     data = np.frombuffer(flat.buffers()[2], np.uint8)
     length = np.diff(offsets).astype(np.int64)  # bytes: the characters of an ASCII token
-    ascii_ = np.ones(len(flat), bool)
-    high = np.flatnonzero(data[offsets[0]:offsets[-1]] >= 0x80) + offsets[0]  # few, in most corpora
-    ascii_[np.unique(np.searchsorted(offsets, high, side="right") - 1)] = False
+    high = data[offsets[0]:offsets[-1]] >= 0x80
+    where = np.flatnonzero(high)
+    if len(where) * 16 < len(high):  # a few bytes past ASCII (English): find their tokens
+        ascii_ = np.ones(len(flat), bool)
+        ascii_[np.searchsorted(offsets, where + offsets[0], side="right") - 1] = False
+    else:  # many: count them per token
+        seen = np.concatenate([[0], np.cumsum(high, dtype=np.int32)])
+        ascii_ = seen[offsets[1:] - offsets[0]] == seen[offsets[:-1] - offsets[0]]
     first = data[offsets[:-1]] | 0x20
     word = ascii_ & (first >= ord("a")) & (first <= ord("z"))
     odd = word & (length > DEFAULT_WORD_LENGTH)
@@ -79,18 +93,18 @@ def token_checks(tokens: pa.ListArray) -> tuple[dict, np.ndarray, np.ndarray]:
     if word.any():
         scripts["LATIN"].update(tokens=int(word.sum()), too_long=int(odd.sum()))
     others = np.flatnonzero(~ascii_)
-    for i, token in zip(others, flat.take(pa.array(others)).to_pylist()):
-        length[i] = len(token)
-        script = token_script(token)
+    for i, token in zip(others.tolist(), flat.take(pa.array(others)).to_pylist()):
+        length[i] = chars = len(token)
+        script, limit, mark = _char_facts(token[0])
         if script is None:
             continue
         counts = scripts[script]
         counts["tokens"] += 1
         word[i] = True
-        if len(token) == 1 and unicodedata.category(token)[0] == "M":
+        if chars == 1 and mark:
             counts["single_mark"] += 1
             odd[i] = True
-        elif len(token) > WORD_LENGTH.get(script, DEFAULT_WORD_LENGTH):
+        elif chars > limit:
             counts["too_long"] += 1
             odd[i] = True
     # per row: sums over each row's run of tokens
