@@ -27,12 +27,10 @@ import functools
 import html
 import json
 import re
+import types
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
-import regex  # Unicode properties, which the standard library's re lacks
 
 from pipeline.errors import PipelineError
 
@@ -53,10 +51,30 @@ _HTML_TAG = re.compile(r"<[^>]{0,200}>")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 
 
+_PATTERN = r"""
+      [^\W_]+(?=n't\b)                 # "do" of "don't"
+    | n't\b                            # the "n't" itself
+    | '(?:s|re|ve|ll|d|m)\b            # clitics: 's 're 've 'll 'd 'm
+    | \d+(?:[.,:/]\d+)*(?![^\W_]|MARK) # numbers: 42, 3.5, 1,000, 9/10 (not 20th, 1960s)
+    | WORD(?:-WORD|'(?!(?:s|re|ve|ll|d|m|t)\b)WORD)*   # words, well-made, o'clock
+    | \.\.\.|--+                        # ellipsis and dashes, as GloVe has them
+    | [^\w\s]                          # any other single symbol
+    """
+# For text without combining marks (most text of most corpora; all of any text below U+0300): faster.
+_TOKEN_NO_MARKS = re.compile(_PATTERN.replace("WORD", r"[^\W_]+").replace("|MARK", ""), re.VERBOSE | re.IGNORECASE)
+_NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")
+# Letters of the scripts written without spaces between words (by Script_Extensions, so the Japanese
+# long-vowel mark and the iteration marks count): each run of them, with its marks, goes to ICU.
+UNSPACED_SCRIPTS = ("Han", "Hiragana", "Katakana", "Thai", "Lao", "Khmer", "Myanmar")
+
+
 def _char_class(prop: str) -> tuple[str, str]:
     """The code points a Unicode property (`regex` syntax, e.g. \\p{M}) matches, as the bodies of two
     character classes for `re` (which has no Unicode properties of its own, and matches faster): those
     below U+10000, then those above. re finds a character of the first kind in one table look-up."""
+    import numpy as np
+    import regex  # Unicode properties, which the standard library's re lacks
+
     every = np.concatenate([np.arange(0xD800, dtype="<u4"), np.arange(0xE000, 0x110000, dtype="<u4")])
     runs = [m[0] for m in regex.finditer(f"{prop}+", every.tobytes().decode("utf-32-le"))]
     runs = [part for run in runs for part in ([run] if run[0] > "\uffff" or run[-1] <= "\uffff" else
@@ -72,38 +90,24 @@ def _any_of(bmp: str, astral: str) -> str:
     return f"(?:[{bmp}]|(?=[\U00010000-\U0010ffff])[{astral}])"
 
 
-# Combining marks (Mn, Mc, Me). A mark is never \w to re: a word is letters with marks among them.
-_MARKS = _char_class(r"\p{M}")
-_MARK = _any_of(*_MARKS)
-_MARK_FIND = re.compile(_MARK)
-_PATTERN = r"""
-      [^\W_]+(?=n't\b)                 # "do" of "don't"
-    | n't\b                            # the "n't" itself
-    | '(?:s|re|ve|ll|d|m)\b            # clitics: 's 're 've 'll 'd 'm
-    | \d+(?:[.,:/]\d+)*(?![^\W_]|MARK) # numbers: 42, 3.5, 1,000, 9/10 (not 20th, 1960s)
-    | WORD(?:-WORD|'(?!(?:s|re|ve|ll|d|m|t)\b)WORD)*   # words, well-made, o'clock
-    | \.\.\.|--+                        # ellipsis and dashes, as GloVe has them
-    | [^\w\s]                          # any other single symbol
-    """
-_TOKEN = re.compile(_PATTERN.replace("WORD", r"[^\W_]+(?:MARK+[^\W_]*)*").replace("MARK", _MARK),
-                    re.VERBOSE | re.IGNORECASE)
-# The same without marks, for the text that has none (most text of most corpora): faster.
-_TOKEN_NO_MARKS = re.compile(_PATTERN.replace("WORD", r"[^\W_]+").replace("|MARK", ""), re.VERBOSE | re.IGNORECASE)
-_NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")
+@functools.cache
+def _unicode_patterns() -> types.SimpleNamespace:
+    """The patterns for text past U+02FF, built from Unicode's properties on first need (a quarter of a
+    second; English text never needs them):
+    - mark_find, token: combining marks (Mn, Mc, Me), never \\w to re; a word is letters with marks among them;
+    - unspaced_find, token_segmented: the tokenizer with each run of a script written without spaces
+      (and its marks) a token of its own ("iphone很好" is "iphone" and "很好"), for ICU to cut."""
+    mark = _any_of(*_char_class(r"\p{M}"))
+    token = re.compile(_PATTERN.replace("WORD", r"[^\W_]+(?:MARK+[^\W_]*)*").replace("MARK", mark),
+                       re.VERBOSE | re.IGNORECASE)
+    classes = _char_class("(?V1)[[%s]&&[\\p{L}\\p{Nl}]]" % "".join(f"\\p{{scx={n}}}" for n in UNSPACED_SCRIPTS))
+    unspaced = "".join(classes)
+    token_segmented = re.compile(f"(?P<unspaced>[{unspaced}]+(?:{mark}+[{unspaced}]*)*)|"
+                                 + token.pattern.replace(r"[^\W_]", f"[^\\W_{unspaced}]"), re.VERBOSE | re.IGNORECASE)
+    return types.SimpleNamespace(mark_find=re.compile(mark), token=token, unspaced_find=re.compile(_any_of(*classes)),
+                                 token_segmented=token_segmented)
 
-# Letters of the scripts written without spaces between words (by Script_Extensions, so the Japanese
-# long-vowel mark and the iteration marks count): each run of them, with its marks, goes to ICU.
-UNSPACED_SCRIPTS = ("Han", "Hiragana", "Katakana", "Thai", "Lao", "Khmer", "Myanmar")
-_UNSPACED_CLASSES = _char_class("(?V1)[[%s]&&[\\p{L}\\p{Nl}]]" % "".join(f"\\p{{scx={n}}}" for n in UNSPACED_SCRIPTS))
-_UNSPACED_FIND = re.compile(_any_of(*_UNSPACED_CLASSES))
-# The tokenizer with those runs as tokens of their own ("iphone很好" is "iphone" and "很好"), for
-# the segmenter to cut.
-_UNSPACED = "".join(_UNSPACED_CLASSES)
-_TOKEN_SEGMENTED = re.compile(
-    f"(?P<unspaced>[{_UNSPACED}]+(?:{_MARK}+[{_UNSPACED}]*)*)|"
-    + _TOKEN.pattern.replace(r"[^\W_]", f"[^\\W_{_UNSPACED}]"),
-    re.VERBOSE | re.IGNORECASE,
-)
+
 TOKENIZERS = ("auto", "words", "icu")
 
 # What prepare checks the tokens against: a word's script, and the most characters (marks included) a
@@ -211,7 +215,7 @@ def _segmented(text: str) -> list[str]:
     fall inside them (one break iterator over the whole text: faster than one per run, the same cuts)."""
     cuts = [start for start, _ in _word_breaker()(text, "root").segments()]
     tokens = []
-    for m in _TOKEN_SEGMENTED.finditer(text):
+    for m in _unicode_patterns().token_segmented.finditer(text):
         start, end = m.span("unspaced")
         if start < 0:
             tokens.append(m.group())
@@ -228,12 +232,12 @@ def tokenize_counted(text: str, cfg: TextConfig) -> tuple[list[str], bool]:
     """The tokens, and whether the segmenter cut any (what `auto` resolves by)."""
     text = clean(text, cfg)
     segmented = False
-    if text.isascii():
+    if text.isascii() or max(text) < "\u0300":  # no marks, no script without spaces
         tokens = _TOKEN_NO_MARKS.findall(text)
-    elif cfg.tokenizer != "words" and _UNSPACED_FIND.search(text):
+    elif cfg.tokenizer != "words" and _unicode_patterns().unspaced_find.search(text):
         tokens, segmented = _segmented(text), True
-    elif _MARK_FIND.search(text):
-        tokens = _TOKEN.findall(text)
+    elif _unicode_patterns().mark_find.search(text):
+        tokens = _unicode_patterns().token.findall(text)
     else:
         tokens = _TOKEN_NO_MARKS.findall(text)
     if cfg.numbers != "keep":
