@@ -66,6 +66,7 @@ _NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")
 # Letters of the scripts written without spaces between words (by Script_Extensions, so the Japanese
 # long-vowel mark and the iteration marks count): each run of them, with its marks, goes to ICU.
 UNSPACED_SCRIPTS = ("Han", "Hiragana", "Katakana", "Thai", "Lao", "Khmer", "Myanmar")
+UNSPACED_FROM = "\u0e00"  # none of their letters comes before (Thai's block; a test checks it)
 
 
 def _char_class(prop: str) -> tuple[str, str]:
@@ -91,21 +92,27 @@ def _any_of(bmp: str, astral: str) -> str:
 
 
 @functools.cache
-def _unicode_patterns() -> types.SimpleNamespace:
-    """The patterns for text past U+02FF, built from Unicode's properties on first need (a quarter of a
-    second; English text never needs them):
-    - mark_find, token: combining marks (Mn, Mc, Me), never \\w to re; a word is letters with marks among them;
-    - unspaced_find, token_segmented: the tokenizer with each run of a script written without spaces
-      (and its marks) a token of its own ("iphone很好" is "iphone" and "很好"), for ICU to cut."""
+def _mark_patterns() -> types.SimpleNamespace:
+    """Combining marks (Mn, Mc, Me), never \\w to re: a word is letters with marks among them. Built on
+    first need (text past U+02FF), in 40 ms: `mark` (one mark), `find`, `token` (the tokenizer)."""
     mark = _any_of(*_char_class(r"\p{M}"))
-    token = re.compile(_PATTERN.replace("WORD", r"[^\W_]+(?:MARK+[^\W_]*)*").replace("MARK", mark),
-                       re.VERBOSE | re.IGNORECASE)
-    classes = _char_class("(?V1)[[%s]&&[\\p{L}\\p{Nl}]]" % "".join(f"\\p{{scx={n}}}" for n in UNSPACED_SCRIPTS))
-    unspaced = "".join(classes)
-    token_segmented = re.compile(f"(?P<unspaced>[{unspaced}]+(?:{mark}+[{unspaced}]*)*)|"
-                                 + token.pattern.replace(r"[^\W_]", f"[^\\W_{unspaced}]"), re.VERBOSE | re.IGNORECASE)
-    return types.SimpleNamespace(mark_find=re.compile(mark), token=token, unspaced_find=re.compile(_any_of(*classes)),
-                                 token_segmented=token_segmented)
+    return types.SimpleNamespace(mark=mark, find=re.compile(mark), token=re.compile(
+        _PATTERN.replace("WORD", r"[^\W_]+(?:MARK+[^\W_]*)*").replace("MARK", mark), re.VERBOSE | re.IGNORECASE))
+
+
+@functools.cache
+def _unspaced_patterns() -> types.SimpleNamespace:
+    """`find`: a letter of a script written without spaces; `token`: the tokenizer with each run of
+    them (and its marks) a token of its own ("iphone很好" is "iphone" and "很好"), for ICU to cut. Built
+    on first need (text from U+0E00 on), in a quarter of a second."""
+    # from U+0E00 on: the modifier letters before it that these scripts share with Latin (ʼ) are no part of them
+    scripts = "".join(f"\\p{{scx={n}}}" for n in UNSPACED_SCRIPTS)
+    classes = _char_class(f"(?V1)[[{scripts}]&&[\\p{{L}}\\p{{Nl}}]&&[{UNSPACED_FROM}-\U0010ffff]]")
+    letters, marks = "".join(classes), _mark_patterns()
+    token = re.compile(f"(?P<unspaced>[{letters}]+(?:{marks.mark}+[{letters}]*)*)|"
+                       + marks.token.pattern.replace(r"[^\W_]", f"[^\\W_{letters}]"), re.VERBOSE | re.IGNORECASE)
+    return types.SimpleNamespace(find=re.compile(_any_of(*classes)), token=token,
+                                 first=min(set(letters) - set("\\-")))  # the first letter (a test checks UNSPACED_FROM)
 
 
 TOKENIZERS = ("auto", "words", "icu")
@@ -215,7 +222,7 @@ def _segmented(text: str) -> list[str]:
     fall inside them (one break iterator over the whole text: faster than one per run, the same cuts)."""
     cuts = [start for start, _ in _word_breaker()(text, "root").segments()]
     tokens = []
-    for m in _unicode_patterns().token_segmented.finditer(text):
+    for m in _unspaced_patterns().token.finditer(text):
         start, end = m.span("unspaced")
         if start < 0:
             tokens.append(m.group())
@@ -232,12 +239,13 @@ def tokenize_counted(text: str, cfg: TextConfig) -> tuple[list[str], bool]:
     """The tokens, and whether the segmenter cut any (what `auto` resolves by)."""
     text = clean(text, cfg)
     segmented = False
-    if text.isascii() or max(text) < "\u0300":  # no marks, no script without spaces
+    top = "\0" if text.isascii() else max(text)
+    if top < "\u0300":  # no marks, no script without spaces
         tokens = _TOKEN_NO_MARKS.findall(text)
-    elif cfg.tokenizer != "words" and _unicode_patterns().unspaced_find.search(text):
+    elif cfg.tokenizer != "words" and top >= UNSPACED_FROM and _unspaced_patterns().find.search(text):
         tokens, segmented = _segmented(text), True
-    elif _unicode_patterns().mark_find.search(text):
-        tokens = _unicode_patterns().token.findall(text)
+    elif _mark_patterns().find.search(text):
+        tokens = _mark_patterns().token.findall(text)
     else:
         tokens = _TOKEN_NO_MARKS.findall(text)
     if cfg.numbers != "keep":

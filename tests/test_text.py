@@ -72,6 +72,11 @@ def test_scripts_without_spaces_are_cut_into_words_by_icu():
     assert tokenize(CHINESE, TextConfig(tokenizer="words")) == ["这部电影非常好看", ",", "我很喜欢", "。"]
 
 
+def test_no_letter_of_a_script_without_spaces_comes_before_unspaced_from():
+    from pipeline.text import UNSPACED_FROM, _unspaced_patterns
+    assert _unspaced_patterns().first >= UNSPACED_FROM  # the shortcut for text below it is exact
+
+
 def test_every_tokenizer_gives_english_the_same_tokens():
     text = "Don't miss the film's <b>well-made</b> finale -- 3.5 stars, naïve café in the 1960s!"
     tokens = [tokenize(text, TextConfig(tokenizer=t)) for t in ("words", "icu", "auto")]
