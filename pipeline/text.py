@@ -66,24 +66,44 @@ _NUMBER = re.compile(r"\d+(?:[.,:/]\d+)*")
 # Letters of the scripts written without spaces between words (by Script_Extensions, so the Japanese
 # long-vowel mark and the iteration marks count): each run of them, with its marks, goes to ICU.
 UNSPACED_SCRIPTS = ("Han", "Hiragana", "Katakana", "Thai", "Lao", "Khmer", "Myanmar")
-UNSPACED_FROM = "\u0e00"  # none of their letters comes before (Thai's block; a test checks it)
+UNSPACED_FROM = "\u0e00"  # their letters from here on (Thai's block) are the ones taken
 
 
-def _char_class(prop: str) -> tuple[str, str]:
-    """The code points a Unicode property (`regex` syntax, e.g. \\p{M}) matches, as the bodies of two
-    character classes for `re` (which has no Unicode properties of its own, and matches faster): those
-    below U+10000, then those above. re finds a character of the first kind in one table look-up."""
+@functools.cache
+def _code_points():
+    """Every code point but the surrogates, as numbers and as one string (for `regex` to scan)."""
     import numpy as np
-    import regex  # Unicode properties, which the standard library's re lacks
 
-    every = np.concatenate([np.arange(0xD800, dtype="<u4"), np.arange(0xE000, 0x110000, dtype="<u4")])
-    runs = [m[0] for m in regex.finditer(f"{prop}+", every.tobytes().decode("utf-32-le"))]
-    runs = [part for run in runs for part in ([run] if run[0] > "\uffff" or run[-1] <= "\uffff" else
-                                              [run[:run.index("\U00010000")], run[run.index("\U00010000"):]])]
+    points = np.concatenate([np.arange(0xD800, dtype="<u4"), np.arange(0xE000, 0x110000, dtype="<u4")])
+    return points, points.tobytes().decode("utf-32-le")
+
+
+def _has(prop: str, below: int = 0x110000):
+    """A boolean per code point: whether it has the Unicode property (`regex` syntax, e.g. \\p{M}; `re`
+    has no Unicode properties of its own); looked up below `below` only."""
+    import numpy as np
+    import regex
+
+    points, text = _code_points()
+    has = np.zeros(0x110000, bool)
+    for m in regex.finditer(f"{prop}+", text, endpos=below - 0x800 if below > 0xE000 else below):
+        has[points[m.start():m.end()]] = True
+    return has
+
+
+def _char_class(has) -> tuple[str, str]:
+    """The code points marked in `has`, as the bodies of two character classes for `re` (which then
+    matches faster than `regex`): those below U+10000, then those above. re finds a character of the
+    first kind in one table look-up."""
+    import numpy as np
+
+    edges = np.flatnonzero(np.diff(np.concatenate([[False], has, [False]]).astype(np.int8)))
+    runs = [(a, b - 1) for a, b in zip(edges[::2].tolist(), edges[1::2].tolist())]
+    runs = [part for a, b in runs for part in ([(a, b)] if a > 0xFFFF or b <= 0xFFFF else [(a, 0xFFFF), (0x10000, b)])]
 
     def body(parts):
-        return "".join(re.escape(r[0]) + (f"-{re.escape(r[-1])}" if len(r) > 1 else "") for r in parts)
-    return body(r for r in runs if r[0] <= "\uffff"), body(r for r in runs if r[0] > "\uffff")
+        return "".join(re.escape(chr(a)) + (f"-{re.escape(chr(b))}" if b > a else "") for a, b in parts)
+    return body(r for r in runs if r[0] <= 0xFFFF), body(r for r in runs if r[0] > 0xFFFF)
 
 
 def _any_of(bmp: str, astral: str) -> str:
@@ -95,24 +115,38 @@ def _any_of(bmp: str, astral: str) -> str:
 def _mark_patterns() -> types.SimpleNamespace:
     """Combining marks (Mn, Mc, Me), never \\w to re: a word is letters with marks among them. Built on
     first need (text past U+02FF), in 40 ms: `mark` (one mark), `find`, `token` (the tokenizer)."""
-    mark = _any_of(*_char_class(r"\p{M}"))
+    mark = _any_of(*_char_class(_has(r"\p{M}")))
     return types.SimpleNamespace(mark=mark, find=re.compile(mark), token=re.compile(
         _PATTERN.replace("WORD", r"[^\W_]+(?:MARK+[^\W_]*)*").replace("MARK", mark), re.VERBOSE | re.IGNORECASE))
 
 
 @functools.cache
-def _unspaced_patterns() -> types.SimpleNamespace:
-    """`find`: a letter of a script written without spaces; `token`: the tokenizer with each run of
-    them (and its marks) a token of its own ("iphone很好" is "iphone" and "很好"), for ICU to cut. Built
-    on first need (text from U+0E00 on), in a quarter of a second."""
-    # from U+0E00 on: the modifier letters before it that these scripts share with Latin (ʼ) are no part of them
-    scripts = "".join(f"\\p{{scx={n}}}" for n in UNSPACED_SCRIPTS)
-    classes = _char_class(f"(?V1)[[{scripts}]&&[\\p{{L}}\\p{{Nl}}]&&[{UNSPACED_FROM}-\U0010ffff]]")
-    letters, marks = "".join(classes), _mark_patterns()
-    token = re.compile(f"(?P<unspaced>[{letters}]+(?:{marks.mark}+[{letters}]*)*)|"
-                       + marks.token.pattern.replace(r"[^\W_]", f"[^\\W_{letters}]"), re.VERBOSE | re.IGNORECASE)
-    return types.SimpleNamespace(find=re.compile(_any_of(*classes)), token=token,
-                                 first=min(set(letters) - set("\\-")))  # the first letter (a test checks UNSPACED_FROM)
+def _unspaced_letters() -> tuple[str, str]:
+    """The letters of the scripts written without spaces (by Script_Extensions, so the Japanese
+    long-vowel mark and the iteration marks count), from U+0E00 on: the modifier letters before it that
+    they share with Latin (ʼ) are no part of them. As two class bodies (_char_class); in 30 ms."""
+    import numpy as np
+
+    below = 0x40000  # planes 0 to 3 hold every letter of them (the CJK ideographs end in plane 3)
+    scripts = np.logical_or.reduce([_has(rf"\p{{scx={name}}}", below) for name in UNSPACED_SCRIPTS])
+    letters = scripts & _has(r"[\p{L}\p{Nl}]", below)
+    letters[:ord(UNSPACED_FROM)] = False
+    return _char_class(letters)
+
+
+@functools.cache
+def _unspaced_find():
+    """A letter of a script written without spaces."""
+    return re.compile(_any_of(*_unspaced_letters()))
+
+
+@functools.cache
+def _unspaced_token():
+    """The tokenizer with each run of the letters of _unspaced_letters (and its marks) a token of its
+    own ("iphone很好" is "iphone" and "很好"), for ICU to cut; built on first need, in a tenth of a second."""
+    letters, marks = "".join(_unspaced_letters()), _mark_patterns()
+    return re.compile(f"(?P<unspaced>[{letters}]+(?:{marks.mark}+[{letters}]*)*)|"
+                      + marks.token.pattern.replace(r"[^\W_]", f"[^\\W_{letters}]"), re.VERBOSE | re.IGNORECASE)
 
 
 TOKENIZERS = ("auto", "words", "icu")
@@ -222,7 +256,7 @@ def _segmented(text: str) -> list[str]:
     fall inside them (one break iterator over the whole text: faster than one per run, the same cuts)."""
     cuts = [start for start, _ in _word_breaker()(text, "root").segments()]
     tokens = []
-    for m in _unspaced_patterns().token.finditer(text):
+    for m in _unspaced_token().finditer(text):
         start, end = m.span("unspaced")
         if start < 0:
             tokens.append(m.group())
@@ -242,7 +276,7 @@ def tokenize_counted(text: str, cfg: TextConfig) -> tuple[list[str], bool]:
     top = "\0" if text.isascii() else max(text)
     if top < "\u0300":  # no marks, no script without spaces
         tokens = _TOKEN_NO_MARKS.findall(text)
-    elif cfg.tokenizer != "words" and top >= UNSPACED_FROM and _unspaced_patterns().find.search(text):
+    elif cfg.tokenizer != "words" and top >= UNSPACED_FROM and _unspaced_find().search(text):
         tokens, segmented = _segmented(text), True
     elif _mark_patterns().find.search(text):
         tokens = _mark_patterns().token.findall(text)

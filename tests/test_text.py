@@ -72,9 +72,16 @@ def test_scripts_without_spaces_are_cut_into_words_by_icu():
     assert tokenize(CHINESE, TextConfig(tokenizer="words")) == ["这部电影非常好看", ",", "我很喜欢", "。"]
 
 
-def test_no_letter_of_a_script_without_spaces_comes_before_unspaced_from():
-    from pipeline.text import UNSPACED_FROM, _unspaced_patterns
-    assert _unspaced_patterns().first >= UNSPACED_FROM  # the shortcut for text below it is exact
+def test_the_character_classes_are_unicodes():
+    from pipeline.text import _mark_patterns, _unspaced_find
+    import regex
+    import unicodedata
+    points = [chr(c) for c in range(0x110000) if not 0xD800 <= c < 0xE000]
+    marks = [c for c in points if unicodedata.category(c)[0] == "M"]  # Python's Unicode (the regex module's is newer)
+    assert all(_mark_patterns().find.fullmatch(c) for c in marks)
+    han = [c for c in points if regex.fullmatch(r"\p{Han}", c) and c.isalpha()]
+    assert len(han) > 90_000 and all(_unspaced_find().fullmatch(c) for c in han)
+    assert _unspaced_find().fullmatch("ー") and _unspaced_find().fullmatch("ก") and not _unspaced_find().search("ʼa1,ि")
 
 
 def test_every_tokenizer_gives_english_the_same_tokens():
