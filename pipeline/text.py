@@ -237,6 +237,15 @@ def clean(text: str, cfg: TextConfig) -> str:
     return text
 
 
+def _letter_from(text: str, first: str) -> bool:
+    """Whether the text has a letter (L, Nl) from `first` on: a test of the distinct characters, which
+    spares English text with a symbol or an emoji past U+0E00 the building of _unspaced_find."""
+    return any(c >= first and unicodedata.category(c) in _LETTERS for c in set(text))
+
+
+_LETTERS = {"Lu", "Ll", "Lt", "Lm", "Lo", "Nl"}
+
+
 @functools.cache
 def _word_breaker():
     try:
@@ -277,7 +286,8 @@ def tokenize_counted(text: str, cfg: TextConfig) -> tuple[list[str], bool]:
     top = "\0" if text.isascii() else max(text)
     if top < "\u0300":  # no marks, no script without spaces
         tokens = _TOKEN_NO_MARKS.findall(text)
-    elif cfg.tokenizer != "words" and top >= UNSPACED_FROM and _unspaced_find().search(text):
+    elif cfg.tokenizer != "words" and top >= UNSPACED_FROM and _letter_from(text, UNSPACED_FROM) \
+            and _unspaced_find().search(text):
         tokens, segmented = _segmented(text), True
     elif _mark_patterns().find.search(text):
         tokens = _mark_patterns().token.findall(text)
