@@ -49,8 +49,6 @@ _ASCII_TYPOGRAPHY = [(chr(k), v) for k, v in _TYPOGRAPHY.items() if k < 128]  # 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _HTML_TAG = re.compile(r"<[^>]{0,200}>")
 _URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
-
-
 _PATTERN = r"""
       [^\W_]+(?=n't\b)                 # "do" of "don't"
     | n't\b                            # the "n't" itself
