@@ -37,7 +37,8 @@ from pipeline.errors import PipelineError
 from pipeline.labels import canonical_labels, label_text, merged_labels  # noqa: F401 (tests import them here)
 from pipeline.layouts import corpus_chunks
 from pipeline.readers import CHUNK_ROWS
-from pipeline.text import TextConfig, tokenize
+from pipeline.text import TextConfig, text_config_metadata, tokenize_all
+from pipeline.words import WordFacts, resolve_and_check
 
 SPLITS = ("train", "val", "test")
 ROW_GROUP = 20_000    # rows per Parquet row group of the prepared splits
@@ -61,6 +62,7 @@ class ChunkFacts:
     hashed: np.ndarray      # int8 split code from the seeded hash of the text
     carve: np.ndarray       # bool: the hash falls below val_size (val carved from given train rows)
     label_fixes: dict       # rows whose label a policy changed: {policy: count} (see label_text)
+    words: WordFacts = None  # what the tokens look like per script, the rows segmented (pipeline.words)
 
 
 def hash_form(text: str) -> str:
@@ -100,7 +102,7 @@ def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float
         if fix:
             fixes[fix] += 1
     label_code, labels = pd.factorize(pd.Series(raw_label, dtype=object))
-    tokens = [tokenize(t, cfg) for t in text]
+    tokens, segmented = tokenize_all(text, cfg)
     # Two hashes: the seeded 64-bit one places the text in a split (as it always has, so splits do
     # not move); the 128-bit one finds duplicates, where a 64-bit collision would be a real risk.
     u = text_hash_unit(text, seed)
@@ -113,6 +115,7 @@ def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float
         hashed=hashed_split_codes(u, val_size, test_size), carve=u < val_size,
         label_fixes=dict(fixes))
     table = pa.table({"text": pa.array(text, pa.string()), "tokens": pa.array(tokens, pa.list_(pa.string()))})
+    facts.words = WordFacts.of_chunk(table.column("tokens").combine_chunks(), segmented)
     return table, facts
 
 
@@ -180,6 +183,7 @@ class CorpusFacts:
     carve: np.ndarray
     chunk_rows: list[int]
     label_fixes: dict
+    words: WordFacts
 
     @classmethod
     def join(cls, facts: list[ChunkFacts]) -> "CorpusFacts":
@@ -201,9 +205,10 @@ class CorpusFacts:
         del labels
         chunk_rows = [len(f.n_tokens) for f in facts]
         fixes = sum((collections.Counter(f.label_fixes) for f in facts), collections.Counter())
+        words = WordFacts.join([f.words for f in facts])
         return cls(list(ids), label, joined("n_tokens", np.int32), joined("key", np.uint64, (0, 2)),
                    joined("given", np.int8), joined("hashed", np.int8), joined("carve", bool), chunk_rows,
-                   dict(sorted(fixes.items())))
+                   dict(sorted(fixes.items())), words)
 
 
 def select_rows(rows: CorpusFacts, canonical: list[str], drop_labels: list[str], drop_duplicates: bool,
@@ -314,16 +319,17 @@ def length_stats(lengths: np.ndarray) -> dict:
 
 
 def write_splits(shards: list[Path], rows: CorpusFacts, keep: np.ndarray, split: np.ndarray,
-                 row_class: np.ndarray, names: list[str], out_dir: Path) -> None:
+                 row_class: np.ndarray, names: list[str], out_dir: Path, text_config: TextConfig) -> None:
     """Copy each kept row from the shards to its split's file, in the corpus's order, with its class
     name; row groups of ROW_GROUP rows (the later stages read a group at a time). A thread per split
     encodes and writes while the next shard is read (Arrow releases the GIL in both)."""
     label_names = pa.array(names, pa.string())
+    schema = OUTPUT_SCHEMA.with_metadata(text_config_metadata(text_config))
     buffered: dict[str, list[pa.Table]] = {name: [] for name in SPLITS}
     writes: collections.deque = collections.deque()
     with contextlib.ExitStack() as stack:
         # No min/max statistics of texts and tokens: nothing filters on them, and they cost a sixth of the writing.
-        writers = {name: stack.enter_context(pq.ParquetWriter(out_dir / f"{name}.parquet", OUTPUT_SCHEMA,
+        writers = {name: stack.enter_context(pq.ParquetWriter(out_dir / f"{name}.parquet", schema,
                                                               write_statistics=["label"]))
                    for name in SPLITS}
         threads = {name: stack.enter_context(ThreadPoolExecutor(1)) for name in SPLITS}  # one each: in order
@@ -386,11 +392,14 @@ def prepare(source: Path, corpus: params.CorpusParams, prep: params.PrepareParam
     if by_split["val"].sum() == 0:
         raise PipelineError(f"{source}: the val split is empty (raise prepare.val_size)")
     decided = time.perf_counter()
-    write_splits(shards, rows, keep, split, row_class, names, out_dir)
+    text_config, words_report = resolve_and_check(rows.words, keep & (split == SPLIT_CODE["train"]),
+                                                  TextConfig.from_params(prep), str(source))
+    write_splits(shards, rows, keep, split, row_class, names, out_dir, text_config)
     shard_dir.rmdir()
     print(f"read and tokenized in {tokenized - started:.1f}s ({workers} worker{'s' if workers > 1 else ''}), "
           f"decided in {decided - tokenized:.1f}s, wrote the splits in {time.perf_counter() - decided:.1f}s")
     report["layout"] = layout
+    report.update(words_report)  # the tokenizer, per script the tokens that are no words (docs/text.md)
     if rows.label_fixes:  # policies of label_text, each counted in rows
         report["labels_changed"] = rows.label_fixes
     report.update(split_info)

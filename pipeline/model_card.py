@@ -152,7 +152,7 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
              f"padding, id {facts['unk_id']} stands for every unknown word).",
              f"- Input: the tokens of a text, {cut}.",
              "- Tokenizer: `pipeline.text.tokenize` (Unicode NFKC, typographic quotes and dashes to ASCII, "
-             "Penn Treebank-style English clitics), with " +
+             "Penn Treebank-style English clitics, combining marks inside their words; docs/text.md), with " +
              ", ".join(f"{k}={json.dumps(v)}" for k, v in facts["text_config"].items()) + "."]
     if "best_epoch" in info:
         best_val = info.get("best_val_accuracy")
@@ -200,8 +200,10 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
               f"{len(labels)} labels: every text gets one of them, however unlike the training texts it is. "
               "Texts of another domain, register or length get probabilities that look as confident and "
               "mean less; the probabilities are the softmax's, not calibrated.",
-              "- The tokenizer and the word vectors are English. Other languages tokenize badly and their "
-              "words are mostly unknown (read as one unknown-word id).",
+              "- The tokenizer splits English clitics the Penn Treebank way and keeps the words of other "
+              "scripts whole (Chinese, Japanese, Thai, Lao, Khmer and Myanmar cut by ICU under tokenizer "
+              "icu); the vocabulary holds the training split's words, so a text in another language than "
+              "the training text's is mostly unknown words (read as one unknown-word id).",
               f"- It reads {cut}; the rest of a longer text has no effect on its prediction.",
               "- Reproducibility: the same data, params and seed give the same weights and the same model "
               "file on the same machine. Across machines, floating-point results differ (around the 8th "

@@ -104,6 +104,11 @@ class PrepareParams:
     strip_urls: bool
     # keep: numbers stay tokens; token: each becomes <num>; drop: removed.
     numbers: Literal["keep", "token", "drop"]
+    # How text becomes words. words: runs of letters, digits and combining marks, English clitics split
+    # off; icu: the same, with the scripts written without spaces (Chinese, Japanese, Thai, Lao, Khmer,
+    # Myanmar) cut into words by ICU's word breaker; auto: icu where the corpus holds such a script,
+    # else words (the model keeps the one chosen: predict and serve tokenize as training did).
+    tokenizer: Literal["auto", "words", "icu"]
     drop_duplicates: bool
     # Rows without a split of their own go to val and test by a hash of their text and the seed, so
     # adding rows never moves old ones. When the corpus has its own test split but no val rows,

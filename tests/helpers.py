@@ -126,7 +126,7 @@ def corpus_params(**over) -> params.CorpusParams:
 
 
 def prepare_params(**over) -> params.PrepareParams:
-    base = dict(lowercase=True, strip_html=True, strip_urls=True, numbers="keep", drop_duplicates=True,
+    base = dict(lowercase=True, strip_html=True, strip_urls=True, numbers="keep", tokenizer="auto", drop_duplicates=True,
                 val_size=0.2, test_size=0.2, seed=3, workers=1)
     return params.PrepareParams(**{**base, **over})
 

@@ -85,6 +85,10 @@ def test_full_repro_writes_every_artefact(repo):
     assert best["lstm_val_acc"] == round(max(float(r[1]) for r in val_rows), 4)
     assert float(val_rows[best["lstm_best_epoch"] - 1][1]) == max(float(r[1]) for r in val_rows)
     assert (plots / "lr.tsv").exists()
+    # prepare.tokenizer: auto, resolved by the (English) corpus, and carried into the model
+    from pipeline.checkpoint import load_checkpoint
+    assert json.loads((repo / "metrics/prepare.json").read_text())["tokenizer"] == "words"
+    assert load_checkpoint(repo / "models/model.pt").text_config.tokenizer == "words"
     # Nothing changed: nothing reruns.
     assert stages_run(run(["dvc", "repro"], repo).stdout) == set()
 

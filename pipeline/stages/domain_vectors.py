@@ -17,7 +17,7 @@ import numpy as np
 from pipeline import domain_vectors, params, unlabelled
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
-from pipeline.text import TextConfig
+from pipeline.text import TextConfig, prepared_text_config
 from pipeline.workspace import start_stage
 
 TRAIN_SPLIT = Path("data/prepared/train.parquet")
@@ -29,8 +29,9 @@ def main() -> None:
     start_stage("domain_vectors")
     dp = params.load("domain_vectors")
     files = unlabelled.text_files(Path(dp.unlabelled))
-    unlabelled_text = unlabelled.UnlabelledText(files, TextConfig.from_params(params.load("prepare")),
-                                                params.load("corpus").encoding)
+    # tokenized as prepare tokenized the training split (prepare.tokenizer: auto, resolved)
+    text_config = prepared_text_config(TRAIN_SPLIT, TextConfig.from_params(params.load("prepare")))
+    unlabelled_text = unlabelled.UnlabelledText(files, text_config, params.load("corpus").encoding)
     train_tokens = domain_vectors.count_tokens(TRAIN_SPLIT)
     # auto decides on the training split alone: on the long reviews (904k tokens), 411k tokens of
     # unlabelled movie text beside them still gave a worse model than none (docs/results.md)

@@ -24,7 +24,7 @@ from pipeline.files import check_writable, read_json, write_json
 from pipeline.live import LiveLogger, plot_curves
 from pipeline.model import ENCODERS
 from pipeline.resources import cpu_share
-from pipeline.text import TextConfig
+from pipeline.text import TextConfig, prepared_text_config
 from pipeline.training import Hooks, build_model, fit, label_ids, resolve_device, resolve_precision, set_determinism
 from pipeline.workspace import start_stage
 
@@ -120,7 +120,8 @@ def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: t
     # No timings in the checkpoint: the same params and seed give the same weights and metadata.
     info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
             "params": tp.__dict__, "threads": threads, "processes": world, "precision": precision}
-    save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id,
+    save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels,
+                    prepared_text_config(PREPARED / "train.parquet", TextConfig.from_params(prep)), unk_id,
                     info, max_tokens, tp.truncation)
     plot_curves(result, LIVE_DIR / "curves.png")
     # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
