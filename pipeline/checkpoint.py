@@ -123,6 +123,7 @@ _CONFIG_FLOATS = {"dropout": (0.0, 1.0), "embedding_dropout": (0.0, 1.0)}
 _POOLINGS = ("last", "max", "mean", "attention")
 _TRUNCATIONS = ("head", "tail", "head+tail")
 _NUMBERS = ("keep", "token", "drop")
+_TOKENIZERS = ("words", "icu")  # what prepare resolved `auto` to: a checkpoint never says auto
 _KEYS = ("format", "input", "config", "state_dict", "itos", "labels", "text_config", "unk_id", "info")
 
 
@@ -203,7 +204,9 @@ def _validated(payload: dict) -> tuple[ModelConfig, dict, TextConfig]:
             raise _Invalid(f"text_config: unknown key {str(key)[:60]!r}")
         if key == "numbers" and value not in _NUMBERS:
             raise _Invalid(f"text_config.numbers: {str(value)[:40]!r} is not one of {', '.join(_NUMBERS)}")
-        if key != "numbers" and not isinstance(value, bool):
+        if key == "tokenizer" and value not in _TOKENIZERS:
+            raise _Invalid(f"text_config.tokenizer: {str(value)[:40]!r} is not one of {', '.join(_TOKENIZERS)}")
+        if key not in ("numbers", "tokenizer") and not isinstance(value, bool):
             raise _Invalid(f"text_config.{key}: expected true or false, got {type(value).__name__}")
     text_config = TextConfig(**payload["text_config"])
     for key, value in payload["input"].items():

@@ -131,6 +131,10 @@ INCONSISTENT = [
      r"info\.params: expected a dict"),
     ("a string for lowercase", lambda p: {**p, "text_config": {**p["text_config"], "lowercase": "no"}},
      r"text_config\.lowercase: expected true or false"),
+    ("a tokenizer it cannot run", lambda p: {**p, "text_config": {**p["text_config"], "tokenizer": "spaces"}},
+     r"text_config\.tokenizer: 'spaces' is not one of words, icu"),
+    ("auto left unresolved", lambda p: {**p, "text_config": {**p["text_config"], "tokenizer": "auto"}},
+     r"text_config\.tokenizer: 'auto' is not one of words, icu"),
 ]
 
 
