@@ -54,7 +54,7 @@ def save_checkpoint(path: Path, model: TextClassifier, state_dict: dict, itos: l
         "state_dict": {k: v.detach().cpu() for k, v in state_dict.items()},
         "itos": itos,
         "labels": labels,
-        "text_config": asdict(text_config),
+        "text_config": _stored_text_config(text_config),
         "unk_id": unk_id,
         "info": info,
     }
@@ -64,6 +64,16 @@ def save_checkpoint(path: Path, model: TextClassifier, state_dict: dict, itos: l
     torch.save(payload, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
+
+
+def _stored_text_config(text_config: TextConfig) -> dict:
+    """The text settings as the checkpoint keeps them. The tokenizer is left out where it is `words` (what a
+    checkpoint without one means): a model of a corpus that needed no word breaking is, byte for byte, the
+    model of before `prepare.tokenizer` existed."""
+    stored = asdict(text_config)
+    if stored["tokenizer"] == TextConfig.tokenizer:
+        del stored["tokenizer"]
+    return stored
 
 
 def require_model_file(path: Path) -> Path:

@@ -31,6 +31,18 @@ def test_the_same_model_saves_to_the_same_bytes(tmp_path):
     assert load_checkpoint(paths[0]).labels == ["neg", "pos"]
 
 
+@pytest.mark.parametrize("tokenizer", ["words", "icu"])
+def test_the_tokenizer_is_kept_where_it_is_not_the_default_words(tmp_path, tokenizer):
+    """A corpus that needed no word breaking gives the checkpoint of before prepare.tokenizer existed, byte
+    for byte (no `tokenizer` key); one cut by ICU keeps `icu`. Both load as what they were trained with."""
+    model = _model()
+    save_checkpoint(tmp_path / "m.pt", model, model.state_dict(), ["<pad>", "<unk>", "x", "y"], ["neg", "pos"],
+                    TextConfig(tokenizer=tokenizer), 1, {})
+    stored = torch.load(tmp_path / "m.pt", weights_only=True)["text_config"]
+    assert ("tokenizer" in stored) == (tokenizer == "icu")
+    assert load_checkpoint(tmp_path / "m.pt").text_config.tokenizer == tokenizer
+
+
 def test_the_checkpoint_carries_the_truncation(tmp_path):
     model = _model()
     save_checkpoint(tmp_path / "m.pt", model, model.state_dict(), ["<pad>", "<unk>", "a", "b"], ["x", "y"],
