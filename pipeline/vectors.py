@@ -37,6 +37,7 @@ BOM = b"\xef\xbb\xbf"
 FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")
 WORD_LIST_SUFFIXES = (".parquet", ".txt", ".vocab")
 DIM_SAMPLE_LINES = 1000  # lines a GloVe file's dimension is decided from (the most common count of values)
+MAX_DIM = 100_000  # a header announcing more is a lie or a different file: the matrix would take dim x vocabulary
 
 
 @dataclass
@@ -119,6 +120,13 @@ def _header(first: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _check_header(path: Path, header: tuple[int, int]) -> None:
+    """A header's dimension, from which the vocabulary's matrix is allocated, must be a plausible one."""
+    if not 0 < header[1] <= MAX_DIM:
+        raise PipelineError(f"{path}: line 1: the header announces vectors of {header[1]:,} values (at most "
+                            f"{MAX_DIM:,} are read): not a word2vec header, or a damaged one")
+
+
 def align_text(path: Path, words: list[str], case_fallback: bool = True, bad_lines: str = "error",
                has_header: bool | None = None) -> Alignment:
     """Stream a GloVe or word2vec text file and return the vectors of `words`."""
@@ -179,6 +187,7 @@ def _stream_text(f, path: Path, m: "_Matcher", bad, has_header: bool | None) -> 
     if has_header and header is None:
         raise PipelineError(f"{path}: line 1: expected a word2vec header 'count dim', got {raw[:80]!r}")
     if header:
+        _check_header(path, header)
         dim = header[1]
         stats["header_count"] = header[0]
         m.start(dim)
@@ -238,6 +247,7 @@ def align_word2vec_binary(path: Path, words: list[str], case_fallback: bool = Tr
         header = _header(f.readline().removeprefix(BOM))
         if header is None:
             raise PipelineError(f"{path}: line 1: expected a word2vec binary header 'count dim'")
+        _check_header(path, header)
         count, dim = header
         m.start(dim)
         m.stats["header_count"] = count

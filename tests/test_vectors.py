@@ -188,3 +188,18 @@ def _zip_of(members: dict[str, bytes]) -> bytes:
         for member, data in members.items():
             zf.writestr(member, data)
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt, body", [
+    ("word2vec", b"2 1000000000\nab 1 2 3\ncd 4 5 6\n"),
+    ("word2vec", b"2 100000000000000\nab 1 2 3\n"),
+    ("word2vec", b"2 0\nab 1 2 3\n"),
+    ("word2vec_binary", b"2 1000000000\nab " + np.float32([1, 2, 3]).tobytes()),
+])
+def test_a_header_lying_about_the_dimension_is_named_before_any_allocation(tmp_path, fmt, body):
+    """A `count dim` header claiming 10^9 values per vector: the matrix of the vocabulary (words x dim)
+    was allocated from it first, a numpy MemoryError traceback (4 TiB for 1,178 words) or gigabytes."""
+    path = write(tmp_path / "v.vec", body)
+    words = [f"w{i}" for i in range(2000)] + ["ab"]
+    with pytest.raises(PipelineError, match=r"v\.vec: line 1: the header announces vectors of [\d,]+ values"):
+        vectors.align(vectors.VectorsSource(fmt, path), words)
