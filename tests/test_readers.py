@@ -183,3 +183,20 @@ def test_formats_are_named_by_the_file_name_or_the_params(tmp_path):
         input_kind(tmp_path / "in.txt")  # batch prediction reads tables, not fastText lines
     with pytest.raises(PipelineError, match=r"in\.parquet\.gz: unknown input format"):
         input_kind(tmp_path / "in.parquet.gz")
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("c.csv", "text,label,text\nfine film,pos,other\n",
+     r"c\.csv: line 1 \(the header\): the column name 'text' is given twice \(columns 1 and 3\)"),
+    ("c.csv", "\ufefftext,label,text\nfine film,pos,other\n", r"the column name 'text' is given twice"),
+    ("c.tsv", "text\tlabel\tlabel\nfine film\tpos\tneg\n", r"the column name 'label' is given twice \(columns 2 and 3\)"),
+    ("c.jsonl", '{"text": "fine film", "label": "pos"}\n{"text": "bad", "label": "pos", "label": "neg"}\n',
+     r"c\.jsonl: line 2: the field 'label' is given twice in one object"),
+])
+def test_a_column_or_field_given_twice_is_an_error_not_a_silent_pick(tmp_path, name, data, message):
+    """pandas renamed a second 'text' column 'text.1' and json.loads kept the last 'label' of a line, without
+    a word: the text or the label read was one of two the user cannot tell apart."""
+    path = tmp_path / name
+    path.write_text(data, encoding="utf-8")
+    with pytest.raises(PipelineError, match=message):
+        read_table(path)
