@@ -190,10 +190,19 @@ def check_data_path(path: str | os.PathLike, key: str) -> None:
     if kind:
         refuse(path, kind)
     if os.path.isdir(path):
-        for root, _, names in os.walk(path):
+        for root, dirs, names in os.walk(path):
+            for name in dirs:  # a link to a folder: os.walk, the stages and DVC's hashing all pass it over
+                if os.path.islink(full := os.path.join(root, name)):
+                    raise PipelineError(f"{full}: a symbolic link to a folder, inside {path} ({key}): the files "
+                                        "under it would be read by neither the stage nor DVC; copy them in instead")
             for name in names:
-                if (kind := special_kind(os.path.join(root, name))):
-                    refuse(Path(root, name), kind)
+                full = os.path.join(root, name)
+                if (kind := special_kind(full)):
+                    refuse(Path(full), kind)
+                elif not os.path.exists(full):  # os.walk lists a broken link or a loop of links as a file
+                    raise PipelineError(f"{full}: a symbolic link that leads nowhere (its target is missing, or "
+                                        f"it is a loop of links), inside {path} ({key}): the stage would pass it over "
+                                        "and DVC cannot hash it; remove it or fix its target")
 
 
 def write_json(path: str | os.PathLike, data) -> None:
