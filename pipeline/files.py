@@ -227,25 +227,27 @@ def save_png(fig, path: str | os.PathLike) -> None:
     pyplot().close(fig)
 
 
-class _DuplicateKey(Exception):
+class DuplicateKey(Exception):
+    """A JSON object naming one key twice (json.loads would keep the last silently); args[0]: the key."""
     pass
 
 
-def _unique_keys(pairs: list) -> dict:
+def unique_keys(pairs: list) -> dict:
+    """object_pairs_hook for json.loads: a dict, or DuplicateKey."""
     row = dict(pairs)
     if len(row) != len(pairs):
         seen = set()
-        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+        raise DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
     return row
 
 
 def json_object_line(line: str, path: str | os.PathLike, lineno: int) -> dict:
     """One line of a JSON-lines file as an object; an error naming the file, line and column otherwise."""
     try:
-        row = json.loads(line, object_pairs_hook=_unique_keys)
+        row = json.loads(line, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as err:
         raise PipelineError(f"{path}: line {lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
-    except _DuplicateKey as err:  # json.loads keeps the last silently: the text or label read could be either
+    except DuplicateKey as err:  # json.loads keeps the last silently: the text or label read could be either
         raise PipelineError(f"{path}: line {lineno}: the field {err.args[0]!r} is given twice in one object; "
                             "keep one") from None
     if not isinstance(row, dict):
