@@ -144,7 +144,12 @@ def bounded_lines(path: Path, limit: int = MAX_FIELD_BYTES) -> io.BufferedReader
 
 
 def open_lines(path: Path, encoding: str, limit: int = MAX_FIELD_BYTES):
-    """open_text(path), with lines bounded like bounded_lines."""
+    """open_text(path), with lines bounded like bounded_lines; a UTF-8 byte-order mark at the start (Windows
+    editors write one) is dropped, as pandas drops it from a CSV, not taken for part of the first line."""
+    import codecs
+
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"
     return io.TextIOWrapper(bounded_lines(path, limit), encoding=encoding, newline=None)
 
 

@@ -200,3 +200,16 @@ def test_a_column_or_field_given_twice_is_an_error_not_a_silent_pick(tmp_path, n
     path.write_text(data, encoding="utf-8")
     with pytest.raises(PipelineError, match=message):
         read_table(path)
+
+
+@pytest.mark.parametrize("name, lines", [
+    ("c.jsonl", ['{"text": "fine film", "label": "pos"}', '{"text": "dull film", "label": "neg"}']),
+    ("c.txt", ["__label__pos fine film", "__label__neg dull film"]),
+])
+def test_a_byte_order_mark_and_crlf_in_json_lines_and_fasttext_are_read_like_a_csvs(tmp_path, name, lines):
+    """Notepad's UTF-8 (a BOM, CRLF): a CSV was read, but JSON lines stopped at 'line 1, column 1: invalid
+    JSON: Unexpected UTF-8 BOM' and fastText at "line 1: expected '__label__<label> <text>'"."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n")
+    df = read_table(path)
+    assert df["text"].tolist() == ["fine film", "dull film"] and df["label"].tolist() == ["pos", "neg"]
