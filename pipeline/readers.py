@@ -138,9 +138,9 @@ class _BoundedLines(io.RawIOBase):
         super().close()
 
 
-def bounded_lines(path: Path, limit: int = MAX_FIELD_BYTES) -> io.BufferedReader:
-    """open_binary(path), stopping with LineTooLong at a line of more than `limit` bytes."""
-    return io.BufferedReader(_BoundedLines(open_binary(path), path, limit), buffer_size=1 << 20)
+def bounded_lines(path: Path, limit: int = MAX_FIELD_BYTES, prefer: tuple[str, ...] = ()) -> io.BufferedReader:
+    """open_binary(path, prefer), stopping with LineTooLong at a line of more than `limit` bytes."""
+    return io.BufferedReader(_BoundedLines(open_binary(path, prefer), path, limit), buffer_size=1 << 20)
 
 
 def open_lines(path: Path, encoding: str, limit: int = MAX_FIELD_BYTES):

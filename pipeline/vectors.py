@@ -37,6 +37,7 @@ BOM = b"\xef\xbb\xbf"
 FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")
 WORD_LIST_SUFFIXES = (".parquet", ".txt", ".vocab")
 DIM_SAMPLE_LINES = 1000  # lines a GloVe file's dimension is decided from (the most common count of values)
+MAX_LINE_BYTES = 10 << 20  # the longest line of a text vectors file, or word of a binary one
 MAX_DIM = 100_000  # a header announcing more is a lie or a different file: the matrix would take dim x vocabulary
 
 
@@ -138,9 +139,16 @@ def align_text(path: Path, words: list[str], case_fallback: bool = True, bad_lin
             raise PipelineError(f"{path}: line {lineno}: {why} (set embeddings.bad_lines: skip to skip such lines)")
         stats["bad_lines_skipped"] += 1
 
+    from pipeline.readers import LineTooLong, bounded_lines
+
     try:
-        with open_binary(path, prefer=(".txt", ".vec")) as f:
+        # Lines are bounded (a 100,000-value line is about 1.2 MB): a file without line breaks would
+        # otherwise be read whole into memory, four times over, before its first line is judged.
+        with bounded_lines(path, MAX_LINE_BYTES, prefer=(".txt", ".vec")) as f:
             dim = _stream_text(f, path, m, bad, has_header)
+    except LineTooLong as err:
+        raise PipelineError(f"{path}: line {err.line}: more than {MAX_LINE_BYTES >> 20} MiB without a line break: "
+                            "not a vectors text file?") from None
     except READ_ERRORS as err:
         raise _unreadable(path, err) from None
     if dim is None:
@@ -256,6 +264,9 @@ def align_word2vec_binary(path: Path, words: list[str], case_fallback: bool = Tr
         for index in range(count):
             space = buf.find(b" ", pos)
             while space < 0 or space + 1 + width > len(buf):
+                if space < 0 and len(buf) - pos > MAX_LINE_BYTES:  # buf would grow (and be copied) to the file's size
+                    raise PipelineError(f"{path}: vector {index + 1} of {count}: no word within "
+                                        f"{MAX_LINE_BYTES >> 20} MiB: not a word2vec binary file?")
                 more = f.read(chunk)
                 if not more:
                     raise PipelineError(f"{path}: truncated at vector {index + 1} of {count}")

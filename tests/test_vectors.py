@@ -203,3 +203,15 @@ def test_a_header_lying_about_the_dimension_is_named_before_any_allocation(tmp_p
     words = [f"w{i}" for i in range(2000)] + ["ab"]
     with pytest.raises(PipelineError, match=r"v\.vec: line 1: the header announces vectors of [\d,]+ values"):
         vectors.align(vectors.VectorsSource(fmt, path), words)
+
+
+def test_a_vectors_file_without_line_breaks_is_named_not_read_whole(tmp_path):
+    """A text vectors file whose line 2 runs 11 MiB without a break (a wrong or damaged file): the line was
+    read whole into memory, about four times over (400 MB of it took 1.65 GB), before it was judged; a
+    word2vec binary file without a space after its header was read whole, its buffer copied once per 4 MiB."""
+    text = write(tmp_path / "v.txt", b"ab 1 2 3\n" + b"cd" + b" 0.5" * (11 << 18) + b"\n")
+    with pytest.raises(PipelineError, match=r"v\.txt: line 2: more than 10 MiB without a line break"):
+        vectors.align(vectors.VectorsSource("glove", text), ["ab"], bad_lines="skip")
+    binary = write(tmp_path / "v.bin", b"2 3\n" + b"x" * (11 << 20))
+    with pytest.raises(PipelineError, match=r"v\.bin: vector 1 of 2: no word within 10 MiB"):
+        vectors.align(vectors.VectorsSource("word2vec_binary", binary), ["ab"])
