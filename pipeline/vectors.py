@@ -297,13 +297,16 @@ def align_fasttext_bin(path: Path, words: list[str]) -> Alignment:
     m.start(kv.vector_size)
     m.stats["lines"] = len(kv.key_to_index)
     for i, word in enumerate(words):
-        if word in kv.key_to_index:
-            m.fill(i, None, kv[word])
-        else:
-            vector = kv[word]  # sum of the word's n-gram vectors; zero if it has none
-            if np.any(vector):
-                m.fill(i, None, vector)
-                m.stats["from_subwords"] += 1
+        known = word in kv.key_to_index
+        vector = kv[word]  # unknown: the sum of the word's n-gram vectors; zero if it has none
+        if not np.isfinite(vector).all():  # as for every other format: never a NaN row in the model's matrix
+            raise PipelineError(f"{path}: the vector of {word!r} has non-finite values"
+                                f"{'' if known else ' (built from its character n-grams)'}")
+        if known:
+            m.fill(i, None, vector)
+        elif np.any(vector):
+            m.fill(i, None, vector)
+            m.stats["from_subwords"] += 1
     return m.result()
 
 

@@ -215,3 +215,24 @@ def test_a_vectors_file_without_line_breaks_is_named_not_read_whole(tmp_path):
     binary = write(tmp_path / "v.bin", b"2 3\n" + b"x" * (11 << 20))
     with pytest.raises(PipelineError, match=r"v\.bin: vector 1 of 2: no word within 10 MiB"):
         vectors.align(vectors.VectorsSource("word2vec_binary", binary), ["ab"])
+
+
+@pytest.mark.parametrize("part", ["vectors_vocab", "vectors_ngrams"])
+def test_a_fasttext_bin_with_non_finite_vectors_is_named(tmp_path, part):
+    """Every other format names a NaN or infinite vector of a vocabulary word; a fastText .bin model's
+    went into the model's matrix without a word (a known word's, or one built from n-grams)."""
+    from gensim.models import FastText
+    from gensim.models.fasttext import save_facebook_model
+
+    sentences = [["a", "fine", "film"], ["a", "dull", "film"]] * 5
+    model = FastText(vector_size=8, min_count=1, bucket=100, epochs=1, seed=1, workers=1)
+    model.build_vocab(sentences)
+    model.train(sentences, total_examples=len(sentences), epochs=1)
+    getattr(model.wv, part)[:] = np.nan
+    save_facebook_model(model, str(tmp_path / "model.bin"))
+    # n-grams: a known word's vector is built with its n-grams too, so the first word is named either way
+    with pytest.raises(PipelineError, match=r"model\.bin: the vector of 'film' has non-finite values"):
+        vectors.align(vectors.VectorsSource("fasttext_bin", tmp_path / "model.bin"), ["film", "filmic"])
+    if part == "vectors_ngrams":
+        with pytest.raises(PipelineError, match=r"the vector of 'filmic' has non-finite values \(built from its"):
+            vectors.align(vectors.VectorsSource("fasttext_bin", tmp_path / "model.bin"), ["filmic"])
