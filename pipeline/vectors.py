@@ -329,6 +329,9 @@ def align_npy(matrix_path: Path, words_path: Path, words: list[str], case_fallba
         vectors = np.load(matrix_path, mmap_mode="r")
     except ValueError as err:
         raise PipelineError(f"{matrix_path}: not a .npy array: {err}") from None
+    if vectors.dtype.kind not in "fiu":  # text, complex, records: a traceback, or silently real parts
+        raise PipelineError(f"{matrix_path}: holds {vectors.dtype} values, not numbers (a float matrix, one row "
+                            "per word, is expected)")
     file_words = read_word_list(words_path)
     if vectors.ndim != 2 or vectors.shape[0] != len(file_words):
         raise PipelineError(

@@ -236,3 +236,15 @@ def test_a_fasttext_bin_with_non_finite_vectors_is_named(tmp_path, part):
     if part == "vectors_ngrams":
         with pytest.raises(PipelineError, match=r"the vector of 'filmic' has non-finite values \(built from its"):
             vectors.align(vectors.VectorsSource("fasttext_bin", tmp_path / "model.bin"), ["filmic"])
+
+
+@pytest.mark.parametrize("matrix, kind", [(np.array([["a", "b"], ["c", "d"]]), "<U1"),
+                                          (np.array([[1 + 2j, 3], [4, 5]]), "complex128")])
+def test_an_npy_matrix_of_text_or_complex_numbers_is_named(tmp_path, matrix, kind):
+    """Text values gave a ValueError traceback; complex ones were cast to their real parts with a warning."""
+    d = tmp_path / "emb"
+    d.mkdir()
+    np.save(d / "m.npy", matrix)
+    (d / "words.txt").write_text("a\nb\n")
+    with pytest.raises(PipelineError, match=rf"m\.npy: holds {kind} values, not numbers"):
+        vectors.align(vectors.detect(d), ["a"])
