@@ -319,7 +319,7 @@ def read_word_list(path: Path) -> list[str]:
         if len(columns) != 1:
             raise PipelineError(f"{path}: expected one string column of words, found {columns}")
         return table.column(columns[0]).to_pylist()
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no part of the first word
         return [line.rstrip("\r\n") for line in f]
 
 

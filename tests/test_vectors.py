@@ -248,3 +248,14 @@ def test_an_npy_matrix_of_text_or_complex_numbers_is_named(tmp_path, matrix, kin
     (d / "words.txt").write_text("a\nb\n")
     with pytest.raises(PipelineError, match=rf"m\.npy: holds {kind} values, not numbers"):
         vectors.align(vectors.detect(d), ["a"])
+
+
+def test_a_byte_order_mark_before_an_npy_word_list_is_no_part_of_its_first_word(tmp_path):
+    """The first word of a word list saved by Notepad was '\\ufeffthe': it silently never matched."""
+    d = tmp_path / "emb"
+    d.mkdir()
+    np.save(d / "m.npy", np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32))
+    (d / "words.txt").write_bytes(b"\xef\xbb\xbfthe\r\nfilm\r\n")
+    result = vectors.align(vectors.detect(d), ["the", "film"])
+    assert result.found.all()
+    np.testing.assert_array_equal(result.matrix, [[1, 2], [3, 4]])
