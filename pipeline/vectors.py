@@ -281,6 +281,9 @@ def align_word2vec_binary(path: Path, words: list[str], case_fallback: bool = Tr
                     raise PipelineError(f"{path}: vector {index + 1} ({word!r}) has non-finite values")
                 m.fill(row, lower_rows, vector)
             pos = space + 1 + width
+        if (buf[pos:] + f.read(chunk)).strip(b"\r\n"):  # the vectors past the header's count were never read
+            raise PipelineError(f"{path}: holds more than the {count:,} vectors its header announces: the "
+                                "header is wrong (fix its count), or another file was appended")
     return m.result()
 
 

@@ -259,3 +259,13 @@ def test_a_byte_order_mark_before_an_npy_word_list_is_no_part_of_its_first_word(
     result = vectors.align(vectors.detect(d), ["the", "film"])
     assert result.found.all()
     np.testing.assert_array_equal(result.matrix, [[1, 2], [3, 4]])
+
+
+def test_a_word2vec_binary_holding_more_vectors_than_its_header_says_is_named(tmp_path):
+    """A header counting 1 vector before 2: the second (and any after) was silently never read."""
+    one = np.float32([1, 2, 3]).tobytes()
+    path = write(tmp_path / "v.bin", b"1 3\nab " + one + b"\ncd " + one + b"\n")
+    with pytest.raises(PipelineError, match=r"v\.bin: holds more than the 1 vectors its header announces"):
+        vectors.align(vectors.VectorsSource("word2vec_binary", path), ["ab", "cd"])
+    exact = write(tmp_path / "w.bin", b"2 3\nab " + one + b"\ncd " + one + b"\n")  # a trailing line break is no vector
+    assert vectors.align(vectors.VectorsSource("word2vec_binary", exact), ["ab", "cd"]).found.all()
