@@ -383,3 +383,12 @@ def test_a_batch_input_with_a_column_given_twice_is_an_error(tmp_path, tiny_ckpt
     with pytest.raises(PipelineError, match=r"in\.csv: line 1 \(the header\): the column name 'text' is given twice"):
         predict_file(tiny_ckpt, source, tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_folder_as_the_batch_input_is_named_a_folder(tmp_path, tiny_ckpt):
+    """A folder named like a table (`reviews.csv/`): the error said 'no such input file', which sent the
+    user looking for a missing file."""
+    (tmp_path / "reviews.csv").mkdir()
+    with pytest.raises(PipelineError, match=r"reviews\.csv: is a folder, not an input file"):
+        predict_file(tiny_ckpt, tmp_path / "reviews.csv", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
