@@ -296,6 +296,8 @@ def _check_unique_header(path: Path, sep: str, encoding: str) -> None:
         names[0] = names[0].removeprefix("\ufeff")
     seen: dict[str, int] = {}
     for position, name in enumerate(names, 1):
+        if not name.strip():  # unnamed columns (a spreadsheet's trailing commas): pandas names them apart
+            continue
         if name in seen:
             raise PipelineError(f"{path}: line 1 (the header): the column name {name!r} is given twice (columns "
                                 f"{seen[name]} and {position}); rename one, so that it is clear which is read")

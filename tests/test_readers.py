@@ -202,6 +202,13 @@ def test_a_column_or_field_given_twice_is_an_error_not_a_silent_pick(tmp_path, n
         read_table(path)
 
 
+def test_unnamed_columns_are_no_duplicates(tmp_path):
+    """A spreadsheet's export with trailing commas: several columns without a name are not one name twice."""
+    path = tmp_path / "c.csv"
+    path.write_text("text,label,,\nfine film,pos,,\n", encoding="utf-8")
+    assert read_table(path)["text"].tolist() == ["fine film"]
+
+
 @pytest.mark.parametrize("name, lines", [
     ("c.jsonl", ['{"text": "fine film", "label": "pos"}', '{"text": "dull film", "label": "neg"}']),
     ("c.txt", ["__label__pos fine film", "__label__neg dull film"]),
