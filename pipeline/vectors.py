@@ -381,11 +381,11 @@ def detect(directory: Path, fmt: str = "auto") -> VectorsSource:
         if len(npys) != 1 or len(word_lists) != 1:
             raise PipelineError(
                 f"{directory}: the npy format needs one .npy matrix and one word list "
-                f"({', '.join(WORD_LIST_SUFFIXES)}); found {[p.name for p in files]}"
+                f"({', '.join(WORD_LIST_SUFFIXES)}); found {_names(files)}"
             )
         return VectorsSource("npy", npys[0], word_lists[0])
     if len(files) != 1:
-        raise PipelineError(f"{directory}: expected one vectors file, found {[p.name for p in files]}")
+        raise PipelineError(f"{directory}: expected one vectors file, found {_names(files)}")
     path = files[0]
     if fmt != "auto":
         return VectorsSource(fmt, path)
@@ -403,6 +403,12 @@ def detect(directory: Path, fmt: str = "auto") -> VectorsSource:
         binary = b"\0" in sample or not _is_utf8(sample)
         return VectorsSource("word2vec_binary" if binary else "word2vec", path)
     return VectorsSource("glove", path)
+
+
+def _names(files: list[Path], most: int = 10) -> str:
+    """The first `most` file names, and how many there are in all: a folder of 100,000 files is no error line."""
+    shown = ", ".join(p.name for p in files[:most])
+    return f"{shown}, ... ({len(files):,} files)" if len(files) > most else shown
 
 
 def _is_utf8(data: bytes) -> bool:

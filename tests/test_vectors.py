@@ -269,3 +269,15 @@ def test_a_word2vec_binary_holding_more_vectors_than_its_header_says_is_named(tm
         vectors.align(vectors.VectorsSource("word2vec_binary", path), ["ab", "cd"])
     exact = write(tmp_path / "w.bin", b"2 3\nab " + one + b"\ncd " + one + b"\n")  # a trailing line break is no vector
     assert vectors.align(vectors.VectorsSource("word2vec_binary", exact), ["ab", "cd"]).found.all()
+
+
+def test_a_folder_of_many_files_as_the_vectors_is_one_short_line(tmp_path):
+    """embeddings.source at a folder of 20,000 files: the error listed every name (an error line of 260 KB)."""
+    d = tmp_path / "emb"
+    d.mkdir()
+    for i in range(20_000):
+        (d / f"part-{i:05d}.txt").touch()
+    with pytest.raises(PipelineError, match=r"expected one vectors file, found part-00000\.txt, .*, \.\.\. "
+                                            r"\(20,000 files\)$") as err:
+        vectors.detect(d)
+    assert len(str(err.value)) < 400
