@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -266,14 +267,15 @@ def job_flair(args: dict) -> dict:
 
 def job_tfidf(args: dict) -> dict:
     sys.path.insert(0, str(ROOT))
-    import yaml
+    from pipeline import params
     from pipeline.tfidf import fit_baseline
 
-    bp = yaml.safe_load((WORK / "params.yaml").read_text())["baseline"]
+    # Read and checked as the pipeline reads them (DVC's YAML rules: `1e-3` is a number, not PyYAML's string).
+    bp = params.load("baseline", WORK / "params.yaml")
     splits = _splits()
     start = time.perf_counter()
-    vectorizer, clf, c, val_acc = fit_baseline(splits["train"], splits["val"], bp["ngram_max"], bp["C"],
-                                               min_df=bp["min_df"])
+    vectorizer, clf, c, val_acc = fit_baseline(splits["train"], splits["val"], bp.ngram_max, list(bp.C),
+                                               min_df=bp.min_df)
     seconds = time.perf_counter() - start
     test = splits["test"]
     out = {"train_seconds": seconds, "C": c, "val": {"accuracy": float(val_acc)}, "epochs": 1,
@@ -403,13 +405,14 @@ def lstm_retrain(seed: int, quick: bool) -> dict:
     """pipeline.stages.train then .evaluate, in a scratch folder: params.yaml with this seed, the
     prepared splits and the vocabulary linked from the checkout."""
     import yaml
+    from pipeline import params as pipeline_params
 
     work = CACHE / f"lstm-s{seed}"
     shutil.rmtree(work, ignore_errors=True)
     (work / "data").mkdir(parents=True)
     for name in ("prepared", "vocab"):
         (work / "data" / name).symlink_to(WORK / "data" / name)
-    params = yaml.safe_load((WORK / "params.yaml").read_text())
+    params = pipeline_params.load_yaml(WORK / "params.yaml")  # DVC's YAML rules, as the stages read it back
     params["train"]["seed"] = seed
     if quick:
         params["train"].update(epochs=1, min_steps=0, freeze_epochs=0)
@@ -736,6 +739,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flair-budget", type=float, default=3600, help="seconds one flair run may take; past "
                         "it flair is stopped and left out of the table, its pace recorded (0: no limit)")
     args = parser.parse_args(argv)
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", args.corpus):
+        parser.error(f"--corpus {args.corpus!r}: not a name (letters, digits, '_', '.', '-'; no '/'): it names "
+                     "folders under benchmarks/.cache/peers/ that are deleted and rewritten")
     if args.flair_budget < 0:
         parser.error(f"--flair-budget must be 0 (no limit) or more seconds, got {args.flair_budget:g}")
     if args.workdir is not None and args.workdir.resolve() != ROOT and args.corpus == "builtin":

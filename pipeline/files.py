@@ -190,10 +190,19 @@ def check_data_path(path: str | os.PathLike, key: str) -> None:
     if kind:
         refuse(path, kind)
     if os.path.isdir(path):
-        for root, _, names in os.walk(path):
+        for root, dirs, names in os.walk(path):
+            for name in dirs:  # a link to a folder: os.walk, the stages and DVC's hashing all pass it over
+                if os.path.islink(full := os.path.join(root, name)):
+                    raise PipelineError(f"{full}: a symbolic link to a folder, inside {path} ({key}): the files "
+                                        "under it would be read by neither the stage nor DVC; copy them in instead")
             for name in names:
-                if (kind := special_kind(os.path.join(root, name))):
-                    refuse(Path(root, name), kind)
+                full = os.path.join(root, name)
+                if (kind := special_kind(full)):
+                    refuse(Path(full), kind)
+                elif not os.path.exists(full):  # os.walk lists a broken link or a loop of links as a file
+                    raise PipelineError(f"{full}: a symbolic link that leads nowhere (its target is missing, or "
+                                        f"it is a loop of links), inside {path} ({key}): the stage would pass it over "
+                                        "and DVC cannot hash it; remove it or fix its target")
 
 
 def write_json(path: str | os.PathLike, data) -> None:
@@ -218,12 +227,29 @@ def save_png(fig, path: str | os.PathLike) -> None:
     pyplot().close(fig)
 
 
+class DuplicateKey(Exception):
+    """A JSON object naming one key twice (json.loads would keep the last silently); args[0]: the key."""
+    pass
+
+
+def unique_keys(pairs: list) -> dict:
+    """object_pairs_hook for json.loads: a dict, or DuplicateKey."""
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen = set()
+        raise DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return row
+
+
 def json_object_line(line: str, path: str | os.PathLike, lineno: int) -> dict:
     """One line of a JSON-lines file as an object; an error naming the file, line and column otherwise."""
     try:
-        row = json.loads(line)
+        row = json.loads(line, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as err:
         raise PipelineError(f"{path}: line {lineno}, column {err.colno}: invalid JSON: {err.msg}") from None
+    except DuplicateKey as err:  # json.loads keeps the last silently: the text or label read could be either
+        raise PipelineError(f"{path}: line {lineno}: the field {err.args[0]!r} is given twice in one object; "
+                            "keep one") from None
     if not isinstance(row, dict):
         raise PipelineError(f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}")
     return row

@@ -57,7 +57,8 @@ def canonical_labels(rows: CorpusFacts, variants: str, source: str) -> list[str]
     counts = np.bincount(rows.label[rows.label >= 0], minlength=len(spellings))
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(spellings):
-        groups.setdefault(variant_key(s), []).append(i)
+        if s.strip():  # an empty or blank label ('', ' ', a tab) is no label: dropped, counted, never a clash
+            groups.setdefault(variant_key(s), []).append(i)
     # Within a group: most frequent first, then first seen.
     groups = {k: sorted(v, key=lambda i: -counts[i]) for k, v in groups.items()}
     clashes = {k: v for k, v in groups.items() if len(v) > 1}
@@ -75,7 +76,7 @@ def canonical_labels(rows: CorpusFacts, variants: str, source: str) -> list[str]
         )
     # Ties in a merged group: the first spelling in sorted order.
     canonical = {k: min((spellings[i] for i in v if counts[i] == counts[v[0]])).strip() for k, v in groups.items()}
-    return [canonical[variant_key(s)] for s in spellings]
+    return [canonical[variant_key(s)] if s.strip() else "" for s in spellings]
 
 
 def merged_labels(rows: CorpusFacts, canonical: list[str]) -> dict:

@@ -387,7 +387,23 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
         if f.metadata.get("encoding"):
             check_encoding(value, f"{where}: '{name}.{key}'")
         values[key] = value
+    if name == "corpus":
+        _check_corpus_columns(values, where)
     return cls(**values)
+
+
+def _check_corpus_columns(values: dict, where: str) -> None:
+    """The text, label and split columns are three different, named columns: one column read as both the
+    text and the label made every text its own class, and the error then blamed a class of one row."""
+    roles = [(role, values[f"{role}_column"]) for role in ("text", "label", "split") if values[f"{role}_column"] is not None]
+    for role, column in roles:
+        if not column.strip():
+            raise PipelineError(f"{where}: 'corpus.{role}_column' is {column!r}: name the column")
+    for i, (role, column) in enumerate(roles):
+        for other, column2 in roles[i + 1:]:
+            if column == column2:
+                raise PipelineError(f"{where}: 'corpus.{role}_column' and 'corpus.{other}_column' both name the "
+                                    f"column {column!r}: each names a different column")
 
 
 def load_yaml(path: str | Path = PARAMS_FILE, strict: bool = True) -> dict:

@@ -138,13 +138,18 @@ class _BoundedLines(io.RawIOBase):
         super().close()
 
 
-def bounded_lines(path: Path, limit: int = MAX_FIELD_BYTES) -> io.BufferedReader:
-    """open_binary(path), stopping with LineTooLong at a line of more than `limit` bytes."""
-    return io.BufferedReader(_BoundedLines(open_binary(path), path, limit), buffer_size=1 << 20)
+def bounded_lines(path: Path, limit: int = MAX_FIELD_BYTES, prefer: tuple[str, ...] = ()) -> io.BufferedReader:
+    """open_binary(path, prefer), stopping with LineTooLong at a line of more than `limit` bytes."""
+    return io.BufferedReader(_BoundedLines(open_binary(path, prefer), path, limit), buffer_size=1 << 20)
 
 
 def open_lines(path: Path, encoding: str, limit: int = MAX_FIELD_BYTES):
-    """open_text(path), with lines bounded like bounded_lines."""
+    """open_text(path), with lines bounded like bounded_lines; a UTF-8 byte-order mark at the start (Windows
+    editors write one) is dropped, as pandas drops it from a CSV, not taken for part of the first line."""
+    import codecs
+
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"
     return io.TextIOWrapper(bounded_lines(path, limit), encoding=encoding, newline=None)
 
 
@@ -282,6 +287,23 @@ def _leading_blank_lines(path: Path, encoding: str) -> int:
     return lines
 
 
+def _check_unique_header(path: Path, sep: str, encoding: str) -> None:
+    """Two columns of one name: pandas renames the second `NAME.1` without a word, so the text or the
+    label read could be either column. An error naming the name and both positions."""
+    with open_lines(path, encoding) as f:
+        names = next((row for row in csv.reader(f, delimiter=sep) if row), [])
+    if names:
+        names[0] = names[0].removeprefix("\ufeff")
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, 1):
+        if not name.strip():  # unnamed columns (a spreadsheet's trailing commas): pandas names them apart
+            continue
+        if name in seen:
+            raise PipelineError(f"{path}: line 1 (the header): the column name {name!r} is given twice (columns "
+                                f"{seen[name]} and {position}); rename one, so that it is clear which is read")
+        seen[name] = position
+
+
 def delimited_chunks(path: Path, kind: str, encoding: str = "utf-8", header: bool = True,
                      chunk_rows: int = CHUNK_ROWS, check=None, keep_blank_lines: bool = False) -> Iterator[pd.DataFrame]:
     """A CSV or TSV file (kind csv or tsv) as frames of text values, under the one rule of this module's
@@ -293,6 +315,8 @@ def delimited_chunks(path: Path, kind: str, encoding: str = "utf-8", header: boo
     sep = "," if kind == "csv" else "\t"
     skip = _leading_blank_lines(path, encoding) if keep_blank_lines else 0
     try:
+        if header:
+            _check_unique_header(path, sep, encoding)
         with bounded_lines(path) as raw, pd.read_csv(
                 raw, sep=sep, dtype=str, keep_default_na=False, na_values=[""], skip_blank_lines=not keep_blank_lines,
                 skiprows=skip or None,

@@ -45,6 +45,7 @@ from fastapi import Request  # at module level: FastAPI resolves the endpoint's 
 
 from pipeline.checkpoint import load_checkpoint, require_model_file
 from pipeline.errors import PipelineError
+from pipeline.files import DuplicateKey, unique_keys
 from pipeline.explain import explain_texts
 from pipeline.inference import predict_texts
 from pipeline.serve_http import BoundedH11Protocol, ConnectionBounds, raise_open_files_limit
@@ -122,7 +123,9 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool]:
     from pipeline.serve_page import PredictRequest
 
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"), object_pairs_hook=unique_keys)
+    except DuplicateKey as err:  # json.loads would keep the last one: which texts was meant?
+        raise RequestError(422, str(err.args[0])[:80], "given twice in one JSON object") from None
     except UnicodeDecodeError as err:
         raise RequestError(400, "body", f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
     except RecursionError:

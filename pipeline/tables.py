@@ -33,6 +33,8 @@ class TableReader:
         self.encoding = check_encoding(encoding, "encoding")
         self.kind = input_kind(path)
         self._parquet = None
+        if path.is_dir():
+            raise PipelineError(f"{path}: is a folder, not an input file: name one file (batch prediction reads one)")
         if not path.is_file():
             raise PipelineError(f"{path}: no such input file (looked for {path.resolve()})")
         with self._read_errors():

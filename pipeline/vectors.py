@@ -37,6 +37,8 @@ BOM = b"\xef\xbb\xbf"
 FASTTEXT_MAGIC = (793712314).to_bytes(4, "little")
 WORD_LIST_SUFFIXES = (".parquet", ".txt", ".vocab")
 DIM_SAMPLE_LINES = 1000  # lines a GloVe file's dimension is decided from (the most common count of values)
+MAX_LINE_BYTES = 10 << 20  # the longest line of a text vectors file, or word of a binary one
+MAX_DIM = 100_000  # a header announcing more is a lie or a different file: the matrix would take dim x vocabulary
 
 
 @dataclass
@@ -119,6 +121,13 @@ def _header(first: bytes) -> tuple[int, int] | None:
     return None
 
 
+def _check_header(path: Path, header: tuple[int, int]) -> None:
+    """A header's dimension, from which the vocabulary's matrix is allocated, must be a plausible one."""
+    if not 0 < header[1] <= MAX_DIM:
+        raise PipelineError(f"{path}: line 1: the header announces vectors of {header[1]:,} values (at most "
+                            f"{MAX_DIM:,} are read): not a word2vec header, or a damaged one")
+
+
 def align_text(path: Path, words: list[str], case_fallback: bool = True, bad_lines: str = "error",
                has_header: bool | None = None) -> Alignment:
     """Stream a GloVe or word2vec text file and return the vectors of `words`."""
@@ -130,9 +139,16 @@ def align_text(path: Path, words: list[str], case_fallback: bool = True, bad_lin
             raise PipelineError(f"{path}: line {lineno}: {why} (set embeddings.bad_lines: skip to skip such lines)")
         stats["bad_lines_skipped"] += 1
 
+    from pipeline.readers import LineTooLong, bounded_lines
+
     try:
-        with open_binary(path, prefer=(".txt", ".vec")) as f:
+        # Lines are bounded (a 100,000-value line is about 1.2 MB): a file without line breaks would
+        # otherwise be read whole into memory, four times over, before its first line is judged.
+        with bounded_lines(path, MAX_LINE_BYTES, prefer=(".txt", ".vec")) as f:
             dim = _stream_text(f, path, m, bad, has_header)
+    except LineTooLong as err:
+        raise PipelineError(f"{path}: line {err.line}: more than {MAX_LINE_BYTES >> 20} MiB without a line break: "
+                            "not a vectors text file?") from None
     except READ_ERRORS as err:
         raise _unreadable(path, err) from None
     if dim is None:
@@ -179,6 +195,7 @@ def _stream_text(f, path: Path, m: "_Matcher", bad, has_header: bool | None) -> 
     if has_header and header is None:
         raise PipelineError(f"{path}: line 1: expected a word2vec header 'count dim', got {raw[:80]!r}")
     if header:
+        _check_header(path, header)
         dim = header[1]
         stats["header_count"] = header[0]
         m.start(dim)
@@ -238,6 +255,7 @@ def align_word2vec_binary(path: Path, words: list[str], case_fallback: bool = Tr
         header = _header(f.readline().removeprefix(BOM))
         if header is None:
             raise PipelineError(f"{path}: line 1: expected a word2vec binary header 'count dim'")
+        _check_header(path, header)
         count, dim = header
         m.start(dim)
         m.stats["header_count"] = count
@@ -246,6 +264,9 @@ def align_word2vec_binary(path: Path, words: list[str], case_fallback: bool = Tr
         for index in range(count):
             space = buf.find(b" ", pos)
             while space < 0 or space + 1 + width > len(buf):
+                if space < 0 and len(buf) - pos > MAX_LINE_BYTES:  # buf would grow (and be copied) to the file's size
+                    raise PipelineError(f"{path}: vector {index + 1} of {count}: no word within "
+                                        f"{MAX_LINE_BYTES >> 20} MiB: not a word2vec binary file?")
                 more = f.read(chunk)
                 if not more:
                     raise PipelineError(f"{path}: truncated at vector {index + 1} of {count}")
@@ -260,6 +281,9 @@ def align_word2vec_binary(path: Path, words: list[str], case_fallback: bool = Tr
                     raise PipelineError(f"{path}: vector {index + 1} ({word!r}) has non-finite values")
                 m.fill(row, lower_rows, vector)
             pos = space + 1 + width
+        if (buf[pos:] + f.read(chunk)).strip(b"\r\n"):  # the vectors past the header's count were never read
+            raise PipelineError(f"{path}: holds more than the {count:,} vectors its header announces: the "
+                                "header is wrong (fix its count), or another file was appended")
     return m.result()
 
 
@@ -276,13 +300,16 @@ def align_fasttext_bin(path: Path, words: list[str]) -> Alignment:
     m.start(kv.vector_size)
     m.stats["lines"] = len(kv.key_to_index)
     for i, word in enumerate(words):
-        if word in kv.key_to_index:
-            m.fill(i, None, kv[word])
-        else:
-            vector = kv[word]  # sum of the word's n-gram vectors; zero if it has none
-            if np.any(vector):
-                m.fill(i, None, vector)
-                m.stats["from_subwords"] += 1
+        known = word in kv.key_to_index
+        vector = kv[word]  # unknown: the sum of the word's n-gram vectors; zero if it has none
+        if not np.isfinite(vector).all():  # as for every other format: never a NaN row in the model's matrix
+            raise PipelineError(f"{path}: the vector of {word!r} has non-finite values"
+                                f"{'' if known else ' (built from its character n-grams)'}")
+        if known:
+            m.fill(i, None, vector)
+        elif np.any(vector):
+            m.fill(i, None, vector)
+            m.stats["from_subwords"] += 1
     return m.result()
 
 
@@ -295,7 +322,7 @@ def read_word_list(path: Path) -> list[str]:
         if len(columns) != 1:
             raise PipelineError(f"{path}: expected one string column of words, found {columns}")
         return table.column(columns[0]).to_pylist()
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no part of the first word
         return [line.rstrip("\r\n") for line in f]
 
 
@@ -305,6 +332,9 @@ def align_npy(matrix_path: Path, words_path: Path, words: list[str], case_fallba
         vectors = np.load(matrix_path, mmap_mode="r")
     except ValueError as err:
         raise PipelineError(f"{matrix_path}: not a .npy array: {err}") from None
+    if vectors.dtype.kind not in "fiu":  # text, complex, records: a traceback, or silently real parts
+        raise PipelineError(f"{matrix_path}: holds {vectors.dtype} values, not numbers (a float matrix, one row "
+                            "per word, is expected)")
     file_words = read_word_list(words_path)
     if vectors.ndim != 2 or vectors.shape[0] != len(file_words):
         raise PipelineError(
@@ -351,11 +381,11 @@ def detect(directory: Path, fmt: str = "auto") -> VectorsSource:
         if len(npys) != 1 or len(word_lists) != 1:
             raise PipelineError(
                 f"{directory}: the npy format needs one .npy matrix and one word list "
-                f"({', '.join(WORD_LIST_SUFFIXES)}); found {[p.name for p in files]}"
+                f"({', '.join(WORD_LIST_SUFFIXES)}); found {_names(files)}"
             )
         return VectorsSource("npy", npys[0], word_lists[0])
     if len(files) != 1:
-        raise PipelineError(f"{directory}: expected one vectors file, found {[p.name for p in files]}")
+        raise PipelineError(f"{directory}: expected one vectors file, found {_names(files)}")
     path = files[0]
     if fmt != "auto":
         return VectorsSource(fmt, path)
@@ -373,6 +403,12 @@ def detect(directory: Path, fmt: str = "auto") -> VectorsSource:
         binary = b"\0" in sample or not _is_utf8(sample)
         return VectorsSource("word2vec_binary" if binary else "word2vec", path)
     return VectorsSource("glove", path)
+
+
+def _names(files: list[Path], most: int = 10) -> str:
+    """The first `most` file names, and how many there are in all: a folder of 100,000 files is no error line."""
+    shown = ", ".join(p.name for p in files[:most])
+    return f"{shown}, ... ({len(files):,} files)" if len(files) > most else shown
 
 
 def _is_utf8(data: bytes) -> bool:

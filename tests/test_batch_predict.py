@@ -374,3 +374,21 @@ def test_blank_lines_are_rows_so_output_row_i_is_input_row_i(tmp_path, tiny_ckpt
         assert out["predicted_label"][blank].isna().all() and out["predicted_label"][~blank].notna().all()
         assert out["no_label_reason"][blank].tolist() == [NO_TEXT] * blank.sum()
         assert summary.rows_without_text == blank.sum()
+
+
+def test_a_batch_input_with_a_column_given_twice_is_an_error(tmp_path, tiny_ckpt):
+    """Batch prediction read the second 'text' column as 'text.1' and wrote it out under that name."""
+    source = tmp_path / "in.csv"
+    source.write_text("text,id,text\ngood film,1,bad film\n", encoding="utf-8")
+    with pytest.raises(PipelineError, match=r"in\.csv: line 1 \(the header\): the column name 'text' is given twice"):
+        predict_file(tiny_ckpt, source, tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_folder_as_the_batch_input_is_named_a_folder(tmp_path, tiny_ckpt):
+    """A folder named like a table (`reviews.csv/`): the error said 'no such input file', which sent the
+    user looking for a missing file."""
+    (tmp_path / "reviews.csv").mkdir()
+    with pytest.raises(PipelineError, match=r"reviews\.csv: is a folder, not an input file"):
+        predict_file(tiny_ckpt, tmp_path / "reviews.csv", tmp_path / "out.csv")
+    assert not (tmp_path / "out.csv").exists()

@@ -213,3 +213,19 @@ def test_the_plain_output_is_one_line_of_three_fields_whatever_the_labels_and_te
     # --json is JSON: the label as it is
     predict.main(["--model", str(path), "--json", "good\tfilm"])
     assert json.loads(capsys.readouterr().out)["label"] in labels
+
+
+def test_a_byte_order_mark_is_no_part_of_the_first_text(tmp_path, tiny_model_path, tiny_ckpt, capsys):
+    """--file of Notepad's UTF-8 (a BOM, CRLF), and a JSON-lines --input with one: the first text was
+    echoed with U+FEFF, and the JSON-lines batch run stopped at 'Unexpected UTF-8 BOM'."""
+    texts = tmp_path / "texts.txt"
+    texts.write_bytes(b"\xef\xbb\xbfgood film\r\nbad film\r\n")
+    predict.main(["--model", str(tiny_model_path), "--json", "--file", str(texts)])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [r["text"] for r in rows] == ["good film", "bad film"]
+    table = tmp_path / "in.jsonl"
+    table.write_bytes(b'\xef\xbb\xbf{"text": "good film"}\r\n{"text": "bad film"}\r\n')
+    predict.main(["--model", str(tiny_model_path), "--input", str(table), "--output", str(tmp_path / "out.jsonl")])
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in out] == ["good film", "bad film"]
+    assert [r["predicted_label"] for r in out] == [r["label"] for r in rows]

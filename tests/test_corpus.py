@@ -180,3 +180,12 @@ def test_many_imbalanced_classes_reach_every_split():
     assert corpus.check_classes(by_split(df["label"], split), False, "c.csv") == []
     shares = pd.crosstab(df["label"], split, normalize="index")
     assert shares["train"].between(0.65, 0.95).all() and (shares["test"] > 0).all()
+
+
+def test_empty_and_blank_labels_are_missing_labels_not_variants():
+    """'', ' ' and a tab (JSON lines keep each as written; a CSV reader may not) are all no label: dropped
+    and counted. Before, two of them together were an error calling them spellings of one label."""
+    df = pd.DataFrame({"text": ["a", "b", "c", "d", "e", "f"], "label": ["pos", "", " ", "\t", None, "neg"]})
+    out, report = clean_corpus(df, TextConfig(), [], True, "c.jsonl")
+    assert out["label"].tolist() == ["pos", "neg"]
+    assert report["dropped_missing_label"] == 4

@@ -210,3 +210,24 @@ def test_a_failed_upload_publishes_no_experiment(repo, tmp_path, monkeypatch):
         assert listed["KeyCount"] > 0
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("args, named", [
+    (["apply", "--", "-A"], "experiment '-A'"),                          # `dvc exp pull origin -A`: every experiment
+    (["apply", "--git-remote=--run-cache", "x"], "--git-remote '--run-cache'"),
+    (["apply", "--git-remote=-h", "x"], "--git-remote '-h'"),
+    (["push", "--", "--rev=HEAD"], "experiment '--rev=HEAD'"),
+    (["push", "x", "--git-remote=-f"], "--git-remote '-f'"),             # `dvc exp push -f`: a forced push
+    (["push", "x", "--dvc-remote=-r"], "--dvc-remote '-r'"),
+    (["apply", "x\n", "--git-remote="], "experiment 'x\\n'"),
+])
+def test_a_name_that_is_an_option_never_reaches_dvc(tmp_path, args, named):
+    """An experiment NAME or a remote starting with '-' would be an option to `dvc exp push/pull/apply`
+    (`-A`, `-f`, `--rev=...`): refused before anything runs; the commands also pass `--` before names."""
+    run(["git", "init", "-q"], tmp_path)
+    run(["dvc", "init", "-q"], tmp_path)
+    proc = exp(tmp_path, *args, check=False)
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stdout.strip().splitlines() == [
+        f"error: {named}: not a name (it must not be empty, start with '-', or hold blanks at its ends or "
+        "control characters); nothing was run"], proc.stdout

@@ -226,3 +226,32 @@ def test_a_fifo_or_device_as_data_is_named_with_its_key(tmp_path, monkeypatch):
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'folder/b.txt'}: is a FIFO (named pipe), not a regular file or folder "
         "(domain_vectors.unlabelled); reading it could wait forever, DVC's hashing too: move it out of the folder"]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: (d / "pos/loop1").symlink_to("loop2") or (d / "pos/loop2").symlink_to("loop1"),
+     r"pos/loop\d: a symbolic link that leads nowhere \(its target is missing, or it is a loop of links\)"),
+    (lambda d: (d / "pos/gone.txt").symlink_to(d / "nowhere.txt"), r"pos/gone\.txt: a symbolic link that leads nowhere"),
+    (lambda d: (d / "pos/more").symlink_to(d.parent.parent / "elsewhere"), r"pos/more: a symbolic link to a folder"),
+    (lambda d: (d / "pos/up").symlink_to(".."), r"pos/up: a symbolic link to a folder"),
+])
+def test_a_symlink_loop_broken_link_or_linked_folder_in_a_data_folder_is_named(tmp_path, make, message):
+    """A folder of documents (train/pos/...) holding a link loop, a broken link or a link to another folder:
+    the stage passed each over without a word (the linked folder's documents silently missing) and DVC
+    failed with 'unexpected error - [Errno 40] Too many levels of symbolic links'."""
+    from pipeline import unlabelled
+    from pipeline.layouts import corpus_chunks
+    from tests.helpers import corpus_params
+
+    folder = tmp_path / "data"
+    for split in ("train", "test"):
+        for label in ("pos", "neg"):
+            (folder / split / label).mkdir(parents=True)
+            (folder / split / label / "1.txt").write_text(f"a {label} review\n")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere/2.txt").write_text("another good review\n")
+    make(folder / "train")
+    with pytest.raises(PipelineError, match=message + r".*\(corpus\.source\)"):
+        list(corpus_chunks(folder, corpus_params(source=str(folder)))[0])
+    with pytest.raises(PipelineError, match=message + r".*\(domain_vectors\.unlabelled\)"):
+        unlabelled.text_files(folder)

@@ -62,6 +62,12 @@ def _write(tmp_path, mutate):
     (lambda d: d["baseline"].update(chunk_rows=2**63), r"'baseline\.chunk_rows' must be >= 1 and <= 2147483647"),
     (lambda d: d["train"].update(threads=10**6), r"'train\.threads' must be >= 1 and <= 1024, got 1000000$"),
     (lambda d: d["train"].update(processes=5000), r"'train\.processes' must be >= 1 and <= 1024"),
+    # nonsensical combinations: one column as both the text and the label made each text its own class
+    (lambda d: d["corpus"].update(label_column=d["corpus"]["text_column"]),
+     r"'corpus\.text_column' and 'corpus\.label_column' both name the column 'text': each names a different"),
+    (lambda d: d["corpus"].update(split_column="category"),
+     r"'corpus\.label_column' and 'corpus\.split_column' both name the column 'category'"),
+    (lambda d: d["corpus"].update(text_column=" "), r"'corpus\.text_column' is ' ': name the column"),
 ])
 def test_bad_params_name_the_file_and_key(tmp_path, mutate, message):
     path = _write(tmp_path, mutate)

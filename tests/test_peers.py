@@ -12,6 +12,7 @@ from gensim.models import KeyedVectors
 from ruamel.yaml import YAML
 
 from benchmarks import peers
+from pipeline.errors import PipelineError
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = ["sci fi", "négatif", "a\tb"]
@@ -82,3 +83,32 @@ def test_vectors_job_names_a_missing_vectors_file(workdir):
     (work / "vectors.txt").unlink()
     with pytest.raises(Exception, match="vectors.txt"):
         peers.job_vectors({})
+
+
+def test_the_tfidf_job_reads_params_as_the_pipeline_does(workdir):
+    """`baseline.C: [1e-3, ...]` is a number list for DVC and the pipeline (YAML 1.2): the peers' TF-IDF
+    read params.yaml with PyYAML, got the string '1e-3' and failed inside scikit-learn; a non-finite C
+    is the pipeline's one-line error naming the key, not a fit."""
+    work, _ = workdir
+    yaml = YAML()
+    params = yaml.load((work / "params.yaml").read_text(encoding="utf-8"))
+    params["baseline"].update(C="C_VALUES", min_df=1)
+    with open(work / "params.yaml", "w", encoding="utf-8") as f:
+        yaml.dump(params, f)
+    fixed = (work / "params.yaml").read_text(encoding="utf-8").replace("C: C_VALUES", "C: [1e-3, 1e1]")
+    (work / "params.yaml").write_text(fixed, encoding="utf-8")
+    result = peers.job_tfidf({"repeat": 1})
+    assert result["C"] in (1e-3, 10.0), result
+    (work / "params.yaml").write_text(fixed.replace("C: [1e-3, 1e1]", "C: [1e-3, .inf]"), encoding="utf-8")
+    with pytest.raises(PipelineError, match="baseline.C"):
+        peers.job_tfidf({"repeat": 1})
+
+
+@pytest.mark.parametrize("corpus", ["../../../elsewhere", "a/b", "-x", ".."])
+def test_a_corpus_name_that_is_a_path_is_refused(corpus, capsys):
+    """--corpus names folders under benchmarks/.cache/peers/ that are deleted and rewritten (lstm-s42, the
+    flair runs): a path there would delete folders elsewhere."""
+    with pytest.raises(SystemExit) as exit_info:
+        peers.main([f"--corpus={corpus}", "--workdir", ".", "--render"])
+    assert exit_info.value.code == 2
+    assert f"--corpus {corpus!r}: not a name" in capsys.readouterr().err

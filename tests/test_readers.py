@@ -183,3 +183,40 @@ def test_formats_are_named_by_the_file_name_or_the_params(tmp_path):
         input_kind(tmp_path / "in.txt")  # batch prediction reads tables, not fastText lines
     with pytest.raises(PipelineError, match=r"in\.parquet\.gz: unknown input format"):
         input_kind(tmp_path / "in.parquet.gz")
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("c.csv", "text,label,text\nfine film,pos,other\n",
+     r"c\.csv: line 1 \(the header\): the column name 'text' is given twice \(columns 1 and 3\)"),
+    ("c.csv", "\ufefftext,label,text\nfine film,pos,other\n", r"the column name 'text' is given twice"),
+    ("c.tsv", "text\tlabel\tlabel\nfine film\tpos\tneg\n", r"the column name 'label' is given twice \(columns 2 and 3\)"),
+    ("c.jsonl", '{"text": "fine film", "label": "pos"}\n{"text": "bad", "label": "pos", "label": "neg"}\n',
+     r"c\.jsonl: line 2: the field 'label' is given twice in one object"),
+])
+def test_a_column_or_field_given_twice_is_an_error_not_a_silent_pick(tmp_path, name, data, message):
+    """pandas renamed a second 'text' column 'text.1' and json.loads kept the last 'label' of a line, without
+    a word: the text or the label read was one of two the user cannot tell apart."""
+    path = tmp_path / name
+    path.write_text(data, encoding="utf-8")
+    with pytest.raises(PipelineError, match=message):
+        read_table(path)
+
+
+def test_unnamed_columns_are_no_duplicates(tmp_path):
+    """A spreadsheet's export with trailing commas: several columns without a name are not one name twice."""
+    path = tmp_path / "c.csv"
+    path.write_text("text,label,,\nfine film,pos,,\n", encoding="utf-8")
+    assert read_table(path)["text"].tolist() == ["fine film"]
+
+
+@pytest.mark.parametrize("name, lines", [
+    ("c.jsonl", ['{"text": "fine film", "label": "pos"}', '{"text": "dull film", "label": "neg"}']),
+    ("c.txt", ["__label__pos fine film", "__label__neg dull film"]),
+])
+def test_a_byte_order_mark_and_crlf_in_json_lines_and_fasttext_are_read_like_a_csvs(tmp_path, name, lines):
+    """Notepad's UTF-8 (a BOM, CRLF): a CSV was read, but JSON lines stopped at 'line 1, column 1: invalid
+    JSON: Unexpected UTF-8 BOM' and fastText at "line 1: expected '__label__<label> <text>'"."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n")
+    df = read_table(path)
+    assert df["text"].tolist() == ["fine film", "dull film"] and df["label"].tolist() == ["pos", "neg"]

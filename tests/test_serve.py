@@ -192,6 +192,8 @@ MALFORMED = [
     ("a number for explain", "POST", "/predict", _json({"text": "a", "explain": 1}), J, False, 422, "explain"),
     ("an unknown field", "POST", "/predict", _json({"txt": "a"}), J, False, 422, "txt"),
     ("text and texts", "POST", "/predict", _json({"text": "a", "texts": ["b"]}), J, False, 422, "text"),
+    ("texts given twice (json.loads kept the last)", "POST", "/predict", b'{"texts": ["good"], "texts": ["bad"]}', J,
+     False, 422, "texts"),
     ("neither", "POST", "/predict", _json({}), J, False, 422, "texts"),
     ("null text", "POST", "/predict", _json({"text": None}), J, False, 422, "texts"),
     ("a list at the top", "POST", "/predict", _json([1, 2]), J, False, 422, "body"),

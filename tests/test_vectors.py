@@ -188,3 +188,96 @@ def _zip_of(members: dict[str, bytes]) -> bytes:
         for member, data in members.items():
             zf.writestr(member, data)
     return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt, body", [
+    ("word2vec", b"2 1000000000\nab 1 2 3\ncd 4 5 6\n"),
+    ("word2vec", b"2 100000000000000\nab 1 2 3\n"),
+    ("word2vec", b"2 0\nab 1 2 3\n"),
+    ("word2vec_binary", b"2 1000000000\nab " + np.float32([1, 2, 3]).tobytes()),
+])
+def test_a_header_lying_about_the_dimension_is_named_before_any_allocation(tmp_path, fmt, body):
+    """A `count dim` header claiming 10^9 values per vector: the matrix of the vocabulary (words x dim)
+    was allocated from it first, a numpy MemoryError traceback (4 TiB for 1,178 words) or gigabytes."""
+    path = write(tmp_path / "v.vec", body)
+    words = [f"w{i}" for i in range(2000)] + ["ab"]
+    with pytest.raises(PipelineError, match=r"v\.vec: line 1: the header announces vectors of [\d,]+ values"):
+        vectors.align(vectors.VectorsSource(fmt, path), words)
+
+
+def test_a_vectors_file_without_line_breaks_is_named_not_read_whole(tmp_path):
+    """A text vectors file whose line 2 runs 11 MiB without a break (a wrong or damaged file): the line was
+    read whole into memory, about four times over (400 MB of it took 1.65 GB), before it was judged; a
+    word2vec binary file without a space after its header was read whole, its buffer copied once per 4 MiB."""
+    text = write(tmp_path / "v.txt", b"ab 1 2 3\n" + b"cd" + b" 0.5" * (11 << 18) + b"\n")
+    with pytest.raises(PipelineError, match=r"v\.txt: line 2: more than 10 MiB without a line break"):
+        vectors.align(vectors.VectorsSource("glove", text), ["ab"], bad_lines="skip")
+    binary = write(tmp_path / "v.bin", b"2 3\n" + b"x" * (11 << 20))
+    with pytest.raises(PipelineError, match=r"v\.bin: vector 1 of 2: no word within 10 MiB"):
+        vectors.align(vectors.VectorsSource("word2vec_binary", binary), ["ab"])
+
+
+@pytest.mark.parametrize("part", ["vectors_vocab", "vectors_ngrams"])
+def test_a_fasttext_bin_with_non_finite_vectors_is_named(tmp_path, part):
+    """Every other format names a NaN or infinite vector of a vocabulary word; a fastText .bin model's
+    went into the model's matrix without a word (a known word's, or one built from n-grams)."""
+    from gensim.models import FastText
+    from gensim.models.fasttext import save_facebook_model
+
+    sentences = [["a", "fine", "film"], ["a", "dull", "film"]] * 5
+    model = FastText(vector_size=8, min_count=1, bucket=100, epochs=1, seed=1, workers=1)
+    model.build_vocab(sentences)
+    model.train(sentences, total_examples=len(sentences), epochs=1)
+    getattr(model.wv, part)[:] = np.nan
+    save_facebook_model(model, str(tmp_path / "model.bin"))
+    # n-grams: a known word's vector is built with its n-grams too, so the first word is named either way
+    with pytest.raises(PipelineError, match=r"model\.bin: the vector of 'film' has non-finite values"):
+        vectors.align(vectors.VectorsSource("fasttext_bin", tmp_path / "model.bin"), ["film", "filmic"])
+    if part == "vectors_ngrams":
+        with pytest.raises(PipelineError, match=r"the vector of 'filmic' has non-finite values \(built from its"):
+            vectors.align(vectors.VectorsSource("fasttext_bin", tmp_path / "model.bin"), ["filmic"])
+
+
+@pytest.mark.parametrize("matrix, kind", [(np.array([["a", "b"], ["c", "d"]]), "<U1"),
+                                          (np.array([[1 + 2j, 3], [4, 5]]), "complex128")])
+def test_an_npy_matrix_of_text_or_complex_numbers_is_named(tmp_path, matrix, kind):
+    """Text values gave a ValueError traceback; complex ones were cast to their real parts with a warning."""
+    d = tmp_path / "emb"
+    d.mkdir()
+    np.save(d / "m.npy", matrix)
+    (d / "words.txt").write_text("a\nb\n")
+    with pytest.raises(PipelineError, match=rf"m\.npy: holds {kind} values, not numbers"):
+        vectors.align(vectors.detect(d), ["a"])
+
+
+def test_a_byte_order_mark_before_an_npy_word_list_is_no_part_of_its_first_word(tmp_path):
+    """The first word of a word list saved by Notepad was '\\ufeffthe': it silently never matched."""
+    d = tmp_path / "emb"
+    d.mkdir()
+    np.save(d / "m.npy", np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32))
+    (d / "words.txt").write_bytes(b"\xef\xbb\xbfthe\r\nfilm\r\n")
+    result = vectors.align(vectors.detect(d), ["the", "film"])
+    assert result.found.all()
+    np.testing.assert_array_equal(result.matrix, [[1, 2], [3, 4]])
+
+
+def test_a_word2vec_binary_holding_more_vectors_than_its_header_says_is_named(tmp_path):
+    """A header counting 1 vector before 2: the second (and any after) was silently never read."""
+    one = np.float32([1, 2, 3]).tobytes()
+    path = write(tmp_path / "v.bin", b"1 3\nab " + one + b"\ncd " + one + b"\n")
+    with pytest.raises(PipelineError, match=r"v\.bin: holds more than the 1 vectors its header announces"):
+        vectors.align(vectors.VectorsSource("word2vec_binary", path), ["ab", "cd"])
+    exact = write(tmp_path / "w.bin", b"2 3\nab " + one + b"\ncd " + one + b"\n")  # a trailing line break is no vector
+    assert vectors.align(vectors.VectorsSource("word2vec_binary", exact), ["ab", "cd"]).found.all()
+
+
+def test_a_folder_of_many_files_as_the_vectors_is_one_short_line(tmp_path):
+    """embeddings.source at a folder of 20,000 files: the error listed every name (an error line of 260 KB)."""
+    d = tmp_path / "emb"
+    d.mkdir()
+    for i in range(20_000):
+        (d / f"part-{i:05d}.txt").touch()
+    with pytest.raises(PipelineError, match=r"expected one vectors file, found part-00000\.txt, .*, \.\.\. "
+                                            r"\(20,000 files\)$") as err:
+        vectors.detect(d)
+    assert len(str(err.value)) < 400

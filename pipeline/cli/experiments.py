@@ -73,6 +73,14 @@ def remotes_for_every_commit():
             local.write_bytes(before)
 
 
+def check_name(value: str, what: str) -> None:
+    """A value that reaches `dvc`/`git` as a name (an experiment, a remote) must be one: never an option
+    (`-A`, `--rev=...`, `-f`) that DVC's parser would act on, never blank or holding control characters."""
+    if not value or value != value.strip() or value.startswith("-") or not value.isprintable():
+        raise PipelineError(f"{what} {value!r}: not a name (it must not be empty, start with '-', or hold "
+                            "blanks at its ends or control characters); nothing was run")
+
+
 def experiment_rev(name: str) -> str:
     """The commit of the local experiment `name` (DVC keeps it under refs/exps/.../NAME)."""
     refs = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
@@ -119,7 +127,7 @@ def push(name: str, git_remote: str, dvc_remote: str | None) -> None:
         # The data first, and the git ref only once every output is there: a colleague who sees the
         # experiment can always fetch its model (`dvc exp push` sends the ref even when uploads fail).
         upload_outputs(name, rev, remote)
-        dvc("exp", "push", "--no-cache", git_remote, name)
+        dvc("exp", "push", "--no-cache", "--", git_remote, name)
     print(f"pushed experiment {name!r}: its outputs to the DVC remote {remote!r}, then its git ref to {git_remote!r}")
 
 
@@ -242,7 +250,7 @@ def save_changes(name: str, changed: list[str]) -> str:
 def apply(name: str, git_remote: str | None, force: bool = False) -> None:
     if git_remote:
         with remotes_for_every_commit():
-            dvc("exp", "pull", git_remote, name)
+            dvc("exp", "pull", "--", git_remote, name)
     rev = experiment_rev(name)
     missing = missing_outputs(rev)
     if missing:
@@ -260,7 +268,7 @@ def apply(name: str, git_remote: str | None, force: bool = False) -> None:
               "`git stash pop && dvc checkout` brings them back")
     config = Path(".dvc/config")
     kept = config.read_bytes() if config.is_file() else None
-    dvc("exp", "apply", name)
+    dvc("exp", "apply", "--", name)
     if kept is not None and config.read_bytes() != kept:
         config.write_bytes(kept)  # the remotes are the clone's, not the experiment's
         print("kept your .dvc/config (the experiment's names other remotes)")
@@ -314,9 +322,15 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    remove_abandoned_resume_state()
     if extra and args.command != "show":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command in ("push", "apply"):
+        check_name(args.name, "experiment")
+        if args.git_remote or args.command == "push":
+            check_name(args.git_remote, "--git-remote")
+    if args.command == "push" and args.dvc_remote is not None:
+        check_name(args.dvc_remote, "--dvc-remote")
+    remove_abandoned_resume_state()
     if args.command == "push":
         push(args.name, args.git_remote, args.dvc_remote)
     elif args.command == "apply":

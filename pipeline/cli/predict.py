@@ -54,7 +54,7 @@ def _read_lines(source, name: str, encoding: str = "utf-8") -> list[str]:
                             "pass the file's encoding with --encoding") from None
     except OSError as err:
         raise PipelineError(f"{name}: cannot read: {err}") from None
-    lines = text.splitlines()
+    lines = text.removeprefix("\ufeff").splitlines()  # a byte-order mark is no part of the first text
     kept = [line for line in lines if line.strip()]
     if len(kept) < len(lines):  # the rule, said: a blank line is no text (the printed lines carry their text)
         print(f"{name}: {len(lines) - len(kept)} blank line(s) skipped", file=sys.stderr)
