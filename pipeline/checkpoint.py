@@ -40,11 +40,9 @@ class Checkpoint:
     info: dict
     max_tokens: int | None = None  # the model's input: at most this many tokens of a text,
     truncation: str = "head"       # chosen this way (head, tail, head+tail)
-
-    @property
-    def temperature(self) -> float:
-        """The probabilities' temperature (pipeline.calibration): 1.0 for a checkpoint saved without one."""
-        return float(self.model.temperature)
+    # The probabilities' temperature (pipeline.calibration; 1.0 for a checkpoint saved without one), also
+    # set as the model's `temperature` buffer, which TextClassifier.probabilities divides by.
+    temperature: float = 1.0
 
     @property
     def stoi(self) -> dict[str, int]:
@@ -112,10 +110,11 @@ def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu",
         raise PipelineError(f"{path}: not a usable checkpoint: {err} (retrain it with `dvc repro train`)") from None
     model = TextClassifier(cfg)  # allocates only what the saved tensors already hold (checked above)
     model.load_state_dict(state_dict)
-    model.temperature.fill_(payload.get("calibration", {}).get("temperature", 1.0))
+    temperature = float(payload.get("calibration", {}).get("temperature", 1.0))
+    model.temperature.fill_(temperature)
     model.to(device).eval()
     return Checkpoint(model, payload["itos"], payload["labels"], text_config, payload["unk_id"], payload["info"],
-                      **payload["input"])
+                      **payload["input"], temperature=temperature)
 
 
 class _Invalid(Exception):

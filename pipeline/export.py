@@ -58,14 +58,15 @@ SIDECAR_FORMAT = 1
 
 
 class ProbabilityModel(nn.Module):
-    """The classifier with its calibrated softmax on top: (ids, lengths) -> class probabilities."""
+    """The classifier with its calibrated softmax on top: (ids, lengths) -> softmax(logits / temperature)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.model.probabilities(ids, lengths)
+        return torch.softmax(self.model(ids, lengths) / self.temperature, dim=-1)
 
 
 def example_inputs(pad_id: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +81,7 @@ def example_inputs(pad_id: int, vocab_size: int) -> tuple[torch.Tensor, torch.Te
 
 def _exportable(ckpt: Checkpoint) -> ProbabilityModel:
     """A frozen copy: without gradients, a consumer's outputs are plain tensors (no .detach() needed)."""
-    wrapped = ProbabilityModel(copy.deepcopy(ckpt.model)).cpu().eval()
+    wrapped = ProbabilityModel(copy.deepcopy(ckpt.model), ckpt.temperature).cpu().eval()
     wrapped.requires_grad_(False)
     return wrapped
 
