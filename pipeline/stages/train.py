@@ -128,7 +128,7 @@ def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: t
     plot_curves(result, LIVE_DIR / "curves.png")
     # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
     write_json(LIVE_DIR / BEST, {"lstm_val_acc": round(result.best_val_accuracy, 4),
-                                 "lstm_best_epoch": result.best_epoch, "temperature": calibrated["temperature"],
+                                 "lstm_best_epoch": result.best_epoch, "lstm_temperature": calibrated["temperature"],
                                  **{f"lstm_val_{k}": calibrated[k] for k in ("ece_raw", "ece", "brier_raw", "brier")}})
     RESUME_PATH.unlink(missing_ok=True)
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
