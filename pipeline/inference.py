@@ -93,8 +93,8 @@ def uncertain(min_confidence: float) -> str:
 
 @dataclass
 class Predictions:
-    """Per text: its class probabilities (a row of NaN where it has no label) and the reason it has no
-    label (None where it has one)."""
+    """Per text: its class probabilities (a row of NaN where it was not classified: no text, no tokens) and
+    the reason it has no label (None where it has one; an uncertain text has probabilities and a reason)."""
     probs: np.ndarray           # (n, classes), float32
     reasons: list[str | None]
 
