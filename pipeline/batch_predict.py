@@ -6,12 +6,14 @@
 Reads a CSV, TSV, JSON-lines or Parquet file (pipeline.tables.TableReader; the text formats may be
 compressed) and
 writes .parquet, .csv, .tsv or .jsonl: every column of the input, in its order, then `predicted_label`
-and one `prob_<label>` column per class (the model's softmax; each row's probabilities sum to 1).
+and one `prob_<label>` column per class (the model's calibrated softmax; each row's probabilities sum to 1).
 Row i of the output is row i of the input, always: a row whose text is missing, empty or only blanks
 (a blank line of a CSV, TSV or JSON-lines file is such a row), or has no tokens after the pipeline's
 own cleaning (markup, a link, invisible characters only: pipeline.inference), keeps its place with an
 empty (null) label, empty probabilities, and the reason in `no_label_reason` (null where a label was
-given); both kinds are counted in the summary.
+given); both kinds are counted in the summary. With a minimum confidence (predict.min_confidence,
+--min-confidence), a row whose top probability is below it gets a null label too, its probabilities,
+and an "uncertain: ..." reason (counted as uncertain).
 
 The file is read, classified and written `chunk_rows` rows at a time, so memory does not grow with its
 size (a Parquet file is read one row group at a time, at most chunk_rows rows of it per chunk). The
@@ -64,6 +66,7 @@ class BatchSummary:
     rows_without_text: int
     chunks: int
     rows_without_tokens: int = 0
+    rows_uncertain: int = 0
 
 
 def output_kind(path: Path) -> str:
@@ -107,11 +110,13 @@ def output_schema(schema: pa.Schema, labels: list[str]) -> pa.Schema:
     return pa.schema(kept + added)
 
 
-def predict_table(ckpt: Checkpoint, table: pa.Table, text_column: str, batch_size: int = 256) -> pa.Table:
+def predict_table(ckpt: Checkpoint, table: pa.Table, text_column: str, batch_size: int = 256,
+                  min_confidence: float | None = None) -> pa.Table:
     """The table with predicted_label, prob_<label> and no_label_reason columns added; rows without text,
-    or without tokens after cleaning, get nulls and their reason."""
-    predictions = predict_texts(ckpt, table.column(text_column).to_pylist(), batch_size)
-    missing = ~predictions.labelled
+    or without tokens after cleaning, get nulls and their reason; rows below `min_confidence`, a null label,
+    their probabilities and the reason."""
+    predictions = predict_texts(ckpt, table.column(text_column).to_pylist(), batch_size, min_confidence)
+    missing = np.isnan(predictions.probs).any(axis=1)
     columns = {LABEL_COLUMN: pa.array([predictions.label(i, ckpt.labels) for i in range(table.num_rows)], pa.string())}
     for k, name in enumerate(ckpt.labels):
         columns[f"{PROB_PREFIX}{name}"] = pa.array(np.nan_to_num(predictions.probs[:, k]), pa.float32(), mask=missing)
@@ -238,41 +243,45 @@ class TableWriter:
 
 
 def predict_file(ckpt: Checkpoint, input_path: Path, output_path: Path, text_column: str = "text",
-                 batch_size: int = 256, chunk_rows: int = 10_000, encoding: str = "utf-8") -> BatchSummary:
+                 batch_size: int = 256, chunk_rows: int = 10_000, encoding: str = "utf-8",
+                 min_confidence: float | None = None) -> BatchSummary:
     """Classify every row of `input_path` and write it, with its predictions, to `output_path` (atomically)."""
     input_path, output_path = Path(input_path), Path(output_path)
     kind = output_kind(output_path)
     check_output_file(output_path, input_path)
     with TableReader(input_path, chunk_rows, encoding) as reader:
-        return _predict_chunks(ckpt, reader, output_path, kind, text_column, batch_size)
+        return _predict_chunks(ckpt, reader, output_path, kind, text_column, batch_size, min_confidence)
 
 
 def _predict_chunks(ckpt: Checkpoint, reader: TableReader, output_path: Path, kind: str, text_column: str,
-                    batch_size: int) -> BatchSummary:
+                    batch_size: int, min_confidence: float | None = None) -> BatchSummary:
     check_columns(reader.schema, text_column, ckpt.labels, reader.path)
     schema = output_schema(reader.schema, ckpt.labels)
-    rows = without_text = without_tokens = chunks = 0
+    rows = without_text = without_tokens = uncertain_rows = chunks = 0
     with atomic_path(output_path) as tmp:
         writer = TableWriter(tmp, kind, schema, output_path)
         try:
             for table in reader.chunks():
-                out = predict_table(ckpt, table, text_column, batch_size).cast(schema)
+                out = predict_table(ckpt, table, text_column, batch_size, min_confidence).cast(schema)
                 writer.write(out)
                 rows += out.num_rows
                 reasons = out.column(REASON_COLUMN).to_pylist()
                 without_text += reasons.count(NO_TEXT)
                 without_tokens += reasons.count(NO_TOKENS)
+                uncertain_rows += sum(r is not None and r.startswith("uncertain") for r in reasons)
                 chunks += 1
         finally:
             writer.close()
         if rows == 0:  # raised inside atomic_path: no output is left
             raise PipelineError(f"{reader.path}: the file has no rows (only a header, or an empty table): "
                                 "nothing to classify")
-    return BatchSummary(rows, without_text, chunks, without_tokens)
+    return BatchSummary(rows, without_text, chunks, without_tokens, uncertain_rows)
 
 
 def describe(summary: BatchSummary, output_path: Path) -> str:
     parts = [f"{n} {what}" for n, what in ((summary.rows_without_text, "without text"),
-                                           (summary.rows_without_tokens, "with no tokens after cleaning")) if n]
+                                           (summary.rows_without_tokens, "with no tokens after cleaning"),
+                                           (summary.rows_uncertain, "uncertain (below the minimum confidence)"))
+             if n]
     skipped = f" ({', '.join(parts)}: no label, the reason in {REASON_COLUMN})" if parts else ""
     return f"wrote {summary.rows} rows{skipped} to {output_path}"

@@ -3,7 +3,9 @@ the card.
 
 The checkpoint carries everything needed to classify raw text: weights, model config (the encoder's
 name among them), vocabulary, label names, the tokenizer settings of the prepare stage and the model's
-input length. One dict, loaded with `weights_only=True`: loading it can never run code.
+input length, and the temperature fitted on validation (pipeline.calibration; a checkpoint without one
+loads with temperature 1: the plain softmax). One dict, loaded with `weights_only=True`: loading it can
+never run code.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class Checkpoint:
     info: dict
     max_tokens: int | None = None  # the model's input: at most this many tokens of a text,
     truncation: str = "head"       # chosen this way (head, tail, head+tail)
+    # The probabilities' temperature (pipeline.calibration; 1.0 for a checkpoint saved without one), also
+    # set as the model's `temperature` buffer, which TextClassifier.probabilities divides by.
+    temperature: float = 1.0
 
     @property
     def stoi(self) -> dict[str, int]:
@@ -46,7 +51,7 @@ class Checkpoint:
 
 def save_checkpoint(path: Path, model: TextClassifier, state_dict: dict, itos: list[str], labels: list[str],
                     text_config: TextConfig, unk_id: int, info: dict, max_tokens: int | None = None,
-                    truncation: str = "head") -> None:
+                    truncation: str = "head", temperature: float = 1.0) -> None:
     payload = {
         "format": FORMAT,
         "input": {"max_tokens": max_tokens, "truncation": truncation},
@@ -57,6 +62,7 @@ def save_checkpoint(path: Path, model: TextClassifier, state_dict: dict, itos: l
         "text_config": _stored_text_config(text_config),
         "unk_id": unk_id,
         "info": info,
+        "calibration": {"temperature": float(temperature)},
     }
     # Through memory: torch.save names the archive after the file, and the temporary file's name is
     # random, so saving to it directly would make identical models differ byte for byte (and in DVC).
@@ -114,9 +120,11 @@ def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu",
         raise PipelineError(f"{path}: not a usable checkpoint: {err} (retrain it with `dvc repro train`)") from None
     model = TextClassifier(cfg)  # allocates only what the saved tensors already hold (checked above)
     model.load_state_dict(state_dict)
+    temperature = float(payload.get("calibration", {}).get("temperature", 1.0))
+    model.temperature.fill_(temperature)
     model.to(device).eval()
     return Checkpoint(model, payload["itos"], payload["labels"], text_config, payload["unk_id"], payload["info"],
-                      **payload["input"])
+                      **payload["input"], temperature=temperature)
 
 
 class _Invalid(Exception):
@@ -135,6 +143,9 @@ _TRUNCATIONS = ("head", "tail", "head+tail")
 _NUMBERS = ("keep", "token", "drop")
 _TOKENIZERS = ("words", "icu")  # what prepare resolved `auto` to: a checkpoint never says auto
 _KEYS = ("format", "input", "config", "state_dict", "itos", "labels", "text_config", "unk_id", "info")
+_OPTIONAL_KEYS = ("calibration",)  # absent in checkpoints saved before temperature scaling: temperature 1
+# The fitted temperature's range: pipeline.calibration searches within it.
+TEMPERATURE_RANGE = (1e-2, 1e2)
 
 
 def _is_int(value) -> bool:
@@ -152,7 +163,7 @@ def _validated(payload: dict) -> tuple[ModelConfig, dict, TextConfig]:
     missing = [key for key in _KEYS if key not in payload]
     if missing:
         raise _Invalid(f"no {', '.join(repr(k) for k in missing)} key")
-    unknown = [key for key in payload if key not in _KEYS]
+    unknown = [key for key in payload if key not in _KEYS + _OPTIONAL_KEYS]
     if unknown:
         raise _Invalid(f"unknown key {str(unknown[0])[:60]!r}")
     for key in ("input", "config", "state_dict", "text_config", "info"):
@@ -228,6 +239,17 @@ def _validated(payload: dict) -> tuple[ModelConfig, dict, TextConfig]:
                 raise _Invalid(f"input.truncation: {str(value)[:40]!r} is not one of {', '.join(_TRUNCATIONS)}")
         else:
             raise _Invalid(f"input: unknown key {str(key)[:60]!r}")
+
+    calibration = payload.get("calibration", {})
+    if not isinstance(calibration, dict):
+        raise _Invalid(f"calibration: expected a dict, got {type(calibration).__name__}")
+    for key, value in calibration.items():
+        if key != "temperature":
+            raise _Invalid(f"calibration: unknown key {str(key)[:60]!r}")
+        low, high = TEMPERATURE_RANGE
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+                or not low <= value <= high:
+            raise _Invalid(f"calibration.temperature: {str(value)[:40]} is not a finite number from {low} to {high}")
 
     info = payload["info"]  # what train recorded, shown by the model card
     if not all(isinstance(key, str) for key in info):

@@ -3,8 +3,8 @@
 Two views of one prediction, token by token, over the tokens the model read (after truncation):
 
 - **Integrated gradients** (Captum's `LayerIntegratedGradients` over the embedding layer, and over the
-  frozen second channel too when there is one): how much each token moved the probability of the
-  explained class (the predicted one unless told) away from a baseline that is the same text with every
+  frozen second channel too when there is one): how much each token moved the probability (the
+  calibrated one, softmax(logits / temperature), as predict shows it) of the explained class (the predicted one unless told) away from a baseline that is the same text with every
   token replaced by padding. The values are signed: positive pushed toward the class, negative away
   from it. They add up to p(text) - p(baseline) up to `delta`, the method's own error, which shrinks as
   `steps` grows (32 steps keep it around 0.01 on the built-in model).
@@ -73,7 +73,7 @@ def _cut_position(read: int, truncation: str, max_tokens: int | None) -> int:
 
 def _forward_probabilities(model: TextClassifier):
     def forward(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(model(ids, lengths).float(), dim=-1)
+        return model.probabilities(ids, lengths)  # calibrated: what the user is shown
     return forward
 
 

@@ -8,8 +8,9 @@ The exported graph:
 - inputs `ids`, int64 (batch, time): token ids, each row padded after its last token with `pad_id`;
   `lengths`, int64 (batch,): each row's true number of tokens, at least 1. Rows may have any lengths:
   the model reads each one at its true end, so padding never changes a row's result;
-- output `probabilities`, float32 (batch, classes): the softmax over the classes, in the order of `labels`.
-  Batch and time are dynamic axes.
+- output `probabilities`, float32 (batch, classes): the calibrated softmax over the classes,
+  softmax(logits / temperature) with the checkpoint's fitted temperature inside the graph (the sidecar's
+  `temperature` says which; pipeline.calibration), in the order of `labels`. Batch and time are dynamic axes.
 
 Beside the file, `<output>.json` (the sidecar) holds what a consumer needs to turn text into those
 inputs: the vocabulary (`itos`: id -> token), `unk_id`, `pad_id`, `labels`, `max_tokens` and
@@ -57,14 +58,15 @@ SIDECAR_FORMAT = 1
 
 
 class ProbabilityModel(nn.Module):
-    """The classifier with a softmax on top: (ids, lengths) -> class probabilities."""
+    """The classifier with its calibrated softmax on top: (ids, lengths) -> softmax(logits / temperature)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, temperature: float = 1.0):
         super().__init__()
         self.model = model
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(ids, lengths), dim=-1)
+        return torch.softmax(self.model(ids, lengths) / self.temperature, dim=-1)
 
 
 def example_inputs(pad_id: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,7 +81,7 @@ def example_inputs(pad_id: int, vocab_size: int) -> tuple[torch.Tensor, torch.Te
 
 def _exportable(ckpt: Checkpoint) -> ProbabilityModel:
     """A frozen copy: without gradients, a consumer's outputs are plain tensors (no .detach() needed)."""
-    wrapped = ProbabilityModel(copy.deepcopy(ckpt.model)).cpu().eval()
+    wrapped = ProbabilityModel(copy.deepcopy(ckpt.model), ckpt.temperature).cpu().eval()
     wrapped.requires_grad_(False)
     return wrapped
 
@@ -135,8 +137,10 @@ def sidecar(ckpt: Checkpoint, fmt: str, model_file: str) -> dict:
             "ids": "int64 (batch, time): token ids, each row padded after its last token with pad_id",
             "lengths": "int64 (batch,): each row's number of tokens (>= 1)",
         },
-        "output": {"name": OUTPUT_NAME, "meaning": "float32 (batch, classes): softmax probabilities, "
-                                                   "in the order of labels"},
+        "output": {"name": OUTPUT_NAME, "meaning": "float32 (batch, classes): softmax(logits / temperature) "
+                                                   "probabilities, in the order of labels (the temperature is "
+                                                   "applied inside the graph)"},
+        "temperature": ckpt.temperature,
         "labels": list(ckpt.labels),
         "pad_id": cfg.pad_id,
         "unk_id": ckpt.unk_id,

@@ -6,6 +6,11 @@ only; the prepare stage drops such rows, so the model never saw one) gets no lab
 probabilities, and a stated reason (NO_TOKENS), never the label that an empty input happens to score.
 Batch prediction says NO_TEXT for a missing, empty or blank text; the CLI and the server refuse those
 as input errors. `predict_texts` applies the policy; `classify_texts` classifies whatever it is given.
+
+The probabilities are calibrated: softmax(logits / T) with the checkpoint's temperature T
+(pipeline.calibration; TextClassifier.probabilities). With a minimum confidence P (--min-confidence,
+predict.min_confidence, the server's "min_confidence"), a text whose top probability is below P gets no
+label either: its reason says "uncertain", and its probabilities are kept.
 """
 
 from __future__ import annotations
@@ -28,16 +33,26 @@ def encode_texts(ckpt: Checkpoint, token_lists) -> list[np.ndarray]:
 
 
 @torch.no_grad()
+def logit_batches(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
+                  device: str | torch.device = "cpu") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(indices into `sequences`, their raw logits as float32), a length-bucketed batch at a time: before
+    temperature scaling (pipeline.calibration measures both)."""
+    model.eval()
+    for index in bucket_batches(sequence_lengths(sequences), batch_size):
+        ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
+        yield index, model(ids.to(device), lens.to(device)).float().cpu().numpy()
+
+
+@torch.no_grad()
 def probability_batches(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
                         device: str | torch.device = "cpu") -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(indices into `sequences`, their class probabilities) a length-bucketed batch at a time: a caller
+    """(indices into `sequences`, their calibrated class probabilities) a length-bucketed batch at a time: a caller
     that keeps only the top class holds one batch of probabilities, never (n, classes)."""
     model.eval()
     lengths = sequence_lengths(sequences)
     for index in bucket_batches(lengths, batch_size):
         ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
-        logits = model(ids.to(device), lens.to(device))
-        yield index, torch.softmax(logits.float(), dim=-1).cpu().numpy()
+        yield index, model.probabilities(ids.to(device), lens.to(device)).cpu().numpy()
 
 
 def predict_proba(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
@@ -71,10 +86,15 @@ NO_TOKENS = ("no tokens after cleaning (markup, links and invisible characters a
              "prepare.numbers: drop): nothing for the model to read")
 
 
+def uncertain(min_confidence: float) -> str:
+    """The reason a text gets no label under a minimum confidence (its probabilities are kept)."""
+    return f"uncertain: no class has probability {min_confidence:g} or more (the minimum confidence)"
+
+
 @dataclass
 class Predictions:
-    """Per text: its class probabilities (a row of NaN where it has no label) and the reason it has no
-    label (None where it has one)."""
+    """Per text: its class probabilities (a row of NaN where it was not classified: no text, no tokens) and
+    the reason it has no label (None where it has one; an uncertain text has probabilities and a reason)."""
     probs: np.ndarray           # (n, classes), float32
     reasons: list[str | None]
 
@@ -98,17 +118,31 @@ class Predictions:
     def concat(cls, parts: Sequence["Predictions"]) -> "Predictions":  # the server's explained parts, joined
         return cls(np.concatenate([p.probs for p in parts]), [r for p in parts for r in p.reasons])
 
+    def abstaining(self, min_confidence: float | None) -> "Predictions":
+        """The same predictions with the labelled texts whose top probability is below `min_confidence`
+        marked uncertain (label null, probabilities kept); unchanged with None."""
+        if min_confidence is None:
+            return self
+        reason = uncertain(min_confidence)
+        top = np.nan_to_num(self.probs, nan=1.0).max(axis=1, initial=0.0)
+        return Predictions(self.probs, [reason if r is None and top[i] < min_confidence else r
+                                        for i, r in enumerate(self.reasons)])
+
     def answer(self, i: int, labels: Sequence[str]) -> dict:
-        """Text i's label and probabilities as the server and `--json` give them; null and a reason when
-        it has none."""
+        """Text i's label and probabilities as the server and `--json` give them; a null label and a reason
+        when it has none (null probabilities too, unless the reason is that it is uncertain)."""
         if self.reasons[i] is not None:
-            return {"label": None, "probabilities": None, "reason": self.reasons[i]}
+            scored = not np.isnan(self.probs[i]).any()
+            return {"label": None, "probabilities": {lab: float(v) for lab, v in zip(labels, self.probs[i])}
+                    if scored else None, "reason": self.reasons[i]}
         return {"label": self.label(i, labels),
                 "probabilities": {lab: float(v) for lab, v in zip(labels, self.probs[i])}}
 
 
-def predict_texts(ckpt: Checkpoint, texts: Sequence, batch_size: int = 256) -> Predictions:
-    """Probabilities of the texts that have something to classify; the others get a reason (module doc)."""
+def predict_texts(ckpt: Checkpoint, texts: Sequence, batch_size: int = 256,
+                  min_confidence: float | None = None) -> Predictions:
+    """Probabilities of the texts that have something to classify; the others get a reason, and so do the
+    texts below `min_confidence` (module doc)."""
     token_lists, reasons = [], []
     for text in texts:
         tokens = tokenize(text, ckpt.text_config) if isinstance(text, str) and text.strip() else []
@@ -120,4 +154,4 @@ def predict_texts(ckpt: Checkpoint, texts: Sequence, batch_size: int = 256) -> P
         device = next(ckpt.model.parameters()).device
         sequences = encode_texts(ckpt, [token_lists[i] for i in keep])
         probs[keep] = predict_proba(ckpt.model, sequences, batch_size, device)
-    return Predictions(probs, reasons)
+    return Predictions(probs, reasons).abstaining(min_confidence)

@@ -218,6 +218,10 @@ class TextClassifier(nn.Module):
         self.pooler = Pooler(cfg.pooling, self.encoder.output_size)
         self.output_dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(self.encoder.output_size, cfg.num_classes)
+        # Temperature scaling (pipeline.calibration): the probabilities are softmax(logits / temperature).
+        # Not a weight (kept out of the state dict): training sees 1; load_checkpoint sets the fitted value,
+        # and every probability that leaves the model (inference, export, explanations) divides by it.
+        self.register_buffer("temperature", torch.ones(()), persistent=False)
 
     def set_embeddings_trainable(self, trainable: bool) -> None:
         self.embedder.set_trainable(trainable)
@@ -228,3 +232,7 @@ class TextClassifier(nn.Module):
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.output_dropout(self.encode(ids, lengths)))  # (batch, classes)
+
+    def probabilities(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities, float32 (batch, classes): softmax(logits / temperature)."""
+        return torch.softmax(self(ids, lengths).float() / self.temperature.float(), dim=-1)

@@ -59,6 +59,7 @@ def checkpoint_facts(ckpt: Checkpoint) -> dict:
         "model_config": ckpt.model.cfg.to_dict(),
         "parameters": sum(p.numel() for p in ckpt.model.parameters()),
         "info": ckpt.info,
+        "temperature": ckpt.temperature,
     }
 
 
@@ -145,7 +146,9 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
 
     lines = [f"# Model card: `{model_name}`", "",
              f"A text classifier over {len(labels)} classes: {', '.join(f'`{lab}`' for lab in labels)}. "
-             "It returns one probability per class (softmax); the prediction is the most probable class.", "",
+             "It returns one probability per class (softmax); the prediction is the most probable class.",
+             f"The probabilities are temperature-scaled (softmax of logits / {_cell(facts.get('temperature', 1.0))}, "
+             "the temperature fitted on the validation split), which never changes the prediction.", "",
              "## Model", "",
              f"- Architecture: {_architecture(cfg, facts)}.",
              f"- Vocabulary: {facts['vocab_size']:,} tokens from the training split (id {cfg.get('pad_id')} is "
@@ -184,6 +187,7 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
                   for name, acc, f1 in headline]
     else:
         lines.append("No evaluation metrics were found (run the evaluate stage).")
+    lines += _calibration(metrics)
     for name, data in metrics.items():
         lines += ["", f"### `{name}`", ""]
         if data is None:
@@ -199,7 +203,7 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
               f"- It was trained on {trained_on}one corpus ({_source(corpus)}) and knows only its "
               f"{len(labels)} labels: every text gets one of them, however unlike the training texts it is. "
               "Texts of another domain, register or length get probabilities that look as confident and "
-              "mean less; the probabilities are the softmax's, not calibrated.",
+              "mean less: the temperature was fitted on validation texts like the training ones.",
               "- The tokenizer splits English clitics the Penn Treebank way and keeps the words of other "
               "scripts whole (Chinese, Japanese, Thai, Lao, Khmer and Myanmar cut by ICU under tokenizer "
               "icu); the vocabulary holds the training split's words, so a text in another language than "
@@ -217,6 +221,27 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
               f"textclf-export --model {model_name} --format onnx --output model.onnx   # + model.onnx.json",
               "```", ""]
     return "\n".join(lines)
+
+
+def _calibration(metrics: dict[str, dict | None]) -> list[str]:
+    """The calibration section, from the evaluate stage's report (pipeline.calibration); none without it."""
+    report = next((data for name, data in metrics.items() if name.endswith("eval/report.json") and data), {})
+    cal = report.get("calibration") if isinstance(report, dict) else None
+    if not isinstance(cal, dict):
+        return []
+    lines = ["", "### Calibration and abstaining (test split)", "",
+             f"Expected calibration error ({cal.get('bins', 15)} equal-width bins; 0 is perfect) "
+             f"{_cell(cal.get('ece_raw'))} before temperature scaling, {_cell(cal.get('ece'))} after "
+             f"(temperature {_cell(cal.get('temperature'))}); Brier score {_cell(cal.get('brier_raw'))} before, "
+             f"{_cell(cal.get('brier'))} after.", ""]
+    rows = [row for row in cal.get("min_confidence") or [] if isinstance(row, dict)]
+    if rows:
+        lines += ["With `--min-confidence P` (textclf-predict, `predict.min_confidence`, textclf-serve), a text "
+                  "whose top probability is below P gets no label (\"uncertain\"). On the test split:", "",
+                  "| min confidence | texts labelled (coverage) | accuracy on them |", "|---:|---:|---:|"]
+        lines += [f"| {_cell(r.get('min_confidence'))} | {_cell(r.get('coverage'))} | "
+                  f"{_cell(r.get('accuracy')) if r.get('accuracy') is not None else '–'} |" for r in rows]
+    return lines
 
 
 def read_metrics(paths, root: Path | None = None) -> dict[str, dict | None]:

@@ -1,7 +1,9 @@
 """The model over HTTP: a FastAPI app around one loaded checkpoint, served by uvicorn (`textclf-serve`).
 
-    POST /predict   {"text": "..."} or {"texts": [...]}, optional "explain": true
+    POST /predict   {"text": "..."} or {"texts": [...]}, optional "explain": true, "min_confidence": P
                     -> {"labels": [...], "predictions": [{"label", "probabilities", "explanation"?}, ...]}
+                    (probabilities calibrated; below P, or the server's --min-confidence, label null and
+                    reason "uncertain: ...")
     GET  /health    the process answers
     GET  /ready     the model's identity: its md5, the file's md5 now (status "stale" when the file was
                     replaced since it was loaded: restart), the dvc.lock record, labels, vocabulary size
@@ -116,8 +118,9 @@ def check_exposure(host: str, token: str | None, source: str = "the token") -> N
                             "send as 'Authorization: Bearer <token>', or listen on 127.0.0.1 (the default)")
 
 
-def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool]:
-    """The texts and the explain flag of a /predict body; a RequestError naming the field otherwise."""
+def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool, float | None]:
+    """The texts, the explain flag and the minimum confidence (None: not given) of a /predict body; a
+    RequestError naming the field otherwise."""
     from pydantic import ValidationError
 
     from pipeline.serve_page import PredictRequest
@@ -161,7 +164,7 @@ def parse_request(body: bytes, limits: Limits) -> tuple[list[str], bool]:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise RequestError(422, where, "not valid Unicode (a lone surrogate escape such as \\ud800)") from None
-    return texts, request.explain
+    return texts, request.explain, request.min_confidence
 
 
 async def read_body(receive, limit: int) -> bytes:
@@ -179,8 +182,9 @@ async def read_body(receive, limit: int) -> bytes:
             return b"".join(chunks)
 
 
-def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = None, loopback_only: bool = True):
-    """The ASGI app over the checkpoint at model_path."""
+def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = None, loopback_only: bool = True,
+               min_confidence: float | None = None):
+    """The ASGI app over the checkpoint at model_path; `min_confidence`: a request's default."""
     from fastapi import FastAPI
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException
@@ -242,8 +246,9 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
     async def predict(request: Request):
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise RequestError(415, "content-type", "send the body as application/json")
-        texts, explain = parse_request(await read_body(request.receive, limits.max_body_bytes), limits)
+        texts, explain, least = parse_request(await read_body(request.receive, limits.max_body_bytes), limits)
         answers, explanations = await batcher.submit(texts, explain)
+        answers = answers.abstaining(min_confidence if least is None else least)
         predictions = []
         for i in range(len(answers)):  # pipeline.inference: a text with no tokens has a null label and a reason
             row = answers.answer(i, labels)

@@ -27,6 +27,10 @@ class PredictRequest(BaseModel):
     texts: list[str] | None = Field(None, description="texts to classify, in order (a batch)")
     explain: bool = Field(False, description="add per-token attributions (integrated gradients), and attention "
                                              "weights when the model pools by attention")
+    min_confidence: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                         description="below this top-class probability (calibrated), no label: "
+                                                     "reason \"uncertain: ...\", probabilities kept (default: "
+                                                     "the server's --min-confidence, else none)")
 
 
 class Explanation(BaseModel):
@@ -43,8 +47,10 @@ class Explanation(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: str | None = Field(description="null when the text has no tokens after cleaning: see reason")
-    probabilities: dict[str, float] | None
+    label: str | None = Field(description="null when the text has no tokens after cleaning, or is below the "
+                                          "minimum confidence: see reason")
+    probabilities: dict[str, float] | None = Field(description="calibrated (softmax of logits / temperature); "
+                                                               "null when the text has no tokens")
     explanation: Explanation | None = None
     reason: str | None = Field(None, description="why there is no label (only when label is null)")
 

@@ -203,7 +203,8 @@ def test_the_dvc_stage_mode_reads_params(tmp_path, tiny_model_path, monkeypatch)
     (tmp_path / "models" / "model.pt").write_bytes(tiny_model_path.read_bytes())
     _write_input(_input_frame(), tmp_path / "reviews.csv")
     params = {"predict": {"input": "reviews.csv", "text_column": "review", "output": "data/predictions/reviews.parquet",
-                          "encoding": "utf-8", "batch_size": 4, "chunk_rows": 5}}
+                          "encoding": "utf-8", "batch_size": 4, "chunk_rows": 5,
+                          "min_confidence": None}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     predict_stage.main()
@@ -213,7 +214,7 @@ def test_the_dvc_stage_mode_reads_params(tmp_path, tiny_model_path, monkeypatch)
 
 def _write_params(tmp_path, **predict_params) -> None:
     params = {"input": "reviews.csv", "text_column": "review", "output": "data/predictions/reviews.parquet",
-              "encoding": "utf-8", "batch_size": 4, "chunk_rows": 5, **predict_params}
+              "encoding": "utf-8", "batch_size": 4, "chunk_rows": 5, "min_confidence": None, **predict_params}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"predict": params}), encoding="utf-8")
 
 

@@ -35,8 +35,9 @@ def test_full_repro_writes_every_artefact(repo):
     assert sorted(metrics) == ["metrics/baseline.json", "metrics/eval.json", "metrics/train/best.json",
                                "metrics/train/metrics.json"], metrics
     names = [key for path, m in metrics.items() if path != "metrics/train/metrics.json" for key in m["data"]]
-    assert sorted(names) == ["baseline_test_acc", "baseline_test_f1", "lstm_best_epoch",
-                             "lstm_test_acc", "lstm_test_f1", "lstm_val_acc"], metrics
+    calibration = [f"lstm_{split}_{m}" for split in ("test", "val") for m in ("brier", "brier_raw", "ece", "ece_raw")]
+    assert sorted(names) == sorted(["baseline_test_acc", "baseline_test_f1", "lstm_best_epoch", "lstm_temperature",
+                                    "lstm_test_acc", "lstm_test_f1", "lstm_val_acc", *calibration]), metrics
     live = metrics["metrics/train/metrics.json"]["data"]
     assert {"train", "val", "best_epoch", "best_val_accuracy"} <= set(live), live
     # precision: auto, resolved for this machine's CPU and recorded beside the thread count
@@ -46,7 +47,12 @@ def test_full_repro_writes_every_artefact(repo):
     assert live["precision"] == resolve_precision("auto", torch.device("cpu")), live
     evaluation = json.loads((repo / "metrics/eval/report.json").read_text())
     assert json.loads((repo / "metrics/eval.json").read_text()) == {
-        "lstm_test_acc": evaluation["accuracy"], "lstm_test_f1": evaluation["macro_f1"]}
+        "lstm_test_acc": evaluation["accuracy"], "lstm_test_f1": evaluation["macro_f1"],
+        **{f"lstm_test_{k}": evaluation["calibration"][k] for k in ("ece_raw", "ece", "brier_raw", "brier")}}
+    # Temperature scaling: the checkpoint's temperature, fitted on validation, is the one evaluate used.
+    from pipeline.checkpoint import load_checkpoint
+    assert load_checkpoint(repo / "models/model.pt").temperature == pytest.approx(
+        json.loads((repo / "metrics/train/best.json").read_text())["lstm_temperature"], abs=1e-4)
     assert set(evaluation["per_class"]) == {"neg", "pos"}
     # The predict stage: every test row with its probabilities; the model card beside the model.
     import pandas as pd

@@ -320,7 +320,7 @@ def test_ready_compares_the_loaded_model_with_the_file_on_disk_now(tiny_model_pa
 def test_the_openapi_schema_and_no_page_that_loads_cdn_scripts(server):
     schema = json.loads(server.request("GET", "/openapi.json")[2])
     body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
-    assert set(body["properties"]) == {"text", "texts", "explain"} and body["additionalProperties"] is False
+    assert set(body["properties"]) == {"text", "texts", "explain", "min_confidence"} and body["additionalProperties"] is False
     assert "PredictResponse" in json.dumps(schema["paths"]["/predict"]["post"]["responses"]["200"])
     assert server.request("GET", "/docs")[0] == 404 and server.request("GET", "/redoc")[0] == 404
 

@@ -13,7 +13,10 @@ carriage return and any other line break are written as escapes (`\\`, `\t`, `\n
 `\u2028`, ...), so each text is one line of exactly three fields whatever it holds. A text with no
 tokens after the pipeline's cleaning (only markup, links or invisible characters) gets no label: an
 empty first field, then `no label: <reason>`; with --json, "label" and "probabilities" are null and
-"reason" says why (pipeline.inference). Texts given as arguments
+"reason" says why (pipeline.inference). With --min-confidence P, a text whose top (calibrated)
+probability is below P gets no label either, its reason "uncertain: ..." and, after it, its
+probabilities (with --json, "probabilities" kept); with --input, the same in the output table.
+Texts given as arguments
 come first, then the lines of --file, then the lines of stdin when '-' is among the arguments (or when
 neither texts nor --file are given). With --input, every row of a CSV, TSV, JSON-lines or Parquet file
 is classified and written to --output with one probability column per class (pipeline.batch_predict).
@@ -32,9 +35,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from pipeline.batch_predict import describe, predict_file
 from pipeline.checkpoint import MODEL_PATH, load_checkpoint, require_model_file
@@ -93,9 +99,12 @@ def tsv_field(value: str) -> str:
 def format_result(text: str, labels: list[str], probs, as_json: bool, explanation=None,
                   reason: str | None = None) -> str:
     if reason is not None:  # no label (pipeline.inference): say why, in the same shape
+        scored = probs is not None and not np.isnan(probs).any()  # uncertain: the probabilities are kept
         if as_json:
-            return json.dumps({"text": text, "label": None, "probabilities": None, "reason": reason})
-        return f"\tno label: {reason}\t{tsv_field(text)}"
+            return json.dumps({"text": text, "label": None, "reason": reason, "probabilities":
+                               {lab: round(float(p), 4) for lab, p in zip(labels, probs)} if scored else None})
+        shown = "".join(f"  {tsv_field(lab)}={p:.3f}" for lab, p in zip(labels, probs)) if scored else ""
+        return f"\tno label: {reason}{shown}\t{tsv_field(text)}"
     best = int(probs.argmax())
     if as_json:
         row = {"text": text, "label": labels[best],
@@ -121,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--explain", action="store_true",
                         help="also show the words that drove each prediction (integrated gradients; attention "
                              "weights when the model pools by attention)")
+    parser.add_argument("--min-confidence", type=float, metavar="P",
+                        help="below this top-class probability (0 to 1; calibrated) give no label but 'uncertain' "
+                             "(the model card states the coverage and accuracy of each threshold)")
     batch = parser.add_argument_group("batch prediction over a table file")
     batch.add_argument("--input", "-i", help="a .csv, .tsv, .jsonl or .parquet file (text formats may be compressed)")
     batch.add_argument("--output", "-o", help="where to write: .parquet, .csv, .tsv or .jsonl")
@@ -146,7 +158,7 @@ def run_batch(args: argparse.Namespace) -> None:
         raise PipelineError("--chunk-rows must be at least 1")
     ckpt = load_checkpoint(require_model_file(Path(args.model)))
     summary = predict_file(ckpt, Path(args.input), Path(args.output), args.text_column or "text", args.batch_size,
-                           chunk_rows, args.encoding)
+                           chunk_rows, args.encoding, args.min_confidence)
     print(describe(summary, Path(args.output)), file=sys.stderr)
 
 
@@ -155,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     check_encoding(args.encoding, "--encoding")
     if args.batch_size < 1:
         raise PipelineError("--batch-size must be at least 1")
+    if args.min_confidence is not None and not (math.isfinite(args.min_confidence) and 0 <= args.min_confidence <= 1):
+        raise PipelineError(f"--min-confidence {args.min_confidence}: give a probability from 0 to 1")
     if args.input:
         return run_batch(args)
     batch_only = [option for option, value in (("--output", args.output), ("--text-column", args.text_column),
@@ -166,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     if not texts:
         raise PipelineError("no text to classify (the input was empty)")
     ckpt = load_checkpoint(model_path)
-    predictions = predict_texts(ckpt, texts, args.batch_size)
+    predictions = predict_texts(ckpt, texts, args.batch_size, args.min_confidence)
     labelled = [i for i, reason in enumerate(predictions.reasons) if reason is None]
     explanations = [None] * len(texts)
     if args.explain and labelled:

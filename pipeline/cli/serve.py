@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads for the model (default: %(default)s; on 2 cores, 1 served 2-5 times more "
                              "requests than 2: HTTP needs the other core; docs/serving.md)")
+    parser.add_argument("--min-confidence", type=float, metavar="P",
+                        help="below this top-class probability (0 to 1), answer label null, reason 'uncertain' "
+                             "(a request's \"min_confidence\" overrides it; default: off)")
     limits = parser.add_argument_group("limits (a request past one gets a 4xx naming it)")
     limits.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
                         help="request body size (default: %(default)s)")
@@ -89,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         value = getattr(args, option)
         if not math.isfinite(value) or not 0.1 <= value <= 3600:
             raise PipelineError(f"--{option.replace('_', '-')} {value}: give seconds from 0.1 to 3600")
+    if args.min_confidence is not None and not (math.isfinite(args.min_confidence) and 0 <= args.min_confidence <= 1):
+        raise PipelineError(f"--min-confidence {args.min_confidence}: give a probability from 0 to 1")
     if args.steps < 2:
         raise PipelineError("--steps must be at least 2")
     if not 0 <= args.port <= 65535:
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     bounds = ConnectionBounds(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
                               max_connections=args.max_connections,
                               graceful_shutdown=min(args.request_timeout + 1, ConnectionBounds.graceful_shutdown))
-    app = create_app(model, limits, token, loopback_only=is_loopback(args.host))
+    app = create_app(model, limits, token, loopback_only=is_loopback(args.host), min_confidence=args.min_confidence)
 
     def announce(url: str) -> None:
         print(f"{SCRIPT}: {model} on {url}  (page: {url}/, API: POST {url}/predict, schema: {url}/openapi.json)"

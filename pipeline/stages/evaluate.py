@@ -6,7 +6,10 @@ and the test size: a plain output, so it does not crowd the experiments table), 
 actual,predicted row per example, for DVC's confusion template), confusion.png, misclassified.csv
 (text, true label, prediction, confidence), misclassified.html (the same examples, most confident
 first, words shaded by their attribution: pipeline.explain), and DVCLive's ROC and precision-recall
-curves under plots/sklearn/.
+curves under plots/sklearn/. Calibration (pipeline.calibration): eval.json adds the expected calibration
+error and Brier score after temperature scaling and before (`_raw`); report.json the temperature, the
+reliability bins and the coverage and accuracy at each minimum confidence (the model card's table);
+calibration/ the reliability diagram's and the accuracy-against-coverage curve's data (DVC plots).
 
 Nothing grows with the square of the classes (10,000 classes and 10,000 test rows: seconds, docs/scale.md):
 the probabilities are reduced a batch at a time to each row's top class; confusion counts stay sparse
@@ -25,7 +28,8 @@ from pipeline import params
 from pipeline.checkpoint import MODEL_PATH, load_checkpoint
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
-from pipeline.inference import encode_texts, predict_proba, predict_top
+from pipeline.calibration import probabilities, reliability, score_batches, summary, threshold_table, write_plots
+from pipeline.inference import encode_texts, logit_batches
 from pipeline.metrics import classification_metrics, headline, plot_confusion
 from pipeline.workspace import start_stage
 
@@ -33,6 +37,7 @@ TEST = Path("data/prepared/test.parquet")
 METRICS = Path("metrics/eval.json")
 PLOTS_DIR = Path("metrics/eval")
 REPORT = PLOTS_DIR / "report.json"
+CALIBRATION_DIR = PLOTS_DIR / "calibration"
 # Up to this many classes the curves are one class against the rest, micro-averaged over all (row, class)
 # pairs (n x classes scores); past it, of the top prediction being right (n scores).
 CURVE_CLASSES = 100
@@ -78,16 +83,31 @@ def main() -> None:
                             f"{', '.join(map(repr, checkpoint.labels[:10]))}); the model and the splits come from "
                             "different runs: run `dvc repro`")
     sequences = encode_texts(checkpoint, test["tokens"])
-    probs = None
-    if len(checkpoint.labels) <= CURVE_CLASSES:  # (n, classes) kept for the micro-averaged curves
-        probs = predict_proba(checkpoint.model, sequences, evaluate_params.batch_size)
-        best, confidence = probs.argmax(axis=1), probs.max(axis=1)
-    else:  # a batch at a time: memory linear in the rows
-        best, confidence = predict_top(checkpoint.model, sequences, evaluate_params.batch_size)
+    index = {label: i for i, label in enumerate(checkpoint.labels)}
+    targets = np.array([index[label] for label in test["label"]], dtype=np.int64)
+    temperature = checkpoint.temperature
+    # The logits a batch at a time, scored before and after temperature scaling; the (n, classes)
+    # probabilities (calibrated) kept only up to CURVE_CLASSES classes, for the micro-averaged curves.
+    probs = np.zeros((len(test), len(checkpoint.labels)), dtype=np.float32) \
+        if len(checkpoint.labels) <= CURVE_CLASSES else None
+
+    def batches():
+        for rows, logits in logit_batches(checkpoint.model, sequences, evaluate_params.batch_size):
+            if probs is not None:
+                probs[rows] = probabilities(logits, temperature)
+            yield rows, logits
+
+    raw, calibrated = score_batches(batches(), targets, (1.0, temperature))
+    best, confidence = calibrated.top, calibrated.confidence.astype(np.float32)
     predicted = [checkpoint.labels[i] for i in best]
     actual = test["label"].tolist()
     metrics = classification_metrics(actual, predicted, checkpoint.labels)
     metrics["test_rows"] = len(test)
+    calibration = summary(raw, calibrated, temperature)
+    metrics["calibration"] = {**calibration, "bins": 15,
+                              "reliability": reliability(calibrated.confidence, calibrated.correct),
+                              "reliability_raw": reliability(raw.confidence, raw.correct),
+                              "min_confidence": threshold_table(calibrated.confidence, calibrated.correct)}
     wrong = test.assign(predicted=predicted, confidence=confidence.round(4))
     wrong = wrong[wrong["label"] != wrong["predicted"]].sort_values("confidence", ascending=False)
 
@@ -100,9 +120,13 @@ def main() -> None:
         wrong[["text", "label", "predicted", "confidence"]].to_csv(tmp, index=False)
     log_curves(actual, checkpoint.labels, probs, predicted, confidence)
     write_json(REPORT, metrics)
-    write_json(METRICS, headline(metrics, "lstm"))
+    write_plots(raw, calibrated, CALIBRATION_DIR)
+    write_json(METRICS, {**headline(metrics, "lstm"),
+                         **{f"lstm_test_{k}": calibration[k] for k in ("ece_raw", "ece", "brier_raw", "brier")}})
     print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
-          f"{len(wrong)} misclassified of {len(test)}")
+          f"{len(wrong)} misclassified of {len(test)}; temperature {temperature:.3f}: ECE "
+          f"{calibration['ece_raw']:.4f} -> {calibration['ece']:.4f}, Brier {calibration['brier_raw']:.4f} -> "
+          f"{calibration['brier']:.4f}")
     # The misclassified examples as a page, each word shaded by its attribution (pipeline/explain.py).
     from pipeline.explain import write_misclassified_report
 

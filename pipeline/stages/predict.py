@@ -1,6 +1,6 @@
 """Stage predict: every row of `predict.input` classified and written to `predict.output`, with
 predicted_label, one prob_<label> column per class and no_label_reason (pipeline.batch_predict). By default the
-test split.
+test split. With `predict.min_confidence` set, rows below it get no label ("uncertain").
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def main() -> None:
     check_data_path(predict_params.input, "predict.input")
     summary = predict_file(load_checkpoint(MODEL_PATH), Path(predict_params.input), Path(predict_params.output),
                            predict_params.text_column, predict_params.batch_size, predict_params.chunk_rows,
-                           predict_params.encoding)
+                           predict_params.encoding, predict_params.min_confidence)
     print(describe(summary, Path(predict_params.output)))
 
 

@@ -18,6 +18,7 @@ import torch
 
 from pipeline import distributed, params, resume
 from pipeline.batching import TokenIds, resolve_max_tokens
+from pipeline.calibration import calibrate_checkpoint
 from pipeline.checkpoint import MODEL_PATH, save_checkpoint
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import check_writable, read_json, write_json
@@ -123,13 +124,17 @@ def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: t
     save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels,
                     prepared_text_config(PREPARED / "train.parquet", TextConfig.from_params(prep)), unk_id,
                     info, max_tokens, tp.truncation)
+    # Temperature scaling, fitted on validation and written into the checkpoint (pipeline.calibration).
+    calibrated = calibrate_checkpoint(MODEL_PATH, PREPARED / "val.parquet", tp.batch_size)
     plot_curves(result, LIVE_DIR / "curves.png")
     # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
     write_json(LIVE_DIR / BEST, {"lstm_val_acc": round(result.best_val_accuracy, 4),
-                                 "lstm_best_epoch": result.best_epoch})
+                                 "lstm_best_epoch": result.best_epoch, "lstm_temperature": calibrated["temperature"],
+                                 **{f"lstm_val_{k}": calibrated[k] for k in ("ece_raw", "ece", "brier_raw", "brier")}})
     RESUME_PATH.unlink(missing_ok=True)
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
-          f"{result.seconds:.1f}s; saved {MODEL_PATH}")
+          f"{result.seconds:.1f}s; saved {MODEL_PATH}; temperature {calibrated['temperature']:.3f}: validation ECE "
+          f"{calibrated['ece_raw']:.4f} -> {calibrated['ece']:.4f}, Brier {calibrated['brier_raw']:.4f} -> {calibrated['brier']:.4f}")
 
 
 if __name__ == "__main__":
