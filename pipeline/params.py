@@ -261,17 +261,9 @@ class PredictParams:
     min_confidence: float | None = field(default=None, kw_only=True, metadata=_range(0, 1))
 
 
-SECTIONS = {
-    "embeddings": EmbeddingsParams,
-    "corpus": CorpusParams,
-    "prepare": PrepareParams,
-    "domain_vectors": DomainVectorsParams,
-    "vocab": VocabParams,
-    "train": TrainParams,
-    "evaluate": EvaluateParams,
-    "baseline": BaselineParams,
-    "predict": PredictParams,
-}
+SECTIONS = {"embeddings": EmbeddingsParams, "corpus": CorpusParams, "prepare": PrepareParams,
+            "domain_vectors": DomainVectorsParams, "vocab": VocabParams, "train": TrainParams,
+            "evaluate": EvaluateParams, "baseline": BaselineParams, "predict": PredictParams}
 
 
 def _type_name(tp) -> str:
@@ -399,15 +391,15 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
 def _check_corpus_columns(values: dict, where: str) -> None:
     """The text, label and split columns are three different, named columns: one column read as both the
     text and the label made every text its own class, and the error then blamed a class of one row."""
-    roles = [(role, values[f"{role}_column"]) for role in ("text", "label", "split") if values[f"{role}_column"] is not None]
-    for role, column in roles:
-        if not column.strip():
+    roles: dict[str, str] = {}  # column -> the first role that names it
+    for role in ("text", "label", "split"):
+        column = values[f"{role}_column"]
+        if column is not None and not column.strip():
             raise PipelineError(f"{where}: 'corpus.{role}_column' is {column!r}: name the column")
-    for i, (role, column) in enumerate(roles):
-        for other, column2 in roles[i + 1:]:
-            if column == column2:
-                raise PipelineError(f"{where}: 'corpus.{role}_column' and 'corpus.{other}_column' both name the "
-                                    f"column {column!r}: each names a different column")
+        if column is not None and column in roles:
+            raise PipelineError(f"{where}: 'corpus.{roles[column]}_column' and 'corpus.{role}_column' both name "
+                                f"the column {column!r}: each names a different column")
+        roles.setdefault(column, role)
 
 
 def load_yaml(path: str | Path = PARAMS_FILE, strict: bool = True) -> dict:
