@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
 import numpy as np
@@ -26,6 +26,7 @@ from pipeline.batching import auto_max_tokens
 from pipeline.errors import PipelineError
 from pipeline.params import AUTO_MAX_TOKENS, AUTO_MIN_TOKENS, TrainParams
 from pipeline.resources import cpu_share
+from pipeline.tasks import DEFAULT, Task, get_task
 
 # Settings of train.embeddings whose embeddings start frozen and train from epoch freeze_epochs + 1.
 UNFREEZING = ("freeze_then_finetune", "multichannel")
@@ -47,6 +48,7 @@ class TrainPlan:
     world: int = 1
     unk_id: int = 1               # what word dropout hides a token behind
     show_progress: bool = False   # a progress bar per epoch
+    task: Task = field(default_factory=lambda: get_task(DEFAULT))  # the loss, the decision rule (tasks.py)
 
     @property
     def bf16(self) -> bool:
@@ -57,9 +59,11 @@ class TrainPlan:
         return self.steps_per_epoch * self.epochs
 
 
-def make_plan(tp: TrainParams, train_lengths: Sequence[int], unk_id: int = 1, show_progress: bool = False) -> TrainPlan:
-    """The plan of a run of `tp` on training texts of these lengths (in tokens, before truncation), in
-    this process (torchrun's rank and world size when it launched it; 0 and 1 otherwise)."""
+def make_plan(tp: TrainParams, train_lengths: Sequence[int], unk_id: int = 1, show_progress: bool = False,
+              task: str = DEFAULT) -> TrainPlan:
+    """The plan of a run of `tp` for `task` (a name in tasks.TASKS) on training texts of these lengths (in
+    tokens, before truncation), in this process (torchrun's rank and world size when it launched it; 0
+    and 1 otherwise)."""
     rank, world = distributed.rank_and_world()
     device = resolve_device(tp.device, world)
     lengths = np.asarray(train_lengths)
@@ -71,7 +75,7 @@ def make_plan(tp: TrainParams, train_lengths: Sequence[int], unk_id: int = 1, sh
         max_tokens=resolve_max_tokens(tp.max_tokens, lengths), steps_per_epoch=steps_per_epoch,
         epochs=epochs, patience=patience,
         unfreeze_epoch=tp.freeze_epochs + 1 if tp.embeddings in UNFREEZING else None,
-        rank=rank, world=world, unk_id=unk_id, show_progress=show_progress)
+        rank=rank, world=world, unk_id=unk_id, show_progress=show_progress, task=get_task(task))
 
 
 def announce(plan: TrainPlan) -> None:

@@ -34,6 +34,7 @@ from pipeline.errors import PipelineError
 from pipeline.model import ModelConfig, TextClassifier
 from pipeline.params import TrainParams
 from pipeline.plan import TrainPlan, announce
+from pipeline.tasks import SINGLE_LABEL, Task
 
 # What an epoch reads: id sequences (a list, or batching.TokenIds) and their class ids.
 Split = tuple[Sequence[np.ndarray], np.ndarray]
@@ -108,25 +109,6 @@ class Hooks:
     on_checkpoint: Callable[[TrainState], None] | None = None
 
 
-def label_ids(values, labels: list[str], source) -> np.ndarray:
-    """Labels (a pandas Series) as class ids in the order of `labels`; a label the training split lacks
-    is an error naming `source`, the split it came from."""
-    label_id = {label: i for i, label in enumerate(labels)}
-    unknown = sorted(set(values) - set(label_id))
-    if unknown:
-        raise PipelineError(f"{source}: label {unknown[0]!r} does not occur in the training split")
-    return values.map(label_id).to_numpy(dtype=np.int64)
-
-
-def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
-    """Per-class loss weights: None, or 'balanced' (n / (k * count)), so each class weighs the same in total."""
-    if mode == "none":
-        return None
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = len(labels) / (num_classes * np.maximum(counts, 1))
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
     """Multiplier of the base learning rate before optimizer step `step` (counted from 0)."""
     if warmup_steps and step < warmup_steps:
@@ -154,30 +136,30 @@ def finite_weights(state: dict) -> str | None:
 
 @torch.no_grad()
 def eval_step(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor,
-              loss_fn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+              task: Task) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch measured: its summed loss and its logits (in float32, as the evaluate stage and the
     exported model compute them: validation picks the epoch whose saved weights score best)."""
     logits = model(ids, lengths)
-    loss = loss_fn(logits, target)
+    loss = task.loss(logits, target)
     return loss, logits
 
 
-def evaluate(model: TextClassifier, data: Split, batch_size: int, device: torch.device) -> EpochResult:
-    """Loss and accuracy over a split, in length-sorted batches."""
+def evaluate(model: TextClassifier, data: Split, batch_size: int, device: torch.device,
+             task: Task = SINGLE_LABEL) -> EpochResult:
+    """The task's loss and accuracy over a split, in length-sorted batches."""
     sequences, labels = data
     model.eval()
     lengths = sequence_lengths(sequences)
     batches = bucket_batches(lengths, batch_size)
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss, correct, tokens = 0.0, 0, 0
     start = time.perf_counter()
     for index in batches:
         ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
         target = torch.from_numpy(labels[index]).to(device)
         loss, logits = eval_step(model, ids.to(device, non_blocking=True), lens.to(device, non_blocking=True),
-                                 target, loss_fn)
+                                 target, task)
         total_loss += loss.item()
-        correct += int((logits.argmax(-1) == target).sum())
+        correct += task.correct(logits, target)
         tokens += int(lengths[index].sum())
     return EpochResult(total_loss / len(labels), correct / len(labels), tokens, time.perf_counter() - start,
                        len(labels))
@@ -200,9 +182,9 @@ class Trainer:
         self.plateau_factor = 1.0  # 'plateau' halves it after each epoch without a better validation accuracy
         self.step = 0
         self.stale = 0
-        weight = class_weights(train[1], model.cfg.num_classes, tp.class_weights)
-        self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
-        self.objective_fn = None if weight is None else nn.CrossEntropyLoss(weight=weight.to(device), reduction="sum")
+        self.task = plan.task
+        weight = self.task.loss_weights(train[1], model.cfg.num_classes, tp.class_weights)
+        self.weight = None if weight is None else weight.to(device)  # what the gradient follows (the loss reported: unweighted)
         self.rng = np.random.default_rng(tp.seed)  # batch order: the same in every process
         # Word dropout: each process its own noise.
         self.noise_rng = np.random.default_rng([tp.seed, plan.rank]) if plan.world > 1 else self.rng
@@ -262,7 +244,7 @@ class Trainer:
                                self.tp, self.optimizer.param_groups[0]["lr"])
             self.after_step(batch_loss / len(index))
             total_loss += batch_loss
-            correct += int((logits.argmax(-1) == target).sum())
+            correct += self.task.correct(logits, target)
             tokens += int(lengths[index].sum())
             if bar.n % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss / max(1, bar.n * self.tp.batch_size):.3f}",
@@ -279,12 +261,12 @@ class Trainer:
         """One optimizer step on one batch: the batch's summed (unweighted) loss, and its logits.
 
         Through `forward`: the model, or its DistributedDataParallel wrapper (which averages the
-        gradients); `objective_fn`, when set, is the class-weighted loss the gradient follows; the
+        gradients); with class weights, the weighted loss is the one the gradient follows; the
         forward pass under bf16 autocast when the plan says bf16."""
         with torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16, enabled=self.plan.bf16):
             logits = self.forward(ids, lengths)  # (batch, classes)
-            loss = self.loss_fn(logits.float(), target)
-        objective = loss if self.objective_fn is None else self.objective_fn(logits.float(), target)
+            loss = self.task.loss(logits.float(), target)
+        objective = loss if self.weight is None else self.task.loss(logits.float(), target, self.weight)
         self.optimizer.zero_grad(set_to_none=True)
         (objective / len(target)).backward()
         if self.tp.grad_clip:
@@ -354,7 +336,7 @@ def fit(model: TextClassifier, plan: TrainPlan, data: tuple[Split, Split], hooks
         trainer.start_epoch(epoch)
         lr_at_start = trainer.optimizer.param_groups[0]["lr"]
         train_result = trainer.train_epoch(epoch)
-        val_result = evaluate(model, val, max(256, tp.batch_size), device)
+        val_result = evaluate(model, val, max(256, tp.batch_size), device, plan.task)
         row = {"epoch": epoch, "train_loss": train_result.loss, "train_accuracy": train_result.accuracy,
                "val_loss": val_result.loss, "val_accuracy": val_result.accuracy, "lr": lr_at_start,
                "epoch_seconds": train_result.seconds, "train_tokens_per_second": train_result.tokens_per_second}

@@ -19,7 +19,8 @@ from pipeline.errors import PipelineError
 from pipeline.inference import predict_proba
 from pipeline.stages import train as train_stage
 from pipeline.plan import native_bf16, resolve_precision, stretched_epochs
-from pipeline.training import Hooks, build_model, class_weights, evaluate, fit, lr_factor, set_determinism
+from pipeline.tasks import SINGLE_LABEL
+from pipeline.training import Hooks, build_model, evaluate, fit, lr_factor, set_determinism
 from tests.ddp_toy import DDP_PARAMS
 from tests.helpers import ROOT, cpu_plan, fit_toy, toy_matrix, toy_problem, train_params
 
@@ -167,8 +168,8 @@ def test_plateau_schedule_halves_lr_after_an_epoch_without_improvement():
 
 
 def test_balanced_class_weights():
-    assert class_weights(np.array([0, 0, 0, 1]), 2, "none") is None
-    weights = class_weights(np.array([0, 0, 0, 1]), 2, "balanced")
+    assert SINGLE_LABEL.loss_weights(np.array([0, 0, 0, 1]), 2, "none") is None
+    weights = SINGLE_LABEL.loss_weights(np.array([0, 0, 0, 1]), 2, "balanced")
     torch.testing.assert_close(weights, torch.tensor([4 / 6, 4 / 2]))
     # Each class then carries the same total weight.
     assert float(weights[0] * 3) == float(weights[1] * 1)
@@ -176,7 +177,7 @@ def test_balanced_class_weights():
 
 def test_balanced_class_weights_on_many_imbalanced_classes():
     labels = np.repeat(np.arange(12), [400 // (k + 1) for k in range(12)])
-    weights = class_weights(labels, 12, "balanced").numpy()
+    weights = SINGLE_LABEL.loss_weights(labels, 12, "balanced").numpy()
     totals = weights * np.bincount(labels)
     np.testing.assert_allclose(totals, totals[0], rtol=1e-5)  # every class weighs the same in total
     assert weights[11] > 10 * weights[0]
@@ -243,8 +244,7 @@ def test_the_train_stage_refuses_an_unknown_encoder_before_anything_else(tmp_pat
 
 
 def test_labels_become_class_ids_and_an_unseen_one_is_named():
-    from pipeline.training import label_ids
-
+    label_ids = SINGLE_LABEL.targets
     split = "data/prepared/val.parquet"
     assert label_ids(pd.Series(["pos", "neg", "pos"]), ["neg", "pos"], split).tolist() == [1, 0, 1]
     with pytest.raises(PipelineError, match=r"data/prepared/val\.parquet: label 'meh' does not occur in the training"):

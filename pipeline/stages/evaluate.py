@@ -26,7 +26,8 @@ from pipeline.checkpoint import MODEL_PATH, load_checkpoint
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
 from pipeline.inference import encode_texts, predict_proba, predict_top
-from pipeline.metrics import classification_metrics, headline, plot_confusion
+from pipeline.metrics import plot_confusion
+from pipeline.tasks import checkpoint_task
 
 TEST = Path("data/prepared/test.parquet")
 METRICS = Path("metrics/eval.json")
@@ -75,16 +76,17 @@ def main() -> None:
         raise PipelineError(f"{TEST}: label {unknown[0]!r} is not one the model knows ({MODEL_PATH}: "
                             f"{', '.join(map(repr, checkpoint.labels[:10]))}); the model and the splits come from "
                             "different runs: run `dvc repro`")
+    task = checkpoint_task(checkpoint.info, MODEL_PATH)  # its decision rule, its metrics
     sequences = encode_texts(checkpoint, test["tokens"])
     probs = None
     if len(checkpoint.labels) <= CURVE_CLASSES:  # (n, classes) kept for the micro-averaged curves
-        probs = predict_proba(checkpoint.model, sequences, evaluate_params.batch_size)
-        best, confidence = probs.argmax(axis=1), probs.max(axis=1)
+        probs = predict_proba(checkpoint.model, sequences, evaluate_params.batch_size, task=task)
+        best, confidence = task.decide(probs), task.confidence(probs)
     else:  # a batch at a time: memory linear in the rows
-        best, confidence = predict_top(checkpoint.model, sequences, evaluate_params.batch_size)
+        best, confidence = predict_top(checkpoint.model, sequences, evaluate_params.batch_size, task=task)
     predicted = [checkpoint.labels[i] for i in best]
     actual = test["label"].tolist()
-    metrics = classification_metrics(actual, predicted, checkpoint.labels)
+    metrics = task.metrics(actual, predicted, checkpoint.labels)
     metrics["test_rows"] = len(test)
     wrong = test.assign(predicted=predicted, confidence=confidence.round(4))
     wrong = wrong[wrong["label"] != wrong["predicted"]].sort_values("confidence", ascending=False)
@@ -98,7 +100,7 @@ def main() -> None:
         wrong[["text", "label", "predicted", "confidence"]].to_csv(tmp, index=False)
     log_curves(actual, checkpoint.labels, probs, predicted, confidence)
     write_json(REPORT, metrics)
-    write_json(METRICS, headline(metrics, "lstm"))
+    write_json(METRICS, task.headline(metrics, "lstm"))
     print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
           f"{len(wrong)} misclassified of {len(test)}")
     # The misclassified examples as a page, each word shaded by its attribution (pipeline/explain.py).

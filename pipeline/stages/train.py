@@ -24,8 +24,9 @@ from pipeline.files import check_writable, read_json, write_json
 from pipeline.live import LiveLogger, plot_curves
 from pipeline.model import ENCODERS
 from pipeline.plan import TrainPlan, make_plan
+from pipeline.tasks import DEFAULT
 from pipeline.text import TextConfig
-from pipeline.training import Hooks, build_model, fit, label_ids, set_determinism
+from pipeline.training import Hooks, build_model, fit, set_determinism
 
 PREPARED = Path("data/prepared")
 VOCAB_DIR = Path("data/vocab")
@@ -78,9 +79,9 @@ def train_and_save(plan: TrainPlan, prep: params.PrepareParams, vocab: dict, len
         print(f"{world} process(es) of {threads} CPU thread(s), {plan.device.type} {precision}; model input: at most {max_tokens} tokens "
               f"({tp.truncation}); {(lengths > max_tokens).mean():.1%} of training texts are longer", flush=True)
     data = ((TokenIds(VOCAB_DIR, "train", unk_id, max_tokens, tp.truncation),
-             label_ids(train_labels, labels, PREPARED / "train.parquet")),
+             plan.task.targets(train_labels, labels, PREPARED / "train.parquet")),
             (TokenIds(VOCAB_DIR, "val", unk_id, max_tokens, tp.truncation),
-             label_ids(val_labels, labels, PREPARED / "val.parquet")))
+             plan.task.targets(val_labels, labels, PREPARED / "val.parquet")))
 
     model = build_model(tp, matrix, len(labels))
     if world > 1:
@@ -118,6 +119,8 @@ def train_and_save(plan: TrainPlan, prep: params.PrepareParams, vocab: dict, len
     # No timings in the checkpoint: the same params and seed give the same weights and metadata.
     info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
             "params": tp.__dict__, "threads": threads, "processes": world, "precision": precision}
+    if plan.task.name != DEFAULT:  # a single-label model names no task (tasks.checkpoint_task)
+        info["task"] = plan.task.name
     save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels, TextConfig.from_params(prep), unk_id,
                     info, max_tokens, tp.truncation)
     plot_curves(result, LIVE_DIR / "curves.png")
