@@ -5,7 +5,7 @@
 
 The train stage reads the vocab stage's compact ids through `pipeline.batching.TokenIds` instead; both
 give the same sequences (`pipeline.batching.encode` is the one encoder), and the label ids are the
-train stage's (`pipeline.training.label_ids`: the sorted training labels, in order).
+train stage's (the single-label task's `targets`, pipeline/tasks.py: the sorted training labels, in order).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.batching import encode
-from pipeline.training import label_ids
+from pipeline.tasks import SINGLE_LABEL
 
 PREPARED = Path("data/prepared")
 VOCAB_DIR = Path("data/vocab")
@@ -36,4 +36,4 @@ def load_split(name: str, stoi: dict[str, int], unk_id: int, labels: list[str], 
                truncation: str = "head") -> tuple[list[np.ndarray], np.ndarray]:
     """A prepared split as id sequences (untruncated by default) and label ids."""
     df = read_split(name)
-    return encode(df["tokens"], stoi, unk_id, max_tokens, truncation), label_ids(df["label"], labels, PREPARED / f"{name}.parquet")
+    return encode(df["tokens"], stoi, unk_id, max_tokens, truncation), SINGLE_LABEL.targets(df["label"], labels, PREPARED / f"{name}.parquet")

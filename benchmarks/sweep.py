@@ -48,9 +48,8 @@ def load_data():
 
 
 def run_one(job: tuple[str, dict, int, str]) -> dict:
-    import torch
-
     from pipeline.inference import predict_proba
+    from pipeline.plan import make_plan
     from pipeline.training import build_model, fit, set_determinism
 
     name, overrides, seed, device_name = job
@@ -58,9 +57,10 @@ def run_one(job: tuple[str, dict, int, str]) -> dict:
                                         "device": device_name}, where=f"sweep setting {name!r}")
     matrix, unk_id, labels, splits = load_data()
     set_determinism(tp.seed)
-    device = torch.device(device_name)
+    plan = make_plan(tp, [len(s) for s in splits["train"][0]], unk_id)
+    device = plan.device
     model = build_model(tp, matrix, len(labels))
-    result = fit(model, tp, splits["train"], splits["val"], device, unk_id)
+    result = fit(model, plan, (splits["train"], splits["val"]))
     model.load_state_dict(result.best_state)
     probs = {split: predict_proba(model, splits[split][0], 256, device) for split in ("val", "test")}
     return {

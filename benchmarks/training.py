@@ -238,17 +238,17 @@ def bucketed_steps(sequences: list[np.ndarray], batch_size: int, rng: np.random.
 
 def train_ours(pooling: str, wl: Workload, matrix: np.ndarray, tp) -> dict:
     """Child: pipeline.training's Trainer on build_model's TextClassifier, best epoch on validation."""
-    import torch
-
     from pipeline.inference import predict_proba
+    from pipeline.plan import make_plan
     from pipeline.training import Trainer, build_model, evaluate
 
     child_setup(tp.seed)
     tp = dataclasses.replace(tp, pooling=pooling)
     model = build_model(tp, matrix, wl.num_classes)
-    device = torch.device("cpu")
+    plan = make_plan(dataclasses.replace(tp, device="cpu"), [len(s) for s in wl.train[0]])
+    device = plan.device
     # Adam on the model's parameters and the batch-order rng seeded with tp.seed, as fit makes them.
-    trainer = Trainer(model, tp, wl.train, device)
+    trainer = Trainer(model, plan, wl.train)
     trainer.set_lr()  # as fit does before its first epoch: tp.lr (benchmark_params pins a constant rate)
     epoch = 0
 

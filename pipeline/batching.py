@@ -8,8 +8,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from pipeline.params import AUTO_MAX_TOKENS, AUTO_MIN_TOKENS
-
 # Each shuffled pool of batch_size * POOL_BATCHES examples is sorted by length before it is cut into
 # batches, so batches hold sequences of similar length (little padding) yet vary from epoch to epoch.
 POOL_BATCHES = 50
@@ -114,10 +112,3 @@ def pad_batch(sequences: Sequence[np.ndarray], index: np.ndarray, pad_id: int = 
     """The sequences at `index`, padded (pad) as tensors."""
     ids, lengths = pad([sequences[i] for i in index], pad_id)
     return torch.from_numpy(ids), torch.from_numpy(lengths)
-
-
-def resolve_max_tokens(setting: str | int, train_lengths: np.ndarray) -> int:
-    """train.max_tokens: a number as given, or auto: the 95th percentile of the training lengths, bounded."""
-    if setting == "auto":
-        return auto_max_tokens(train_lengths, AUTO_MIN_TOKENS, AUTO_MAX_TOKENS)
-    return int(setting)

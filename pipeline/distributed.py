@@ -6,15 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import replace
-from typing import TYPE_CHECKING
 
 import torch
 
 from pipeline.errors import PipelineError
-
-if TYPE_CHECKING:
-    from pipeline.training import EpochResult
 
 
 def launched() -> bool:
@@ -42,15 +37,19 @@ def local_processes() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
-def start(device: torch.device) -> torch.device:
-    """Join the process group; on GPUs, each process on its own device (LOCAL_RANK). The device to use."""
+def local_rank() -> int:
+    """This process's number among torchrun's on this machine (its GPU, on GPUs)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def start(device: torch.device) -> None:
+    """Join the process group: NCCL on this process's GPU (`device`, the plan's: cuda:LOCAL_RANK), gloo
+    on the CPU."""
     import torch.distributed as dist
 
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
 
 
 def stop() -> None:
@@ -67,16 +66,10 @@ def data_parallel(model: torch.nn.Module) -> torch.nn.Module:
     return DistributedDataParallel(model)
 
 
-def summed(result: "EpochResult", world: int) -> "EpochResult":
-    """One process's share of an epoch made whole: loss, accuracy and tokens over all processes (an
-    all-reduce); the result itself with one process."""
-    if world == 1:
-        return result
+def all_summed(values: list[float]) -> list[float]:
+    """Each value summed over all processes of the group (an all-reduce, in float64)."""
     import torch.distributed as dist
 
-    totals = torch.tensor([result.loss * result.examples, result.accuracy * result.examples, result.examples,
-                           result.tokens], dtype=torch.float64)
+    totals = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(totals)
-    n = totals[2].item()
-    return replace(result, loss=totals[0].item() / n, accuracy=totals[1].item() / n, tokens=int(totals[3].item()),
-                   examples=int(n))
+    return totals.tolist()

@@ -21,11 +21,32 @@ def module_file(module: str) -> Path | None:
     return path if (ROOT / path).is_file() else None
 
 
-def imported_modules(path: Path) -> set[str]:
-    """The `pipeline...` modules one source file imports (a `from pipeline import x` names pipeline.x)."""
+def _type_checking(node: ast.AST) -> bool:
+    """Whether `node` is `if TYPE_CHECKING:` (or `typing.TYPE_CHECKING`): imports for annotations only."""
+    test = getattr(node, "test", None) if isinstance(node, ast.If) else None
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or \
+        (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _nodes(tree: ast.AST, annotations: bool):
+    """Every node of `tree`; without `annotations`, none inside an `if TYPE_CHECKING:` block (its `else`
+    runs, and is kept)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if not annotations and _type_checking(node):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
+def imported_modules(path: Path, annotations: bool = True) -> set[str]:
+    """The `pipeline...` modules one source file imports (a `from pipeline import x` names pipeline.x);
+    with `annotations=False`, only those imported when it runs (not under `if TYPE_CHECKING:`)."""
     tree = ast.parse((ROOT / path).read_text(encoding="utf-8"), filename=str(path))
     found: set[str] = set()
-    for node in ast.walk(tree):
+    for node in _nodes(tree, annotations):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == PACKAGE)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \

@@ -15,7 +15,7 @@ label either: its reason says "uncertain", and its probabilities are kept.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from pipeline.batching import bucket_batches, encode, pad_batch, sequence_lengths
 from pipeline.checkpoint import Checkpoint
 from pipeline.model import TextClassifier
+from pipeline.tasks import SINGLE_LABEL, Task, checkpoint_task
 from pipeline.text import tokenize
 
 
@@ -45,40 +46,42 @@ def logit_batches(model: TextClassifier, sequences: Sequence[np.ndarray], batch_
 
 @torch.no_grad()
 def probability_batches(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
-                        device: str | torch.device = "cpu") -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(indices into `sequences`, their calibrated class probabilities) a length-bucketed batch at a time: a caller
-    that keeps only the top class holds one batch of probabilities, never (n, classes)."""
+                        device: str | torch.device = "cpu",
+                        task: Task = SINGLE_LABEL) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(indices into `sequences`, their calibrated class probabilities, the task's) a length-bucketed batch
+    at a time: a caller that keeps only the top class holds one batch of probabilities, never (n, classes)."""
     model.eval()
     lengths = sequence_lengths(sequences)
     for index in bucket_batches(lengths, batch_size):
         ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
-        yield index, model.probabilities(ids.to(device), lens.to(device)).cpu().numpy()
+        logits = model(ids.to(device), lens.to(device)).float()
+        yield index, task.probabilities(logits / model.temperature.float()).cpu().numpy()  # temperature scaling
 
 
 def predict_proba(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
-                  device: str | torch.device = "cpu") -> np.ndarray:
+                  device: str | torch.device = "cpu", task: Task = SINGLE_LABEL) -> np.ndarray:
     """Class probabilities, (n, classes), in the order of `sequences`."""
     probs = np.zeros((len(sequences), model.cfg.num_classes), dtype=np.float32)
-    for index, batch in probability_batches(model, sequences, batch_size, device):
+    for index, batch in probability_batches(model, sequences, batch_size, device, task):
         probs[index] = batch
     return probs
 
 
 def predict_top(model: TextClassifier, sequences: Sequence[np.ndarray], batch_size: int = 256,
-                device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """The most probable class of each sequence and its probability, in memory linear in the rows."""
+                device: str | torch.device = "cpu", task: Task = SINGLE_LABEL) -> tuple[np.ndarray, np.ndarray]:
+    """The class the task decides for each sequence and its probability, in memory linear in the rows."""
     best = np.zeros(len(sequences), dtype=np.int64)
     confidence = np.zeros(len(sequences), dtype=np.float32)
-    for index, batch in probability_batches(model, sequences, batch_size, device):
-        best[index] = batch.argmax(axis=1)
-        confidence[index] = batch.max(axis=1)
+    for index, batch in probability_batches(model, sequences, batch_size, device, task):
+        best[index] = task.decide(batch)
+        confidence[index] = task.confidence(batch)
     return best, confidence
 
 
 def classify_texts(ckpt: Checkpoint, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     sequences = encode_texts(ckpt, [tokenize(t, ckpt.text_config) for t in texts])
     device = next(ckpt.model.parameters()).device
-    return predict_proba(ckpt.model, sequences, batch_size, device)
+    return predict_proba(ckpt.model, sequences, batch_size, device, checkpoint_task(ckpt.info))
 
 
 NO_TEXT = "no text (missing, empty or only blanks)"
@@ -94,16 +97,18 @@ def uncertain(min_confidence: float) -> str:
 @dataclass
 class Predictions:
     """Per text: its class probabilities (a row of NaN where it was not classified: no text, no tokens) and
-    the reason it has no label (None where it has one; an uncertain text has probabilities and a reason)."""
+    the reason it has no label (None where it has one; an uncertain text has probabilities and a reason);
+    the task decides the label and shapes the answer."""
     probs: np.ndarray           # (n, classes), float32
     reasons: list[str | None]
+    task: Task = field(default=SINGLE_LABEL)
 
     @property
     def labelled(self) -> np.ndarray:
         return np.array([r is None for r in self.reasons], dtype=bool)
 
     def label(self, i: int, labels: Sequence[str]) -> str | None:
-        return None if self.reasons[i] is not None else labels[int(self.probs[i].argmax())]
+        return None if self.reasons[i] is not None else labels[int(self.task.decide(self.probs[i]))]
 
     def without(self, reason: str) -> int:
         return sum(r == reason for r in self.reasons)
@@ -112,11 +117,11 @@ class Predictions:
         return len(self.reasons)
 
     def __getitem__(self, part: slice) -> "Predictions":  # the server hands each request its slice
-        return Predictions(self.probs[part], self.reasons[part])
+        return Predictions(self.probs[part], self.reasons[part], self.task)
 
     @classmethod
     def concat(cls, parts: Sequence["Predictions"]) -> "Predictions":  # the server's explained parts, joined
-        return cls(np.concatenate([p.probs for p in parts]), [r for p in parts for r in p.reasons])
+        return cls(np.concatenate([p.probs for p in parts]), [r for p in parts for r in p.reasons], parts[0].task)
 
     def abstaining(self, min_confidence: float | None) -> "Predictions":
         """The same predictions with the labelled texts whose top probability is below `min_confidence`
@@ -126,7 +131,7 @@ class Predictions:
         reason = uncertain(min_confidence)
         top = np.nan_to_num(self.probs, nan=1.0).max(axis=1, initial=0.0)
         return Predictions(self.probs, [reason if r is None and top[i] < min_confidence else r
-                                        for i, r in enumerate(self.reasons)])
+                                        for i, r in enumerate(self.reasons)], self.task)
 
     def answer(self, i: int, labels: Sequence[str]) -> dict:
         """Text i's label and probabilities as the server and `--json` give them; a null label and a reason
@@ -135,8 +140,7 @@ class Predictions:
             scored = not np.isnan(self.probs[i]).any()
             return {"label": None, "probabilities": {lab: float(v) for lab, v in zip(labels, self.probs[i])}
                     if scored else None, "reason": self.reasons[i]}
-        return {"label": self.label(i, labels),
-                "probabilities": {lab: float(v) for lab, v in zip(labels, self.probs[i])}}
+        return self.task.answer(self.probs[i], labels)
 
 
 def predict_texts(ckpt: Checkpoint, texts: Sequence, batch_size: int = 256,
@@ -150,8 +154,9 @@ def predict_texts(ckpt: Checkpoint, texts: Sequence, batch_size: int = 256,
         reasons.append(None if tokens else NO_TOKENS if isinstance(text, str) and text.strip() else NO_TEXT)
     probs = np.full((len(token_lists), len(ckpt.labels)), np.nan, dtype=np.float32)
     keep = [i for i, r in enumerate(reasons) if r is None]
+    task = checkpoint_task(ckpt.info)
     if keep:
         device = next(ckpt.model.parameters()).device
         sequences = encode_texts(ckpt, [token_lists[i] for i in keep])
-        probs[keep] = predict_proba(ckpt.model, sequences, batch_size, device)
-    return Predictions(probs, reasons).abstaining(min_confidence)
+        probs[keep] = predict_proba(ckpt.model, sequences, batch_size, device, task)
+    return Predictions(probs, reasons, task).abstaining(min_confidence)

@@ -207,7 +207,7 @@ class TrainParams:
     device: Literal["auto", "cpu", "cuda"]
     # bf16: training steps under bf16 autocast (matrix products in bfloat16; weights, optimizer, loss and
     # validation in float32); fp32: none. auto: bf16 where the device computes bf16 in hardware (a CUDA
-    # GPU that supports it, a CPU with AMX or AVX512-BF16), fp32 elsewhere (training.resolve_precision).
+    # GPU that supports it, a CPU with AMX or AVX512-BF16), fp32 elsewhere (plan.resolve_precision).
     precision: Literal["auto", "fp32", "bf16"]
     # CPU threads for training. auto: the machine's cores shared evenly among the DVC experiment-queue
     # workers running on it (`dvc queue start -j 2` on two cores: one each), all of them otherwise.

@@ -1,12 +1,14 @@
 """The training loop: a training step, an evaluation step, an epoch of each, and early stopping.
 
-    fit(model, params, (train_sequences, train_labels), (val_sequences, val_labels), device)
+    fit(model, plan, ((train_sequences, train_labels), (val_sequences, val_labels)))
 
-trains with Adam and early stopping on validation accuracy and returns the best epoch's weights. After
-each epoch it hands a TrainState to `hooks.on_checkpoint`: `fit(..., resume=state)` goes on from it and
-ends as the uninterrupted run would have, to the bit on the same machine (resume.py stores it).
+trains with Adam and early stopping on validation accuracy and returns the best epoch's weights. The
+plan (plan.py) is the run with every setting resolved: device, precision, epochs and patience, ...; this
+module resolves none. After each epoch it hands a TrainState to `hooks.on_checkpoint`:
+`fit(..., resume=state)` goes on from it and ends as the uninterrupted run would have, to the bit on the
+same machine (resume.py stores it).
 
-Under torchrun (`shard` = rank, world size, the process group initialised; distributed.py) each process
+Under torchrun (the plan's rank and world size, the process group initialised; distributed.py) each process
 trains on its share of every epoch's batches through DistributedDataParallel, which averages the
 gradients; every process then holds the same weights, measures the same validation accuracy and stops
 at the same epoch.
@@ -17,9 +19,8 @@ from __future__ import annotations
 import copy
 import math
 import random
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,6 +33,8 @@ from pipeline.batching import bucket_batches, pad_batch, sequence_lengths
 from pipeline.errors import PipelineError
 from pipeline.model import ModelConfig, TextClassifier
 from pipeline.params import TrainParams
+from pipeline.plan import TrainPlan, announce
+from pipeline.tasks import SINGLE_LABEL, Task
 
 # What an epoch reads: id sequences (a list, or batching.TokenIds) and their class ids.
 Split = tuple[Sequence[np.ndarray], np.ndarray]
@@ -44,14 +47,6 @@ def set_determinism(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     # Denormal floats make the CPU backward pass of long sequences about ten times slower.
     torch.set_flush_denormal(True)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("params.yaml: 'train.device' is 'cuda' but no CUDA device is available")
-    return torch.device(name)
 
 
 def build_model(tp: TrainParams, matrix: np.ndarray, num_classes: int) -> TextClassifier:
@@ -114,25 +109,6 @@ class Hooks:
     on_checkpoint: Callable[[TrainState], None] | None = None
 
 
-def label_ids(values, labels: list[str], source) -> np.ndarray:
-    """Labels (a pandas Series) as class ids in the order of `labels`; a label the training split lacks
-    is an error naming `source`, the split it came from."""
-    label_id = {label: i for i, label in enumerate(labels)}
-    unknown = sorted(set(values) - set(label_id))
-    if unknown:
-        raise PipelineError(f"{source}: label {unknown[0]!r} does not occur in the training split")
-    return values.map(label_id).to_numpy(dtype=np.int64)
-
-
-def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor | None:
-    """Per-class loss weights: None, or 'balanced' (n / (k * count)), so each class weighs the same in total."""
-    if mode == "none":
-        return None
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    weights = len(labels) / (num_classes * np.maximum(counts, 1))
-    return torch.tensor(weights, dtype=torch.float32)
-
-
 def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
     """Multiplier of the base learning rate before optimizer step `step` (counted from 0)."""
     if warmup_steps and step < warmup_steps:
@@ -141,52 +117,6 @@ def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> 
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0
-
-
-def stretched_epochs(tp: TrainParams, steps_per_epoch: int) -> tuple[int, int]:
-    """(epochs, patience): as set, or stretched alike until training takes at least min_steps optimizer
-    steps. A corpus of 1,200 long reviews has 37 batches an epoch: 15 epochs are too few updates."""
-    epochs = max(tp.epochs, math.ceil(tp.min_steps / steps_per_epoch))
-    return epochs, math.ceil(tp.patience * epochs / tp.epochs)
-
-
-def onednn_bf16() -> bool:
-    """Whether oneDNN, which runs the CPU's LSTM, will run it in bf16 here (False on an AVX2-only CPU, or
-    under ONEDNN_MAX_CPU_ISA=AVX2: there its LSTM answers "could not create a primitive descriptor")."""
-    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(check()) if check is not None else True
-    except RuntimeError:
-        return False
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether the device computes bf16 in hardware: a CUDA GPU that supports it, or a CPU with AMX or
-    AVX512-BF16 instructions (recent Xeons and EPYCs) that oneDNN may use. Elsewhere bf16 is emulated,
-    slower than fp32, or (an AVX2-only CPU) not there at all."""
-    if device.type == "cuda":  # Ampere on; older GPUs emulate it
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type != "cpu":
-        return False
-    capabilities = getattr(torch.cpu, "get_capabilities", dict)()
-    return bool(capabilities.get("amx_bf16") or capabilities.get("avx512_bf16")) and onednn_bf16()
-
-
-def resolve_precision(setting: str, device: torch.device) -> str:
-    """train.precision: 'bf16' (autocast: matrix products in bfloat16, weights, optimizer and loss in
-    float32) or 'fp32'. auto: bf16 where the device computes it natively. On a 2-core Xeon with AMX the
-    LSTM's forward and backward take about 20% less time, training on the built-in snippets 7% less, with
-    the same validation accuracy over three seeds (docs/results.md). bf16 asked for on a device without
-    it is an error (the same check as auto's), not a silent fp32 run nor oneDNN's traceback."""
-    if setting == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    if setting == "bf16" and not native_bf16(device):
-        what = ("this GPU has no bf16 arithmetic (Ampere or later has it)" if device.type == "cuda" else
-                "this CPU has no bf16 instructions (AMX or AVX512-BF16) that oneDNN can use"
-                if device.type == "cpu" else f"the {device.type} device has no bf16")
-        raise PipelineError(f"params.yaml: 'train.precision' is bf16, but {what}: set it to auto (bf16 where the "
-                            "hardware has it) or fp32")
-    return setting
 
 
 def diverged(what: str, tp: TrainParams, lr: float) -> PipelineError:
@@ -204,52 +134,32 @@ def finite_weights(state: dict) -> str | None:
     return None
 
 
-def train_step(forward: nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, lengths: torch.Tensor,
-               target: torch.Tensor, loss_fn: nn.Module, objective_fn: nn.Module | None,
-               grad_clip: float | None, model: nn.Module, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on one batch: the batch's summed (unweighted) loss, and its logits.
-
-    `forward` is the model, or its DistributedDataParallel wrapper (which averages the gradients);
-    `objective_fn`, when given, is the class-weighted loss the gradient follows; `bf16`: the forward
-    pass under bf16 autocast."""
-    with torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = forward(ids, lengths)  # (batch, classes)
-        loss = loss_fn(logits.float(), target)
-    objective = loss if objective_fn is None else objective_fn(logits.float(), target)
-    optimizer.zero_grad(set_to_none=True)
-    (objective / len(target)).backward()
-    if grad_clip:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss, logits
-
-
 @torch.no_grad()
 def eval_step(model: nn.Module, ids: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor,
-              loss_fn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+              task: Task) -> tuple[torch.Tensor, torch.Tensor]:
     """One batch measured: its summed loss and its logits (in float32, as the evaluate stage and the
     exported model compute them: validation picks the epoch whose saved weights score best)."""
     logits = model(ids, lengths)
-    loss = loss_fn(logits, target)
+    loss = task.loss(logits, target)
     return loss, logits
 
 
-def evaluate(model: TextClassifier, data: Split, batch_size: int, device: torch.device) -> EpochResult:
-    """Loss and accuracy over a split, in length-sorted batches."""
+def evaluate(model: TextClassifier, data: Split, batch_size: int, device: torch.device,
+             task: Task = SINGLE_LABEL) -> EpochResult:
+    """The task's loss and accuracy over a split, in length-sorted batches."""
     sequences, labels = data
     model.eval()
     lengths = sequence_lengths(sequences)
     batches = bucket_batches(lengths, batch_size)
-    loss_fn = nn.CrossEntropyLoss(reduction="sum")
     total_loss, correct, tokens = 0.0, 0, 0
     start = time.perf_counter()
     for index in batches:
         ids, lens = pad_batch(sequences, index, model.cfg.pad_id)
         target = torch.from_numpy(labels[index]).to(device)
         loss, logits = eval_step(model, ids.to(device, non_blocking=True), lens.to(device, non_blocking=True),
-                                 target, loss_fn)
+                                 target, task)
         total_loss += loss.item()
-        correct += int((logits.argmax(-1) == target).sum())
+        correct += task.correct(logits, target)
         tokens += int(lengths[index].sum())
     return EpochResult(total_loss / len(labels), correct / len(labels), tokens, time.perf_counter() - start,
                        len(labels))
@@ -259,47 +169,41 @@ class Trainer:
     """One training run's moving parts: the model, its optimizer and schedule, the random generators,
     and the early-stopping state. `fit` drives it; `train_epoch` is one pass over the training split."""
 
-    def __init__(self, model: TextClassifier, tp: TrainParams, train: Split, device: torch.device,
-                 unk_id: int = 1, shard: tuple[int, int] = (0, 1), show_progress: bool = False,
+    def __init__(self, model: TextClassifier, plan: TrainPlan, train: Split,
                  on_step: Callable[[int, dict], None] | None = None):
-        self.model, self.tp, self.train, self.device, self.unk_id = model, tp, train, device, unk_id
-        self.rank, self.world = shard
-        self.show_progress, self.on_step = show_progress, on_step
-        self.bf16 = resolve_precision(tp.precision, device) == "bf16"
+        tp, device = plan.params, plan.device
+        self.model, self.plan, self.tp, self.train, self.device, self.on_step = model, plan, tp, train, device, on_step
         model.to(device)
         # Frozen embeddings get no gradient, and Adam skips them until they are unfrozen. Fused: once the
         # embeddings train, Adam's update of the whole matrix was a quarter of an epoch on the CPU; the
         # fused kernel does it in one pass, about 3x faster (the same algorithm; the last bits differ).
         self.optimizer = torch.optim.Adam(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay,
                                           fused=device.type in ("cpu", "cuda") or None)
-        self.steps_per_epoch = math.ceil(len(train[1]) / tp.batch_size) // self.world
-        self.epochs, self.patience = stretched_epochs(tp, self.steps_per_epoch)
-        self.total_steps = self.steps_per_epoch * self.epochs
         self.plateau_factor = 1.0  # 'plateau' halves it after each epoch without a better validation accuracy
         self.step = 0
         self.stale = 0
-        weight = class_weights(train[1], model.cfg.num_classes, tp.class_weights)
-        self.loss_fn = nn.CrossEntropyLoss(reduction="sum")
-        self.objective_fn = None if weight is None else nn.CrossEntropyLoss(weight=weight.to(device), reduction="sum")
+        self.task = plan.task
+        weight = self.task.loss_weights(train[1], model.cfg.num_classes, tp.class_weights)
+        self.weight = None if weight is None else weight.to(device)  # what the gradient follows (the loss reported: unweighted)
         self.rng = np.random.default_rng(tp.seed)  # batch order: the same in every process
         # Word dropout: each process its own noise.
-        self.noise_rng = np.random.default_rng([tp.seed, self.rank]) if self.world > 1 else self.rng
+        self.noise_rng = np.random.default_rng([tp.seed, plan.rank]) if plan.world > 1 else self.rng
         self.forward: nn.Module = model  # or its DistributedDataParallel wrapper
         self.trainable: list[bool] | None = None
         self.result = TrainResult(copy.deepcopy(model.state_dict()), 0, -1.0)
 
     def set_lr(self) -> float:
         tp = self.tp
-        lr = tp.lr * self.plateau_factor * lr_factor(tp.lr_schedule, self.step, self.total_steps, tp.warmup_steps)
+        lr = tp.lr * self.plateau_factor * lr_factor(tp.lr_schedule, self.step, self.plan.total_steps, tp.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
 
     def start_epoch(self, epoch: int) -> None:
         """Unfreeze the embeddings when their frozen epochs are over (and re-wrap for DDP)."""
-        if self.tp.embeddings in ("freeze_then_finetune", "multichannel"):
-            self.model.set_embeddings_trainable(epoch > self.tp.freeze_epochs)
-        if self.world > 1:
+        if self.plan.unfreeze_epoch is not None:
+            self.model.set_embeddings_trainable(epoch >= self.plan.unfreeze_epoch)
+        if self.plan.world > 1:
             trainable = [p.requires_grad for p in self.model.parameters()]
             if trainable != self.trainable:
                 self.forward, self.trainable = distributed.data_parallel(self.model), trainable
@@ -308,14 +212,15 @@ class Trainer:
         """This epoch's batches: shuffled, length-bucketed; under torchrun, every world-th one, as many
         in each process."""
         batches = bucket_batches(sequence_lengths(self.train[0]), self.tp.batch_size, self.rng)
-        if self.world > 1:
-            batches = batches[self.rank: len(batches) - len(batches) % self.world: self.world]
+        rank, world = self.plan.rank, self.plan.world
+        if world > 1:
+            batches = batches[rank: len(batches) - len(batches) % world: world]
         return batches
 
     def hide_words(self, ids: torch.Tensor) -> torch.Tensor:
         """Word dropout: hide random tokens behind <unk> so the model cannot lean on any one word."""
         hide = torch.from_numpy(self.noise_rng.random(ids.shape) < self.tp.word_dropout) & (ids != self.model.cfg.pad_id)
-        return ids.masked_fill(hide, self.unk_id)
+        return ids.masked_fill(hide, self.plan.unk_id)
 
     def train_epoch(self, epoch: int) -> EpochResult:
         sequences, labels = self.train
@@ -324,30 +229,50 @@ class Trainer:
         batches = self.batches()
         total_loss, correct, tokens = 0.0, 0, 0
         start = time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch}/{self.epochs}", leave=False, unit="batch",
-                   disable=not self.show_progress or None)
+        bar = tqdm(batches, desc=f"epoch {epoch}/{self.plan.epochs}", leave=False, unit="batch",
+                   disable=not self.plan.show_progress or None)
         for index in bar:
             ids, lens = pad_batch(sequences, index, self.model.cfg.pad_id)
             if self.tp.word_dropout:
                 ids = self.hide_words(ids)
             target = torch.from_numpy(labels[index]).to(self.device)
-            loss, logits = train_step(self.forward, self.optimizer, ids.to(self.device, non_blocking=True),
-                                      lens.to(self.device, non_blocking=True), target, self.loss_fn,
-                                      self.objective_fn, self.tp.grad_clip, self.model, self.bf16)
+            loss, logits = self.train_step(ids.to(self.device, non_blocking=True),
+                                           lens.to(self.device, non_blocking=True), target)
             batch_loss = loss.item()
             if not math.isfinite(batch_loss):
                 raise diverged(f"epoch {epoch}, optimizer step {self.step + 1}: the training loss is {batch_loss}",
                                self.tp, self.optimizer.param_groups[0]["lr"])
             self.after_step(batch_loss / len(index))
             total_loss += batch_loss
-            correct += int((logits.argmax(-1) == target).sum())
+            correct += self.task.correct(logits, target)
             tokens += int(lengths[index].sum())
             if bar.n % 20 == 0:
                 bar.set_postfix(loss=f"{total_loss / max(1, bar.n * self.tp.batch_size):.3f}",
                                 tok_s=f"{tokens / max(time.perf_counter() - start, 1e-9):,.0f}")
         examples = sum(len(index) for index in batches)
         result = EpochResult(total_loss / examples, correct / examples, tokens, time.perf_counter() - start, examples)
-        return distributed.summed(result, self.world)
+        if self.plan.world > 1:  # the epoch over all processes' shares
+            loss_sum, correct_sum, n, tokens = distributed.all_summed(
+                [result.loss * result.examples, result.accuracy * result.examples, result.examples, result.tokens])
+            result = replace(result, loss=loss_sum / n, accuracy=correct_sum / n, tokens=int(tokens), examples=int(n))
+        return result
+
+    def train_step(self, ids: torch.Tensor, lengths: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimizer step on one batch: the batch's summed (unweighted) loss, and its logits.
+
+        Through `forward`: the model, or its DistributedDataParallel wrapper (which averages the
+        gradients); with class weights, the weighted loss is the one the gradient follows; the
+        forward pass under bf16 autocast when the plan says bf16."""
+        with torch.autocast(device_type=ids.device.type, dtype=torch.bfloat16, enabled=self.plan.bf16):
+            logits = self.forward(ids, lengths)  # (batch, classes)
+            loss = self.task.loss(logits.float(), target)
+        objective = loss if self.weight is None else self.task.loss(logits.float(), target, self.weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        (objective / len(target)).backward()
+        if self.tp.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.tp.grad_clip)
+        self.optimizer.step()
+        return loss, logits
 
     def after_step(self, loss: float) -> None:
         self.result.step_losses.append(loss)
@@ -378,8 +303,8 @@ class Trainer:
 
     def restore(self, state: TrainState) -> None:
         self.model.load_state_dict(state.model)
-        if self.tp.embeddings in ("freeze_then_finetune", "multichannel"):
-            self.model.set_embeddings_trainable(state.epoch > self.tp.freeze_epochs)  # as the optimizer last saw it
+        if self.plan.unfreeze_epoch is not None:  # as the optimizer last saw it
+            self.model.set_embeddings_trainable(state.epoch >= self.plan.unfreeze_epoch)
         self.optimizer.load_state_dict(state.optimizer)
         self.rng.bit_generator.state = state.numpy_rng
         torch.set_rng_state(state.torch_rng)
@@ -390,25 +315,20 @@ class Trainer:
                                   list(saved.step_losses))
 
 
-def fit(model: TextClassifier, tp: TrainParams, train: Split, val: Split, device: torch.device, unk_id: int = 1,
-        hooks: Hooks | None = None, resume: TrainState | None = None, shard: tuple[int, int] = (0, 1),
-        show_progress: bool = False) -> TrainResult:
-    """Train with early stopping on validation accuracy; the best epoch's weights and the history."""
+def fit(model: TextClassifier, plan: TrainPlan, data: tuple[Split, Split], hooks: Hooks | None = None,
+        resume: TrainState | None = None) -> TrainResult:
+    """Train on data = (train, val) as the plan says, with early stopping on validation accuracy; the best
+    epoch's weights and the history."""
     hooks = hooks or Hooks()
-    trainer = Trainer(model, tp, train, device, unk_id, shard, show_progress, hooks.on_step)
-    epochs = trainer.epochs
-    if epochs != tp.epochs and shard[0] == 0:  # a param the pipeline changed: say so
-        print(f"train.epochs {tp.epochs} and train.patience {tp.patience} stretched to {epochs} and "
-              f"{trainer.patience}: {trainer.steps_per_epoch} optimizer steps an epoch would make fewer than "
-              f"train.min_steps={tp.min_steps} (min_steps: 0 keeps them as set)", flush=True)
-    if tp.embeddings == "freeze_then_finetune" and epochs <= tp.freeze_epochs:
-        print(f"warning: train.epochs ({epochs}) <= train.freeze_epochs ({tp.freeze_epochs}): the embeddings "
-              "stay frozen for the whole run; lower freeze_epochs to fine-tune them", file=sys.stderr, flush=True)
+    train, val = data
+    tp, device, epochs = plan.params, plan.device, plan.epochs
+    trainer = Trainer(model, plan, train, hooks.on_step)
+    announce(plan)
     first_epoch, seconds_before = 1, 0.0
     if resume is not None:
         trainer.restore(resume)
         first_epoch, seconds_before = resume.epoch + 1, resume.seconds
-        if trainer.stale >= trainer.patience:  # it had stopped early; only the end was lost
+        if trainer.stale >= plan.patience:  # it had stopped early; only the end was lost
             first_epoch = epochs + 1
     start = time.perf_counter() - seconds_before
     trainer.set_lr()
@@ -416,7 +336,7 @@ def fit(model: TextClassifier, tp: TrainParams, train: Split, val: Split, device
         trainer.start_epoch(epoch)
         lr_at_start = trainer.optimizer.param_groups[0]["lr"]
         train_result = trainer.train_epoch(epoch)
-        val_result = evaluate(model, val, max(256, tp.batch_size), device)
+        val_result = evaluate(model, val, max(256, tp.batch_size), device, plan.task)
         row = {"epoch": epoch, "train_loss": train_result.loss, "train_accuracy": train_result.accuracy,
                "val_loss": val_result.loss, "val_accuracy": val_result.accuracy, "lr": lr_at_start,
                "epoch_seconds": train_result.seconds, "train_tokens_per_second": train_result.tokens_per_second}
@@ -432,7 +352,7 @@ def fit(model: TextClassifier, tp: TrainParams, train: Split, val: Split, device
             hooks.on_epoch(trainer.step, row)
         if hooks.on_checkpoint:
             hooks.on_checkpoint(trainer.state(epoch, time.perf_counter() - start))
-        if trainer.stale >= trainer.patience:
+        if trainer.stale >= plan.patience:
             break
     trainer.result.seconds = time.perf_counter() - start
     return trainer.result

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from pipeline.training import build_model, fit, set_determinism
-from tests.helpers import toy_matrix, toy_problem, train_params
+from tests.helpers import cpu_plan, toy_matrix, toy_problem, train_params
 
 # What the test compares with one process's run of the same params.
 DDP_PARAMS = dict(epochs=8, patience=8, word_dropout=0.1, embeddings="freeze_then_finetune", freeze_epochs=2,
@@ -28,7 +28,9 @@ def main() -> None:
     model = build_model(tp, toy_matrix(), 2)
     torch.manual_seed(tp.seed + rank)
     xs, ys = toy_problem()
-    result = fit(model, tp, (xs[:180], ys[:180]), (xs[180:], ys[180:]), torch.device("cpu"), shard=(rank, world))
+    plan = cpu_plan(tp, xs[:180])  # rank and world size: torchrun's
+    assert (plan.rank, plan.world) == (rank, world)
+    result = fit(model, plan, ((xs[:180], ys[:180]), (xs[180:], ys[180:])))
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     out = Path(os.environ["DDP_TOY_OUT"]) / f"rank{rank}.json"
     out.write_text(json.dumps({"rank": rank, "world": world, "val": result.best_val_accuracy,

@@ -214,15 +214,19 @@ def toy_matrix() -> np.ndarray:
     return np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
 
 
-def fit_toy(tp: params.TrainParams, hooks=None, resume=None, seed: int | None = None):
-    """A fresh model (seeded by tp.seed, or `seed`) trained on the toy problem's first 180 examples and
-    validated on the other 60."""
-    import torch
+def cpu_plan(tp: params.TrainParams, train_sequences):
+    """The training plan of `tp` on the CPU (whatever train.device says) for these training sequences."""
+    from pipeline.plan import make_plan
 
+    return make_plan(dataclasses.replace(tp, device="cpu"), [len(s) for s in train_sequences])
+
+
+def fit_toy(tp: params.TrainParams, hooks=None, resume=None, seed: int | None = None):
+    """A fresh model (seeded by tp.seed, or `seed`) trained on the CPU on the toy problem's first 180
+    examples and validated on the other 60."""
     from pipeline.training import build_model, fit, set_determinism
 
     set_determinism(tp.seed if seed is None else seed)
     model = build_model(tp, toy_matrix(), 2)
     xs, ys = toy_problem()
-    return fit(model, tp, (xs[:180], ys[:180]), (xs[180:], ys[180:]), torch.device("cpu"), hooks=hooks,
-               resume=resume)
+    return fit(model, cpu_plan(tp, xs[:180]), ((xs[:180], ys[:180]), (xs[180:], ys[180:])), hooks, resume)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.batching import auto_max_tokens, bucket_batches, encode, pad, pad_batch, resolve_max_tokens, truncate
+from pipeline.batching import auto_max_tokens, bucket_batches, encode, pad, pad_batch, truncate
+from pipeline.plan import resolve_max_tokens
 
 
 def test_truncation_strategies():

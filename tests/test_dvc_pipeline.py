@@ -43,7 +43,7 @@ def test_full_repro_writes_every_artefact(repo):
     # precision: auto, resolved for this machine's CPU and recorded beside the thread count
     import torch
 
-    from pipeline.training import resolve_precision
+    from pipeline.plan import resolve_precision
     assert live["precision"] == resolve_precision("auto", torch.device("cpu")), live
     evaluation = json.loads((repo / "metrics/eval/report.json").read_text())
     assert json.loads((repo / "metrics/eval.json").read_text()) == {

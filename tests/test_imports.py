@@ -63,10 +63,70 @@ def test_the_library_imports_no_stage_and_no_console_script():
         assert not above, f"{path} imports {sorted(above)}"
 
 
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """A circle of imports in `graph` (module: the modules it imports), as a path back to its start; or None."""
+    state: dict[str, int] = {}  # 1: on the path being walked, 2: done
+    path: list[str] = []
+
+    def walk(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for other in sorted(graph.get(module, ())):
+            if state.get(other) == 1:
+                return path[path.index(other):] + [other]
+            if other not in state and (found := walk(other)):
+                return found
+        path.pop()
+        state[module] = 2
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (found := walk(module)):
+            return found
+    return None
+
+
+def test_no_module_imports_in_a_circle():
+    """What runs, not what annotates: an import under `if TYPE_CHECKING:` is left out."""
+    graph = {_module_name(p): imported_modules(p, annotations=False) for p in _modules() if p.name != "__init__.py"}
+    assert "pipeline.plan" in graph["pipeline.training"]
+    cycle = _cycle(graph)
+    assert cycle is None, f"{' -> '.join(cycle)}: move what they share into a module both import"
+
+
+def test_the_circle_check_finds_circles_and_leaves_type_checking_imports_out(tmp_path):
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a", "d"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
+    source = tmp_path / "m.py"
+    source.write_text("from typing import TYPE_CHECKING\nimport typing\nfrom pipeline import errors\n"
+                      "if TYPE_CHECKING:\n    from pipeline.training import Trainer\nelse:\n    import pipeline.files\n"
+                      "if typing.TYPE_CHECKING:\n    import pipeline.model\n"
+                      "def f():\n    from pipeline.params import load\n")
+    runtime = {"pipeline.errors", "pipeline.files", "pipeline.params"}
+    assert imported_modules(source, annotations=False) == runtime
+    assert imported_modules(source) == runtime | {"pipeline.training", "pipeline.model"}
+
+
+def test_training_and_distributed_do_not_import_each_other():
+    """The plan (pipeline.plan) resolves the run; distributed is the engine's plumbing and reaches no training."""
+    assert not {"pipeline.training", "pipeline.plan"} & imported_modules(Path("pipeline/distributed.py"))
+    assert "pipeline.training" not in imported_modules(Path("pipeline/plan.py"))
+
+
+def test_fit_takes_the_plan_and_at_most_five_parameters():
+    import inspect
+
+    from pipeline.training import Trainer, fit
+
+    assert len(inspect.signature(fit).parameters) <= 5
+    assert list(inspect.signature(fit).parameters)[:2] == ["model", "plan"]
+    assert "plan" in inspect.signature(Trainer).parameters
+
+
 def test_imports_are_found_wherever_they_are_written():
     """A stage's imports at module level, `from pipeline import x`, and imports inside functions."""
     train = imported_modules(Path("pipeline/stages/train.py"))
-    assert {"pipeline.params", "pipeline.resume", "pipeline.training", "pipeline.distributed"} <= train
+    assert {"pipeline.params", "pipeline.resume", "pipeline.training", "pipeline.distributed", "pipeline.plan"} <= train
     assert "pipeline.params" in imported_modules(Path("pipeline/model_card.py"))  # inside a function
 
 

@@ -16,7 +16,7 @@ import torch
 from pipeline import model as model_module
 from pipeline.model import ENCODERS, ModelConfig, TextClassifier, reverse_within_length
 from pipeline.training import build_model, fit, set_determinism
-from tests.helpers import fit_toy, train_params
+from tests.helpers import cpu_plan, fit_toy, train_params
 
 POOLINGS = ("last", "max", "mean", "attention")
 
@@ -128,7 +128,7 @@ def test_multichannel_keeps_a_frozen_copy_beside_the_tuned_one():
     rng = np.random.default_rng(1)
     xs = [rng.integers(2, 12, size=int(rng.integers(1, 6))) for _ in range(40)]
     ys = np.array([int(2 in x) for x in xs])
-    fit(model, tp, (xs, ys), (xs, ys), torch.device("cpu"))
+    fit(model, cpu_plan(tp, xs), ((xs, ys), (xs, ys)))
     # After the second epoch: the static channel has not moved, the tuned one has (unfrozen after epoch 1).
     torch.testing.assert_close(model.embedder.static_embedding.weight[1:], torch.from_numpy(matrix)[1:])
     assert not torch.allclose(model.embedder.embedding.weight[2:], torch.from_numpy(matrix)[2:])

@@ -18,10 +18,11 @@ import yaml
 from pipeline.errors import PipelineError
 from pipeline.inference import predict_proba
 from pipeline.stages import train as train_stage
-from pipeline.training import (Hooks, build_model, class_weights, evaluate, fit, lr_factor, native_bf16,
-                               resolve_precision, set_determinism, stretched_epochs)
+from pipeline.plan import native_bf16, resolve_precision, stretched_epochs
+from pipeline.tasks import SINGLE_LABEL
+from pipeline.training import Hooks, build_model, evaluate, fit, lr_factor, set_determinism
 from tests.ddp_toy import DDP_PARAMS
-from tests.helpers import ROOT, fit_toy, toy_matrix, toy_problem, train_params
+from tests.helpers import ROOT, cpu_plan, fit_toy, toy_matrix, toy_problem, train_params
 
 
 def test_training_learns_and_repeats_exactly():
@@ -50,11 +51,11 @@ def test_bf16_training_learns_repeats_exactly_and_is_not_fp32():
 
 
 def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch):
-    from pipeline import training
+    from pipeline import plan
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32"
-    monkeypatch.setattr(training, "onednn_bf16", lambda: True)  # what the CPU's flags say, below
+    monkeypatch.setattr(plan, "onednn_bf16", lambda: True)  # what the CPU's flags say, below
     for capabilities, expected in [({"amx_bf16": True}, "bf16"), ({"avx512_bf16": True, "amx_bf16": False}, "bf16"),
                                    ({"avx512_f": True, "avx2": True}, "fp32"), ({}, "fp32")]:
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: capabilities)
@@ -167,8 +168,8 @@ def test_plateau_schedule_halves_lr_after_an_epoch_without_improvement():
 
 
 def test_balanced_class_weights():
-    assert class_weights(np.array([0, 0, 0, 1]), 2, "none") is None
-    weights = class_weights(np.array([0, 0, 0, 1]), 2, "balanced")
+    assert SINGLE_LABEL.loss_weights(np.array([0, 0, 0, 1]), 2, "none") is None
+    weights = SINGLE_LABEL.loss_weights(np.array([0, 0, 0, 1]), 2, "balanced")
     torch.testing.assert_close(weights, torch.tensor([4 / 6, 4 / 2]))
     # Each class then carries the same total weight.
     assert float(weights[0] * 3) == float(weights[1] * 1)
@@ -176,7 +177,7 @@ def test_balanced_class_weights():
 
 def test_balanced_class_weights_on_many_imbalanced_classes():
     labels = np.repeat(np.arange(12), [400 // (k + 1) for k in range(12)])
-    weights = class_weights(labels, 12, "balanced").numpy()
+    weights = SINGLE_LABEL.loss_weights(labels, 12, "balanced").numpy()
     totals = weights * np.bincount(labels)
     np.testing.assert_allclose(totals, totals[0], rtol=1e-5)  # every class weighs the same in total
     assert weights[11] > 10 * weights[0]
@@ -192,7 +193,7 @@ def test_balanced_class_weights_raise_minority_predictions():
         tp = train_params(class_weights=mode, epochs=2, patience=2, lr=0.003)
         set_determinism(tp.seed)
         model = build_model(tp, np.zeros((20, 8), dtype=np.float32), 2)
-        result = fit(model, tp, (xs, ys), (xs, ys), torch.device("cpu"))
+        result = fit(model, cpu_plan(tp, xs), ((xs, ys), (xs, ys)))
         model.load_state_dict(result.best_state)
         predicted_rare[mode] = int((predict_proba(model, xs).argmax(1) == 1).sum())
     assert predicted_rare["balanced"] > predicted_rare["none"], predicted_rare
@@ -243,8 +244,7 @@ def test_the_train_stage_refuses_an_unknown_encoder_before_anything_else(tmp_pat
 
 
 def test_labels_become_class_ids_and_an_unseen_one_is_named():
-    from pipeline.training import label_ids
-
+    label_ids = SINGLE_LABEL.targets
     split = "data/prepared/val.parquet"
     assert label_ids(pd.Series(["pos", "neg", "pos"]), ["neg", "pos"], split).tolist() == [1, 0, 1]
     with pytest.raises(PipelineError, match=r"data/prepared/val\.parquet: label 'meh' does not occur in the training"):

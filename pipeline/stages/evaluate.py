@@ -30,7 +30,8 @@ from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
 from pipeline.calibration import probabilities, reliability, score_batches, summary, threshold_table, write_plots
 from pipeline.inference import encode_texts, logit_batches
-from pipeline.metrics import classification_metrics, headline, plot_confusion
+from pipeline.metrics import plot_confusion
+from pipeline.tasks import checkpoint_task
 from pipeline.workspace import start_stage
 
 TEST = Path("data/prepared/test.parquet")
@@ -82,6 +83,7 @@ def main() -> None:
         raise PipelineError(f"{TEST}: label {unknown[0]!r} is not one the model knows ({MODEL_PATH}: "
                             f"{', '.join(map(repr, checkpoint.labels[:10]))}); the model and the splits come from "
                             "different runs: run `dvc repro`")
+    task = checkpoint_task(checkpoint.info, MODEL_PATH)  # its decision rule, its metrics
     sequences = encode_texts(checkpoint, test["tokens"])
     index = {label: i for i, label in enumerate(checkpoint.labels)}
     targets = np.array([index[label] for label in test["label"]], dtype=np.int64)
@@ -101,7 +103,7 @@ def main() -> None:
     best, confidence = calibrated.top, calibrated.confidence.astype(np.float32)
     predicted = [checkpoint.labels[i] for i in best]
     actual = test["label"].tolist()
-    metrics = classification_metrics(actual, predicted, checkpoint.labels)
+    metrics = task.metrics(actual, predicted, checkpoint.labels)
     metrics["test_rows"] = len(test)
     calibration = summary(raw, calibrated, temperature)
     metrics["calibration"] = {**calibration, "bins": 15,
@@ -121,7 +123,7 @@ def main() -> None:
     log_curves(actual, checkpoint.labels, probs, predicted, confidence)
     write_json(REPORT, metrics)
     write_plots(raw, calibrated, CALIBRATION_DIR)
-    write_json(METRICS, {**headline(metrics, "lstm"),
+    write_json(METRICS, {**task.headline(metrics, "lstm"),
                          **{f"lstm_test_{k}": calibration[k] for k in ("ece_raw", "ece", "brier_raw", "brier")}})
     print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
           f"{len(wrong)} misclassified of {len(test)}; temperature {temperature:.3f}: ECE "

@@ -17,16 +17,17 @@ import pandas as pd
 import torch
 
 from pipeline import distributed, params, resume
-from pipeline.batching import TokenIds, resolve_max_tokens
+from pipeline.batching import TokenIds
 from pipeline.calibration import calibrate_checkpoint
 from pipeline.checkpoint import MODEL_PATH, save_checkpoint
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import check_writable, read_json, write_json
 from pipeline.live import LiveLogger, plot_curves
 from pipeline.model import ENCODERS
-from pipeline.resources import cpu_share
+from pipeline.plan import TrainPlan, make_plan
+from pipeline.tasks import DEFAULT
 from pipeline.text import TextConfig, prepared_text_config
-from pipeline.training import Hooks, build_model, fit, label_ids, resolve_device, resolve_precision, set_determinism
+from pipeline.training import Hooks, build_model, fit, set_determinism
 from pipeline.workspace import start_stage
 
 PREPARED = Path("data/prepared")
@@ -50,24 +51,26 @@ def main() -> None:
     if rank == 0:
         check_writable(MODEL_PATH.parent, LIVE_DIR.parent)  # before an epoch is spent, not after
     set_determinism(train_params.seed)
-    device = resolve_device(train_params.device)
+    vocab = read_json(VOCAB_DIR / "vocab.json")
+    lengths = TokenIds(VOCAB_DIR, "train", vocab["unk_id"]).full_lengths
+    # Every "auto" of train.* resolved, once (pipeline.plan), then applied here.
+    plan = make_plan(train_params, lengths, vocab["unk_id"], show_progress=rank == 0 and os.environ.get("CI") != "true")
+    torch.set_num_threads(plan.threads)
     if world > 1:
-        device = distributed.start(device)
-    threads = cpu_share(train_params.threads, len(os.sched_getaffinity(0)) // distributed.local_processes() or 1)
-    torch.set_num_threads(threads)
+        distributed.start(plan.device)
     try:
-        train_and_save(train_params, prepare_params, device, threads, rank, world)
+        train_and_save(plan, prepare_params, vocab, lengths)
     finally:
         if world > 1:
             distributed.stop()
 
 
-def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: torch.device, threads: int,
-                   rank: int, world: int) -> None:
+def train_and_save(plan: TrainPlan, prep: params.PrepareParams, vocab: dict, lengths: np.ndarray) -> None:
     """Load the data, train, and (process 0 only, when there are several) write the model and metrics."""
     from dvclive import Live
 
-    vocab = read_json(VOCAB_DIR / "vocab.json")
+    tp, rank, world, threads, precision, max_tokens = (plan.params, plan.rank, plan.world, plan.threads,
+                                                       plan.precision, plan.max_tokens)
     itos, unk_id = vocab["itos"], vocab["unk_id"]
     matrix = np.load(VOCAB_DIR / "embeddings.npy")
     # The texts as the vocab stage's compact ids, memory-mapped (4 bytes a token, read as batches ask):
@@ -75,20 +78,19 @@ def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: t
     train_labels, val_labels = (pd.read_parquet(PREPARED / f"{name}.parquet", columns=["label"])["label"]
                                 for name in ("train", "val"))
     labels = sorted(train_labels.unique().tolist())
-    lengths = TokenIds(VOCAB_DIR, "train", unk_id).full_lengths
-    max_tokens = resolve_max_tokens(tp.max_tokens, lengths)
-    precision = resolve_precision(tp.precision, device)
     if rank == 0:
-        print(f"{world} process(es) of {threads} CPU thread(s), {device.type} {precision}; model input: at most {max_tokens} tokens "
+        print(f"{world} process(es) of {threads} CPU thread(s), {plan.device.type} {precision}; model input: at most {max_tokens} tokens "
               f"({tp.truncation}); {(lengths > max_tokens).mean():.1%} of training texts are longer", flush=True)
-    train = (TokenIds(VOCAB_DIR, "train", unk_id, max_tokens, tp.truncation), label_ids(train_labels, labels, PREPARED / "train.parquet"))
-    val = (TokenIds(VOCAB_DIR, "val", unk_id, max_tokens, tp.truncation), label_ids(val_labels, labels, PREPARED / "val.parquet"))
+    data = ((TokenIds(VOCAB_DIR, "train", unk_id, max_tokens, tp.truncation),
+             plan.task.targets(train_labels, labels, PREPARED / "train.parquet")),
+            (TokenIds(VOCAB_DIR, "val", unk_id, max_tokens, tp.truncation),
+             plan.task.targets(val_labels, labels, PREPARED / "val.parquet")))
 
     model = build_model(tp, matrix, len(labels))
     if world > 1:
         torch.manual_seed(tp.seed + rank)  # the same initial weights everywhere; each its own dropout
         if rank != 0:  # the others train their share and write nothing
-            fit(model, tp, train, val, device, unk_id, shard=(rank, world))
+            fit(model, plan, data)
             return
     key = resume.run_key([tp.__dict__, prep.__dict__, threads, precision],
                          [PREPARED / "train.parquet", PREPARED / "val.parquet", VOCAB_DIR / "vocab.json",
@@ -109,8 +111,7 @@ def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: t
             logger.replay(resumed[1])
         hooks = Hooks(on_step=logger.step, on_epoch=logger.epoch, on_checkpoint=None if world > 1 else
                       lambda state: resume.save(RESUME_PATH, key, state, logger.events))
-        result = fit(model, tp, train, val, device, unk_id, hooks, resumed[0] if resumed else None,
-                     shard=(rank, world), show_progress=os.environ.get("CI") != "true")
+        result = fit(model, plan, data, hooks, resumed[0] if resumed else None)
         live.summary["best_epoch"] = result.best_epoch
         live.summary["best_val_accuracy"] = result.best_val_accuracy
         live.summary["train_seconds"] = round(result.seconds, 2)
@@ -121,6 +122,8 @@ def train_and_save(tp: params.TrainParams, prep: params.PrepareParams, device: t
     # No timings in the checkpoint: the same params and seed give the same weights and metadata.
     info = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy,
             "params": tp.__dict__, "threads": threads, "processes": world, "precision": precision}
+    if plan.task.name != DEFAULT:  # a single-label model names no task (tasks.checkpoint_task)
+        info["task"] = plan.task.name
     save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels,
                     prepared_text_config(PREPARED / "train.parquet", TextConfig.from_params(prep)), unk_id,
                     info, max_tokens, tp.truncation)
