@@ -28,25 +28,33 @@ def _type_checking(node: ast.AST) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _nodes(tree: ast.AST, annotations: bool):
-    """Every node of `tree`; without `annotations`, none inside an `if TYPE_CHECKING:` block (its `else`
-    runs, and is kept)."""
+def _script_only(node: ast.AST) -> bool:
+    """Whether `node` is `if __name__ == "__main__":`: what runs only when the file is run as a script."""
+    test = getattr(node, "test", None) if isinstance(node, ast.If) else None
+    return isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__" \
+        and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators)
+
+
+def _nodes(tree: ast.AST, imported_only: bool):
+    """Every node of `tree`; with `imported_only`, none inside an `if TYPE_CHECKING:` block or an
+    `if __name__ == "__main__":` block (their `else` runs, and is kept)."""
     todo = [tree]
     while todo:
         node = todo.pop()
         yield node
-        if not annotations and _type_checking(node):
+        if imported_only and (_type_checking(node) or _script_only(node)):
             todo.extend(node.orelse)
             continue
         todo.extend(ast.iter_child_nodes(node))
 
 
-def imported_modules(path: Path, annotations: bool = True) -> set[str]:
+def imported_modules(path: Path, imported_only: bool = False) -> set[str]:
     """The `pipeline...` modules one source file imports (a `from pipeline import x` names pipeline.x);
-    with `annotations=False`, only those imported when it runs (not under `if TYPE_CHECKING:`)."""
+    with `imported_only`, only those that importing it runs: not under `if TYPE_CHECKING:` (annotations)
+    nor `if __name__ == "__main__":` (the file run as a script, as DVC runs a stage: closure counts those)."""
     tree = ast.parse((ROOT / path).read_text(encoding="utf-8"), filename=str(path))
     found: set[str] = set()
-    for node in _nodes(tree, annotations):
+    for node in _nodes(tree, imported_only):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names if alias.name.split(".")[0] == PACKAGE)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and \

@@ -87,24 +87,26 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def test_no_module_imports_in_a_circle():
-    """What runs, not what annotates: an import under `if TYPE_CHECKING:` is left out."""
-    graph = {_module_name(p): imported_modules(p, annotations=False) for p in _modules() if p.name != "__init__.py"}
+    """What importing runs, not what annotates or what a script's `__main__` block runs: imports under
+    `if TYPE_CHECKING:` and `if __name__ == "__main__":` are left out."""
+    graph = {_module_name(p): imported_modules(p, imported_only=True) for p in _modules() if p.name != "__init__.py"}
     assert "pipeline.plan" in graph["pipeline.training"]
     cycle = _cycle(graph)
     assert cycle is None, f"{' -> '.join(cycle)}: move what they share into a module both import"
 
 
-def test_the_circle_check_finds_circles_and_leaves_type_checking_imports_out(tmp_path):
+def test_the_circle_check_finds_circles_and_leaves_type_checking_and_script_imports_out(tmp_path):
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a", "d"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) is None
     source = tmp_path / "m.py"
     source.write_text("from typing import TYPE_CHECKING\nimport typing\nfrom pipeline import errors\n"
                       "if TYPE_CHECKING:\n    from pipeline.training import Trainer\nelse:\n    import pipeline.files\n"
                       "if typing.TYPE_CHECKING:\n    import pipeline.model\n"
-                      "def f():\n    from pipeline.params import load\n")
+                      "def f():\n    from pipeline.params import load\n"
+                      "if __name__ == '__main__':\n    from pipeline.workspace import check_workspace\n")
     runtime = {"pipeline.errors", "pipeline.files", "pipeline.params"}
-    assert imported_modules(source, annotations=False) == runtime
-    assert imported_modules(source) == runtime | {"pipeline.training", "pipeline.model"}
+    assert imported_modules(source, imported_only=True) == runtime
+    assert imported_modules(source) == runtime | {"pipeline.training", "pipeline.model", "pipeline.workspace"}
 
 
 def test_training_and_distributed_do_not_import_each_other():
