@@ -4,10 +4,12 @@ library that only tests need (a corpus read at once, cleaned at once, split at o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -230,3 +232,23 @@ def fit_toy(tp: params.TrainParams, hooks=None, resume=None, seed: int | None = 
     model = build_model(tp, toy_matrix(), 2)
     xs, ys = toy_problem()
     return fit(model, cpu_plan(tp, xs[:180]), ((xs[:180], ys[:180]), (xs[180:], ys[180:])), hooks, resume)
+
+
+@contextlib.contextmanager
+def s3_server(monkeypatch):
+    """A real S3-protocol server (moto) on a free port of 127.0.0.1, with test credentials in the
+    environment; yields its endpoint URL. Create a bucket before using it."""
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()

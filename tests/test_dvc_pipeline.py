@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import copy_of, make_project, repro_and_commit, run, set_param, stages_run, tiny_params
+from tests.helpers import (copy_of, make_project, repro_and_commit, run, s3_server, set_param, stages_run,
+                           tiny_params)
 
 pytestmark = pytest.mark.slow  # every test here runs DVC
 
@@ -327,33 +327,17 @@ def test_model_versions_are_tagged_and_fetched_from_the_registry(repo, tmp_path)
     assert fetch("--rev", "v1.1.0") == second
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_push_and_pull_through_s3_remote(repo, tmp_path, monkeypatch):
     """A real S3-protocol server (moto) on 127.0.0.1."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
+    with s3_server(monkeypatch) as endpoint:
         boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="pipeline-cache")
         run(["dvc", "remote", "add", "-d", "s3store", "s3://pipeline-cache/dvc"], repo)
         run(["dvc", "remote", "modify", "s3store", "endpointurl", endpoint], repo)
         _assert_pull_restores(repo, tmp_path / "clone")
         listed = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="pipeline-cache")
         assert listed["KeyCount"] > 0
-    finally:
-        server.stop()
 
 
 def test_a_bad_param_then_the_way_back_restores_the_last_good_outputs(repo):

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.helpers import VENV_BIN, run, set_param, stages_run
+from tests.helpers import VENV_BIN, run, s3_server, set_param, stages_run
 
 pytestmark = pytest.mark.slow
 
@@ -149,20 +149,11 @@ def test_apply_never_loses_uncommitted_changes(repo):
     assert (repo / ".dvc/cache/files/md5" / digest[:2] / digest[2:]).read_bytes() == mine
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_failed_upload_publishes_no_experiment(repo, tmp_path, monkeypatch):
     """The data goes first, the git ref only when every output arrived: a remote that is full (a 64 KiB
     tmpfs, where one can be mounted) or an S3 bucket that does not exist (moto on 127.0.0.1) is one line
     naming the remote and the cause, and origin gets no experiment; once the remote works, it does."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
     origin = tmp_path / "origin.git"
     run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
@@ -188,14 +179,7 @@ def test_a_failed_upload_publishes_no_experiment(repo, tmp_path, monkeypatch):
     else:  # not root, or no tmpfs here: the S3 half below still runs
         print("skipped the full-disk half: cannot mount a tmpfs here")
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(key, value)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
+    with s3_server(monkeypatch) as endpoint:
         run(["dvc", "remote", "add", "-d", "s3store", "s3://no-such-bucket/dvc"], repo)
         run(["dvc", "remote", "modify", "s3store", "endpointurl", endpoint], repo)
         proc = exp(repo, "push", "shared", check=False)
@@ -208,8 +192,6 @@ def test_a_failed_upload_publishes_no_experiment(repo, tmp_path, monkeypatch):
         assert "refs/exps/" in published()
         listed = boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="no-such-bucket")
         assert listed["KeyCount"] > 0
-    finally:
-        server.stop()
 
 
 @pytest.mark.parametrize("args, named", [
