@@ -239,7 +239,9 @@ def test_queued_experiments_run_through_the_queue_worker(repo):
             data = exp["revs"][0]["data"]
             done[data["params"]["params.yaml"]["data"]["train"]["pooling"]] = data["metrics"]["metrics/eval.json"]["data"]
     assert set(done) == {"last", "max"}, shown
-    assert all(set(m) == {"lstm_test_acc", "lstm_test_f1"} for m in done.values()), done  # evaluate ran in each
+    evaluated = {"lstm_test_acc", "lstm_test_f1", "lstm_test_ece_raw", "lstm_test_ece", "lstm_test_brier_raw",
+                 "lstm_test_brier"}
+    assert all(set(m) == evaluated for m in done.values()), done  # evaluate ran in each
 
 
 def test_plots_render_with_static_images(repo, tmp_path):
