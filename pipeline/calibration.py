@@ -144,10 +144,12 @@ def probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
     return np.exp(log_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)).astype(np.float32)
 
 
-def write_plots(raw: Scores, calibrated: Scores, folder: Path) -> None:
+def write_plots(raw: Scores, calibrated: Scores, folder: Path, coverage: Scores | None = None) -> None:
     """The DVC plots' data (dvc.yaml `plots:`), each file atomically: reliability.csv and reliability_raw.csv
     (per non-empty bin: mean confidence, accuracy, count; after and before scaling), reliability_ideal.csv
-    (the diagonal) and coverage.csv (accuracy against coverage, by the calibrated confidence)."""
+    (the diagonal) and coverage.csv (accuracy against coverage, by the calibrated confidence, or by
+    `coverage`'s where given: a multi-label model's reliability is per (text, label), its coverage per text)."""
+    coverage = calibrated if coverage is None else coverage
     import pandas as pd
 
     from pipeline.files import atomic_path
@@ -156,7 +158,7 @@ def write_plots(raw: Scores, calibrated: Scores, folder: Path) -> None:
     tables = {"reliability.csv": pd.DataFrame(reliability(calibrated.confidence, calibrated.correct)),
               "reliability_raw.csv": pd.DataFrame(reliability(raw.confidence, raw.correct)),
               "reliability_ideal.csv": pd.DataFrame({"confidence": [0.0, 1.0], "accuracy": [0.0, 1.0]}),
-              "coverage.csv": pd.DataFrame(coverage_curve(calibrated.confidence, calibrated.correct))}
+              "coverage.csv": pd.DataFrame(coverage_curve(coverage.confidence, coverage.correct))}
     for name, table in tables.items():
         with atomic_path(folder / name) as tmp:
             table.round(4).to_csv(tmp, index=False)
@@ -169,32 +171,63 @@ def summary(raw: Scores, calibrated: Scores, temperature: float) -> dict:
             "brier_raw": round(raw.brier_score(), 4), "brier": round(calibrated.brier_score(), 4)}
 
 
-def calibrate_checkpoint(path: Path, split: Path, batch_size: int = 256) -> dict:
-    """Fit the temperature of the checkpoint at `path` on the labelled split (the train stage's validation
-    parquet: its `tokens` and `label` columns), write it into the checkpoint (atomically), and return the
-    summary: the temperature, ECE and Brier score before and after, the split's size."""
+def _validation_logits(path: Path, split: Path, batch_size: int):
+    """The checkpoint at `path` (its bytes and loaded form), and its raw logits on the labelled split's texts
+    with the split's `label` column."""
     import pandas as pd
-    import torch
 
     from pipeline.checkpoint import load_checkpoint
-    from pipeline.files import atomic_path
     from pipeline.inference import encode_texts, logit_batches
 
     data = Path(path).read_bytes()
     ckpt = load_checkpoint(path, data=data)
     frame = pd.read_parquet(split, columns=["tokens", "label"])
-    index = {label: i for i, label in enumerate(ckpt.labels)}
-    targets = np.array([index[label] for label in frame["label"]], dtype=np.int64)
-    logits = np.zeros((len(targets), len(ckpt.labels)), dtype=np.float32)
+    logits = np.zeros((len(frame), len(ckpt.labels)), dtype=np.float32)
     for rows, batch in logit_batches(ckpt.model, encode_texts(ckpt, frame["tokens"]), batch_size):
         logits[rows] = batch
-    temperature = fit_temperature(logits, targets)
-    raw, calibrated = scores(logits, targets, 1.0), scores(logits, targets, temperature)
+    return data, ckpt, logits, frame["label"]
+
+
+def _write_calibration(path: Path, data: bytes, calibration: dict) -> None:
+    """The checkpoint's bytes `data` with its "calibration" entry replaced, written to `path` atomically."""
+    import torch
+
+    from pipeline.files import atomic_path
+
     payload = torch.load(io.BytesIO(data), weights_only=True)
-    payload["calibration"] = {"temperature": temperature}
+    payload["calibration"] = calibration
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     with atomic_path(Path(path)) as tmp:
         tmp.write_bytes(buffer.getvalue())
+
+
+def calibrate_checkpoint(path: Path, split: Path, batch_size: int = 256) -> dict:
+    """Fit the temperature of the checkpoint at `path` on the labelled split (the train stage's validation
+    parquet: its `tokens` and `label` columns), write it into the checkpoint (atomically), and return the
+    summary: the temperature, ECE and Brier score before and after, the split's size."""
+    data, ckpt, logits, label = _validation_logits(path, split, batch_size)
+    index = {name: i for i, name in enumerate(ckpt.labels)}
+    targets = np.array([index[name] for name in label], dtype=np.int64)
+    temperature = fit_temperature(logits, targets)
+    raw, calibrated = scores(logits, targets, 1.0), scores(logits, targets, temperature)
+    _write_calibration(path, data, {"temperature": temperature})
     return {**summary(raw, calibrated, temperature), "nll_raw": round(nll(logits, targets, 1.0), 4),
             "nll": round(nll(logits, targets, temperature), 4), "rows": len(targets)}
+
+
+def threshold_checkpoint(path: Path, split: Path, batch_size: int = 256) -> dict:
+    """A multi-label model's decision thresholds, one per label, chosen on the labelled split (validation;
+    pipeline.multilabel_metrics.choose_thresholds) and written into the checkpoint at `path` (atomically);
+    the split's micro-, macro- and samples-F1 at 0.5 (`_raw`) and at the thresholds."""
+    from scipy.special import expit
+
+    from pipeline.multilabel_metrics import choose_thresholds, label_matrix, multilabel_metrics
+
+    data, ckpt, logits, label = _validation_logits(path, split, batch_size)
+    truth, probs = label_matrix(label, ckpt.labels), expit(logits.astype(np.float64)).astype(np.float32)
+    thresholds = choose_thresholds(probs, truth)
+    raw, tuned = (multilabel_metrics(truth, probs >= t, ckpt.labels) for t in (0.5, thresholds))
+    _write_calibration(path, data, {"temperature": 1.0, "thresholds": thresholds.tolist()})
+    return {**{f"{k}_raw": raw[k] for k in ("micro_f1", "macro_f1", "samples_f1")},
+            **{k: tuned[k] for k in ("micro_f1", "macro_f1", "samples_f1")}, "rows": len(truth)}

@@ -4,7 +4,8 @@ the card.
 The checkpoint carries everything needed to classify raw text: weights, model config (the encoder's
 name among them), vocabulary, label names, the tokenizer settings of the prepare stage and the model's
 input length, and the temperature fitted on validation (pipeline.calibration; a checkpoint without one
-loads with temperature 1: the plain softmax). One dict, loaded with `weights_only=True`: loading it can
+loads with temperature 1: the plain softmax); a multi-label model (info "task": multi_label) also the
+per-label decision thresholds chosen on validation (pipeline.multilabel_metrics). One dict, loaded with `weights_only=True`: loading it can
 never run code.
 """
 
@@ -19,6 +20,7 @@ import torch
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path
 from pipeline.model import ModelConfig, TextClassifier
+from pipeline.tasks import TASKS, Task, checkpoint_task
 from pipeline.text import TextConfig
 
 MODEL_PATH = Path("models/model.pt")
@@ -43,10 +45,17 @@ class Checkpoint:
     # The probabilities' temperature (pipeline.calibration; 1.0 for a checkpoint saved without one), also
     # set as the model's `temperature` buffer, which TextClassifier.probabilities divides by.
     temperature: float = 1.0
+    # A multi-label model's decision thresholds, one per label in the order of `labels` (None: 0.5 each).
+    thresholds: list[float] | None = None
 
     @property
     def stoi(self) -> dict[str, int]:
         return {w: i for i, w in enumerate(self.itos)}
+
+    @property
+    def task(self) -> Task:
+        """What the outputs mean (pipeline.tasks): the decision rule, the answer's shape, the metrics."""
+        return checkpoint_task(self.info, "the checkpoint", self.thresholds)
 
 
 def save_checkpoint(path: Path, model: TextClassifier, state_dict: dict, itos: list[str], labels: list[str],
@@ -120,11 +129,16 @@ def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu",
         raise PipelineError(f"{path}: not a usable checkpoint: {err} (retrain it with `dvc repro train`)") from None
     model = TextClassifier(cfg)  # allocates only what the saved tensors already hold (checked above)
     model.load_state_dict(state_dict)
-    temperature = float(payload.get("calibration", {}).get("temperature", 1.0))
+    calibration = payload.get("calibration", {})
+    temperature = float(calibration.get("temperature", 1.0))
     model.temperature.fill_(temperature)
+    task = checkpoint_task(payload["info"], path)
+    model.multi_label = task.name == "multi_label"  # sigmoids, not a softmax (TextClassifier.probabilities)
     model.to(device).eval()
+    thresholds = calibration.get("thresholds")
     return Checkpoint(model, payload["itos"], payload["labels"], text_config, payload["unk_id"], payload["info"],
-                      **payload["input"], temperature=temperature)
+                      **payload["input"], temperature=temperature,
+                      thresholds=None if thresholds is None else [float(t) for t in thresholds])
 
 
 class _Invalid(Exception):
@@ -244,6 +258,12 @@ def _validated(payload: dict) -> tuple[ModelConfig, dict, TextConfig]:
     if not isinstance(calibration, dict):
         raise _Invalid(f"calibration: expected a dict, got {type(calibration).__name__}")
     for key, value in calibration.items():
+        if key == "thresholds":
+            if not isinstance(value, list) or len(value) != len(labels) or not all(
+                    isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0 < t < 1
+                    for t in value):
+                raise _Invalid(f"calibration.thresholds: expected {len(labels)} numbers between 0 and 1, one per label")
+            continue
         if key != "temperature":
             raise _Invalid(f"calibration: unknown key {str(key)[:60]!r}")
         low, high = TEMPERATURE_RANGE
@@ -256,6 +276,8 @@ def _validated(payload: dict) -> tuple[ModelConfig, dict, TextConfig]:
         raise _Invalid("info: expected names for keys")
     if "params" in info and not (isinstance(info["params"], dict) and all(isinstance(k, str) for k in info["params"])):
         raise _Invalid("info.params: expected a dict of params")
+    if "task" in info and info["task"] not in TASKS:
+        raise _Invalid(f"info.task: {str(info['task'])[:40]!r} is not one of {', '.join(TASKS)}")
     if "best_epoch" in info and not _is_int(info["best_epoch"]):
         raise _Invalid("info.best_epoch: expected an integer")
     accuracy = info.get("best_val_accuracy")

@@ -24,7 +24,7 @@ import torch
 from pipeline.batching import bucket_batches, encode, pad_batch, sequence_lengths
 from pipeline.checkpoint import Checkpoint
 from pipeline.model import TextClassifier
-from pipeline.tasks import SINGLE_LABEL, Task, checkpoint_task
+from pipeline.tasks import SINGLE_LABEL, Task
 from pipeline.text import tokenize
 
 
@@ -81,7 +81,7 @@ def predict_top(model: TextClassifier, sequences: Sequence[np.ndarray], batch_si
 def classify_texts(ckpt: Checkpoint, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     sequences = encode_texts(ckpt, [tokenize(t, ckpt.text_config) for t in texts])
     device = next(ckpt.model.parameters()).device
-    return predict_proba(ckpt.model, sequences, batch_size, device, checkpoint_task(ckpt.info))
+    return predict_proba(ckpt.model, sequences, batch_size, device, ckpt.task)
 
 
 NO_TEXT = "no text (missing, empty or only blanks)"
@@ -154,7 +154,7 @@ def predict_texts(ckpt: Checkpoint, texts: Sequence, batch_size: int = 256,
         reasons.append(None if tokens else NO_TOKENS if isinstance(text, str) and text.strip() else NO_TEXT)
     probs = np.full((len(token_lists), len(ckpt.labels)), np.nan, dtype=np.float32)
     keep = [i for i, r in enumerate(reasons) if r is None]
-    task = checkpoint_task(ckpt.info)
+    task = ckpt.task
     if keep:
         device = next(ckpt.model.parameters()).device
         sequences = encode_texts(ckpt, [token_lists[i] for i in keep])

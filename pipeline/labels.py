@@ -86,22 +86,6 @@ def merged_labels(rows: CorpusFacts, canonical: list[str]) -> dict:
             if s.strip() != c and n}
 
 
-# --- the task a prepared corpus was made for ---------------------------------------------------------
-# single_label splits hold one string per row in `label` (as always: their bytes are unchanged, and they
-# carry no task in their metadata). multi_label splits hold a list of strings per row (sorted, unique;
-# empty when a text has none of the labels) and name their task in the Parquet metadata, which is what
-# train reads: the task is the data's, resolved once by prepare (corpus.task: auto looks at the labels).
-TASK_KEY = b"pipeline.task"
-
-
-def task_metadata(task: str) -> dict:
-    """The Parquet metadata that names a prepared split's task (none for single_label)."""
-    return {} if task == "single_label" else {TASK_KEY: task.encode()}
-
-
-def prepared_task(split) -> str:
-    """The task a prepared split was made for: its Parquet metadata's, single_label when it names none."""
-    import pyarrow.parquet as pq
-
-    meta = pq.read_schema(split).metadata or {}
-    return meta.get(TASK_KEY, b"single_label").decode()
+# The prepared splits' task (pipeline/prepared_task.py), kept apart so that train reads it without the
+# prepare stage's modules.
+from pipeline.prepared_task import TASK_KEY, prepared_task, task_metadata  # noqa: E402,F401

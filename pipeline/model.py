@@ -222,6 +222,9 @@ class TextClassifier(nn.Module):
         # Not a weight (kept out of the state dict): training sees 1; load_checkpoint sets the fitted value,
         # and every probability that leaves the model (inference, export, explanations) divides by it.
         self.register_buffer("temperature", torch.ones(()), persistent=False)
+        # A multi-label model's labels each have their own probability (a sigmoid), not a share of one (a
+        # softmax); load_checkpoint sets it from the checkpoint's task (pipeline.tasks).
+        self.multi_label = False
 
     def set_embeddings_trainable(self, trainable: bool) -> None:
         self.embedder.set_trainable(trainable)
@@ -234,5 +237,7 @@ class TextClassifier(nn.Module):
         return self.classifier(self.output_dropout(self.encode(ids, lengths)))  # (batch, classes)
 
     def probabilities(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """Calibrated class probabilities, float32 (batch, classes): softmax(logits / temperature)."""
-        return torch.softmax(self(ids, lengths).float() / self.temperature.float(), dim=-1)
+        """Calibrated class probabilities, float32 (batch, classes): softmax(logits / temperature); for a
+        multi-label model each label's own, sigmoid(logits / temperature)."""
+        scaled = self(ids, lengths).float() / self.temperature.float()
+        return torch.sigmoid(scaled) if self.multi_label else torch.softmax(scaled, dim=-1)

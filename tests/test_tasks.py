@@ -23,12 +23,12 @@ from tests.helpers import fit_toy, toy_matrix, toy_problem, train_params
 
 
 def test_tasks_are_chosen_by_name_and_a_checkpoint_without_one_is_single_label():
-    assert list(tasks.TASKS) == ["single_label"]
+    assert list(tasks.TASKS) == ["single_label", "multi_label"]
     assert get_task("single_label") == SINGLE_LABEL and isinstance(get_task("single_label"), SingleLabel)
-    with pytest.raises(PipelineError, match=r"^params\.yaml: the task is 'multi'; known tasks: single_label$"):
+    with pytest.raises(PipelineError, match=r"^params\.yaml: the task is 'multi'; known tasks: single_label, multi_label$"):
         get_task("multi")
     assert checkpoint_task({"best_epoch": 3}) == SINGLE_LABEL
-    with pytest.raises(PipelineError, match=r"^models/model\.pt: its task is 'tags'; known tasks: single_label$"):
+    with pytest.raises(PipelineError, match=r"^models/model\.pt: its task is 'tags'; known tasks: single_label, multi_label$"):
         checkpoint_task({"task": "tags"}, "models/model.pt")
 
 

@@ -31,7 +31,6 @@ from pipeline.files import atomic_path, write_json
 from pipeline.calibration import probabilities, reliability, score_batches, summary, threshold_table, write_plots
 from pipeline.inference import encode_texts, logit_batches
 from pipeline.metrics import plot_confusion
-from pipeline.tasks import checkpoint_task
 from pipeline.workspace import start_stage
 
 TEST = Path("data/prepared/test.parquet")
@@ -78,12 +77,16 @@ def main() -> None:
     evaluate_params = params.load("evaluate")
     checkpoint = load_checkpoint(MODEL_PATH)
     test = pd.read_parquet(TEST, columns=["text", "tokens", "label"])
-    unknown = sorted(set(test["label"]) - set(checkpoint.labels))
+    multi_label = checkpoint.task.name == "multi_label"
+    unknown = sorted(({name for names in test["label"] for name in names} if multi_label else set(test["label"]))
+                     - set(checkpoint.labels))
     if unknown:  # before any output is touched
         raise PipelineError(f"{TEST}: label {unknown[0]!r} is not one the model knows ({MODEL_PATH}: "
                             f"{', '.join(map(repr, checkpoint.labels[:10]))}); the model and the splits come from "
                             "different runs: run `dvc repro`")
-    task = checkpoint_task(checkpoint.info, MODEL_PATH)  # its decision rule, its metrics
+    task = checkpoint.task  # its decision rule, its metrics
+    if task.name == "multi_label":
+        return evaluate_multi_label(checkpoint, test, evaluate_params.batch_size)
     sequences = encode_texts(checkpoint, test["tokens"])
     index = {label: i for i, label in enumerate(checkpoint.labels)}
     targets = np.array([index[label] for label in test["label"]], dtype=np.int64)
@@ -134,6 +137,79 @@ def main() -> None:
 
     shown = write_misclassified_report(checkpoint, wrong, PLOTS_DIR / "misclassified.html")
     print(f"{PLOTS_DIR / 'misclassified.html'}: {shown} of the {len(wrong)} misclassified examples, explained")
+
+
+
+NONE = "(none)"  # the multi-label confusion pairs' other side: a label missed, or given wrongly
+
+
+def evaluate_multi_label(checkpoint, test: pd.DataFrame, batch_size: int) -> None:
+    """The multi-label figures (pipeline.multilabel_metrics), written to the same outputs: confusion pairs per
+    (text, label) decision that is wrong or right-and-present (a label missed is (label, NONE), one given
+    wrongly (NONE, label)); calibration of each (text, label) probability (reliability, ECE, Brier), and the
+    coverage curve by each text's least sure decision (tasks.MultiLabel.confidence) against the whole set
+    being right; the curves micro-averaged over (text, label) pairs."""
+    import torch
+
+    from pipeline.calibration import Scores, expected_calibration_error
+    from pipeline.multilabel_metrics import label_matrix, label_sets
+
+    task, labels = checkpoint.task, checkpoint.labels
+    truth = label_matrix(test["label"], labels)
+    probs = np.zeros(truth.shape, dtype=np.float32)
+    for rows, logits in logit_batches(checkpoint.model, encode_texts(checkpoint, test["tokens"]), batch_size):
+        probs[rows] = task.probabilities(torch.from_numpy(logits)).numpy()
+    decided = task.decide(probs)
+    actual, predicted = test["label"].map(list).tolist(), label_sets(decided, labels)
+    metrics = task.metrics(actual, predicted, labels)
+    metrics["test_rows"] = len(test)
+    pairs = Scores(probs.ravel().astype(np.float64), truth.ravel(), ((probs - truth) ** 2).sum(axis=1),
+                   np.zeros(0, dtype=np.int64))
+    whole = (decided == truth).all(axis=1)
+    confidence = task.confidence(probs)
+    per_row = Scores(confidence.astype(np.float64), whole, pairs.brier, np.zeros(0, dtype=np.int64))
+    ece, brier = round(expected_calibration_error(pairs.confidence, pairs.correct), 4), round(pairs.brier_score(), 4)
+    metrics["calibration"] = {"per": "text and label", "ece": ece, "brier": brier, "bins": 15,
+                              "reliability": reliability(pairs.confidence, pairs.correct),
+                              "min_confidence": threshold_table(per_row.confidence, per_row.correct)}
+    metrics["thresholds"] = dict(zip(labels, (checkpoint.thresholds or [0.5] * len(labels))))
+    wrong = test.assign(label=[" | ".join(x) for x in actual], predicted=[" | ".join(x) for x in predicted],
+                        confidence=confidence.round(4))[~whole].sort_values("confidence", ascending=False)
+
+    PLOTS_DIR.mkdir(parents=True, exist_ok=True)
+    rows, columns = np.nonzero(truth | decided)
+    confusion = pd.DataFrame({"actual": np.where(truth[rows, columns], np.asarray(labels, dtype=object)[columns], NONE),
+                              "predicted": np.where(decided[rows, columns], np.asarray(labels, dtype=object)[columns], NONE)})
+    with atomic_path(PLOTS_DIR / "confusion.csv") as tmp:
+        confusion.to_csv(tmp, index=False)
+    plot_confusion(confusion["actual"].tolist(), confusion["predicted"].tolist(), [*labels, NONE],
+                   PLOTS_DIR / "confusion.png")
+    with atomic_path(PLOTS_DIR / "misclassified.csv") as tmp:
+        wrong[["text", "label", "predicted", "confidence"]].to_csv(tmp, index=False)
+    log_multilabel_curves(truth, probs)
+    write_json(REPORT, metrics)
+    write_plots(pairs, pairs, CALIBRATION_DIR, coverage=per_row)
+    write_json(METRICS, {**task.headline(metrics, "lstm"), "lstm_test_ece": ece, "lstm_test_brier": brier})
+    print(f"test subset accuracy {metrics['accuracy']:.4f}, micro-F1 {metrics['micro_f1']:.4f}, macro-F1 "
+          f"{metrics['macro_f1']:.4f}, samples-F1 {metrics['samples_f1']:.4f}, Hamming loss "
+          f"{metrics['hamming_loss']:.4f}; {len(wrong)} of {len(test)} texts not given exactly their labels")
+    from pipeline.explain import write_misclassified_report
+
+    shown = write_misclassified_report(checkpoint, wrong, PLOTS_DIR / "misclassified.html")
+    print(f"{PLOTS_DIR / 'misclassified.html'}: {shown} of the {len(wrong)} misclassified examples, explained")
+
+
+def log_multilabel_curves(truth: np.ndarray, probs: np.ndarray) -> None:
+    """ROC and precision-recall curves micro-averaged over every (text, label) pair, through DVCLive."""
+    from dvclive import Live
+
+    what = "micro-average over (text, label) pairs"
+    with Live(dir=str(PLOTS_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        live.log_sklearn_plot("roc", truth.ravel().astype(np.int64), probs.ravel().astype(np.float64),
+                              title=f"ROC, {what}", drop_intermediate=True)
+        live.log_sklearn_plot("precision_recall", truth.ravel().astype(np.int64), probs.ravel().astype(np.float64),
+                              title=f"precision-recall, {what}", drop_intermediate=True)
+    (PLOTS_DIR / "metrics.json").unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,11 @@ import torch
 
 from pipeline import distributed, params, resume
 from pipeline.batching import TokenIds
-from pipeline.calibration import calibrate_checkpoint
+from pipeline.calibration import calibrate_checkpoint, threshold_checkpoint
 from pipeline.checkpoint import MODEL_PATH, save_checkpoint
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import check_writable, read_json, write_json
+from pipeline.prepared_task import prepared_task
 from pipeline.live import LiveLogger, plot_curves
 from pipeline.model import ENCODERS
 from pipeline.plan import TrainPlan, make_plan
@@ -54,7 +55,9 @@ def main() -> None:
     vocab = read_json(VOCAB_DIR / "vocab.json")
     lengths = TokenIds(VOCAB_DIR, "train", vocab["unk_id"]).full_lengths
     # Every "auto" of train.* resolved, once (pipeline.plan), then applied here.
-    plan = make_plan(train_params, lengths, vocab["unk_id"], show_progress=rank == 0 and os.environ.get("CI") != "true")
+    # The task is the prepared corpus's (corpus.task, resolved by prepare): one label per text, or a set.
+    plan = make_plan(train_params, lengths, vocab["unk_id"], show_progress=rank == 0 and os.environ.get("CI") != "true",
+                     task=prepared_task(PREPARED / "train.parquet"))
     torch.set_num_threads(plan.threads)
     if world > 1:
         distributed.start(plan.device)
@@ -77,7 +80,8 @@ def train_and_save(plan: TrainPlan, prep: params.PrepareParams, vocab: dict, len
     # no token strings are read here. Labels from the prepared splits.
     train_labels, val_labels = (pd.read_parquet(PREPARED / f"{name}.parquet", columns=["label"])["label"]
                                 for name in ("train", "val"))
-    labels = sorted(train_labels.unique().tolist())
+    multi_label = plan.task.name == "multi_label"
+    labels = sorted({name for names in train_labels for name in names} if multi_label else train_labels.unique().tolist())
     if rank == 0:
         print(f"{world} process(es) of {threads} CPU thread(s), {plan.device.type} {precision}; model input: at most {max_tokens} tokens "
               f"({tp.truncation}); {(lengths > max_tokens).mean():.1%} of training texts are longer", flush=True)
@@ -127,9 +131,11 @@ def train_and_save(plan: TrainPlan, prep: params.PrepareParams, vocab: dict, len
     save_checkpoint(MODEL_PATH, model, result.best_state, itos, labels,
                     prepared_text_config(PREPARED / "train.parquet", TextConfig.from_params(prep)), unk_id,
                     info, max_tokens, tp.truncation)
+    plot_curves(result, LIVE_DIR / "curves.png")
+    if multi_label:
+        return finish_multi_label(result, tp.batch_size)
     # Temperature scaling, fitted on validation and written into the checkpoint (pipeline.calibration).
     calibrated = calibrate_checkpoint(MODEL_PATH, PREPARED / "val.parquet", tp.batch_size)
-    plot_curves(result, LIVE_DIR / "curves.png")
     # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
     write_json(LIVE_DIR / BEST, {"lstm_val_acc": round(result.best_val_accuracy, 4),
                                  "lstm_best_epoch": result.best_epoch, "lstm_temperature": calibrated["temperature"],
@@ -138,6 +144,21 @@ def train_and_save(plan: TrainPlan, prep: params.PrepareParams, vocab: dict, len
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
           f"{result.seconds:.1f}s; saved {MODEL_PATH}; temperature {calibrated['temperature']:.3f}: validation ECE "
           f"{calibrated['ece_raw']:.4f} -> {calibrated['ece']:.4f}, Brier {calibrated['brier_raw']:.4f} -> {calibrated['brier']:.4f}")
+
+
+
+def finish_multi_label(result, batch_size: int) -> None:
+    """A multi-label model's thresholds, one per label, chosen on validation and written into the checkpoint;
+    best.json with the saved epoch and its validation figures at those thresholds (early stopping followed
+    samples-F1 at 0.5, in DVCLive's val/accuracy)."""
+    tuned = threshold_checkpoint(MODEL_PATH, PREPARED / "val.parquet", batch_size)
+    write_json(LIVE_DIR / BEST, {"lstm_best_epoch": result.best_epoch,
+                                 **{f"lstm_val_{k}": tuned[k] for k in ("micro_f1", "macro_f1", "samples_f1")}})
+    RESUME_PATH.unlink(missing_ok=True)
+    print(f"best epoch {result.best_epoch}: val samples-F1 at 0.5 {result.best_val_accuracy:.4f}; "
+          f"{result.seconds:.1f}s; saved {MODEL_PATH}; per-label thresholds chosen on validation: micro-F1 "
+          f"{tuned['micro_f1_raw']:.4f} -> {tuned['micro_f1']:.4f}, macro-F1 {tuned['macro_f1_raw']:.4f} -> "
+          f"{tuned['macro_f1']:.4f}")
 
 
 if __name__ == "__main__":
