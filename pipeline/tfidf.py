@@ -31,9 +31,7 @@ def _identity(tokens):
 def fit_baseline(train: pd.DataFrame, val: pd.DataFrame, ngram_max: int, grid: list[float], seed: int = 0,
                  min_df: int = 1):
     """Fit TF-IDF + logistic regression for each C in grid; return (best pipeline parts, best C, val accuracy)."""
-    # The prepare stage's tokens are reused as they are (whole documents), so both models see the same text.
-    vectorizer = TfidfVectorizer(analyzer="word", tokenizer=_identity, preprocessor=_identity, token_pattern=None,
-                                 lowercase=False, ngram_range=(1, ngram_max), sublinear_tf=True, min_df=min_df)
+    vectorizer = tfidf_vectorizer(ngram_max, min_df)
     x_train = vectorizer.fit_transform(train["tokens"].map(list))
     x_val = vectorizer.transform(val["tokens"].map(list))
     best = None
@@ -45,6 +43,37 @@ def fit_baseline(train: pd.DataFrame, val: pd.DataFrame, ngram_max: int, grid: l
         acc = accuracy_score(val["label"], clf.predict(x_val))
         if best is None or acc > best[2]:
             best = (copy.deepcopy(clf), c, acc)
+    return vectorizer, *best
+
+
+def tfidf_vectorizer(ngram_max: int, min_df: int) -> TfidfVectorizer:
+    # The prepare stage's tokens are reused as they are (whole documents), so both models see the same text.
+    return TfidfVectorizer(analyzer="word", tokenizer=_identity, preprocessor=_identity, token_pattern=None,
+                           lowercase=False, ngram_range=(1, ngram_max), sublinear_tf=True, min_df=min_df)
+
+
+def fit_multilabel_baseline(train: pd.DataFrame, val: pd.DataFrame, labels: list[str], ngram_max: int,
+                            grid: list[float], seed: int = 0, min_df: int = 1):
+    """Several labels per text: TF-IDF + one logistic regression per label (one-vs-rest), for each C in grid,
+    each label's threshold chosen on validation by the LSTM's rule (multilabel_metrics.choose_thresholds);
+    the C with the best validation micro-F1 at its thresholds. (vectorizer, classifier, C, thresholds,
+    validation micro-F1.)"""
+    from sklearn.multiclass import OneVsRestClassifier
+
+    from pipeline.multilabel_metrics import choose_thresholds, label_matrix, multilabel_metrics
+
+    vectorizer = tfidf_vectorizer(ngram_max, min_df)
+    x_train = vectorizer.fit_transform(train["tokens"].map(list))
+    x_val = vectorizer.transform(val["tokens"].map(list))
+    y_train, y_val = label_matrix(train["label"], labels), label_matrix(val["label"], labels)
+    best = None
+    for c in sorted(grid):
+        clf = OneVsRestClassifier(LogisticRegression(C=c, max_iter=2000, random_state=seed)).fit(x_train, y_train)
+        probs = clf.predict_proba(x_val)
+        thresholds = choose_thresholds(probs, y_val)
+        micro_f1 = multilabel_metrics(y_val, probs >= thresholds, labels)["micro_f1"]
+        if best is None or micro_f1 > best[3]:
+            best = (clf, c, thresholds, micro_f1)
     return vectorizer, *best
 
 
