@@ -192,16 +192,18 @@ def _iter_lines(path: Path, encoding: str, parse, chunk_rows: int) -> Iterator[t
 
 
 def iter_fasttext(path: Path, encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """fastText's supervised format: `__label__a [__label__b ...] text` per line (the first label is kept)."""
+    """fastText's supervised format: `__label__a [__label__b ...] text` per line; a line of several labels
+    has the list of them (a multi-label corpus: pipeline.label_sets)."""
 
-    def parse(line: str, lineno: int) -> tuple[str, str]:
+    def parse(line: str, lineno: int) -> tuple[str, str | list[str]]:
         m = _FASTTEXT_LABEL.match(line.lstrip())
         if not m:
             raise PipelineError(f"{path}: line {lineno}: expected '__label__<label> <text>', got {line[:60]!r}")
-        rest = line.lstrip()[m.end():]
+        rest, labels = line.lstrip()[m.end():], [m.group(1)]
         while (more := _FASTTEXT_LABEL.match(rest)):  # further labels of multi-label lines
             rest = rest[more.end():]
-        return rest.strip(), m.group(1)
+            labels.append(more.group(1))
+        return rest.strip(), labels[0] if len(labels) == 1 else labels
 
     for texts, labels in _iter_lines(path, encoding, parse, chunk_rows):
         yield pd.DataFrame({"text": texts, "label": labels})
@@ -209,7 +211,8 @@ def iter_fasttext(path: Path, encoding: str = "utf-8", chunk_rows: int = CHUNK_R
 
 def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: str | None,
                encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """JSON lines, one object per line; a malformed line is an error naming its number."""
+    """JSON lines, one object per line; a malformed line is an error naming its number. A label is a string
+    or a number, or an array of them (a multi-label corpus: pipeline.label_sets)."""
 
     columns = [c for c in (text_column, label_column, split_column) if c]
 
@@ -223,11 +226,15 @@ def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: st
         if text is not None and not isinstance(text, str):
             raise PipelineError(f"{path}: line {lineno}: text field '{text_column}' holds "
                                 f"{type(text).__name__} {short(text)}, not text")
+        label = row[label_column]
+        if isinstance(label, list) and any(isinstance(item, (list, dict)) for item in label):
+            raise PipelineError(f"{path}: line {lineno}: label field '{label_column}' holds a JSON array holding "
+                                f"an array or object {short(label)}; a label is a string or number")
         for role, column in zip(("label", "split"), columns[1:]):
-            if isinstance(row[column], (list, dict)):
+            if isinstance(row[column], dict) or (role == "split" and isinstance(row[column], list)):
                 raise PipelineError(f"{path}: line {lineno}: {role} field '{column}' holds a JSON "
                                     f"{'array' if isinstance(row[column], list) else 'object'} {short(row[column])}; "
-                                    f"a {role} is one string or number")
+                                    f"a {role} is one string or number{' (or an array of them)' * (role == 'label')}")
         return text, tuple(row[c] for c in columns[1:])
 
     for texts, rests in _iter_lines(path, encoding, parse, chunk_rows):
