@@ -169,8 +169,8 @@ def _data_row_at(path: Path, line: int, sep: str, encoding: str, header: bool) -
 
 
 def _iter_lines(path: Path, encoding: str, parse, chunk_rows: int) -> Iterator[tuple[list, list]]:
-    """parse(line, lineno) -> (text, rest) over the non-blank lines, `chunk_rows` at a time; decoding and
-    decompression failures become errors naming the file and line."""
+    """parse(line, lineno) -> (text, rest) over the non-blank lines (of fastText files), `chunk_rows` at a
+    time; decoding and decompression failures become errors naming the file and line."""
     texts, rests = [], []
     lineno = 0
     try:
@@ -209,15 +209,32 @@ def iter_fasttext(path: Path, encoding: str = "utf-8", chunk_rows: int = CHUNK_R
         yield pd.DataFrame({"text": texts, "label": labels})
 
 
+def jsonl_rows(path: Path, encoding: str, keep_blank: bool = False) -> Iterator[tuple[int, dict]]:
+    """The one reader of JSON lines (the corpus's, iter_jsonl; batch prediction's, pipeline.tables): (line
+    number, object) for each non-blank line, and {} for a blank one when `keep_blank`. A line that is not
+    a JSON object, or a truncated or corrupt file, is an error naming the line; a UnicodeDecodeError is
+    left to the caller, who knows the setting to name."""
+    lineno = 0
+    try:
+        with open_lines(path, encoding) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    if keep_blank:
+                        yield lineno, {}
+                    continue
+                yield lineno, json_object_line(line, path, lineno)
+    except READ_ERRORS as err:
+        raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
+
+
 def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: str | None,
                encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """JSON lines, one object per line; a malformed line is an error naming its number. A label is a string
-    or a number, or an array of them (a multi-label corpus: pipeline.label_sets)."""
+    """JSON lines (jsonl_rows), one object per line, as frames of text, label (and split). A label is a
+    string or a number, or an array of them (a multi-label corpus: pipeline.label_sets)."""
 
     columns = [c for c in (text_column, label_column, split_column) if c]
 
-    def parse(line: str, lineno: int):
-        row = json_object_line(line, path, lineno)
+    def parse(row: dict, lineno: int):
         for role, column in zip(("text", "label", "split"), columns):
             if column not in row:
                 raise PipelineError(f"{path}: line {lineno}: no {role} field '{column}' (params corpus.{role}_column); "
@@ -235,13 +252,23 @@ def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: st
                 raise PipelineError(f"{path}: line {lineno}: {role} field '{column}' holds a JSON "
                                     f"{'array' if isinstance(row[column], list) else 'object'} {short(row[column])}; "
                                     f"a {role} is one string or number{' (or an array of them)' * (role == 'label')}")
-        return text, tuple(row[c] for c in columns[1:])
+        return [row[c] for c in columns]
 
-    for texts, rests in _iter_lines(path, encoding, parse, chunk_rows):
-        out = {"text": texts, "label": [r[0] for r in rests]}
-        if split_column:
-            out["split"] = [r[1] for r in rests]
-        yield pd.DataFrame(out)
+    def frame(values: list[list]) -> pd.DataFrame:
+        roles = ("text", "label", "split")[:len(columns)]
+        return pd.DataFrame({role: [v[i] for v in values] for i, role in enumerate(roles)})
+
+    values = []
+    try:
+        for lineno, row in jsonl_rows(path, encoding):
+            values.append(parse(row, lineno))
+            if len(values) == chunk_rows:
+                yield frame(values)
+                values = []
+    except UnicodeDecodeError as err:
+        raise decode_error(path, err, encoding) from None
+    if values:
+        yield frame(values)
 
 
 def _first_undecodable_line(path: Path, encoding: str) -> int | None:
