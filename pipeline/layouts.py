@@ -19,8 +19,8 @@ import pandas as pd
 from pipeline.errors import PipelineError
 from pipeline.files import check_data_path
 from pipeline.label_sets import one_label_per_row
-from pipeline.readers import (CHUNK_ROWS, MAX_FIELD_BYTES, corpus_kind, decode_error, iter_table, strip_compression,
-                              too_long)
+from pipeline.formats import strip_compression
+from pipeline.readers import CHUNK_ROWS, MAX_FIELD_BYTES, corpus_kind, decode_error, iter_table, too_long
 
 if TYPE_CHECKING:
     from pipeline.params import CorpusParams

@@ -29,52 +29,33 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError, short
 from pipeline.files import READ_ERRORS, json_object_line, open_binary, open_text
+from pipeline.formats import format_of, suffixes_shown
 
 CHUNK_ROWS = 10_000   # rows read at a time
 MAX_FIELD_BYTES = 10 << 20  # the longest text (a line, a field, a document file) a reader accepts
-_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".zip")
-_TABLE_SUFFIXES = {
-    "csv": (".csv",),
-    "tsv": (".tsv", ".tab"),
-    "jsonl": (".jsonl", ".ndjson", ".json"),
-    "parquet": (".parquet", ".pq"),
-    "fasttext": (".txt", ".ft", ".fasttext"),
-}
 # Orange's .tab files carry two more header rows after the column names: types, then flags.
 _ORANGE_TYPES = {"d", "discrete", "c", "continuous", "s", "string", "t", "time", "text", ""}
 _FASTTEXT_LABEL = re.compile(r"__label__(\S+)\s?")
 
 
-def strip_compression(name: str) -> str:
-    name = name.lower()
-    for suffix in _COMPRESSION:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def corpus_kind(path: Path, fmt: str = "auto") -> str:
-    """csv, tsv, jsonl, parquet or fasttext: `fmt`, or from the file name (a compression suffix looked
-    through; the compression itself is known by the file's first bytes)."""
+    """A format of pipeline.formats (csv, tsv, jsonl, parquet or fasttext): `fmt`, or from the file name (a
+    compression suffix looked through; the compression itself is known by the file's first bytes)."""
     if fmt not in ("auto", "folder"):
         return fmt
-    name = strip_compression(path.name)
-    for kind, suffixes in _TABLE_SUFFIXES.items():
-        if name.endswith(suffixes):
-            return kind
-    raise PipelineError(
-        f"{path}: unknown corpus format (expected .csv, .tsv, .tab, .jsonl, .json, .parquet, or fastText .txt); "
-        "name it with corpus.format"
-    )
+    if (kind := format_of(path, "corpus")) is not None:
+        return kind
+    raise PipelineError(f"{path}: unknown corpus format (expected {suffixes_shown('corpus')}); name it with "
+                        "corpus.format")
 
 
 def input_kind(path: Path) -> str:
-    """Batch prediction's input: csv, tsv, jsonl or parquet, from the file name (as corpus_kind)."""
-    name = strip_compression(path.name)
-    kind = next((k for k, suffixes in _TABLE_SUFFIXES.items() if k != "fasttext" and name.endswith(suffixes)), None)
-    if kind is None or (kind == "parquet" and name != path.name.lower()):
-        raise PipelineError(f"{path}: unknown input format: expected .csv, .tsv, .jsonl (or .json lines) or "
-                            ".parquet (the text formats may be compressed: gzip, bz2, xz, zstd)")
+    """Batch prediction's input: a format of pipeline.formats it reads (csv, tsv, jsonl or parquet), from the
+    file name (as corpus_kind; a compressed Parquet file is no input)."""
+    kind = format_of(path, "batch_input")
+    if kind is None:
+        raise PipelineError(f"{path}: unknown input format: expected {suffixes_shown('batch_input')} (the text "
+                            "formats may be compressed: gzip, bz2, xz, zstd)")
     return kind
 
 
