@@ -50,14 +50,13 @@ import pyarrow as pa
 from pipeline.checkpoint import Checkpoint
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_path, check_output_file, json_dumps, json_safe, json_text
+from pipeline.formats import output_format, suffixes_shown
 from pipeline.inference import NO_TEXT, NO_TOKENS, predict_texts
 from pipeline.tables import TableReader
 
 LABEL_COLUMN = "predicted_label"
 PROB_PREFIX = "prob_"
 REASON_COLUMN = "no_label_reason"
-OUTPUT_KINDS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl",
-                ".ndjson": "jsonl"}
 
 
 @dataclass(frozen=True)
@@ -70,9 +69,9 @@ class BatchSummary:
 
 
 def output_kind(path: Path) -> str:
-    kind = OUTPUT_KINDS.get(path.suffix.lower())
+    kind = output_format(path)
     if kind is None:
-        raise PipelineError(f"{path}: unknown output format: name it .parquet, .csv, .tsv or .jsonl")
+        raise PipelineError(f"{path}: unknown output format: name it {suffixes_shown('output_suffixes')}")
     return kind
 
 

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from pipeline import params
 from pipeline.errors import PipelineError
-from pipeline.labels import canonical_labels, label_text, merged_labels  # noqa: F401 (tests import them here)
+from pipeline.label_sets import finish_label_sets, one_label, raw_label, resolve_task, select_label_sets
+from pipeline.labels import canonical_labels, label_text, merged_labels, task_metadata  # noqa: F401 (tests import)
 from pipeline.layouts import corpus_chunks
 from pipeline.readers import CHUNK_ROWS
 from pipeline.text import TextConfig, text_config_metadata, tokenize_all
@@ -45,6 +46,7 @@ ROW_GROUP = 20_000    # rows per Parquet row group of the prepared splits
 SPLIT_CODE = {"test": 0, "val": 1, "train": 2}  # in this order, the priority among copies of a text
 NO_SPLIT = 3
 OUTPUT_SCHEMA = pa.schema([("text", pa.string()), ("tokens", pa.list_(pa.string())), ("label", pa.string())])
+LABEL_TYPE = {"single_label": pa.string(), "multi_label": pa.list_(pa.string())}  # a split's label column, by task
 
 
 # --- tokenizing, a chunk at a time (in worker processes) ------------------------------------------
@@ -54,7 +56,7 @@ OUTPUT_SCHEMA = pa.schema([("text", pa.string()), ("tokens", pa.list_(pa.string(
 class ChunkFacts:
     """What deciding which rows to keep, and where they go, needs of each row of a chunk: a few bytes
     a row. The text and tokens themselves stay in the chunk's shard file."""
-    labels: list            # the chunk's distinct raw labels, as strings
+    labels: list            # the chunk's distinct raw labels: strings, and tuples of them (label sets)
     label_code: np.ndarray  # int32 index into labels per row; -1: no label
     n_tokens: np.ndarray    # int32
     key: np.ndarray         # (rows, 2) uint64: a 128-bit hash of the text, which duplicates share
@@ -91,17 +93,17 @@ def hashed_split_codes(u: np.ndarray, val_size: float, test_size: float) -> np.n
                     np.where(u < test_size + val_size, SPLIT_CODE["val"], SPLIT_CODE["train"])).astype(np.int8)
 
 
-def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float,
-                   test_size: float) -> tuple[pa.Table, ChunkFacts]:
-    """Clean and tokenize a chunk of rows: the text and tokens as an Arrow table, and each row's facts."""
+def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float, test_size: float,
+                   separator: str | None = None, single: bool = False) -> tuple[pa.Table, ChunkFacts]:
+    """Clean and tokenize a chunk of rows: the text and tokens as an Arrow table, and each row's facts.
+    Labels as label_sets.raw_label reads them (`single`: corpus.task single_label, a set of one is a label)."""
     text = ["" if pd.isna(v) else str(v) for v in df["text"]]
-    raw_label, fixes = [], collections.Counter()
+    raw_labels, fixes = [], collections.Counter()
     for value in df["label"]:
-        label, fix = label_text(value)
-        raw_label.append(label)
-        if fix:
-            fixes[fix] += 1
-    label_code, labels = pd.factorize(pd.Series(raw_label, dtype=object))
+        label, fix = raw_label(value, separator)
+        raw_labels.append(one_label(label) if single else label)
+        fixes.update(fix)
+    label_code, labels = pd.factorize(pd.Series(raw_labels, dtype=object))
     tokens, segmented = tokenize_all(text, cfg)
     # Two hashes: the seeded 64-bit one places the text in a split (as it always has, so splits do
     # not move); the 128-bit one finds duplicates, where a 64-bit collision would be a real risk.
@@ -120,8 +122,8 @@ def tokenize_chunk(df: pd.DataFrame, cfg: TextConfig, seed: int, val_size: float
 
 
 def _tokenize_to_shard(df: pd.DataFrame, shard: Path, cfg: TextConfig, seed: int, val_size: float,
-                       test_size: float) -> ChunkFacts:
-    table, facts = tokenize_chunk(df, cfg, seed, val_size, test_size)
+                       test_size: float, separator: str | None, single: bool) -> ChunkFacts:
+    table, facts = tokenize_chunk(df, cfg, seed, val_size, test_size, separator, single)
     # Read back once, soon: Arrow's own uncompressed format costs nothing to write or to map back.
     with pa.OSFile(str(shard), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
@@ -129,12 +131,13 @@ def _tokenize_to_shard(df: pd.DataFrame, shard: Path, cfg: TextConfig, seed: int
 
 
 def tokenize_corpus(chunks: Iterable[pd.DataFrame], shard_dir: Path, cfg: TextConfig, prep: params.PrepareParams,
-                    workers: int) -> tuple[list[Path], list[ChunkFacts]]:
+                    workers: int, corpus: params.CorpusParams) -> tuple[list[Path], list[ChunkFacts]]:
     """Tokenize every chunk into its own shard file under `shard_dir`, on `workers` processes; the
     shards and their facts, in the corpus's order. At most two chunks per worker are in flight, so
     memory follows the chunk size, not the corpus."""
     task = functools.partial(_tokenize_to_shard, cfg=cfg, seed=prep.seed, val_size=prep.val_size,
-                             test_size=prep.test_size)
+                             test_size=prep.test_size, separator=corpus.label_separator,
+                             single=corpus.task == "single_label")
     chunks = iter(chunks)
     head = list(itertools.islice(chunks, 2))
     numbered = enumerate(itertools.chain(head, chunks))
@@ -174,7 +177,7 @@ def tokenize_corpus(chunks: Iterable[pd.DataFrame], shard_dir: Path, cfg: TextCo
 @dataclass
 class CorpusFacts:
     """Every row's facts, the chunks' joined; raw labels numbered across the whole corpus."""
-    spellings: list[str]    # each distinct raw label, in order of first appearance
+    spellings: list         # each distinct raw label (a string, or a tuple: a set), in order of first appearance
     label: np.ndarray       # int32 index into spellings; -1: no label
     n_tokens: np.ndarray
     key: np.ndarray
@@ -233,7 +236,19 @@ def select_rows(rows: CorpusFacts, canonical: list[str], drop_labels: list[str],
     excluded_class = np.array([name in dropped for name in names] + [False])
     excluded = keep & excluded_class[row_class]
     report["dropped_excluded_label"] = int(excluded.sum())
-    keep &= ~excluded
+    keep = drop_empty_and_duplicates(rows, keep & ~excluded, drop_duplicates, report, source)
+    counts = np.bincount(row_class[keep], minlength=len(names))
+    present = [i for i in range(len(names)) if counts[i]]
+    if len(present) < 2:
+        raise PipelineError(f"{source}: only one class ({names[present[0]]!r}) left; a classifier needs two or more")
+    report["class_counts"] = {names[i]: int(counts[i]) for i in present}
+    return keep, row_class, names, report
+
+
+def drop_empty_and_duplicates(rows: CorpusFacts, keep: np.ndarray, drop_duplicates: bool, report: dict,
+                              source: str) -> np.ndarray:
+    """`keep` less the rows without tokens and the duplicated texts (select_rows), each counted in `report`."""
+    n = len(rows.label)
     empty = keep & (rows.n_tokens == 0)
     report["dropped_empty_text"] = int(empty.sum())
     keep &= ~empty
@@ -256,12 +271,7 @@ def select_rows(rows: CorpusFacts, canonical: list[str], drop_labels: list[str],
     report["rows_kept"] = int(keep.sum())
     if report["rows_kept"] == 0:
         raise PipelineError(f"{source}: no usable rows left after dropping {report}")
-    counts = np.bincount(row_class[keep], minlength=len(names))
-    present = [i for i in range(len(names)) if counts[i]]
-    if len(present) < 2:
-        raise PipelineError(f"{source}: only one class ({names[present[0]]!r}) left; a classifier needs two or more")
-    report["class_counts"] = {names[i]: int(counts[i]) for i in present}
-    return keep, row_class, names, report
+    return keep
 
 
 def final_splits(given: np.ndarray, hashed: np.ndarray, carve: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -319,12 +329,15 @@ def length_stats(lengths: np.ndarray) -> dict:
 
 
 def write_splits(shards: list[Path], rows: CorpusFacts, keep: np.ndarray, split: np.ndarray,
-                 row_class: np.ndarray, names: list[str], out_dir: Path, text_config: TextConfig) -> None:
+                 row_class: np.ndarray, names: list, out_dir: Path, text_config: TextConfig,
+                 task: str = "single_label") -> None:
     """Copy each kept row from the shards to its split's file, in the corpus's order, with its class
-    name; row groups of ROW_GROUP rows (the later stages read a group at a time). A thread per split
-    encodes and writes while the next shard is read (Arrow releases the GIL in both)."""
-    label_names = pa.array(names, pa.string())
-    schema = OUTPUT_SCHEMA.with_metadata(text_config_metadata(text_config))
+    name (multi_label: its set, `names` tuples); row groups of ROW_GROUP rows (the later stages read a
+    group at a time). A thread per split encodes and writes while the next shard is read (Arrow releases
+    the GIL in both)."""
+    label_names = pa.array([list(n) for n in names] if task == "multi_label" else names, LABEL_TYPE[task])
+    schema = pa.schema([*OUTPUT_SCHEMA][:2] + [("label", LABEL_TYPE[task])]).with_metadata(
+        {**text_config_metadata(text_config), **task_metadata(task)})
     buffered: dict[str, list[pa.Table]] = {name: [] for name in SPLITS}
     writes: collections.deque = collections.deque()
     with contextlib.ExitStack() as stack:
@@ -374,36 +387,46 @@ def prepare(source: Path, corpus: params.CorpusParams, prep: params.PrepareParam
     shard_dir = out_dir / ".shards"
     shard_dir.mkdir(parents=True)
     started = time.perf_counter()
-    shards, facts = tokenize_corpus(chunks, shard_dir, TextConfig.from_params(prep), prep, workers)
+    shards, facts = tokenize_corpus(chunks, shard_dir, TextConfig.from_params(prep), prep, workers, corpus)
     tokenized = time.perf_counter()
     rows = CorpusFacts.join(facts)
     del facts
-    canonical = canonical_labels(rows, corpus.label_variants, str(source))
-    keep, row_class, names, report = select_rows(rows, canonical, corpus.drop_labels, prep.drop_duplicates, str(source))
-    if merged := merged_labels(rows, canonical):  # label_variants: merge, counted
-        report["labels_merged"] = merged
+    task = resolve_task(corpus.task, rows.spellings)
+    if task == "multi_label":  # a set of labels per row: pipeline.label_sets
+        row_class, names, report = select_label_sets(rows, corpus.label_variants, corpus.drop_labels, str(source))
+        keep = drop_empty_and_duplicates(rows, row_class >= 0, prep.drop_duplicates, report, str(source))
+    else:
+        canonical = canonical_labels(rows, corpus.label_variants, str(source))
+        keep, row_class, names, report = select_rows(rows, canonical, corpus.drop_labels, prep.drop_duplicates,
+                                                     str(source))
+        if merged := merged_labels(rows, canonical):  # label_variants: merge, counted
+            report["labels_merged"] = merged
     split, split_info = final_splits(rows.given, rows.hashed, rows.carve, keep)
-    by_split = split_counts(row_class, split, keep, names)
-    test_from_corpus = bool((rows.given[keep] == SPLIT_CODE["test"]).any())
-    warnings = check_classes(by_split, test_from_corpus, str(source))
-    for name in ("train", "test"):
-        if by_split[name].sum() == 0:
-            raise PipelineError(f"{source}: the {name} split is empty")
-    if by_split["val"].sum() == 0:
-        raise PipelineError(f"{source}: the val split is empty (raise prepare.val_size)")
+    split_rows = {name: int((split[keep] == SPLIT_CODE[name]).sum()) for name in SPLITS}
+    for name in ("train", "test", "val"):
+        if split_rows[name] == 0:
+            raise PipelineError(f"{source}: the {name} split is empty{' (raise prepare.val_size)' * (name == 'val')}")
+    if task == "multi_label":
+        row_class, names, by_split, warnings, sets_report = finish_label_sets(row_class, names, split, keep,
+                                                                              SPLIT_CODE, str(source))
+        report.update(sets_report)
+    else:
+        by_split = split_counts(row_class, split, keep, names)
+        test_from_corpus = bool((rows.given[keep] == SPLIT_CODE["test"]).any())
+        warnings = check_classes(by_split, test_from_corpus, str(source))
     decided = time.perf_counter()
     text_config, words_report = resolve_and_check(rows.words, keep & (split == SPLIT_CODE["train"]),
                                                   TextConfig.from_params(prep), str(source))
-    write_splits(shards, rows, keep, split, row_class, names, out_dir, text_config)
+    write_splits(shards, rows, keep, split, row_class, names, out_dir, text_config, task)
     shard_dir.rmdir()
     print(f"read and tokenized in {tokenized - started:.1f}s ({workers} worker{'s' if workers > 1 else ''}), "
           f"decided in {decided - tokenized:.1f}s, wrote the splits in {time.perf_counter() - decided:.1f}s")
-    report["layout"] = layout
+    report["task"], report["layout"] = task, layout
     report.update(words_report)  # the tokenizer, per script the tokens that are no words (docs/text.md)
     if rows.label_fixes:  # policies of label_text, each counted in rows
         report["labels_changed"] = rows.label_fixes
     report.update(split_info)
-    report.update({f"{name}_rows": int(by_split[name].sum()) for name in SPLITS})
+    report.update({f"{name}_rows": split_rows[name] for name in SPLITS})
     report["class_counts_by_split"] = {name: {str(k): int(v) for k, v in by_split[name].items() if v}
                                        for name in SPLITS}
     report["train_tokens"] = length_stats(rows.n_tokens[keep & (split == SPLIT_CODE["train"])])

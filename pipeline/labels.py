@@ -50,11 +50,17 @@ def variant_key(spelling: str) -> str:
 
 
 def canonical_labels(rows: CorpusFacts, variants: str, source: str) -> list[str]:
+    """Each raw label spelling's class name (canonical_spellings) of a single-label corpus."""
+    counts = np.bincount(rows.label[rows.label >= 0], minlength=len(rows.spellings))
+    return canonical_spellings(rows.spellings, counts, lambda i: int(np.argmax(rows.label == i)) + 1, variants,
+                               source)
+
+
+def canonical_spellings(spellings: list[str], counts: np.ndarray, first_row, variants: str, source: str) -> list[str]:
     """Each raw label spelling's class name: stripped. Spellings that differ only by case, surrounding
     blanks or the spelling of a number ('01' and '1') are an error naming each spelling, its count and the
-    first row that has it, or (variants: merge) each group becomes its most frequent spelling."""
-    spellings = rows.spellings
-    counts = np.bincount(rows.label[rows.label >= 0], minlength=len(spellings))
+    first row that has it (`first_row(i)`, 1-based), or (variants: merge) each group becomes its most
+    frequent spelling. `counts`: rows per spelling."""
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(spellings):
         if s.strip():  # an empty or blank label ('', ' ', a tab) is no label: dropped, counted, never a clash
@@ -64,9 +70,9 @@ def canonical_labels(rows: CorpusFacts, variants: str, source: str) -> list[str]
     clashes = {k: v for k, v in groups.items() if len(v) > 1}
     if clashes and variants == "error":
         k, members = sorted(clashes.items())[0]
-        first_row = {i: int(np.argmax(rows.label == i)) + 1 for i in members}
-        shown = ", ".join(f"{spellings[i]!r} ({counts[i]}; first at row {first_row[i]})"
-                          for i in sorted(members, key=first_row.get))
+        first = {i: first_row(i) for i in members}
+        shown = ", ".join(f"{spellings[i]!r} ({counts[i]}; first at row {first[i]})"
+                          for i in sorted(members, key=first.get))
         what = "the spelling of a number" if k.startswith("number:") else "case or surrounding blanks"
         raise PipelineError(
             f"{source}: labels {shown} differ only by {what}"
@@ -81,9 +87,12 @@ def canonical_labels(rows: CorpusFacts, variants: str, source: str) -> list[str]
 
 def merged_labels(rows: CorpusFacts, canonical: list[str]) -> dict:
     """The spellings label_variants: merge folded into another (more than stripping): {spelling: {into, rows}}."""
-    counts = np.bincount(rows.label[rows.label >= 0], minlength=len(rows.spellings))
-    return {s: {"into": c, "rows": int(n)} for s, c, n in zip(rows.spellings, canonical, counts)
-            if s.strip() != c and n}
+    return merged_spellings(rows.spellings, canonical, np.bincount(rows.label[rows.label >= 0],
+                                                                   minlength=len(rows.spellings)))
+
+
+def merged_spellings(spellings: list[str], canonical: list[str], counts: np.ndarray) -> dict:
+    return {s: {"into": c, "rows": int(n)} for s, c, n in zip(spellings, canonical, counts) if s.strip() != c and n}
 
 
 # The prepared splits' task (pipeline/prepared_task.py), kept apart so that train reads it without the

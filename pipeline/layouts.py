@@ -18,8 +18,9 @@ import pandas as pd
 
 from pipeline.errors import PipelineError
 from pipeline.files import check_data_path
-from pipeline.readers import (CHUNK_ROWS, MAX_FIELD_BYTES, corpus_kind, decode_error, iter_table, strip_compression,
-                              too_long)
+from pipeline.label_sets import one_label_per_row
+from pipeline.formats import strip_compression
+from pipeline.readers import CHUNK_ROWS, MAX_FIELD_BYTES, corpus_kind, decode_error, iter_table, too_long
 
 if TYPE_CHECKING:
     from pipeline.params import CorpusParams
@@ -105,12 +106,11 @@ def corpus_chunks(source: Path, c: "CorpusParams", chunk_rows: int = CHUNK_ROWS)
         raise PipelineError(f"{source}: no such file or folder (params corpus.source)")
     check_data_path(source, "corpus.source")
     if source.is_file():
-        chunks = iter_table(source, corpus_kind(source, c.format), c.text_column, c.label_column, c.split_column,
-                            c.encoding, c.header, chunk_rows)
+        chunks = _table(source, c, c.split_column, chunk_rows)
         return _with_split_column(chunks, source, c.split_column), "table"
     tree = _folder_tree_root(source) if c.format in ("auto", "folder") else None
     if tree is not None:
-        return iter_folder_tree(tree, c.encoding, chunk_rows), "folder tree"
+        return _one_label(iter_folder_tree(tree, c.encoding, chunk_rows), tree, "folder", c), "folder tree"
     if c.format == "folder":
         raise PipelineError(f"{source}: expected folders <split>/<label>/ with one text file per document")
     files = _visible_files(source)
@@ -125,9 +125,19 @@ def corpus_chunks(source: Path, c: "CorpusParams", chunk_rows: int = CHUNK_ROWS)
         raise PipelineError(f"{source}: {len(files)} files, and {', '.join(unnamed[:5])} names no split "
                             "(train, val/validation/dev, test); keep one table, or one file per split")
     chunks = (part.assign(split=split_name) for f, split_name in named.items()
-              for part in iter_table(f, corpus_kind(f, c.format), c.text_column, c.label_column, None, c.encoding,
-                                     c.header, chunk_rows))
+              for part in _table(f, c, None, chunk_rows))
     return chunks, "one file per split"
+
+
+def _table(path: Path, c: "CorpusParams", split_column: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    kind = corpus_kind(path, c.format)
+    return _one_label(iter_table(path, kind, c.text_column, c.label_column, split_column, c.encoding, c.header,
+                                 chunk_rows), path, kind, c)
+
+
+def _one_label(chunks: Iterator[pd.DataFrame], path: Path, kind: str, c: "CorpusParams") -> Iterator[pd.DataFrame]:
+    """corpus.task single_label: a row of several labels (or a list of none) is an error naming its row."""
+    return one_label_per_row(chunks, path, kind, c.encoding, c.label_separator) if c.task == "single_label" else chunks
 
 
 def _with_split_column(chunks: Iterable[pd.DataFrame], path: Path, split_column: str | None) -> Iterator[pd.DataFrame]:

@@ -5,8 +5,7 @@ the schema, that none is missing, and that each value has the right type and ran
 `train.lrr` or `train.lr: fast` fails at once with the file and the key named, not deep inside a stage.
 
 params.yaml is read the way DVC reads it (ruamel.yaml, YAML 1.2): `1e-3` is a number, `yes` is text, a
-duplicated key is an error, and an unknown section is an error in every stage. Errors quote at most a
-short prefix of a value.
+duplicated key and an unknown section are errors in every stage. Errors quote a short prefix of a value.
 """
 
 from __future__ import annotations
@@ -19,13 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-
 from pipeline.errors import PipelineError, short
 from pipeline.files import check_encoding
 
 PARAMS_FILE = Path("params.yaml")
-# train.max_tokens: auto stops here; no setting goes past the limit, which keeps one huge document
-# from asking for tens of gigabytes in a padded batch.
+# train.max_tokens: auto stops here; no setting goes past the limit (one huge document asking for GBs).
 AUTO_MIN_TOKENS, AUTO_MAX_TOKENS = 128, 800
 MAX_TOKENS_LIMIT = 10_000
 # <corpus|embeddings>.max_bytes when a SourceParams is made in code (params.yaml names it: 10 GB there too).
@@ -95,6 +92,11 @@ class CorpusParams(SourceParams):
     # ' pos'; '1', '01', '1.0'): error (the default: the message names them and the first row of each),
     # or merge (into the most frequent spelling, stripped; counted in metrics/prepare.json).
     label_variants: Literal["error", "merge"]
+    # single_label, multi_label (a set of labels per row, maybe empty), or auto: multi_label when a row holds
+    # a list of labels (JSON, Parquet), several (label_separator; fastText) or none (docs/stages.md).
+    task: Literal["auto", "single_label", "multi_label"] = field(default="auto", kw_only=True)
+    # What separates several labels in one label string ('|': 'news | sport'); null: one label a string.
+    label_separator: str | None = field(default=None, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -273,8 +275,7 @@ def _type_name(tp) -> str:
     if origin in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is list:
-        (item,) = typing.get_args(tp)
-        return f"a list of {_type_name(item)}"
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
     return {int: "an integer", float: "a number", str: "a string", bool: "true/false", type(None): "null"}[tp]
 
 
@@ -285,8 +286,7 @@ def _matches(value, tp) -> bool:
     if origin in (typing.Union, types.UnionType):
         return any(_matches(value, a) for a in typing.get_args(tp))
     if origin is list:
-        (item,) = typing.get_args(tp)
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
+        return isinstance(value, list) and all(_matches(v, typing.get_args(tp)[0]) for v in value)
     if tp is type(None):
         return value is None
     if tp is bool:
@@ -349,8 +349,7 @@ def check_local_source(section: str, src: SourceParams, where: str = str(PARAMS_
         raise PipelineError(
             f"{where}: '{section}.source' is {src.source!r}, which is fetched, not read in place: set "
             f"'{section}.download: {src.source}' and leave '{section}.source: data/raw/{section}' "
-            "(what the download stage writes)"
-        )
+            "(what the download stage writes)")
 
 
 def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
@@ -362,9 +361,7 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(str(key) for key in set(raw) - set(fields))
     if unknown:
-        raise PipelineError(
-            f"{where}: unknown key '{name}.{unknown[0]}' (known keys of '{name}': {', '.join(fields)})"
-        )
+        raise PipelineError(f"{where}: unknown key '{name}.{unknown[0]}' (known keys of '{name}': {', '.join(fields)})")
     missing = [k for k in fields if k not in raw]
     if missing:
         raise PipelineError(f"{where}: missing key '{name}.{missing[0]}'")
@@ -372,9 +369,8 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
     for key, f in fields.items():
         value, tp = raw[key], hints[key]
         if not _matches(value, tp):
-            raise PipelineError(
-                f"{where}: '{name}.{key}' must be {_type_name(tp)}, got {short(value)} ({type(value).__name__})"
-            )
+            raise PipelineError(f"{where}: '{name}.{key}' must be {_type_name(tp)}, got {short(value)} "
+                                f"({type(value).__name__})")
         if _asks_float(tp):
             value = _as_float(f"{name}.{key}", value, where)
         _check_range(f"{name}.{key}", value, f.metadata, where)
@@ -389,8 +385,8 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
 
 
 def _check_corpus_columns(values: dict, where: str) -> None:
-    """The text, label and split columns are three different, named columns: one column read as both the
-    text and the label made every text its own class, and the error then blamed a class of one row."""
+    """The text, label and split columns are three different, named columns (one read as both the text and
+    the label made every text its own class); a label separator is a few characters, not blanks only."""
     roles: dict[str, str] = {}  # column -> the first role that names it
     for role in ("text", "label", "split"):
         column = values[f"{role}_column"]
@@ -400,6 +396,10 @@ def _check_corpus_columns(values: dict, where: str) -> None:
             raise PipelineError(f"{where}: 'corpus.{roles[column]}_column' and 'corpus.{role}_column' both name "
                                 f"the column {column!r}: each names a different column")
         roles.setdefault(column, role)
+    sep = values["label_separator"]
+    if sep is not None and (not sep.strip() or len(sep) > 8 or any(c in sep for c in "\r\n\x1f")):
+        raise PipelineError(f"{where}: 'corpus.label_separator' is {short(sep)}: expected a few characters that "
+                            "separate labels ('|', ',', ';'; at most 8, not only blanks, no line break)")
 
 
 def load_yaml(path: str | Path = PARAMS_FILE, strict: bool = True) -> dict:

@@ -29,52 +29,33 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError, short
 from pipeline.files import READ_ERRORS, json_object_line, open_binary, open_text
+from pipeline.formats import format_of, suffixes_shown
 
 CHUNK_ROWS = 10_000   # rows read at a time
 MAX_FIELD_BYTES = 10 << 20  # the longest text (a line, a field, a document file) a reader accepts
-_COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".zip")
-_TABLE_SUFFIXES = {
-    "csv": (".csv",),
-    "tsv": (".tsv", ".tab"),
-    "jsonl": (".jsonl", ".ndjson", ".json"),
-    "parquet": (".parquet", ".pq"),
-    "fasttext": (".txt", ".ft", ".fasttext"),
-}
 # Orange's .tab files carry two more header rows after the column names: types, then flags.
 _ORANGE_TYPES = {"d", "discrete", "c", "continuous", "s", "string", "t", "time", "text", ""}
 _FASTTEXT_LABEL = re.compile(r"__label__(\S+)\s?")
 
 
-def strip_compression(name: str) -> str:
-    name = name.lower()
-    for suffix in _COMPRESSION:
-        if name.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
 def corpus_kind(path: Path, fmt: str = "auto") -> str:
-    """csv, tsv, jsonl, parquet or fasttext: `fmt`, or from the file name (a compression suffix looked
-    through; the compression itself is known by the file's first bytes)."""
+    """A format of pipeline.formats (csv, tsv, jsonl, parquet or fasttext): `fmt`, or from the file name (a
+    compression suffix looked through; the compression itself is known by the file's first bytes)."""
     if fmt not in ("auto", "folder"):
         return fmt
-    name = strip_compression(path.name)
-    for kind, suffixes in _TABLE_SUFFIXES.items():
-        if name.endswith(suffixes):
-            return kind
-    raise PipelineError(
-        f"{path}: unknown corpus format (expected .csv, .tsv, .tab, .jsonl, .json, .parquet, or fastText .txt); "
-        "name it with corpus.format"
-    )
+    if (kind := format_of(path, "corpus")) is not None:
+        return kind
+    raise PipelineError(f"{path}: unknown corpus format (expected {suffixes_shown('corpus')}); name it with "
+                        "corpus.format")
 
 
 def input_kind(path: Path) -> str:
-    """Batch prediction's input: csv, tsv, jsonl or parquet, from the file name (as corpus_kind)."""
-    name = strip_compression(path.name)
-    kind = next((k for k, suffixes in _TABLE_SUFFIXES.items() if k != "fasttext" and name.endswith(suffixes)), None)
-    if kind is None or (kind == "parquet" and name != path.name.lower()):
-        raise PipelineError(f"{path}: unknown input format: expected .csv, .tsv, .jsonl (or .json lines) or "
-                            ".parquet (the text formats may be compressed: gzip, bz2, xz, zstd)")
+    """Batch prediction's input: a format of pipeline.formats it reads (csv, tsv, jsonl or parquet), from the
+    file name (as corpus_kind; a compressed Parquet file is no input)."""
+    kind = format_of(path, "batch_input")
+    if kind is None:
+        raise PipelineError(f"{path}: unknown input format: expected {suffixes_shown('batch_input')} (the text "
+                            "formats may be compressed: gzip, bz2, xz, zstd)")
     return kind
 
 
@@ -169,8 +150,8 @@ def _data_row_at(path: Path, line: int, sep: str, encoding: str, header: bool) -
 
 
 def _iter_lines(path: Path, encoding: str, parse, chunk_rows: int) -> Iterator[tuple[list, list]]:
-    """parse(line, lineno) -> (text, rest) over the non-blank lines, `chunk_rows` at a time; decoding and
-    decompression failures become errors naming the file and line."""
+    """parse(line, lineno) -> (text, rest) over the non-blank lines (of fastText files), `chunk_rows` at a
+    time; decoding and decompression failures become errors naming the file and line."""
     texts, rests = [], []
     lineno = 0
     try:
@@ -192,29 +173,49 @@ def _iter_lines(path: Path, encoding: str, parse, chunk_rows: int) -> Iterator[t
 
 
 def iter_fasttext(path: Path, encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """fastText's supervised format: `__label__a [__label__b ...] text` per line (the first label is kept)."""
+    """fastText's supervised format: `__label__a [__label__b ...] text` per line; a line of several labels
+    has the list of them (a multi-label corpus: pipeline.label_sets)."""
 
-    def parse(line: str, lineno: int) -> tuple[str, str]:
+    def parse(line: str, lineno: int) -> tuple[str, str | list[str]]:
         m = _FASTTEXT_LABEL.match(line.lstrip())
         if not m:
             raise PipelineError(f"{path}: line {lineno}: expected '__label__<label> <text>', got {line[:60]!r}")
-        rest = line.lstrip()[m.end():]
+        rest, labels = line.lstrip()[m.end():], [m.group(1)]
         while (more := _FASTTEXT_LABEL.match(rest)):  # further labels of multi-label lines
             rest = rest[more.end():]
-        return rest.strip(), m.group(1)
+            labels.append(more.group(1))
+        return rest.strip(), labels[0] if len(labels) == 1 else labels
 
     for texts, labels in _iter_lines(path, encoding, parse, chunk_rows):
         yield pd.DataFrame({"text": texts, "label": labels})
 
 
+def jsonl_rows(path: Path, encoding: str, keep_blank: bool = False) -> Iterator[tuple[int, dict]]:
+    """The one reader of JSON lines (the corpus's, iter_jsonl; batch prediction's, pipeline.tables): (line
+    number, object) for each non-blank line, and {} for a blank one when `keep_blank`. A line that is not
+    a JSON object, or a truncated or corrupt file, is an error naming the line; a UnicodeDecodeError is
+    left to the caller, who knows the setting to name."""
+    lineno = 0
+    try:
+        with open_lines(path, encoding) as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    if keep_blank:
+                        yield lineno, {}
+                    continue
+                yield lineno, json_object_line(line, path, lineno)
+    except READ_ERRORS as err:
+        raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
+
+
 def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: str | None,
                encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-    """JSON lines, one object per line; a malformed line is an error naming its number."""
+    """JSON lines (jsonl_rows), one object per line, as frames of text, label (and split). A label is a
+    string or a number, or an array of them (a multi-label corpus: pipeline.label_sets)."""
 
     columns = [c for c in (text_column, label_column, split_column) if c]
 
-    def parse(line: str, lineno: int):
-        row = json_object_line(line, path, lineno)
+    def parse(row: dict, lineno: int):
         for role, column in zip(("text", "label", "split"), columns):
             if column not in row:
                 raise PipelineError(f"{path}: line {lineno}: no {role} field '{column}' (params corpus.{role}_column); "
@@ -223,18 +224,32 @@ def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: st
         if text is not None and not isinstance(text, str):
             raise PipelineError(f"{path}: line {lineno}: text field '{text_column}' holds "
                                 f"{type(text).__name__} {short(text)}, not text")
+        label = row[label_column]
+        if isinstance(label, list) and any(isinstance(item, (list, dict)) for item in label):
+            raise PipelineError(f"{path}: line {lineno}: label field '{label_column}' holds a JSON array holding "
+                                f"an array or object {short(label)}; a label is a string or number")
         for role, column in zip(("label", "split"), columns[1:]):
-            if isinstance(row[column], (list, dict)):
+            if isinstance(row[column], dict) or (role == "split" and isinstance(row[column], list)):
                 raise PipelineError(f"{path}: line {lineno}: {role} field '{column}' holds a JSON "
                                     f"{'array' if isinstance(row[column], list) else 'object'} {short(row[column])}; "
-                                    f"a {role} is one string or number")
-        return text, tuple(row[c] for c in columns[1:])
+                                    f"a {role} is one string or number{' (or an array of them)' * (role == 'label')}")
+        return [row[c] for c in columns]
 
-    for texts, rests in _iter_lines(path, encoding, parse, chunk_rows):
-        out = {"text": texts, "label": [r[0] for r in rests]}
-        if split_column:
-            out["split"] = [r[1] for r in rests]
-        yield pd.DataFrame(out)
+    def frame(values: list[list]) -> pd.DataFrame:
+        roles = ("text", "label", "split")[:len(columns)]
+        return pd.DataFrame({role: [v[i] for v in values] for i, role in enumerate(roles)})
+
+    values = []
+    try:
+        for lineno, row in jsonl_rows(path, encoding):
+            values.append(parse(row, lineno))
+            if len(values) == chunk_rows:
+                yield frame(values)
+                values = []
+    except UnicodeDecodeError as err:
+        raise decode_error(path, err, encoding) from None
+    if values:
+        yield frame(values)
 
 
 def _first_undecodable_line(path: Path, encoding: str) -> int | None:

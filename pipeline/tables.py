@@ -16,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
-from pipeline.files import READ_ERRORS, check_encoding, json_object_line, json_text
-from pipeline.readers import bounded_lines, delimited_chunks, input_kind, open_lines
+from pipeline.files import READ_ERRORS, check_encoding, json_text
+from pipeline.readers import bounded_lines, delimited_chunks, input_kind, jsonl_rows
 
 
 def _no_rows(path: Path) -> PipelineError:
@@ -97,29 +97,13 @@ class TableReader:
         names = self.schema.names
         as_json = {f.name for f in self.schema if f.metadata and f.metadata.get(b"json") == b"1"}
         rows: list[dict] = []
-        for _, row in _jsonl_rows(self.path, self.encoding, keep_blank=True):  # a blank line: a row of nulls
+        for _, row in jsonl_rows(self.path, self.encoding, keep_blank=True):  # a blank line: a row of nulls
             rows.append({k: (json_text(row.get(k)) if k in as_json else row.get(k)) for k in names})
             if len(rows) == self.chunk_rows:
                 yield pa.Table.from_pylist(rows, self.schema)
                 rows = []
         if rows:
             yield pa.Table.from_pylist(rows, self.schema)
-
-
-def _jsonl_rows(path: Path, encoding: str, keep_blank: bool = False) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line (and {} for a blank one, when `keep_blank`); a line
-    that is not a JSON object is an error."""
-    lineno = 0
-    try:
-        with open_lines(path, encoding) as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    if keep_blank:
-                        yield lineno, {}
-                    continue
-                yield lineno, json_object_line(line, path, lineno)
-    except READ_ERRORS as err:
-        raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
 
 
 def _json_kind(value) -> str | None:
@@ -140,7 +124,7 @@ def jsonl_schema(path: Path, encoding: str = "utf-8") -> pa.Schema:
     Mixed kinds (or lists and objects) make a string column of JSON text, marked in the field metadata."""
     kinds: dict[str, set] = {}
     rows = 0
-    for _, row in _jsonl_rows(path, encoding):
+    for _, row in jsonl_rows(path, encoding):
         rows += 1
         for key, value in row.items():
             kind = _json_kind(value)

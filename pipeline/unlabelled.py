@@ -10,7 +10,8 @@ from typing import Iterator
 
 from pipeline.errors import PipelineError
 from pipeline.files import READ_ERRORS, check_data_path
-from pipeline.readers import decode_error, open_lines, strip_compression
+from pipeline.formats import strip_compression
+from pipeline.readers import decode_error, open_lines
 from pipeline.text import TextConfig, tokenize
 
 

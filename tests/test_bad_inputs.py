@@ -93,9 +93,10 @@ def test_a_label_in_two_unicode_forms_is_one_class(tmp_path):
     assert report["labels_changed"] == {"unicode_normalized": 100}
 
 
-@pytest.mark.parametrize("label", [["fresh"], {"name": "fresh"}])
-def test_a_json_lines_label_that_is_a_list_or_object_is_an_error(tmp_path, label):
-    """Item 4: no class named by a Python repr."""
+@pytest.mark.parametrize("label", [{"name": "fresh"}, ["fresh", ["rotten"]], [{"name": "fresh"}]])
+def test_a_json_lines_label_that_is_an_object_or_a_nested_array_is_an_error(tmp_path, label):
+    """Item 4: no class named by a Python repr. (An array of strings or numbers is a set of labels:
+    tests/test_multilabel_prepare.py.)"""
     source = tmp_path / "corpus.jsonl"
     source.write_text(json.dumps({"text": "a fine film", "label": "rotten"}) + "\n"
                       + json.dumps({"text": "a fine film", "label": label}) + "\n")

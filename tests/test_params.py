@@ -68,6 +68,13 @@ def _write(tmp_path, mutate):
     (lambda d: d["corpus"].update(split_column="category"),
      r"'corpus\.label_column' and 'corpus\.split_column' both name the column 'category'"),
     (lambda d: d["corpus"].update(text_column=" "), r"'corpus\.text_column' is ' ': name the column"),
+    # a label separator is a few characters that can separate labels
+    (lambda d: d["corpus"].update(task="multi"), r"'corpus\.task' must be one of 'auto', 'single_label', 'multi_label'"),
+    (lambda d: d["corpus"].update(label_separator=""), r"'corpus\.label_separator' is '': expected a few characters"),
+    (lambda d: d["corpus"].update(label_separator="  "), r"'corpus\.label_separator' is '  ': expected"),
+    (lambda d: d["corpus"].update(label_separator="|\n"), r"'corpus\.label_separator' is '\|\\n': expected"),
+    (lambda d: d["corpus"].update(label_separator="-" * 9), r"'corpus\.label_separator' is '-{9}': expected"),
+    (lambda d: d["corpus"].update(label_separator=1), r"'corpus\.label_separator' must be a string or null"),
 ])
 def test_bad_params_name_the_file_and_key(tmp_path, mutate, message):
     path = _write(tmp_path, mutate)

@@ -166,7 +166,8 @@ def test_fasttext_lines(tmp_path):
     path = tmp_path / "train.txt"
     path.write_text("__label__pos a fine film\n\n__label__neg __label__meh dull\n")
     out = read_table(path)
-    assert out["label"].tolist() == ["pos", "neg"] and out["text"].tolist() == ["a fine film", "dull"]
+    # a line of several labels has them all (a multi-label corpus; it used to keep the first)
+    assert out["label"].tolist() == ["pos", ["neg", "meh"]] and out["text"].tolist() == ["a fine film", "dull"]
     path.write_text("__label__pos ok\nno label here\n")
     with pytest.raises(PipelineError, match=r"train\.txt: line 2: expected '__label__<label> <text>'"):
         read_table(path)
@@ -220,3 +221,35 @@ def test_a_byte_order_mark_and_crlf_in_json_lines_and_fasttext_are_read_like_a_c
     path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n")
     df = read_table(path)
     assert df["text"].tolist() == ["fine film", "dull film"] and df["label"].tolist() == ["pos", "neg"]
+
+
+def test_one_registry_of_formats_names_what_every_reader_and_writer_takes(tmp_path):
+    """pipeline.formats is the one list: corpus.format's names, the readers' dispatch, batch prediction's
+    input and output, and the suffixes each one takes."""
+    import typing
+
+    from pipeline import params
+    from pipeline.batch_predict import output_kind
+    from pipeline.formats import FORMATS
+
+    hints = typing.get_type_hints(params.CorpusParams)
+    assert set(typing.get_args(hints["format"])) == {"auto", "folder"} | {k for k, f in FORMATS.items() if f.corpus}
+    for kind, f in FORMATS.items():
+        for suffix in f.suffixes:
+            assert corpus_kind(tmp_path / f"a{suffix.upper()}") == kind
+            if f.batch_input:
+                assert input_kind(tmp_path / f"a{suffix}") == kind
+            else:
+                with pytest.raises(PipelineError, match="unknown input format"):
+                    input_kind(tmp_path / f"a{suffix}")
+        for suffix in f.output_suffixes:
+            assert output_kind(tmp_path / f"out{suffix}") == kind
+    # every corpus format is read, and named in the error for a name that is none of them
+    frame = pd.DataFrame({"text": ["a fine film", "a dull film"], "label": ["pos", "neg"]})
+    writers = {"csv": lambda p: frame.to_csv(p, index=False), "tsv": lambda p: frame.to_csv(p, index=False, sep="\t"),
+               "jsonl": lambda p: frame.to_json(p, orient="records", lines=True), "parquet": frame.to_parquet,
+               "fasttext": lambda p: p.write_text("__label__pos a fine film\n__label__neg a dull film\n")}
+    assert set(writers) == set(FORMATS)
+    for kind, write in writers.items():
+        write(tmp_path / f"c{FORMATS[kind].suffixes[0]}")
+        assert read_table(tmp_path / f"c{FORMATS[kind].suffixes[0]}")["label"].tolist() == ["pos", "neg"]
