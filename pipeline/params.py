@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pipeline.columns import check_corpus_columns
 from pipeline.errors import PipelineError, short
 from pipeline.files import check_encoding
 
@@ -81,7 +82,8 @@ class CorpusParams(SourceParams):
     encoding: str = field(metadata={"encoding": True})
     # Whether CSV/TSV files start with a row of column names; without one, columns are named 0, 1, 2, ...
     header: bool
-    text_column: str
+    # The text's column, or several (title and body: their values joined by a line break, missing ones skipped).
+    text_column: str | list[str]
     label_column: str
     # A column whose values are train, val (or validation, valid, dev) and test: the corpus's own split.
     # null: no such column. Rows with an empty value are assigned like the rest of an unsplit corpus.
@@ -380,26 +382,8 @@ def parse_section(name: str, raw, where: str = str(PARAMS_FILE)):
             check_encoding(value, f"{where}: '{name}.{key}'")
         values[key] = value
     if name == "corpus":
-        _check_corpus_columns(values, where)
+        check_corpus_columns(values, where)
     return cls(**values)
-
-
-def _check_corpus_columns(values: dict, where: str) -> None:
-    """The text, label and split columns are three different, named columns (one read as both the text and
-    the label made every text its own class); a label separator is a few characters, not blanks only."""
-    roles: dict[str, str] = {}  # column -> the first role that names it
-    for role in ("text", "label", "split"):
-        column = values[f"{role}_column"]
-        if column is not None and not column.strip():
-            raise PipelineError(f"{where}: 'corpus.{role}_column' is {column!r}: name the column")
-        if column is not None and column in roles:
-            raise PipelineError(f"{where}: 'corpus.{roles[column]}_column' and 'corpus.{role}_column' both name "
-                                f"the column {column!r}: each names a different column")
-        roles.setdefault(column, role)
-    sep = values["label_separator"]
-    if sep is not None and (not sep.strip() or len(sep) > 8 or any(c in sep for c in "\r\n\x1f")):
-        raise PipelineError(f"{where}: 'corpus.label_separator' is {short(sep)}: expected a few characters that "
-                            "separate labels ('|', ',', ';'; at most 8, not only blanks, no line break)")
 
 
 def load_yaml(path: str | Path = PARAMS_FILE, strict: bool = True) -> dict:

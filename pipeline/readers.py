@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from pipeline.columns import joined_text, text_columns
 from pipeline.errors import PipelineError, short
 from pipeline.files import READ_ERRORS, json_object_line, open_binary, open_text
 from pipeline.formats import format_of, suffixes_shown
@@ -208,46 +209,62 @@ def jsonl_rows(path: Path, encoding: str, keep_blank: bool = False) -> Iterator[
         raise PipelineError(f"{path}: cannot read past line {lineno} ({err}): a truncated or corrupt file?") from None
 
 
-def iter_jsonl(path: Path, text_column: str, label_column: str, split_column: str | None,
+def iter_jsonl(path: Path, text_column: str | list[str], label_column: str, split_column: str | None,
                encoding: str = "utf-8", chunk_rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
     """JSON lines (jsonl_rows), one object per line, as frames of text, label (and split). A label is a
-    string or a number, or an array of them (a multi-label corpus: pipeline.label_sets)."""
-
-    columns = [c for c in (text_column, label_column, split_column) if c]
+    string or a number, or an array of them (a multi-label corpus: pipeline.label_sets). A field a line
+    lacks is a missing value, as JSON writers leave nulls out (a row without a label is dropped, counted);
+    a field no line of the first chunk has is an error naming it (a typo in params.yaml)."""
+    texts = text_columns(text_column)
+    columns = [c for c in (*texts, label_column, split_column) if c]
+    role_of = {**{c: "text" for c in texts}, label_column: "label", **({split_column: "split"} if split_column else {})}
+    seen: set[str] = set()
 
     def parse(row: dict, lineno: int):
-        for role, column in zip(("text", "label", "split"), columns):
-            if column not in row:
-                raise PipelineError(f"{path}: line {lineno}: no {role} field '{column}' (params corpus.{role}_column); "
-                                    f"fields are: {', '.join(row)}")
-        text = row[text_column]
-        if text is not None and not isinstance(text, str):
-            raise PipelineError(f"{path}: line {lineno}: text field '{text_column}' holds "
-                                f"{type(text).__name__} {short(text)}, not text")
-        label = row[label_column]
+        seen.update(c for c in columns if c in row)
+        for column in texts:
+            text = row.get(column)
+            if text is not None and not isinstance(text, str):
+                raise PipelineError(f"{path}: line {lineno}: text field '{column}' holds "
+                                    f"{type(text).__name__} {short(text)}, not text")
+        label = row.get(label_column)
         if isinstance(label, list) and any(isinstance(item, (list, dict)) for item in label):
             raise PipelineError(f"{path}: line {lineno}: label field '{label_column}' holds a JSON array holding "
                                 f"an array or object {short(label)}; a label is a string or number")
-        for role, column in zip(("label", "split"), columns[1:]):
-            if isinstance(row[column], dict) or (role == "split" and isinstance(row[column], list)):
+        for role, column in (("label", label_column), ("split", split_column)):
+            value = row.get(column) if column else None
+            if isinstance(value, dict) or (role == "split" and isinstance(value, list)):
                 raise PipelineError(f"{path}: line {lineno}: {role} field '{column}' holds a JSON "
-                                    f"{'array' if isinstance(row[column], list) else 'object'} {short(row[column])}; "
+                                    f"{'array' if isinstance(value, list) else 'object'} {short(value)}; "
                                     f"a {role} is one string or number{' (or an array of them)' * (role == 'label')}")
-        return [row[c] for c in columns]
+        text = row.get(texts[0]) if len(texts) == 1 else joined_text(row.get(c) for c in texts)
+        return [text, label] + ([row.get(split_column)] if split_column else [])
+
+    def check_fields(first: dict) -> None:
+        missing = [c for c in columns if c not in seen]
+        if missing:
+            raise PipelineError(f"{path}: no line has a {role_of[missing[0]]} field '{missing[0]}' (params "
+                                f"corpus.{role_of[missing[0]]}_column); fields are: {', '.join(first)}")
 
     def frame(values: list[list]) -> pd.DataFrame:
-        roles = ("text", "label", "split")[:len(columns)]
+        roles = ("text", "label", "split")[:2 + bool(split_column)]
         return pd.DataFrame({role: [v[i] for v in values] for i, role in enumerate(roles)})
 
-    values = []
+    values, first, checked = [], None, False
     try:
         for lineno, row in jsonl_rows(path, encoding):
+            first = row if first is None else first
             values.append(parse(row, lineno))
             if len(values) == chunk_rows:
+                if not checked:
+                    check_fields(first)
+                    checked = True
                 yield frame(values)
                 values = []
     except UnicodeDecodeError as err:
         raise decode_error(path, err, encoding) from None
+    if values and not checked:
+        check_fields(first)
     if values:
         yield frame(values)
 
@@ -375,16 +392,21 @@ def iter_table(path: Path, kind: str, text_column: str, label_column: str, split
     if kind == "jsonl":
         yield from iter_jsonl(path, text_column, label_column, split_column, encoding, chunk_rows)
         return
-    wanted = [("text", text_column), ("label", label_column)] + ([("split", split_column)] if split_column else [])
+    texts = text_columns(text_column)
+    wanted = [("text", c) for c in texts] + [("label", label_column)] + ([("split", split_column)] if split_column else [])
     chunks = (_parquet_chunks(path, wanted, chunk_rows) if kind == "parquet"
               else delimited_chunks(path, kind, encoding, header, chunk_rows,
                                     check=lambda columns: _check_columns(path, columns, wanted)))
     try:
         for df in chunks:
-            text = df[text_column]
-            if kind == "parquet" and not (text.dtype == object or pd.api.types.is_string_dtype(text)):
-                raise PipelineError(f"{path}: text column '{text_column}' holds {text.dtype} values, not text")
-            yield pd.DataFrame({role: df[column].to_numpy() for role, column in wanted})
+            for column in texts:
+                text = df[column]
+                if kind == "parquet" and not (text.dtype == object or pd.api.types.is_string_dtype(text)):
+                    raise PipelineError(f"{path}: text column '{column}' holds {text.dtype} values, not text")
+            frame = {role: df[column].to_numpy() for role, column in wanted[len(texts) - 1:]}
+            if len(texts) > 1:  # several columns: one text, their values joined (pipeline.columns)
+                frame["text"] = np.array([joined_text(parts) for parts in zip(*(df[c] for c in texts))], dtype=object)
+            yield pd.DataFrame(frame)
     except UnicodeDecodeError as err:
         raise decode_error(path, err, encoding) from None
     except (ValueError, pd.errors.ParserError, *READ_ERRORS) as err:

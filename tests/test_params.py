@@ -121,3 +121,16 @@ def test_invalid_yaml_reports_line(tmp_path):
     path.write_text("train:\n  lr: [1,\n")
     with pytest.raises(PipelineError, match=r"params\.yaml: line \d+, column \d+: invalid YAML"):
         params.load("train", path)
+
+
+def test_several_text_columns_are_a_list_of_different_names():
+    from pipeline.columns import check_corpus_columns
+
+    base = {"text_column": ["title", "body"], "label_column": "topics", "split_column": None, "label_separator": None}
+    check_corpus_columns(base, "params.yaml")
+    for text, message in [([], r"'corpus\.text_column' is an empty list"),
+                          (["title", "title"], r"'corpus\.text_column' and 'corpus\.text_column' both name the column 'title'"),
+                          (["title", "topics"], r"'corpus\.text_column' and 'corpus\.label_column' both name the column 'topics'"),
+                          (["title", " "], r"'corpus\.text_column' is ' ': name the column")]:
+        with pytest.raises(PipelineError, match=message):
+            check_corpus_columns({**base, "text_column": text}, "params.yaml")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import bz2
 import gzip
 import io
+import json
 import lzma
 import zipfile
 
@@ -253,3 +254,32 @@ def test_one_registry_of_formats_names_what_every_reader_and_writer_takes(tmp_pa
     for kind, write in writers.items():
         write(tmp_path / f"c{FORMATS[kind].suffixes[0]}")
         assert read_table(tmp_path / f"c{FORMATS[kind].suffixes[0]}")["label"].tolist() == ["pos", "neg"]
+
+
+@pytest.mark.parametrize("chunk_rows", [CHUNK_ROWS, 1])
+def test_the_text_of_several_columns_is_joined_and_a_field_a_line_lacks_is_missing(tmp_path, chunk_rows):
+    """A title and a body (Reuters in JSON: half its stories have no topics, some no body): the present
+    values joined by a line break; a line without the label field is a row without a label."""
+    lines = [{"title": "Oil up", "body": "Crude rose.", "topics": ["crude"]}, {"title": "Talks", "topics": ["trade", "crude"]},
+             {"title": "No topics here", "body": "Nothing."}, {"body": "Only a body", "topics": []}]
+    path = tmp_path / "news.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    c = corpus_params(text_column=["title", "body"], label_column="topics")
+    frame = pd.concat(iter_table(path, "jsonl", c.text_column, c.label_column, None, chunk_rows=chunk_rows),
+                      ignore_index=True)
+    assert frame["text"].tolist() == ["Oil up\nCrude rose.", "Talks", "No topics here\nNothing.", "Only a body"]
+    assert frame["label"].tolist() == [["crude"], ["trade", "crude"], None, []]
+    csv_path = tmp_path / "news.csv"
+    pd.DataFrame({"title": ["A", None, "C"], "body": ["a", "b", None], "label": ["x", "y", "x"]}).to_csv(csv_path, index=False)
+    frame = pd.concat(iter_table(csv_path, "csv", ["title", "body"], "label"), ignore_index=True)
+    assert frame["text"].tolist() == ["A\na", "b", "C"] and frame["label"].tolist() == ["x", "y", "x"]
+
+
+def test_a_field_no_line_has_is_named(tmp_path):
+    path = tmp_path / "news.jsonl"
+    path.write_text('{"title": "a", "topics": ["x"]}\n{"title": "b"}\n')
+    with pytest.raises(PipelineError, match=r"news\.jsonl: no line has a text field 'body' \(params "
+                                            r"corpus\.text_column\); fields are: title, topics$"):
+        list(iter_table(path, "jsonl", ["title", "body"], "topics"))
+    with pytest.raises(PipelineError, match=r"no line has a label field 'topic' \(params corpus\.label_column\)"):
+        list(iter_table(path, "jsonl", "title", "topic"))
