@@ -10,7 +10,8 @@ scikit-learn's TunedThresholdClassifierCV tune per label the same way).
 The figures users of scikit-learn, flair and fastText compare (Tsoumakas et al. 2010, "Mining Multi-label
 Data"): subset accuracy (the whole set right), Hamming loss (the share of (text, label) decisions wrong),
 micro-F1 (every decision pooled: frequent labels weigh more), macro-F1 (the labels' F1 averaged: rare ones
-weigh as much), samples-F1 (each text's F1 averaged; a text with no labels predicted none scores 1), and
+weigh as much; over the labels the texts have or are given: a label no test text has and none is given
+has no F1, as scikit-learn's zero_division=nan leaves it out; with many rare labels a split misses some), samples-F1 (each text's F1 averaged; a text with no labels predicted none scores 1), and
 per label precision, recall, F1 and support. Dense (texts x labels) boolean matrices: 100,000 texts and
 1,000 labels are 100 MB.
 """
@@ -84,7 +85,7 @@ def multilabel_metrics(truth: np.ndarray, predicted: np.ndarray, labels: Sequenc
     samples = np.divide(2 * row_tp, row_sizes, out=np.ones(len(truth)), where=row_sizes > 0)
     return {
         "accuracy": round(float((truth == predicted).all(axis=1).mean()), 4),
-        "macro_f1": round(float(f1.mean()), 4),
+        "macro_f1": round(float(f1[(true_count + predicted_count) > 0].mean()) if pooled else 0.0, 4),
         "micro_f1": round(float(2 * tp.sum() / pooled) if pooled else 1.0, 4),
         "samples_f1": round(float(samples.mean()), 4),
         "hamming_loss": round(float((truth != predicted).mean()), 4),

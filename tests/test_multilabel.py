@@ -51,6 +51,9 @@ def test_the_figures_are_scikit_learns():
     per_label = f1_score(truth, predicted, average=None, zero_division=0)
     assert [ours["per_class"][label]["f1"] for label in LABELS] == [round(v, 4) for v in per_label]
     assert [ours["per_class"][label]["support"] for label in LABELS] == truth.sum(axis=0).tolist()
+    truth[:, 3] = predicted[:, 3] = False  # a label neither had nor given: no F1, left out of the mean
+    assert multilabel_metrics(truth, predicted, LABELS)["macro_f1"] == \
+        round(f1_score(truth, predicted, average="macro", zero_division=np.nan), 4)
 
 
 def test_label_sets_round_trip_and_an_unknown_label_is_a_key_error():
