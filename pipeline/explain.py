@@ -15,6 +15,12 @@ Two views of one prediction, token by token, over the tokens the model read (aft
 `misclassified_html` turns the test split's misclassified examples into one self-contained page (no
 script, no external resource): most confident first, each word shaded by its attribution toward the
 wrong label the model chose, underlined by its attention weight.
+
+A multi-label model (pipeline.tasks.MultiLabel) gives a text a set of labels, each by its own sigmoid
+probability: `explain_label_sets` explains each label of a set (the predicted ones: `predicted_label_sets`)
+by the attributions of that label's probability, one Explanation per label (none for an empty set; each
+label costs one integrated-gradients pass). Its misclassified page explains the labels it got wrong:
+those it missed (words shaded toward and against the label's probability) and those it gave wrongly.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import torch
 from pipeline.batching import bucket_batches, pad_batch, truncate
 from pipeline.checkpoint import Checkpoint
 from pipeline.files import atomic_path
-from pipeline.inference import encode_texts
+from pipeline.inference import encode_texts, predict_texts
 from pipeline.model import TextClassifier
 from pipeline.text import tokenize
 
@@ -161,6 +167,28 @@ def explain_texts(ckpt: Checkpoint, texts: Sequence[str], targets: Sequence[int]
                   steps: int = IG_STEPS, batch_size: int = EXPLAIN_BATCH) -> list[Explanation]:
     """Explanations of raw texts, tokenized as the model was trained."""
     return explain_tokens(ckpt, [tokenize(t, ckpt.text_config) for t in texts], targets, steps, batch_size)
+
+
+def explain_label_sets(ckpt: Checkpoint, token_lists: Sequence[Sequence[str]], label_sets: Sequence[Sequence[int]],
+                       steps: int = IG_STEPS, batch_size: int = EXPLAIN_BATCH) -> list[list[Explanation]]:
+    """Per tokenized text, one explanation per label of its set (indices into the checkpoint's labels), in
+    the set's order: the attributions of that label's probability (a multi-label model's own sigmoid)."""
+    pairs = [(i, target) for i, targets in enumerate(label_sets) for target in targets]
+    flat = explain_tokens(ckpt, [token_lists[i] for i, _ in pairs], [t for _, t in pairs], steps, batch_size) \
+        if pairs else []
+    out: list[list[Explanation]] = [[] for _ in label_sets]
+    for (i, _), explanation in zip(pairs, flat):
+        out[i].append(explanation)
+    return out
+
+
+def predicted_label_sets(ckpt: Checkpoint, texts: Sequence[str], steps: int = IG_STEPS,
+                         batch_size: int = EXPLAIN_BATCH) -> list[list[Explanation]]:
+    """Per raw text, an explanation of each label a multi-label model gives it (its probability at or above
+    the label's threshold); an empty list for a text given none."""
+    decided = ckpt.task.decide(np.nan_to_num(predict_texts(ckpt, texts).probs, nan=0.0))
+    tokens = [tokenize(t, ckpt.text_config) for t in texts]
+    return explain_label_sets(ckpt, tokens, [np.flatnonzero(row).tolist() for row in decided], steps, batch_size)
 
 
 # --- text and HTML rendering -----------------------------------------------------------------------------

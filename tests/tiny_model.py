@@ -138,8 +138,9 @@ def train_tiny_multilabel_checkpoint(path: Path, steps: int = 60) -> Path:
 
 
 # Texts for the multi-label model: one that names a film, a long one, one of unknown words, one with no
-# token at all.
+# token at all, one given no label (each probability below its threshold).
 MULTI_TEXTS = [
+    "everything is off .",
     "a gripping , beautifully acted film",
     "the film's best scene isn't enough to save a plot that goes nowhere , slowly , for two long hours , "
     "with a cast that cannot save it and a score that never stops",
