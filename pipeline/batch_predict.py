@@ -15,6 +15,16 @@ given); both kinds are counted in the summary. With a minimum confidence (predic
 --min-confidence), a row whose top probability is below it gets a null label too, its probabilities,
 and an "uncertain: ..." reason (counted as uncertain).
 
+A multi-label model (pipeline.tasks.MultiLabel) writes `predicted_labels` instead of `predicted_label`:
+each row's set of labels, those whose probability reaches their threshold, in the order of the model's
+labels; possibly none. In Parquet it is a list<string> column and in JSON lines a list (`[]` for no label,
+null where the row has no answer: no text, no tokens, uncertain); CSV and TSV hold flat text, so there the
+labels are joined by `|` ("film|pos"), an empty field for both no label and no answer (no_label_reason
+tells them apart). A label that holds `|` could not be read back from CSV or TSV: such a model's
+predictions are refused there (write .parquet or .jsonl). The prob_<label> columns are each label's own
+sigmoid probability (they do not sum to 1). Under a minimum confidence, a row is uncertain when any of its
+label decisions is less sure than it (pipeline.inference).
+
 The file is read, classified and written `chunk_rows` rows at a time, so memory does not grow with its
 size (a Parquet file is read one row group at a time, at most chunk_rows rows of it per chunk). The
 output is written beside its target and renamed into place at the end (atomic_path): a failed
@@ -55,6 +65,8 @@ from pipeline.inference import NO_TEXT, NO_TOKENS, predict_texts
 from pipeline.tables import TableReader
 
 LABEL_COLUMN = "predicted_label"
+LABELS_COLUMN = "predicted_labels"  # a multi-label model's (module doc)
+LABELS_SEPARATOR = "|"              # its labels joined, in CSV and TSV
 PROB_PREFIX = "prob_"
 REASON_COLUMN = "no_label_reason"
 
@@ -75,14 +87,16 @@ def output_kind(path: Path) -> str:
     return kind
 
 
-def output_columns(labels: list[str]) -> list[str]:
-    return [LABEL_COLUMN] + [f"{PROB_PREFIX}{label}" for label in labels] + [REASON_COLUMN]
+def output_columns(labels: list[str], multi_label: bool = False) -> list[str]:
+    first = LABELS_COLUMN if multi_label else LABEL_COLUMN
+    return [first] + [f"{PROB_PREFIX}{label}" for label in labels] + [REASON_COLUMN]
 
 
 # --- classifying and writing --------------------------------------------------------------------
 
 
-def check_columns(schema: pa.Schema, text_column: str, labels: list[str], path: Path) -> None:
+def check_columns(schema: pa.Schema, text_column: str, labels: list[str], path: Path,
+                  multi_label: bool = False) -> None:
     if text_column not in schema.names:
         raise PipelineError(f"{path}: no text column '{text_column}' (name it with --text-column, or "
                             f"predict.text_column); columns are: {', '.join(schema.names) or '(none)'}")
@@ -96,27 +110,30 @@ def check_columns(schema: pa.Schema, text_column: str, labels: list[str], path: 
     if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_null(text_type)
             or getattr(pa.types, "is_string_view", bool)(text_type)):
         raise PipelineError(f"{path}: text column '{text_column}' holds {text_type} values, not text")
-    clash = [c for c in output_columns(labels) if c in schema.names]
+    clash = [c for c in output_columns(labels, multi_label) if c in schema.names]
     if clash:
         raise PipelineError(f"{path}: the input already has a column '{clash[0]}', which the predictions "
                             "would overwrite; rename or drop it (is this a predictions file?)")
 
 
-def output_schema(schema: pa.Schema, labels: list[str]) -> pa.Schema:
+def output_schema(schema: pa.Schema, labels: list[str], multi_label: bool = False) -> pa.Schema:
     kept = [pa.field(f.name, f.type, f.nullable) for f in schema]  # without the readers' metadata
-    added = ([pa.field(LABEL_COLUMN, pa.string())] + [pa.field(f"{PROB_PREFIX}{lab}", pa.float32()) for lab in labels]
+    given = pa.field(LABELS_COLUMN, pa.list_(pa.string())) if multi_label else pa.field(LABEL_COLUMN, pa.string())
+    added = ([given] + [pa.field(f"{PROB_PREFIX}{lab}", pa.float32()) for lab in labels]
              + [pa.field(REASON_COLUMN, pa.string())])
     return pa.schema(kept + added)
 
 
 def predict_table(ckpt: Checkpoint, table: pa.Table, text_column: str, batch_size: int = 256,
                   min_confidence: float | None = None) -> pa.Table:
-    """The table with predicted_label, prob_<label> and no_label_reason columns added; rows without text,
-    or without tokens after cleaning, get nulls and their reason; rows below `min_confidence`, a null label,
-    their probabilities and the reason."""
+    """The table with predicted_label (a multi-label model's predicted_labels, a list), prob_<label> and
+    no_label_reason columns added; rows without text, or without tokens after cleaning, get nulls and their
+    reason; rows below `min_confidence`, a null label, their probabilities and the reason."""
     predictions = predict_texts(ckpt, table.column(text_column).to_pylist(), batch_size, min_confidence)
     missing = np.isnan(predictions.probs).any(axis=1)
-    columns = {LABEL_COLUMN: pa.array([predictions.label(i, ckpt.labels) for i in range(table.num_rows)], pa.string())}
+    given = [predictions.label(i, ckpt.labels) for i in range(table.num_rows)]
+    columns = {LABELS_COLUMN: pa.array(given, pa.list_(pa.string()))} if predictions.multi_label \
+        else {LABEL_COLUMN: pa.array(given, pa.string())}
     for k, name in enumerate(ckpt.labels):
         columns[f"{PROB_PREFIX}{name}"] = pa.array(np.nan_to_num(predictions.probs[:, k]), pa.float32(), mask=missing)
     columns[REASON_COLUMN] = pa.array(predictions.reasons, pa.string())
@@ -133,10 +150,14 @@ def _is_binary(arrow_type: pa.DataType) -> bool:
 
 def _as_text_table(table: pa.Table) -> pa.Table:
     """Nested columns (lists, structs, maps) as JSON text and binary columns as base64 text, for the CSV
-    and TSV writers, which take only flat text values."""
+    and TSV writers, which take only flat text values; a multi-label model's predicted_labels (no input
+    column has that name: check_columns) as its labels joined by '|'."""
     for i, field in enumerate(table.schema):
         kind = field.type.value_type if pa.types.is_dictionary(field.type) else field.type
-        if pa.types.is_nested(kind):
+        if field.name == LABELS_COLUMN and pa.types.is_list(kind):
+            text = pa.array([None if v is None else LABELS_SEPARATOR.join(v) for v in table.column(i).to_pylist()],
+                            pa.string())
+        elif pa.types.is_nested(kind):
             text = pa.array([json_text(v) for v in table.column(i).to_pylist()], pa.string())
         elif _is_binary(kind):
             text = pa.array([json_safe(v) for v in table.column(i).to_pylist()], pa.string())
@@ -254,8 +275,13 @@ def predict_file(ckpt: Checkpoint, input_path: Path, output_path: Path, text_col
 
 def _predict_chunks(ckpt: Checkpoint, reader: TableReader, output_path: Path, kind: str, text_column: str,
                     batch_size: int, min_confidence: float | None = None) -> BatchSummary:
-    check_columns(reader.schema, text_column, ckpt.labels, reader.path)
-    schema = output_schema(reader.schema, ckpt.labels)
+    multi_label = ckpt.task.name == "multi_label"
+    check_columns(reader.schema, text_column, ckpt.labels, reader.path, multi_label)
+    joined = next((label for label in ckpt.labels if LABELS_SEPARATOR in label), None) if multi_label else None
+    if joined is not None and kind in ("csv", "tsv"):
+        raise PipelineError(f"{output_path}: the model's label {joined!r} holds '{LABELS_SEPARATOR}', which joins a "
+                            f"text's labels in {kind.upper()}: write .parquet or .jsonl instead")
+    schema = output_schema(reader.schema, ckpt.labels, multi_label)
     rows = without_text = without_tokens = uncertain_rows = chunks = 0
     with atomic_path(output_path) as tmp:
         writer = TableWriter(tmp, kind, schema, output_path)

@@ -15,6 +15,12 @@ Two views of one prediction, token by token, over the tokens the model read (aft
 `misclassified_html` turns the test split's misclassified examples into one self-contained page (no
 script, no external resource): most confident first, each word shaded by its attribution toward the
 wrong label the model chose, underlined by its attention weight.
+
+A multi-label model (pipeline.tasks.MultiLabel) gives a text a set of labels, each by its own sigmoid
+probability: `explain_label_sets` explains each label of a set (the predicted ones: `predicted_label_sets`)
+by the attributions of that label's probability, one Explanation per label (none for an empty set; each
+label costs one integrated-gradients pass). Its misclassified page explains the labels it got wrong:
+those it missed (words shaded toward and against the label's probability) and those it gave wrongly.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import torch
 from pipeline.batching import bucket_batches, pad_batch, truncate
 from pipeline.checkpoint import Checkpoint
 from pipeline.files import atomic_path
-from pipeline.inference import encode_texts
+from pipeline.inference import encode_texts, predict_texts
 from pipeline.model import TextClassifier
 from pipeline.text import tokenize
 
@@ -163,6 +169,28 @@ def explain_texts(ckpt: Checkpoint, texts: Sequence[str], targets: Sequence[int]
     return explain_tokens(ckpt, [tokenize(t, ckpt.text_config) for t in texts], targets, steps, batch_size)
 
 
+def explain_label_sets(ckpt: Checkpoint, token_lists: Sequence[Sequence[str]], label_sets: Sequence[Sequence[int]],
+                       steps: int = IG_STEPS, batch_size: int = EXPLAIN_BATCH) -> list[list[Explanation]]:
+    """Per tokenized text, one explanation per label of its set (indices into the checkpoint's labels), in
+    the set's order: the attributions of that label's probability (a multi-label model's own sigmoid)."""
+    pairs = [(i, target) for i, targets in enumerate(label_sets) for target in targets]
+    flat = explain_tokens(ckpt, [token_lists[i] for i, _ in pairs], [t for _, t in pairs], steps, batch_size) \
+        if pairs else []
+    out: list[list[Explanation]] = [[] for _ in label_sets]
+    for (i, _), explanation in zip(pairs, flat):
+        out[i].append(explanation)
+    return out
+
+
+def predicted_label_sets(ckpt: Checkpoint, texts: Sequence[str], steps: int = IG_STEPS,
+                         batch_size: int = EXPLAIN_BATCH) -> list[list[Explanation]]:
+    """Per raw text, an explanation of each label a multi-label model gives it (its probability at or above
+    the label's threshold); an empty list for a text given none."""
+    decided = ckpt.task.decide(np.nan_to_num(predict_texts(ckpt, texts).probs, nan=0.0))
+    tokens = [tokenize(t, ckpt.text_config) for t in texts]
+    return explain_label_sets(ckpt, tokens, [np.flatnonzero(row).tolist() for row in decided], steps, batch_size)
+
+
 # --- text and HTML rendering -----------------------------------------------------------------------------
 
 
@@ -217,10 +245,13 @@ th{background:#f4f4f4}.num{text-align:right;white-space:nowrap}.cut{color:#888;f
 def misclassified_html(ckpt: Checkpoint, rows: Sequence[dict], total: int | None = None,
                        steps: int = IG_STEPS) -> str:
     """The page: one table row per misclassified example (dicts with text, label, predicted, confidence and
-    optionally tokens), in the order given, each word shaded by its attribution toward the prediction."""
+    optionally tokens), in the order given, each word shaded by its attribution toward the prediction. A
+    multi-label model's rows: multilabel_misclassified_html."""
     labels = ckpt.labels
     token_lists = [list(r["tokens"]) if isinstance(r.get("tokens"), (list, tuple, np.ndarray))
                    else tokenize(str(r["text"]), ckpt.text_config) for r in rows]
+    if ckpt.task.name == "multi_label":
+        return multilabel_misclassified_html(ckpt, rows, token_lists, total, steps)
     targets = [labels.index(r["predicted"]) for r in rows]
     explanations = explain_tokens(ckpt, token_lists, targets, steps) if rows else []
     total = len(rows) if total is None else total
@@ -241,6 +272,64 @@ by its integrated-gradients attribution toward the label the model wrongly chose
 it</span> <span class="n" style="--a:.7">against it</span>, strength relative to the strongest word of the same
 text{attention_note}. Hover a word for its attribution. The small line under each is the text as written.</p>
 <table><thead><tr><th>#</th><th>confidence</th><th>true</th><th>predicted</th><th>words, by attribution</th></tr></thead>
+<tbody>
+{chr(10).join(body)}
+</tbody></table></body></html>
+"""
+
+
+LABELS_SEPARATOR = " | "  # how the evaluate stage writes a label set in misclassified.csv
+
+
+def label_set(row: dict, key: str) -> list[str]:
+    """A row's label set: its list under `key`_set where given (the evaluate stage passes them), else its
+    " | "-joined string under `key` split ("" is the empty set)."""
+    given = row.get(f"{key}_set")
+    if isinstance(given, (list, tuple, np.ndarray)):
+        return [str(x) for x in given]
+    text = str(row[key]) if row.get(key) is not None else ""
+    return [name for name in text.split(LABELS_SEPARATOR) if name] if text else []
+
+
+def multilabel_misclassified_html(ckpt: Checkpoint, rows: Sequence[dict], token_lists: list[list[str]],
+                                  total: int | None = None, steps: int = IG_STEPS) -> str:
+    """A multi-label model's page: per text not given exactly its labels, each label it got wrong (missed:
+    true but not given; spurious: given but not true) explained by the attributions of that label's own
+    probability, words shaded toward it (orange) and against it (blue)."""
+    labels, index = ckpt.labels, {name: j for j, name in enumerate(ckpt.labels)}
+    thresholds = ckpt.thresholds or [0.5] * len(labels)
+    wrong = []
+    for row in rows:
+        true, given = set(label_set(row, "label")), set(label_set(row, "predicted"))
+        wrong.append([(name, "missed") for name in labels if name in true - given]
+                     + [(name, "wrongly given") for name in labels if name in given - true])
+    found = explain_label_sets(ckpt, token_lists, [[index[name] for name, _ in w] for w in wrong], steps)
+    total = len(rows) if total is None else total
+    shown = f"All {total}" if total == len(rows) else f"The {len(rows)} most confident of {total}"
+    body = []
+    for rank, (row, mistakes, explanations) in enumerate(zip(rows, wrong, found), 1):
+        parts = []
+        for (name, kind), explanation in zip(mistakes, explanations):
+            j = index[name]
+            parts.append(f'<div class="{kind.split()[0]}"><b>{kind} {html.escape(name)}</b> '
+                         f"<small>(p {explanation.probabilities[j]:.4f}, threshold {thresholds[j]:.2f})</small>: "
+                         f"{tokens_html(explanation)}</div>")
+        show = lambda names: html.escape(LABELS_SEPARATOR.join(names)) or "<i>(none)</i>"  # noqa: E731
+        body.append(f"<tr><td class=num>{rank}</td><td class=num>{float(row['confidence']):.4f}</td>"
+                    f"<td>{show(label_set(row, 'label'))}</td><td>{show(label_set(row, 'predicted'))}</td>"
+                    f"<td>{''.join(parts)}<small>{html.escape(str(row['text']))}</small></td></tr>")
+    attention_note = ("; underlined by the model's attention weight" if ckpt.model.cfg.pooling == "attention" else "")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Misclassified test examples</title>
+<style>{_REPORT_STYLE}</style></head><body>
+<h1>Misclassified test examples</h1>
+<p>{shown} test texts not given exactly their labels, the most confident first (confidence: the least sure of
+a text's label decisions). For each label the model got wrong, <b>missed</b> (a true label not given) or
+<b>wrongly given</b>, each word the model read is shaded by its integrated-gradients attribution to that
+label's own probability: <span class="p" style="--a:.7">toward the label</span>
+<span class="n" style="--a:.7">against it</span>, strength relative to the strongest word{attention_note}.
+Hover a word for its attribution. The small line under each is the text as written.</p>
+<table><thead><tr><th>#</th><th>confidence</th><th>true</th><th>predicted</th><th>words, by attribution, per wrong label</th></tr></thead>
 <tbody>
 {chr(10).join(body)}
 </tbody></table></body></html>

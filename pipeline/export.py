@@ -11,6 +11,10 @@ The exported graph:
 - output `probabilities`, float32 (batch, classes): the calibrated softmax over the classes,
   softmax(logits / temperature) with the checkpoint's fitted temperature inside the graph (the sidecar's
   `temperature` says which; pipeline.calibration), in the order of `labels`. Batch and time are dynamic axes.
+  A multi-label model (sidecar `task`: multi_label) outputs each label's own probability instead,
+  sigmoid(logits / temperature), which do not sum to 1; its sidecar's `thresholds` (one per label, chosen
+  on validation) decide: a text gets every label whose probability is at or above its threshold, possibly
+  none. The sidecar's `task` is single_label for every other model.
 
 Beside the file, `<output>.json` (the sidecar) holds what a consumer needs to turn text into those
 inputs: the vocabulary (`itos`: id -> token), `unk_id`, `pad_id`, `labels`, `max_tokens` and
@@ -58,15 +62,18 @@ SIDECAR_FORMAT = 1
 
 
 class ProbabilityModel(nn.Module):
-    """The classifier with its calibrated softmax on top: (ids, lengths) -> softmax(logits / temperature)."""
+    """The classifier with its calibrated softmax on top: (ids, lengths) -> softmax(logits / temperature);
+    a multi-label model's, sigmoid(logits / temperature) (one probability per label)."""
 
-    def __init__(self, model: nn.Module, temperature: float = 1.0):
+    def __init__(self, model: nn.Module, temperature: float = 1.0, multi_label: bool = False):
         super().__init__()
         self.model = model
+        self.multi_label = multi_label  # a Python constant: the traced graph holds one or the other
         self.register_buffer("temperature", torch.tensor(float(temperature)))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(ids, lengths) / self.temperature, dim=-1)
+        scaled = self.model(ids, lengths) / self.temperature
+        return torch.sigmoid(scaled) if self.multi_label else torch.softmax(scaled, dim=-1)
 
 
 def example_inputs(pad_id: int, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +88,8 @@ def example_inputs(pad_id: int, vocab_size: int) -> tuple[torch.Tensor, torch.Te
 
 def _exportable(ckpt: Checkpoint) -> ProbabilityModel:
     """A frozen copy: without gradients, a consumer's outputs are plain tensors (no .detach() needed)."""
-    wrapped = ProbabilityModel(copy.deepcopy(ckpt.model), ckpt.temperature).cpu().eval()
+    wrapped = ProbabilityModel(copy.deepcopy(ckpt.model), ckpt.temperature,
+                               ckpt.task.name == "multi_label").cpu().eval()
     wrapped.requires_grad_(False)
     return wrapped
 
@@ -129,6 +137,13 @@ def to_onnx(ckpt: Checkpoint) -> bytes:
 def sidecar(ckpt: Checkpoint, fmt: str, model_file: str) -> dict:
     """What a consumer of the exported file needs to build its inputs and read its output."""
     cfg = ckpt.model.cfg
+    multi_label = ckpt.task.name == "multi_label"
+    meaning = ("float32 (batch, labels): each label's own sigmoid(logits / temperature) probability, in the order "
+               "of labels (they do not sum to 1); a text gets every label whose probability is at or above its "
+               "threshold (`thresholds`, in the same order), possibly none" if multi_label else
+               "float32 (batch, classes): softmax(logits / temperature) probabilities, in the order of labels "
+               "(the temperature is applied inside the graph)")
+    decision = {"thresholds": [float(t) for t in (ckpt.thresholds or [0.5] * len(ckpt.labels))]} if multi_label else {}
     return {
         "sidecar_format": SIDECAR_FORMAT,
         "model_file": model_file,
@@ -137,11 +152,11 @@ def sidecar(ckpt: Checkpoint, fmt: str, model_file: str) -> dict:
             "ids": "int64 (batch, time): token ids, each row padded after its last token with pad_id",
             "lengths": "int64 (batch,): each row's number of tokens (>= 1)",
         },
-        "output": {"name": OUTPUT_NAME, "meaning": "float32 (batch, classes): softmax(logits / temperature) "
-                                                   "probabilities, in the order of labels (the temperature is "
-                                                   "applied inside the graph)"},
+        "output": {"name": OUTPUT_NAME, "meaning": meaning},
+        "task": ckpt.task.name,
         "temperature": ckpt.temperature,
         "labels": list(ckpt.labels),
+        **decision,
         "pad_id": cfg.pad_id,
         "unk_id": ckpt.unk_id,
         "max_tokens": ckpt.max_tokens,

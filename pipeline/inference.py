@@ -11,6 +11,12 @@ The probabilities are calibrated: softmax(logits / T) with the checkpoint's temp
 (pipeline.calibration; TextClassifier.probabilities). With a minimum confidence P (--min-confidence,
 predict.min_confidence, the server's "min_confidence"), a text whose top probability is below P gets no
 label either: its reason says "uncertain", and its probabilities are kept.
+
+A multi-label model (pipeline.tasks.MultiLabel) gives each text a set of labels, possibly empty: every label
+whose sigmoid probability reaches its threshold. Its `label(i)` is that list, its answer
+{"labels": [...], "probabilities": {...}} ({"labels": null, ..., "reason"} without an answer), and under a
+minimum confidence P a text is uncertain when any one of its label decisions is less sure than P (the
+task's confidence: p for a label given, 1 - p for one left out).
 """
 
 from __future__ import annotations
@@ -89,8 +95,11 @@ NO_TOKENS = ("no tokens after cleaning (markup, links and invisible characters a
              "prepare.numbers: drop): nothing for the model to read")
 
 
-def uncertain(min_confidence: float) -> str:
+def uncertain(min_confidence: float, task: Task = SINGLE_LABEL) -> str:
     """The reason a text gets no label under a minimum confidence (its probabilities are kept)."""
+    if task.name == "multi_label":
+        return (f"uncertain: a label's decision is less sure than {min_confidence:g} (the minimum confidence; "
+                "p for a label given, 1 - p for one left out)")
     return f"uncertain: no class has probability {min_confidence:g} or more (the minimum confidence)"
 
 
@@ -107,8 +116,18 @@ class Predictions:
     def labelled(self) -> np.ndarray:
         return np.array([r is None for r in self.reasons], dtype=bool)
 
-    def label(self, i: int, labels: Sequence[str]) -> str | None:
-        return None if self.reasons[i] is not None else labels[int(self.task.decide(self.probs[i]))]
+    @property
+    def multi_label(self) -> bool:
+        return self.task.name == "multi_label"
+
+    def label(self, i: int, labels: Sequence[str]) -> str | list[str] | None:
+        """Text i's label (a multi-label model's: its list of labels, maybe empty); None without one."""
+        if self.reasons[i] is not None:
+            return None
+        decided = self.task.decide(self.probs[i])
+        if self.multi_label:
+            return [label for label, yes in zip(labels, decided) if yes]
+        return labels[int(decided)]
 
     def without(self, reason: str) -> int:
         return sum(r == reason for r in self.reasons)
@@ -124,21 +143,25 @@ class Predictions:
         return cls(np.concatenate([p.probs for p in parts]), [r for p in parts for r in p.reasons], parts[0].task)
 
     def abstaining(self, min_confidence: float | None) -> "Predictions":
-        """The same predictions with the labelled texts whose top probability is below `min_confidence`
-        marked uncertain (label null, probabilities kept); unchanged with None."""
+        """The same predictions with the labelled texts whose confidence (the task's: the top probability;
+        a multi-label model's least sure label decision) is below `min_confidence` marked uncertain (label
+        null, probabilities kept); unchanged with None."""
         if min_confidence is None:
             return self
-        reason = uncertain(min_confidence)
-        top = np.nan_to_num(self.probs, nan=1.0).max(axis=1, initial=0.0)
+        reason = uncertain(min_confidence, self.task)
+        if len(self.reasons) == 0 or self.probs.shape[1] == 0:
+            top = np.ones(len(self.reasons))
+        else:
+            top = self.task.confidence(np.nan_to_num(self.probs, nan=1.0))
         return Predictions(self.probs, [reason if r is None and top[i] < min_confidence else r
                                         for i, r in enumerate(self.reasons)], self.task)
 
     def answer(self, i: int, labels: Sequence[str]) -> dict:
-        """Text i's label and probabilities as the server and `--json` give them; a null label and a reason
-        when it has none (null probabilities too, unless the reason is that it is uncertain)."""
+        """Text i's label (a multi-label model's "labels") and probabilities as the server and `--json` give
+        them (the task's answer); a null label and a reason when it has none (null probabilities too, unless the reason is that it is uncertain)."""
         if self.reasons[i] is not None:
             scored = not np.isnan(self.probs[i]).any()
-            return {"label": None, "probabilities": {lab: float(v) for lab, v in zip(labels, self.probs[i])}
+            return {"labels" if self.multi_label else "label": None, "probabilities": {lab: float(v) for lab, v in zip(labels, self.probs[i])}
                     if scored else None, "reason": self.reasons[i]}
         return self.task.answer(self.probs[i], labels)
 

@@ -13,6 +13,12 @@ test_accuracy, lstm_test_acc, macro_f1, baseline_test_f1, ...). A missing file o
 missing, not an error; a file that exists but cannot be read (a folder, no permission, not UTF-8, not
 JSON) is an error naming it. No timestamps, so the same inputs give the same card, byte for byte.
 
+A multi-label model (the checkpoint's task multi_label: several labels per text) is described as such: how
+it decides (a label is given when its own sigmoid probability reaches that label's threshold, chosen on the
+validation split; a text may get none), its thresholds, and, from metrics/eval/report.json (the evaluate
+stage's multi-label figures), subset accuracy, Hamming loss, micro-, macro- and samples-F1 and each label's
+precision, recall, F1, support and threshold.
+
 Where params.yaml and metrics/ are looked for, unless --params and --metrics say: in the model's
 checkout, the folder above `models/` when the model is at <checkout>/models/<file> (so the card of
 /abs/checkout/models/model.pt is the same from any directory); otherwise in the current directory. When
@@ -60,6 +66,8 @@ def checkpoint_facts(ckpt: Checkpoint) -> dict:
         "parameters": sum(p.numel() for p in ckpt.model.parameters()),
         "info": ckpt.info,
         "temperature": ckpt.temperature,
+        "task": ckpt.task.name,
+        "thresholds": ckpt.thresholds,
     }
 
 
@@ -144,12 +152,17 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
     cut = (f"at most {facts['max_tokens']} tokens ({facts['truncation']})" if facts["max_tokens"]
            else "every token (no limit)")
 
-    lines = [f"# Model card: `{model_name}`", "",
-             f"A text classifier over {len(labels)} classes: {', '.join(f'`{lab}`' for lab in labels)}. "
-             "It returns one probability per class (softmax); the prediction is the most probable class.",
-             f"The probabilities are temperature-scaled (softmax of logits / {_cell(facts.get('temperature', 1.0))}, "
-             "the temperature fitted on the validation split), which never changes the prediction.", "",
-             "## Model", "",
+    multi_label = facts.get("task") == "multi_label"
+    lines = [f"# Model card: `{model_name}`", ""]
+    if multi_label:
+        lines += _decisions(facts)
+    else:
+        lines += [f"A text classifier over {len(labels)} classes: {', '.join(f'`{lab}`' for lab in labels)}. "
+                  "It returns one probability per class (softmax); the prediction is the most probable class.",
+                  f"The probabilities are temperature-scaled (softmax of logits / "
+                  f"{_cell(facts.get('temperature', 1.0))}, the temperature fitted on the validation split), which "
+                  "never changes the prediction."]
+    lines += ["", "## Model", "",
              f"- Architecture: {_architecture(cfg, facts)}.",
              f"- Vocabulary: {facts['vocab_size']:,} tokens from the training split (id {cfg.get('pad_id')} is "
              f"padding, id {facts['unk_id']} stands for every unknown word).",
@@ -160,7 +173,8 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
     if "best_epoch" in info:
         best_val = info.get("best_val_accuracy")
         lines.append(f"- Training: the weights of epoch {info['best_epoch']}, the best on validation"
-                     + (f" (accuracy {_cell(best_val)})." if best_val is not None else "."))
+                     + (f" ({'samples-F1 at 0.5: ' if multi_label else 'accuracy '}{_cell(best_val)})."
+                        if best_val is not None else "."))
     if info.get("params"):
         lines += ["", "<details><summary>Training parameters (params.yaml <code>train</code>)</summary>", "",
                   *_table(sorted(info["params"].items())), "", "</details>"]
@@ -182,11 +196,13 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
                 for model, endings in HEADLINE_FILES.items()]
     headline = [row for row in headline if row[1] is not None or row[2] is not None]
     if headline:
-        lines += ["| model | test accuracy | macro-F1 |", "|---|---:|---:|"]
+        lines += [f"| model | {'subset accuracy' if multi_label else 'test accuracy'} | macro-F1 |", "|---|---:|---:|"]
         lines += [f"| {name} | {_cell(acc) if acc is not None else '–'} | {_cell(f1) if f1 is not None else '–'} |"
                   for name, acc, f1 in headline]
-    else:
+    elif not multi_label:
         lines.append("No evaluation metrics were found (run the evaluate stage).")
+    if multi_label:
+        lines += ([""] if headline else []) + _multilabel_results(metrics, facts)
     lines += _calibration(metrics)
     for name, data in metrics.items():
         lines += ["", f"### `{name}`", ""]
@@ -201,7 +217,9 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
     trained_on = f"{train_rows:,} training rows of " if isinstance(train_rows, int) else ""
     lines += ["", "## Limits", "",
               f"- It was trained on {trained_on}one corpus ({_source(corpus)}) and knows only its "
-              f"{len(labels)} labels: every text gets one of them, however unlike the training texts it is. "
+              f"{len(labels)} labels: every text gets "
+              f"{'a set of them (maybe none)' if multi_label else 'one of them'}, however unlike the training "
+              "texts it is. "
               "Texts of another domain, register or length get probabilities that look as confident and "
               "mean less: the temperature was fitted on validation texts like the training ones.",
               "- The tokenizer splits English clitics the Penn Treebank way and keeps the words of other "
@@ -223,12 +241,58 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
     return "\n".join(lines)
 
 
+def _decisions(facts: dict) -> list[str]:
+    """A multi-label model's opening: what it returns and how it decides."""
+    labels, thresholds = facts["labels"], facts.get("thresholds")
+    chosen = ("chosen on the validation split to give each label its best F1" if thresholds is not None
+              else "0.5 each: none were chosen for this checkpoint")
+    listed = ", ".join(f"`{lab}` {_cell(t)}" for lab, t in zip(labels, thresholds or [0.5] * len(labels)))
+    return [f"A multi-label text classifier over {len(labels)} labels: {', '.join(f'`{lab}`' for lab in labels)}. "
+            "A text may have several of them, or none. The model returns one probability per label, each its own "
+            f"(a sigmoid of logits / {_cell(facts.get('temperature', 1.0))}; they do not sum to 1).",
+            "", "How it decides: a text is given every label whose probability reaches (is at or above) that label's "
+            f"threshold, {chosen}: {listed}. A text whose probabilities are all below their thresholds gets no "
+            "label (an empty set, not an error)."]
+
+
+def _multilabel_results(metrics: dict[str, dict | None], facts: dict) -> list[str]:
+    """A multi-label model's test figures, from the evaluate stage's report (module doc)."""
+    report = next((data for name, data in metrics.items() if name.endswith("eval/report.json") and data), None)
+    if not isinstance(report, dict) or "micro_f1" not in report:
+        return ["No multi-label evaluation report was found (metrics/eval/report.json: run the evaluate stage)."]
+    rows = [("subset accuracy (the whole label set right)", report.get("accuracy")),
+            ("Hamming loss (share of (text, label) decisions wrong)", report.get("hamming_loss")),
+            ("micro-F1 (over every (text, label) decision)", report.get("micro_f1")),
+            ("macro-F1 (mean of the labels' F1)", report.get("macro_f1")),
+            ("samples-F1 (mean of each text's F1)", report.get("samples_f1"))]
+    cardinality = report.get("label_cardinality")
+    if isinstance(cardinality, dict):
+        rows.append(("labels per text, actual / predicted",
+                     f"{_cell(cardinality.get('actual'))} / {_cell(cardinality.get('predicted'))}"))
+    if report.get("test_rows") is not None:
+        rows.append(("test texts", report["test_rows"]))
+    lines = ["On the test split, at the thresholds above:", "", *_table(rows, ("figure", "value"))]
+    per_class = report.get("per_class") if isinstance(report.get("per_class"), dict) else {}
+    thresholds = report.get("thresholds") if isinstance(report.get("thresholds"), dict) else \
+        dict(zip(facts["labels"], facts.get("thresholds") or []))
+    if per_class:
+        lines += ["", "| label | threshold | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|---:|"]
+        for label, figures in per_class.items():
+            figures = figures if isinstance(figures, dict) else {}
+            lines.append(f"| {_cell(label)} | {_cell(thresholds.get(label, '–'))} | "
+                         + " | ".join(_cell(figures.get(k, "–")) for k in ("precision", "recall", "f1", "support"))
+                         + " |")
+    return lines
+
+
 def _calibration(metrics: dict[str, dict | None]) -> list[str]:
     """The calibration section, from the evaluate stage's report (pipeline.calibration); none without it."""
     report = next((data for name, data in metrics.items() if name.endswith("eval/report.json") and data), {})
     cal = report.get("calibration") if isinstance(report, dict) else None
     if not isinstance(cal, dict):
         return []
+    if cal.get("per") == "text and label":  # a multi-label model's (the evaluate stage's multi-label figures)
+        return _multilabel_calibration(cal)
     lines = ["", "### Calibration and abstaining (test split)", "",
              f"Expected calibration error ({cal.get('bins', 15)} equal-width bins; 0 is perfect) "
              f"{_cell(cal.get('ece_raw'))} before temperature scaling, {_cell(cal.get('ece'))} after "
@@ -239,6 +303,22 @@ def _calibration(metrics: dict[str, dict | None]) -> list[str]:
         lines += ["With `--min-confidence P` (textclf-predict, `predict.min_confidence`, textclf-serve), a text "
                   "whose top probability is below P gets no label (\"uncertain\"). On the test split:", "",
                   "| min confidence | texts labelled (coverage) | accuracy on them |", "|---:|---:|---:|"]
+        lines += [f"| {_cell(r.get('min_confidence'))} | {_cell(r.get('coverage'))} | "
+                  f"{_cell(r.get('accuracy')) if r.get('accuracy') is not None else '–'} |" for r in rows]
+    return lines
+
+
+def _multilabel_calibration(cal: dict) -> list[str]:
+    lines = ["", "### Calibration and abstaining (test split)", "",
+             f"Over every (text, label) probability: expected calibration error ({cal.get('bins', 15)} equal-width "
+             f"bins; 0 is perfect) {_cell(cal.get('ece'))}, Brier score {_cell(cal.get('brier'))}.", ""]
+    rows = [row for row in cal.get("min_confidence") or [] if isinstance(row, dict)]
+    if rows:
+        lines += ["With `--min-confidence P` (textclf-predict, `predict.min_confidence`, textclf-serve), a text gets no "
+                  "labels (\"uncertain\") when any one of its label decisions is less sure than P (p for a label given, "
+                  "1 - p for one left out). On the test split, with the share of labelled texts whose whole set is "
+                  "right:", "",
+                  "| min confidence | texts labelled (coverage) | whole set right |", "|---:|---:|---:|"]
         lines += [f"| {_cell(r.get('min_confidence'))} | {_cell(r.get('coverage'))} | "
                   f"{_cell(r.get('accuracy')) if r.get('accuracy') is not None else '–'} |" for r in rows]
     return lines

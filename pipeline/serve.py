@@ -3,7 +3,8 @@
     POST /predict   {"text": "..."} or {"texts": [...]}, optional "explain": true, "min_confidence": P
                     -> {"labels": [...], "predictions": [{"label", "probabilities", "explanation"?}, ...]}
                     (probabilities calibrated; below P, or the server's --min-confidence, label null and
-                    reason "uncertain: ...")
+                    reason "uncertain: ..."); a multi-label model answers {"labels": [...], "probabilities",
+                    "explanations"?: one per label given} per text (pipeline.tasks.MultiLabel)
     GET  /health    the process answers
     GET  /ready     the model's identity: its md5, the file's md5 now (status "stale" when the file was
                     replaced since it was loaded: restart), the dvc.lock record, labels, vocabulary size
@@ -48,11 +49,12 @@ from fastapi import Request  # at module level: FastAPI resolves the endpoint's 
 from pipeline.checkpoint import load_checkpoint, require_model_file
 from pipeline.errors import PipelineError
 from pipeline.files import DuplicateKey, unique_keys
-from pipeline.explain import explain_texts
+from pipeline.explain import explain_label_sets, explain_texts
 from pipeline.inference import predict_texts
 from pipeline.serve_http import BoundedH11Protocol, ConnectionBounds, raise_open_files_limit
 from pipeline.serve_identity import ModelWatch, dvc_lock_record, file_key, model_identity  # noqa: F401
 from pipeline.serve_queue import Batcher, Limits, RequestError  # noqa: F401 (Batcher: the tests' too)
+from pipeline.text import tokenize
 
 TOKEN_ENV = "TEXTCLF_SERVE_TOKEN"
 PROTECTED = ("/predict", "/ready", "/version")  # what a token guards; the page and /health stay open
@@ -207,13 +209,22 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
     cap = ckpt.max_tokens or 10**9
     batcher = Batcher(lambda texts: predict_texts(ckpt, texts, limits.batch_texts), limits,
                       explain=lambda texts: explained(texts), words=lambda text: max(1, min(len(text.split()), cap)))
-    page, page_headers = render_page(labels, limits, token is not None, ckpt.model.cfg.pooling == "attention")
+    page, page_headers = render_page(labels, limits, token is not None, ckpt.model.cfg.pooling == "attention",
+                                     ckpt.thresholds if ckpt.task.name == "multi_label" else None,
+                                     min_confidence)
 
     def explained(texts: list[str]):
         predictions = predict_texts(ckpt, texts, limits.batch_texts)  # a text with no tokens: no label, no explanation
         labelled = [i for i, reason in enumerate(predictions.reasons) if reason is None]
         explanations = [None] * len(texts)
-        for i, explanation in zip(labelled, explain_texts(ckpt, [texts[i] for i in labelled], steps=limits.steps)):
+        if predictions.multi_label:  # one explanation per label given
+            index = {label: j for j, label in enumerate(labels)}
+            sets = [[index[label] for label in predictions.label(i, labels)] for i in labelled]
+            tokens = [tokenize(texts[i], ckpt.text_config) for i in labelled]
+            found = explain_label_sets(ckpt, tokens, sets, steps=limits.steps)
+        else:
+            found = explain_texts(ckpt, [texts[i] for i in labelled], steps=limits.steps)
+        for i, explanation in zip(labelled, found):
             explanations[i] = explanation
         return predictions, explanations
 
@@ -252,7 +263,9 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
         predictions = []
         for i in range(len(answers)):  # pipeline.inference: a text with no tokens has a null label and a reason
             row = answers.answer(i, labels)
-            if explanations is not None:
+            if explanations is not None and answers.multi_label:
+                row["explanations"] = None if explanations[i] is None else [x.to_dict(labels) for x in explanations[i]]
+            elif explanations is not None:
                 row["explanation"] = None if explanations[i] is None else explanations[i].to_dict(labels)
             predictions.append(row)
         return JSONResponse({"labels": labels, "predictions": predictions})

@@ -6,7 +6,12 @@ and requests to the server itself, nothing else. Texts go in a box (one per line
 text); each result shows the label, a bar per class, and the words the model read, shaded by their
 attribution toward the label (orange toward, blue against) and underlined by the attention weight when
 the model pools by attention. A link may carry texts in its fragment, `/#text=...&text=...`: the page
-classifies them when it opens (the fragment never reaches the server's logs).
+classifies them when it opens (the fragment never reaches the server's logs). A "min confidence" field sends
+the request's `min_confidence` (empty: the server's default; the fragment's `min_confidence=P` fills it).
+
+A multi-label model's answer is a set of labels (LabelSetPrediction): the page shows each label given (or
+"(no label)"), a bar per label with its own probability and threshold (a given label's name in bold), and
+the words shaded for each label given, one row of words per label.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import base64
 import hashlib
 import html
 import json
+
+from typing import Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -47,6 +54,9 @@ class Explanation(BaseModel):
 
 
 class Prediction(BaseModel):
+    """A single-label model's answer for one text."""
+
+    model_config = ConfigDict(extra="forbid")
     label: str | None = Field(description="null when the text has no tokens after cleaning, or is below the "
                                           "minimum confidence: see reason")
     probabilities: dict[str, float] | None = Field(description="calibrated (softmax of logits / temperature); "
@@ -55,9 +65,27 @@ class Prediction(BaseModel):
     reason: str | None = Field(None, description="why there is no label (only when label is null)")
 
 
+class LabelSetPrediction(BaseModel):
+    """A multi-label model's answer for one text: a set of labels, each label's own probability."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels: list[str] | None = Field(description="every label whose probability reaches its threshold (chosen on "
+                                                 "validation), in the model's label order; [] when none does; "
+                                                 "null when the text has no tokens after cleaning, or is below "
+                                                 "the minimum confidence: see reason")
+    probabilities: dict[str, float] | None = Field(description="each label's own probability (a sigmoid; they do "
+                                                               "not sum to 1); null when the text has no tokens")
+    explanations: list[Explanation] | None = Field(None, description="with explain: one per label given (its "
+                                                                     "target), attributions of its probability")
+    reason: str | None = Field(None, description="why there is no answer (only when labels is null); uncertain: "
+                                                 "a label's decision (p given, 1 - p left out) is below the "
+                                                 "minimum confidence")
+
+
 class PredictResponse(BaseModel):
-    labels: list[str]
-    predictions: list[Prediction]
+    labels: list[str] = Field(description="the model's labels, in the order of its outputs")
+    predictions: Union[list[Prediction], list[LabelSetPrediction]] = Field(
+        description="one per text, in order: a single-label model's (label) or a multi-label model's (labels)")
 
 
 STYLE = """
@@ -70,6 +98,7 @@ button{font:inherit;padding:.3em 1.2em}.hidden{display:none}
 .prob .name{width:9em;overflow:hidden;text-overflow:ellipsis}.prob .track{flex:1;max-width:20em;background:#eee;height:.8em}
 .prob .fill{background:#4a7ab5;height:100%}.words{margin-top:.4em;line-height:2}
 .tok{padding:1px 3px;border-radius:3px;margin-right:2px}.cut{color:#888;font-style:italic;margin-right:4px}
+#minconf{width:6em}.given .name{font-weight:bold}.nolabel{color:#666}.for{font-size:.85em;color:#444;margin-top:.3em}
 .key span{padding:1px 4px;border-radius:3px}.key .pos{background:rgba(230,97,1,.6)}.key .neg{background:rgba(33,102,172,.6)}
 small{color:#666}
 """
@@ -115,10 +144,43 @@ function words(x) {
   if (x.dropped_tokens && x.cut_at >= x.tokens.length) cut();
   return box;
 }
+function showSet(p, text, labels) {  // a multi-label model's answer: a set of labels
+  const r = el("div", "result");
+  const head = el("div", "", "");
+  if (p.labels === null) {  // no tokens after cleaning, or uncertain: no answer, and why
+    head.appendChild(el("span", "label", "no label"));
+    head.appendChild(el("span", "", "  " + p.reason));
+    r.appendChild(head); r.appendChild(el("small", "", text));
+    return r;
+  }
+  if (!p.labels.length) head.appendChild(el("span", "label nolabel", "(no label)"));
+  p.labels.forEach((lab) => {
+    head.appendChild(el("span", "label", lab));
+    head.appendChild(el("span", "", "  " + (100 * p.probabilities[lab]).toFixed(1) + "%  "));
+  });
+  r.appendChild(head);
+  labels.forEach((lab, j) => {
+    const row = el("div", p.labels.includes(lab) ? "prob given" : "prob");
+    row.appendChild(el("span", "name", lab));
+    const track = el("div", "track"), fill = el("div", "fill");
+    fill.style.width = (100 * p.probabilities[lab]).toFixed(1) + "%";
+    track.appendChild(fill); row.appendChild(track);
+    row.appendChild(el("span", "value", p.probabilities[lab].toFixed(4)));
+    if (cfg.thresholds) row.appendChild(el("small", "threshold", "threshold " + cfg.thresholds[j].toFixed(2)));
+    r.appendChild(row);
+  });
+  (p.explanations || []).forEach((x) => {
+    r.appendChild(el("div", "for", "words for " + x.target + ":"));
+    r.appendChild(words(x));
+  });
+  r.appendChild(el("small", "", text));
+  return r;
+}
 function show(texts, data) {
   const out = $("results");
   out.replaceChildren();
   data.predictions.forEach((p, i) => {
+    if ("labels" in p) { out.appendChild(showSet(p, texts[i], data.labels)); return; }
     const r = el("div", "result");
     const head = el("div", "", "");
     if (p.label === null) {  // nothing left to read after cleaning: no label, and why
@@ -151,13 +213,20 @@ async function classify() {
   const texts = $("perline").checked ? raw.split(/\r?\n/).filter((t) => t.trim()) : (raw.trim() ? [raw] : []);
   $("error").textContent = "";
   if (!texts.length) { $("error").textContent = "Type or paste a text first."; return; }
+  const body = {texts: texts, explain: $("explain").checked};
+  const least = $("minconf").value.trim();
+  if (least !== "") {
+    const value = Number(least);
+    if (!(value >= 0 && value <= 1)) { $("error").textContent = "min confidence: give a probability from 0 to 1, or leave it empty"; return; }
+    body.min_confidence = value;
+  }
   const headers = {"Content-Type": "application/json"};
   if (cfg.auth) { sessionStorage.setItem("token", $("token").value); headers.Authorization = "Bearer " + $("token").value; }
   document.body.dataset.state = "busy";
   $("go").disabled = true;
   try {
     const resp = await fetch("predict", {method: "POST", headers: headers,
-      body: JSON.stringify({texts: texts, explain: $("explain").checked})});
+      body: JSON.stringify(body)});
     const data = await resp.json();
     if (!resp.ok) throw new Error(data.error || ("HTTP " + resp.status));
     show(texts, data);
@@ -173,6 +242,7 @@ const given = new URLSearchParams(location.hash.slice(1));
 if (given.getAll("text").length) {
   $("texts").value = given.getAll("text").join("\n");
   if (given.get("explain") === "0") $("explain").checked = false;
+  if (given.get("min_confidence") !== null) $("minconf").value = given.get("min_confidence");
   classify();
 }
 """
@@ -183,6 +253,8 @@ then <b>Classify</b> (or Ctrl+Enter).</p>
 <textarea id="texts" rows="7" placeholder="a gripping, beautifully acted film"></textarea>
 <div class="row"><label><input type="checkbox" id="perline" checked> one text per line</label>
 <label><input type="checkbox" id="explain" checked> shade the words that drove it</label>
+<label title="below this, no label but 'uncertain' (empty: {default_least})">min confidence
+<input type="number" id="minconf" min="0" max="1" step="0.05" placeholder="{default_least}"></label>
 <span id="tokenrow" class="hidden"><label>token <input type="password" id="token" autocomplete="off"></label></span>
 <button id="go">Classify</button></div>
 <div class="key"><small>Words: <span class="pos">toward the label</span> <span class="neg">against it</span>
@@ -194,10 +266,14 @@ def _sha256(text: str) -> str:
     return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
 
 
-def render_page(labels: list[str], limits, auth: bool, attention: bool = False) -> tuple[str, dict[str, str]]:
-    """The page and the headers to send with it (its Content-Security-Policy allows its own script and style)."""
-    config = json.dumps({"auth": auth, "labels": labels}).replace("<", "\\u003c")
+def render_page(labels: list[str], limits, auth: bool, attention: bool = False, thresholds: list[float] | None = None,
+                min_confidence: float | None = None) -> tuple[str, dict[str, str]]:
+    """The page and the headers to send with it (its Content-Security-Policy allows its own script and style).
+    `thresholds`: a multi-label model's, one per label (None for a single-label model); `min_confidence`: the
+    server's default, shown in the empty field."""
+    config = json.dumps({"auth": auth, "labels": labels, "thresholds": thresholds}).replace("<", "\\u003c")
     body = BODY.format(labels=", ".join(html.escape(lab) for lab in labels), max_batch=limits.max_batch,
+                       default_least="none" if min_confidence is None else f"{min_confidence:g}",
                        max_explain=limits.max_explain_batch,
                        attention="; underlined by the model's attention weight" if attention else "")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -55,6 +55,22 @@ def tiny_ckpt(tiny_model_path):
     return load_checkpoint(tiny_model_path)
 
 
+@pytest.fixture(scope="session")
+def tiny_multilabel_path(tmp_path_factory) -> Path:
+    """A small multi-label checkpoint (tests/tiny_model.py: labels film, long, neg, pos; thresholds chosen);
+    read it, never change it."""
+    from tests.tiny_model import train_tiny_multilabel_checkpoint
+
+    return train_tiny_multilabel_checkpoint(tmp_path_factory.mktemp("multilabel") / "model.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_multilabel_ckpt(tiny_multilabel_path):
+    from pipeline.checkpoint import load_checkpoint
+
+    return load_checkpoint(tiny_multilabel_path)
+
+
 @pytest.fixture
 def project(tmp_path, polarity_csv, glove_small) -> Path:
     """A fresh git + DVC project of this pipeline on the tiny data, nothing run yet."""

@@ -393,3 +393,87 @@ def test_a_folder_as_the_batch_input_is_named_a_folder(tmp_path, tiny_ckpt):
     with pytest.raises(PipelineError, match=r"reviews\.csv: is a folder, not an input file"):
         predict_file(tiny_ckpt, tmp_path / "reviews.csv", tmp_path / "out.csv")
     assert not (tmp_path / "out.csv").exists()
+
+
+@pytest.mark.parametrize("output_name", ["predictions.parquet", "predictions.jsonl", "predictions.csv",
+                                         "predictions.tsv"])
+def test_a_multi_label_model_writes_its_label_sets(tmp_path, tiny_multilabel_path, tiny_multilabel_ckpt,
+                                                   output_name):
+    from pipeline.inference import predict_texts
+    from tests.tiny_model import MULTI_TEXTS
+
+    ckpt = tiny_multilabel_ckpt
+    texts = MULTI_TEXTS + [""]
+    source, output = tmp_path / "in.parquet", tmp_path / output_name
+    pd.DataFrame({"id": [f"r{i}" for i in range(len(texts))], "text": texts}).to_parquet(source, index=False)
+    predict_cli.main(["--model", str(tiny_multilabel_path), "--input", str(source), "--output", str(output),
+                      "--chunk-rows", "3"])
+    expected = predict_texts(ckpt, texts)
+    prob_columns = [f"prob_{lab}" for lab in ckpt.labels]
+    if output.suffix == ".parquet":
+        table = pq.read_table(output)
+        assert table.schema.field("predicted_labels").type == pa.list_(pa.string())
+        given = table.column("predicted_labels").to_pylist()
+        out = table.to_pandas()
+    elif output.suffix == ".jsonl":
+        rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+        given, out = [r["predicted_labels"] for r in rows], pd.DataFrame(rows)
+    else:
+        out = _read_output(output)
+        assert "|" in output.read_text(encoding="utf-8")  # some text has two labels or more, joined by '|'
+        given = [None if pd.isna(v) else v.split("|") for v in out["predicted_labels"]]
+        given = [g if g is not None or r is not None else [] for g, r in zip(given, expected.reasons)]
+    assert list(out.columns) == ["id", "text", "predicted_labels", *prob_columns, "no_label_reason"]
+    assert given == [expected.label(i, ckpt.labels) for i in range(len(texts))]
+    assert any(len(g) > 1 for g in given if g) and given[-1] is None and given[MULTI_TEXTS.index("<br/>")] is None
+    np.testing.assert_allclose(out[prob_columns].to_numpy(dtype=float), expected.probs, atol=1e-6)  # NaN: null
+    assert out["no_label_reason"].tolist()[-1] == NO_TEXT
+
+
+def test_a_multi_label_model_s_minimum_confidence_is_its_least_sure_decision(tmp_path, tiny_multilabel_ckpt):
+    from pipeline.inference import predict_texts, uncertain
+    from tests.tiny_model import MULTI_TEXTS
+
+    ckpt = tiny_multilabel_ckpt
+    source, output = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    pd.DataFrame({"text": MULTI_TEXTS}).to_csv(source, index=False)
+    level = 0.9
+    summary = predict_file(ckpt, source, output, min_confidence=level)
+    rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    confidence = ckpt.task.confidence(np.nan_to_num(predict_texts(ckpt, MULTI_TEXTS).probs, nan=1.0))
+    unsure = [i for i, t in enumerate(MULTI_TEXTS) if t != "<br/>" and confidence[i] < level]
+    assert unsure and summary.rows_uncertain == len(unsure)
+    for i in unsure:
+        assert rows[i]["predicted_labels"] is None and rows[i]["no_label_reason"] == uncertain(level, ckpt.task)
+        assert rows[i][f"prob_{ckpt.labels[0]}"] is not None
+
+
+def test_multi_label_columns_are_refused_where_they_would_clash(tmp_path, tiny_multilabel_path):
+    import io
+
+    import torch
+
+    source = tmp_path / "in.csv"
+    pd.DataFrame({"text": ["a film"], "predicted_labels": ["x"]}).to_csv(source, index=False)
+    with pytest.raises(PipelineError, match="already has a column 'predicted_labels'"):
+        predict_file(load_multilabel(tiny_multilabel_path), source, tmp_path / "out.parquet")
+    # A label holding '|' could not be split back out of a CSV or TSV field: refused there, not in Parquet.
+    payload = torch.load(tiny_multilabel_path, weights_only=True)
+    payload["labels"] = ["film|movie", *payload["labels"][1:]]
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    piped = tmp_path / "piped.pt"
+    piped.write_bytes(buffer.getvalue())
+    pd.DataFrame({"text": ["a film"]}).to_csv(source, index=False)
+    with pytest.raises(PipelineError, match=r"out\.tsv: the model's label 'film\|movie' holds '\|'.*\.parquet or "
+                                            r"\.jsonl"):
+        predict_file(load_multilabel(piped), source, tmp_path / "out.tsv")
+    assert not (tmp_path / "out.tsv").exists()
+    predict_file(load_multilabel(piped), source, tmp_path / "out.parquet")
+    assert pq.read_table(tmp_path / "out.parquet").column("prob_film|movie").num_chunks >= 1
+
+
+def load_multilabel(path):
+    from pipeline.checkpoint import load_checkpoint
+
+    return load_checkpoint(path)

@@ -229,3 +229,77 @@ def test_a_byte_order_mark_is_no_part_of_the_first_text(tmp_path, tiny_model_pat
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in out] == ["good film", "bad film"]
     assert [r["predicted_label"] for r in out] == [r["label"] for r in rows]
+
+
+def test_a_multi_label_model_prints_its_label_sets(tiny_multilabel_path, tiny_multilabel_ckpt, capsys):
+    from pipeline.inference import NO_TOKENS, predict_texts, uncertain
+    from tests.tiny_model import MULTI_TEXTS
+
+    ckpt = tiny_multilabel_ckpt
+    expected = predict_texts(ckpt, MULTI_TEXTS)
+    sets = [expected.label(i, ckpt.labels) for i in range(len(MULTI_TEXTS))]
+    assert [] in sets and any(s and len(s) > 1 for s in sets)  # a text given no label, one given several
+    predict.main(["--model", str(tiny_multilabel_path), *MULTI_TEXTS])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(MULTI_TEXTS)
+    for line, text, given, probs in zip(lines, MULTI_TEXTS, sets, expected.probs):
+        first, shown, echoed = line.split("\t")
+        assert echoed == text
+        if given is None:
+            assert first == "" and shown == f"no label: {NO_TOKENS}"
+            continue
+        assert first == ("|".join(given) if given else "(no label)")
+        assert shown == "  ".join(f"{lab}={p:.3f}" for lab, p in zip(ckpt.labels, probs))
+
+    predict.main(["--model", str(tiny_multilabel_path), "--json", *MULTI_TEXTS])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for row, text, given, i in zip(rows, MULTI_TEXTS, sets, range(len(MULTI_TEXTS))):
+        answer = expected.answer(i, ckpt.labels)
+        assert "label" not in row and row["labels"] == answer["labels"] == given
+        if given is not None:
+            assert row == {"text": text, "labels": given,
+                           "probabilities": {k: round(v, 4) for k, v in answer["probabilities"].items()}}
+
+    # --min-confidence: uncertain when any label's decision is less sure than P (not the top probability).
+    confidence = ckpt.task.confidence(np.nan_to_num(expected.probs, nan=1.0))
+    level = 0.9
+    unsure = [i for i, s in enumerate(sets) if s is not None and confidence[i] < level]
+    assert unsure and any(expected.probs[i].max() >= level for i in unsure)
+    predict.main(["--model", str(tiny_multilabel_path), "--json", "--min-confidence", str(level), *MULTI_TEXTS])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for i, row in enumerate(rows):
+        if i in unsure:
+            assert row["labels"] is None and row["reason"] == uncertain(level, ckpt.task)
+            assert row["probabilities"] is not None
+        else:
+            assert row["labels"] == sets[i]
+
+
+def test_a_multi_label_model_explains_each_label_it_gives(tiny_multilabel_path, tiny_multilabel_ckpt, capsys):
+    from pipeline.explain import explain_label_sets
+    from pipeline.text import tokenize
+
+    ckpt = tiny_multilabel_ckpt
+    text = "a gripping , beautifully acted film"
+    predict.main(["--model", str(tiny_multilabel_path), "--json", "--explain", text])
+    row = json.loads(capsys.readouterr().out)
+    assert len(row["labels"]) >= 2 and [e["target"] for e in row["explanations"]] == row["labels"]
+    index = [ckpt.labels.index(label) for label in row["labels"]]
+    for served, direct in zip(row["explanations"], explain_label_sets(ckpt, [tokenize(text, ckpt.text_config)],
+                                                                      [index])[0]):
+        assert served == direct.to_dict(ckpt.labels)
+    # Each label's attributions add up to that label's sigmoid probability less the all-padding baseline's.
+    import torch
+
+    first = explain_label_sets(ckpt, [tokenize(text, ckpt.text_config)], [index])[0]
+    n = len(first[0].tokens)
+    with torch.no_grad():
+        baseline = ckpt.model.probabilities(torch.full((1, n), ckpt.model.cfg.pad_id), torch.tensor([n]))[0]
+    for j, explanation in zip(index, first):
+        assert explanation.probabilities[j] == pytest.approx(row["probabilities"][ckpt.labels[j]], abs=1e-4)
+        gap = explanation.probabilities[j] - float(baseline[j])
+        assert abs(sum(explanation.attributions) - gap) <= abs(explanation.delta) + 1e-4
+    assert first[0].attributions != first[1].attributions
+    predict.main(["--model", str(tiny_multilabel_path), "--explain", text])
+    out = capsys.readouterr().out
+    assert all(f"  for {label}: " in out for label in row["labels"])

@@ -164,3 +164,50 @@ def test_the_evaluate_stage_writes_the_report(reproduced):
     page = (reproduced / "metrics/eval/misclassified.html").read_text(encoding="utf-8")
     assert page.count("<tr><td class=num>") == len(wrong) > 0
     assert f"All {len(wrong)} misclassified" in page
+
+
+def test_the_multi_label_misclassified_report_explains_each_wrong_label(tiny_multilabel_ckpt, tmp_path):
+    """The rows as the evaluate stage writes them to misclassified.csv (label sets as " | "-joined strings, ""
+    for none): each label missed or wrongly given is explained by its own probability's attributions."""
+    import pandas as pd
+
+    from pipeline.explain import explain_label_sets
+
+    ckpt = tiny_multilabel_ckpt
+    text = "a gripping , beautifully acted film"  # the model gives it film and pos
+    rows = [{"text": text, "label": "long | neg | pos", "predicted": "film | pos", "confidence": 0.9},
+            {"text": "everything is off .", "label": "neg", "predicted": "", "confidence": 0.8}]
+    path = tmp_path / "misclassified.html"
+    assert write_misclassified_report(ckpt, pd.DataFrame(rows), path) == 2
+    page = path.read_text(encoding="utf-8")
+    assert re.findall(r"<b>(missed|wrongly given) ([^<]*)</b>", page) == [
+        ("missed", "long"), ("missed", "neg"), ("wrongly given", "film"), ("missed", "neg")]
+    assert "<i>(none)</i>" in page and "All 2 test texts not given exactly their labels" in page
+    expected = explain_label_sets(ckpt, [tokenize(text, ckpt.text_config)],
+                                  [[ckpt.labels.index(n) for n in ("long", "neg", "film")]])[0]
+    titles = [float(t) for t in re.findall(r'title="([+-][0-9.]+)', page)]
+    first = [round(a, 4) for e in expected for a in e.attributions]
+    assert titles[:len(first)] == pytest.approx(first, abs=1e-4)
+    assert expected[0].attributions != expected[1].attributions  # each label its own attributions
+    # The sets themselves (what the evaluate stage passes beside the strings) win over the strings.
+    with_sets = misclassified_html(ckpt, [{**rows[1], "label_set": ["film"], "predicted_set": []}])
+    assert re.findall(r"<b>(missed|wrongly given) ([^<]*)</b>", with_sets) == [("missed", "film")]
+
+
+def test_the_multi_label_evaluate_stage_writes_its_misclassified_page(tmp_path, tiny_multilabel_ckpt, monkeypatch):
+    import pandas as pd
+
+    from pipeline.stages.evaluate import evaluate_multi_label
+    from tests.tiny_model import multilabel_rows
+
+    rows = multilabel_rows()[:70]
+    test = pd.DataFrame({"text": [t for t, _ in rows], "tokens": [tokenize(t, TextConfig()) for t, _ in rows],
+                         "label": [names for _, names in rows]})
+    monkeypatch.chdir(tmp_path)
+    evaluate_multi_label(tiny_multilabel_ckpt, test, 32)
+    wrong = pd.read_csv(tmp_path / "metrics/eval/misclassified.csv", keep_default_na=False)
+    page = (tmp_path / "metrics/eval/misclassified.html").read_text(encoding="utf-8")
+    assert len(wrong) > 0 and f"All {len(wrong)} test texts" in page
+    mistakes = sum(len((set(a.split(" | ")) ^ set(p.split(" | "))) - {""})
+                   for a, p in zip(wrong["label"], wrong["predicted"]))
+    assert len(re.findall(r"<b>(missed|wrongly given) ", page)) == mistakes

@@ -199,3 +199,40 @@ def test_a_bad_sidecar_is_named(tmp_path):
     (tmp_path / "other.json").write_text("[1, 2]")
     with pytest.raises(PipelineError, match=r"other\.json: not an export sidecar"):
         export.read_sidecar(tmp_path / "other.json")
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+@pytest.mark.parametrize("fmt", export.FORMATS)
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_a_multi_label_model_exports_its_sigmoid_probabilities_and_thresholds(tiny_multilabel_path, tmp_path, fmt,
+                                                                            temperature):
+    from pipeline.inference import predict_texts
+    from tests.tiny_model import MULTI_TEXTS
+
+    ckpt = load_checkpoint(tiny_multilabel_path)
+    ckpt.model.temperature.fill_(temperature)  # as a checkpoint calibrated to this temperature loads
+    ckpt = dataclasses.replace(ckpt, temperature=temperature)
+    output = tmp_path / f"model.{fmt}"
+    meta = export.read_sidecar(export.export_model(ckpt, fmt, output))
+    assert meta["task"] == "multi_label" and meta["labels"] == ckpt.labels
+    assert meta["thresholds"] == pytest.approx(ckpt.thresholds) and meta["temperature"] == temperature
+    assert "sigmoid" in meta["output"]["meaning"] and "threshold" in meta["output"]["meaning"]
+
+    texts = [t for t in MULTI_TEXTS if t != "<br/>"]
+    expected = classify_texts(ckpt, texts)
+    logits = torch.logit(torch.from_numpy(expected).double()).numpy() * temperature
+    assert np.abs(logits).max() > 1  # the temperature matters to these texts' probabilities
+    ids, lengths = export.encode_batch(meta, texts)
+    exported = run_exported(fmt, output, ids, lengths)
+    np.testing.assert_allclose(exported, expected, atol=1e-5, rtol=0)
+    assert not np.allclose(exported.sum(axis=1), 1, atol=1e-3)  # sigmoids, not a softmax
+    # The sidecar's thresholds decide as the pipeline does.
+    decided = exported >= np.asarray(meta["thresholds"])
+    predictions = predict_texts(ckpt, texts)
+    assert [[lab for lab, yes in zip(meta["labels"], row) if yes] for row in decided] == \
+        [predictions.label(i, ckpt.labels) for i in range(len(texts))]
+
+
+def test_a_single_label_sidecar_names_its_task_and_has_no_thresholds(tiny_model_path, tmp_path):
+    meta = export.read_sidecar(export.export_model(load_checkpoint(tiny_model_path), "onnx", tmp_path / "m.onnx"))
+    assert meta["task"] == "single_label" and "thresholds" not in meta and "softmax" in meta["output"]["meaning"]

@@ -176,3 +176,58 @@ def test_unreadable_metrics_files_are_named(tmp_path, model_path):
     with pytest.raises(PipelineError, match=r"metrics/vocab\.json: not UTF-8 text"):
         card_cli.main(["--model", str(model)])
     assert not (tmp_path / "models" / "MODEL_CARD.md").exists()
+
+
+@pytest.fixture(scope="module")
+def multilabel_checkout(tmp_path_factory, tiny_multilabel_path):
+    """A checkout with the multi-label model and the evaluate stage's real outputs for it, on 70 texts."""
+    import os
+    import shutil
+
+    import pandas as pd
+
+    from pipeline.stages.evaluate import evaluate_multi_label
+    from pipeline.text import TextConfig, tokenize
+    from tests.tiny_model import multilabel_rows
+
+    root = tmp_path_factory.mktemp("checkout")
+    (root / "models").mkdir()
+    shutil.copy(tiny_multilabel_path, root / "models" / "model.pt")
+    rows = multilabel_rows()[:70]
+    test = pd.DataFrame({"text": [t for t, _ in rows], "tokens": [tokenize(t, TextConfig()) for t, _ in rows],
+                         "label": [names for _, names in rows]})
+    here = os.getcwd()
+    os.chdir(root)
+    try:
+        evaluate_multi_label(load_checkpoint(root / "models" / "model.pt"), test, 32)
+    finally:
+        os.chdir(here)
+    return root
+
+
+def test_a_multi_label_card_gives_its_figures_and_how_it_decides(multilabel_checkout):
+    root = multilabel_checkout
+    ckpt = load_checkpoint(root / "models" / "model.pt")
+    report = json.loads((root / "metrics/eval/report.json").read_text())
+    card = model_card.write_card(root / "models" / "model.pt", model_name="models/model.pt").read_text()
+    assert "multi-label text classifier over 4 labels" in card and "most probable class" not in card
+    assert "reaches (is at or above) that label's threshold, chosen on the validation split" in card
+    assert "may have several of them, or none" in card and "a set of them (maybe none)" in card
+    for label, threshold in zip(ckpt.labels, ckpt.thresholds):
+        assert f"`{label}` {model_card._cell(threshold)}" in card
+        figures = report["per_class"][label]
+        assert (f"| {label} | {model_card._cell(report['thresholds'][label])} | {model_card._cell(figures['precision'])} | "
+                f"{model_card._cell(figures['recall'])} | {model_card._cell(figures['f1'])} | {figures['support']} |") in card
+    for name, key in (("subset accuracy (the whole label set right)", "accuracy"), ("Hamming loss", "hamming_loss"),
+                      ("micro-F1", "micro_f1"), ("macro-F1 (mean", "macro_f1"), ("samples-F1", "samples_f1")):
+        line = next(line for line in card.splitlines() if line.startswith(f"| {name}"))
+        assert line.endswith(f"| {model_card._cell(report[key])} |"), line
+    assert "| model | subset accuracy | macro-F1 |" in card
+    assert "any one of its label decisions is less sure than P" in card and "| whole set right |" in card
+    assert "ece_raw" not in card.split("### `")[0]  # no single-label calibration sentence of Nones
+    assert "None" not in card.split("## Data")[0]
+
+
+def test_a_single_label_card_says_nothing_of_thresholds(model_path):
+    card = model_card.build_card(model_card.checkpoint_facts(load_checkpoint(model_path)), {}, {})
+    assert "threshold" not in card.split("## Results")[0] and "most probable class" in card

@@ -776,3 +776,111 @@ def test_the_page_draws_a_prediction_offline_in_chromium(server, tmp_path):
     assert [w for _, w in words] == tokens
     styles = re.findall(r'<span class="tok"[^>]*style="([^"]*)"', dom)
     assert len(styles) == len(tokens) and all("rgba(" in style for style in styles), styles[:3]  # shaded
+
+
+@pytest.fixture(scope="module")
+def multilabel_server(tiny_multilabel_path):
+    live = LiveServer(create_app(tiny_multilabel_path, LIMITS, min_confidence=0.2))
+    yield live
+    live.stop()
+
+
+def test_a_multi_label_model_answers_label_sets_as_textclf_predict_does(multilabel_server, tiny_multilabel_path,
+                                                                      tiny_multilabel_ckpt, tmp_path):
+    from pipeline.inference import NO_TOKENS, uncertain
+    from pipeline.serve_page import LabelSetPrediction, PredictResponse
+    from tests.tiny_model import MULTI_TEXTS
+
+    ckpt = tiny_multilabel_ckpt
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli.predict", "--model", str(tiny_multilabel_path),
+                           "--json", "--min-confidence", "0.2", *MULTI_TEXTS],
+                          cwd=tmp_path, capture_output=True, text=True, env=ENV)
+    assert proc.returncode == 0, proc.stderr
+    printed = [json.loads(line) for line in proc.stdout.splitlines()]
+    status, data = multilabel_server.post({"texts": MULTI_TEXTS})
+    assert status == 200, data
+    assert data["labels"] == ckpt.labels
+    response = PredictResponse.model_validate(data)  # the schema the server states allows it
+    assert all(isinstance(p, LabelSetPrediction) for p in response.predictions)
+    assert [] in [p["labels"] for p in data["predictions"]]  # a text given no label: an empty set, not null
+    for row, served in zip(printed, data["predictions"]):
+        assert "label" not in served and served["labels"] == row["labels"]
+        if row["probabilities"] is None:
+            assert served == {"labels": None, "probabilities": None, "reason": NO_TOKENS}
+            continue
+        for label, p in row["probabilities"].items():
+            assert abs(served["probabilities"][label] - p) <= 5e-5 + 1e-9, (row, served)
+    assert any(len(p["labels"] or []) > 1 for p in data["predictions"])
+
+    # The request's min_confidence, over the server's default: a text is uncertain when any label's decision
+    # (p given, 1 - p left out) is less sure than it.
+    status, strict = multilabel_server.post({"texts": MULTI_TEXTS, "min_confidence": 0.9})
+    printed = subprocess.run([sys.executable, "-m", "pipeline.cli.predict", "--model", str(tiny_multilabel_path),
+                              "--json", "--min-confidence", "0.9", *MULTI_TEXTS],
+                             cwd=tmp_path, capture_output=True, text=True, env=ENV).stdout.splitlines()
+    assert status == 200 and [p["labels"] for p in strict["predictions"]] == [json.loads(r)["labels"] for r in printed]
+    unsure = [p for p in strict["predictions"] if p.get("reason") == uncertain(0.9, ckpt.task)]
+    assert unsure and all(p["labels"] is None and p["probabilities"] for p in unsure)
+
+
+def test_a_multi_label_model_explains_each_label_it_gives_over_http(multilabel_server, tiny_multilabel_ckpt):
+    from pipeline.explain import explain_label_sets
+    from pipeline.text import tokenize
+
+    ckpt = tiny_multilabel_ckpt
+    texts = ["a gripping , beautifully acted film", "everything is off .", "<br/>"]
+    status, data = multilabel_server.post({"texts": texts, "explain": True})
+    assert status == 200, data
+    given, nothing, empty = data["predictions"]
+    assert len(given["labels"]) >= 2 and [x["target"] for x in given["explanations"]] == given["labels"]
+    expected = explain_label_sets(ckpt, [tokenize(texts[0], ckpt.text_config)],
+                                  [[ckpt.labels.index(label) for label in given["labels"]]])[0]
+    for served, direct in zip(given["explanations"], expected):
+        assert served["tokens"] == direct.tokens
+        np.testing.assert_allclose(served["attributions"], direct.attributions, atol=1e-5)
+    assert nothing["labels"] == [] and nothing["explanations"] == []
+    assert empty["labels"] is None and empty["explanations"] is None and "explanation" not in given
+
+
+def test_the_page_sends_the_min_confidence_typed_and_knows_label_sets(server, multilabel_server, tiny_multilabel_ckpt):
+    from pipeline.serve_page import SCRIPT, PredictResponse
+
+    for live, thresholds in ((server, None), (multilabel_server, tiny_multilabel_ckpt.thresholds)):
+        page = live.request("GET", "/")[2].decode()
+        assert re.search(r'<input type="number" id="minconf" min="0" max="1"', page)
+        config = json.loads(re.search(r'<script type="application/json" id="config">(.*?)</script>', page).group(1))
+        assert config["thresholds"] == thresholds
+    assert 'placeholder="0.2"' in multilabel_server.request("GET", "/")[2].decode()  # the server's default
+    # The script puts the field's value into the request body as min_confidence, and reads label sets.
+    assert re.search(r'body\.min_confidence = value', SCRIPT) and '$("minconf").value' in SCRIPT
+    assert re.search(r'"labels" in p', SCRIPT) and "(no label)" in SCRIPT
+    single = server.post({"texts": ["a gripping film"], "min_confidence": 1})[1]
+    assert single["predictions"][0]["label"] is None and PredictResponse.model_validate(single)
+
+
+@pytest.mark.slow
+def test_the_page_draws_a_label_set_and_sends_min_confidence_in_chromium(multilabel_server, tmp_path):
+    """Headless Chromium: the page, opened with texts and min_confidence in its link, sends them and draws
+    each text's label set (or "(no label)", or no label and the reason when uncertain)."""
+    chromium = require_chromium()
+    texts = ["a gripping , beautifully acted film", "everything is off .", "zxqv wvut"]
+    expected = multilabel_server.post({"texts": texts, "explain": True, "min_confidence": 0.74})[1]
+    fragment = urllib.parse.urlencode([("text", t) for t in texts] + [("min_confidence", "0.74")],
+                                      quote_via=urllib.parse.quote)
+    proc = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update", "--disable-extensions",
+         f"--user-data-dir={tmp_path / 'profile'}", f"{NO_NETWORK}, EXCLUDE 127.0.0.1",
+         "--virtual-time-budget=15000", "--dump-dom", f"http://127.0.0.1:{multilabel_server.port}/#{fragment}"],
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    dom = proc.stdout
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    assert 'data-state="done"' in body and "data-csp-violations" not in body, body
+    drawn = re.findall(r'<span class="label( nolabel)?">([^<]*)</span>', dom)
+    wanted = []
+    for p in expected["predictions"]:
+        wanted += [("", "no label")] if p["labels"] is None else [(" nolabel", "(no label)")] if not p["labels"] \
+            else [("", label) for label in p["labels"]]
+    assert drawn == wanted
+    assert any(p["labels"] is None for p in expected["predictions"])  # 0.74 made one uncertain: it was sent

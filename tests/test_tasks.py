@@ -92,3 +92,50 @@ def test_inference_asks_the_checkpoint_s_task(monkeypatch, tiny_ckpt):
         assert usual.answer(i, tiny_ckpt.labels)["label"] == tiny_ckpt.labels[int(usual.probs[i].argmax())]
         assert other.label(i, tiny_ckpt.labels) == tiny_ckpt.labels[int(usual.probs[i].argmin())]
         assert other[i:i + 1].answer(0, tiny_ckpt.labels)["label"] == other.label(i, tiny_ckpt.labels)
+
+
+def test_a_multi_label_model_s_predictions_are_label_sets_at_its_thresholds(tiny_multilabel_ckpt):
+    from pipeline.inference import NO_TOKENS, uncertain
+    from tests.tiny_model import MULTI_TEXTS
+
+    ckpt = tiny_multilabel_ckpt
+    thresholds = np.asarray(ckpt.thresholds, dtype=np.float32)
+    assert not np.all(thresholds == 0.5)  # the checkpoint's own thresholds decide, not 0.5
+    predictions = predict_texts(ckpt, MULTI_TEXTS)
+    labelled = [i for i, r in enumerate(predictions.reasons) if r is None]
+    assert predictions.reasons[MULTI_TEXTS.index("<br/>")] == NO_TOKENS and len(labelled) == len(MULTI_TEXTS) - 1
+    for i in labelled:
+        probs = predictions.probs[i]
+        np.testing.assert_allclose(probs, torch.sigmoid(ckpt.model(*_ids(ckpt, MULTI_TEXTS[i]))).detach().numpy()[0],
+                                   atol=1e-6)  # a sigmoid per label: they do not sum to 1
+        expected = [lab for lab, p, t in zip(ckpt.labels, probs, thresholds) if p >= t]
+        assert predictions.label(i, ckpt.labels) == expected
+        assert predictions.answer(i, ckpt.labels) == {
+            "labels": expected, "probabilities": {lab: float(p) for lab, p in zip(ckpt.labels, probs)}}
+    assert any(len(predictions.label(i, ckpt.labels)) > 1 for i in labelled)
+    none = predictions.answer(MULTI_TEXTS.index("<br/>"), ckpt.labels)
+    assert none == {"labels": None, "probabilities": None, "reason": NO_TOKENS}
+
+    # Abstaining follows the task's confidence: the least sure label decision, not the top probability.
+    sureness = np.where(predictions.probs >= thresholds, predictions.probs, 1 - predictions.probs).min(axis=1)
+    level = float(np.median(sureness[labelled]))
+    unsure = predictions.abstaining(level)
+    for i in labelled:
+        if sureness[i] < level:
+            assert unsure.reasons[i] == uncertain(level, ckpt.task) and unsure.label(i, ckpt.labels) is None
+            answer = unsure.answer(i, ckpt.labels)
+            assert answer["labels"] is None and answer["probabilities"]["film"] == float(predictions.probs[i, 0])
+        else:
+            assert unsure.reasons[i] is None and unsure.label(i, ckpt.labels) == predictions.label(i, ckpt.labels)
+    assert any(sureness[i] < level <= predictions.probs[i].max() for i in labelled)  # the old rule would keep it
+    assert "label" in uncertain(level, ckpt.task) and uncertain(level) == (
+        f"uncertain: no class has probability {level:g} or more (the minimum confidence)")
+
+
+def _ids(ckpt, text):
+    from pipeline.batching import pad
+    from pipeline.inference import encode_texts
+    from pipeline.text import tokenize
+
+    ids, lengths = pad(encode_texts(ckpt, [tokenize(text, ckpt.text_config)]), ckpt.model.cfg.pad_id)
+    return torch.as_tensor(ids), torch.as_tensor(lengths)

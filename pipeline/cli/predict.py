@@ -27,6 +27,13 @@ is classified and written to --output with one probability column per class (pip
 (integrated gradients) and, when the model pools by attention, its attention weights; with --json, an
 "explanation" object (pipeline.explain).
 
+A multi-label model (several labels per text, each with its own sigmoid probability and threshold:
+pipeline.tasks.MultiLabel) prints its labels joined by `|` in the first field (`film|pos`), or `(no label)`
+when no label reaches its threshold; `label=0.123` is then each label's own probability (they do not sum
+to 1). With --json: "labels" (a list, maybe empty) instead of "label". --min-confidence P leaves a text
+uncertain when any one of its label decisions is less sure than P (p for a label given, 1 - p for one
+left out). --explain explains each label given (with --json, "explanations": one object per label).
+
 --model defaults to models/model.pt relative to the current directory: the trained model, when run
 from a checkout's root. From anywhere else, pass --model.
 """
@@ -45,9 +52,10 @@ import numpy as np
 from pipeline.batch_predict import describe, predict_file
 from pipeline.checkpoint import MODEL_PATH, load_checkpoint, require_model_file
 from pipeline.errors import PipelineError, command_name, run_main
-from pipeline.explain import explain_texts, format_explanation
+from pipeline.explain import explain_label_sets, explain_texts, format_explanation
 from pipeline.files import check_encoding
 from pipeline.inference import predict_texts
+from pipeline.text import tokenize
 
 SCRIPT = "textclf-predict"
 
@@ -96,12 +104,21 @@ def tsv_field(value: str) -> str:
     return _UNSAFE.sub(lambda m: _ESCAPES.get(m.group(), m.group().encode("unicode_escape").decode("ascii")), value)
 
 
+NO_LABEL = "(no label)"  # a multi-label model's answer when no label reaches its threshold
+LABELS_SEPARATOR = "|"
+
+
 def format_result(text: str, labels: list[str], probs, as_json: bool, explanation=None,
-                  reason: str | None = None) -> str:
+                  reason: str | None = None, given: list[str] | None = None) -> str:
+    """One text's line (or JSON object). `given`: a multi-label model's labels for the text (None for a
+    single-label model); `explanation` then a list, one per label given."""
+    if given is not None and reason is None:
+        return _format_label_set(text, labels, probs, as_json, given, explanation)
     if reason is not None:  # no label (pipeline.inference): say why, in the same shape
         scored = probs is not None and not np.isnan(probs).any()  # uncertain: the probabilities are kept
         if as_json:
-            return json.dumps({"text": text, "label": None, "reason": reason, "probabilities":
+            return json.dumps({"text": text, "labels" if given is not None else "label": None, "reason": reason,
+                               "probabilities":
                                {lab: round(float(p), 4) for lab, p in zip(labels, probs)} if scored else None})
         shown = "".join(f"  {tsv_field(lab)}={p:.3f}" for lab, p in zip(labels, probs)) if scored else ""
         return f"\tno label: {reason}{shown}\t{tsv_field(text)}"
@@ -115,6 +132,22 @@ def format_result(text: str, labels: list[str], probs, as_json: bool, explanatio
     shown = "  ".join(f"{tsv_field(lab)}={p:.3f}" for lab, p in zip(labels, probs))
     line = f"{tsv_field(labels[best])}\t{shown}\t{tsv_field(text)}"
     return line if explanation is None else f"{line}\n{format_explanation(explanation, labels)}"
+
+
+def _format_label_set(text: str, labels: list[str], probs, as_json: bool, given: list[str], explanations) -> str:
+    """A multi-label model's answer: its labels (maybe none) and each label's own probability."""
+    if as_json:
+        row = {"text": text, "labels": list(given),
+               "probabilities": {lab: round(float(p), 4) for lab, p in zip(labels, probs)}}
+        if explanations is not None:
+            row["explanations"] = [e.to_dict(labels) for e in explanations]
+        return json.dumps(row)
+    shown = "  ".join(f"{tsv_field(lab)}={p:.3f}" for lab, p in zip(labels, probs))
+    first = LABELS_SEPARATOR.join(tsv_field(lab) for lab in given) if given else NO_LABEL
+    line = f"{first}\t{shown}\t{tsv_field(text)}"
+    if explanations:
+        line += "".join(f"\n{format_explanation(e, labels)}" for e in explanations)
+    return line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "weights when the model pools by attention)")
     parser.add_argument("--min-confidence", type=float, metavar="P",
                         help="below this top-class probability (0 to 1; calibrated) give no label but 'uncertain' "
-                             "(the model card states the coverage and accuracy of each threshold)")
+                             "(a multi-label model: when any label's decision is less sure than P); the model "
+                             "card states the coverage and accuracy of each threshold")
     batch = parser.add_argument_group("batch prediction over a table file")
     batch.add_argument("--input", "-i", help="a .csv, .tsv, .jsonl or .parquet file (text formats may be compressed)")
     batch.add_argument("--output", "-o", help="where to write: .parquet, .csv, .tsv or .jsonl")
@@ -183,12 +217,19 @@ def main(argv: list[str] | None = None) -> None:
     predictions = predict_texts(ckpt, texts, args.batch_size, args.min_confidence)
     labelled = [i for i, reason in enumerate(predictions.reasons) if reason is None]
     explanations = [None] * len(texts)
-    if args.explain and labelled:
+    if args.explain and labelled and predictions.multi_label:  # each label given, explained
+        index = {label: j for j, label in enumerate(ckpt.labels)}
+        sets = [[index[label] for label in predictions.label(i, ckpt.labels)] for i in labelled]
+        tokens = [tokenize(texts[i], ckpt.text_config) for i in labelled]
+        for i, explained in zip(labelled, explain_label_sets(ckpt, tokens, sets)):
+            explanations[i] = explained
+    elif args.explain and labelled:
         for i, explanation in zip(labelled, explain_texts(ckpt, [texts[i] for i in labelled])):
             explanations[i] = explanation
     for i, text in enumerate(texts):
+        given = (predictions.label(i, ckpt.labels) or []) if predictions.multi_label else None
         print(format_result(text, ckpt.labels, predictions.probs[i], args.json, explanations[i],
-                            predictions.reasons[i]))
+                            predictions.reasons[i], given))
 
 
 def cli() -> None:

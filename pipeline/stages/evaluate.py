@@ -174,6 +174,7 @@ def evaluate_multi_label(checkpoint, test: pd.DataFrame, batch_size: int) -> Non
                               "min_confidence": threshold_table(per_row.confidence, per_row.correct)}
     metrics["thresholds"] = dict(zip(labels, (checkpoint.thresholds or [0.5] * len(labels))))
     wrong = test.assign(label=[" | ".join(x) for x in actual], predicted=[" | ".join(x) for x in predicted],
+                        label_set=actual, predicted_set=predicted,  # the sets themselves, for the report
                         confidence=confidence.round(4))[~whole].sort_values("confidence", ascending=False)
 
     PLOTS_DIR.mkdir(parents=True, exist_ok=True)

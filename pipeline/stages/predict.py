@@ -1,6 +1,7 @@
 """Stage predict: every row of `predict.input` classified and written to `predict.output`, with
-predicted_label, one prob_<label> column per class and no_label_reason (pipeline.batch_predict). By default the
-test split. With `predict.min_confidence` set, rows below it get no label ("uncertain").
+predicted_label (a multi-label model: predicted_labels), one prob_<label> column per class and no_label_reason
+(pipeline.batch_predict). By default the test split. With `predict.min_confidence` set, rows below it get no
+label ("uncertain").
 """
 
 from __future__ import annotations
