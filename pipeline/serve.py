@@ -56,6 +56,9 @@ from pipeline.serve_identity import ModelWatch, dvc_lock_record, file_key, model
 from pipeline.serve_queue import Batcher, Limits, RequestError  # noqa: F401 (Batcher: the tests' too)
 from pipeline.text import tokenize
 
+# A multi-label model: the labels explained per text at most (each costs an integrated-gradients pass).
+EXPLAINED_LABELS = 3
+
 TOKEN_ENV = "TEXTCLF_SERVE_TOKEN"
 PROTECTED = ("/predict", "/ready", "/version")  # what a token guards; the page and /health stay open
 MIN_TOKEN_CHARS = 16
@@ -207,8 +210,10 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
     identity = watch.static
     labels = ckpt.labels
     cap = ckpt.max_tokens or 10**9
+    multi_label = ckpt.task.name == "multi_label"
     batcher = Batcher(lambda texts: predict_texts(ckpt, texts, limits.batch_texts), limits,
-                      explain=lambda texts: explained(texts), words=lambda text: max(1, min(len(text.split()), cap)))
+                      explain=lambda texts: explained(texts), words=lambda text: max(1, min(len(text.split()), cap)),
+                      explained_per_text=min(EXPLAINED_LABELS, len(labels)) if multi_label else 1)
     page, page_headers = render_page(labels, limits, token is not None, ckpt.model.cfg.pooling == "attention",
                                      ckpt.thresholds if ckpt.task.name == "multi_label" else None,
                                      min_confidence)
@@ -219,7 +224,9 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
         explanations = [None] * len(texts)
         if predictions.multi_label:  # one explanation per label given
             index = {label: j for j, label in enumerate(labels)}
-            sets = [[index[label] for label in predictions.label(i, labels)] for i in labelled]
+            # The EXPLAINED_LABELS most probable labels given: what the Batcher's cost counted.
+            sets = [sorted((index[label] for label in predictions.label(i, labels)),
+                           key=lambda j, i=i: -predictions.probs[i, j])[:EXPLAINED_LABELS] for i in labelled]
             tokens = [tokenize(texts[i], ckpt.text_config) for i in labelled]
             found = explain_label_sets(ckpt, tokens, sets, steps=limits.steps)
         else:

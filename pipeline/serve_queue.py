@@ -61,8 +61,9 @@ class Batcher:
     had started (and its work is dropped), a 504 when some had."""
 
     def __init__(self, work: Callable, limits: Limits, explain: Callable | None = None,
-                 words: Callable[[str], int] | None = None):
+                 words: Callable[[str], int] | None = None, explained_per_text: int = 1):
         self.work, self.explain_work, self.limits = work, explain, limits
+        self.explained_per_text = explained_per_text  # explanations per text (a multi-label model: one per label, capped)
         self.words = words or (lambda text: max(1, len(text.split())))
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="model")
         self.plain: deque = deque()
@@ -75,7 +76,7 @@ class Batcher:
         self.drain_task: asyncio.Task | None = None  # held, so the loop cannot collect it mid-run
 
     def cost(self, texts: list[str], explain: bool) -> int:
-        return sum(self.words(t) for t in texts) * (4 * self.limits.steps if explain else 1)
+        return sum(self.words(t) for t in texts) * (4 * self.limits.steps * self.explained_per_text if explain else 1)
 
     def check_room(self, count: int, cost: int = 0, explain: bool = False) -> None:
         limits = self.limits

@@ -884,3 +884,15 @@ def test_the_page_draws_a_label_set_and_sends_min_confidence_in_chromium(multila
             else [("", label) for label in p["labels"]]
     assert drawn == wanted
     assert any(p["labels"] is None for p in expected["predictions"])  # 0.74 made one uncertain: it was sent
+
+
+def test_a_multi_label_model_s_explanations_are_counted_per_label_explained():
+    """Each label explained is an integrated-gradients pass: the work bound counts them (at most
+    serve.EXPLAINED_LABELS per text), so explaining for a model of many labels cannot overrun it."""
+    from pipeline.serve import EXPLAINED_LABELS
+
+    limits = Limits()
+    one, three = (Batcher(lambda texts: None, limits, explained_per_text=n) for n in (1, EXPLAINED_LABELS))
+    texts = ["a b c", "d e"]
+    assert one.cost(texts, explain=False) == three.cost(texts, explain=False) == 5
+    assert three.cost(texts, explain=True) == EXPLAINED_LABELS * one.cost(texts, explain=True) == 5 * 4 * limits.steps * 3
