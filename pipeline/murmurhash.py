@@ -26,12 +26,18 @@ def _mix(k: np.ndarray) -> np.ndarray:
 
 def murmurhash3_32(strings: Sequence[str], seed: int = 0) -> np.ndarray:
     """The signed 32-bit MurmurHash3 of each string's UTF-8 bytes (int32), as sklearn.utils.murmurhash3_32."""
-    encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    starts = np.zeros(len(encoded), dtype=np.int64)
+    joined = "".join(strings)
+    if joined.isascii():  # a byte a character: one encoding of the whole
+        lengths = np.fromiter(map(len, strings), dtype=np.int64, count=len(strings))
+        raw = joined.encode("ascii")
+    else:
+        encoded = [s.encode("utf-8", "surrogatepass") for s in strings]
+        lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+        raw = b"".join(encoded)
+    starts = np.zeros(len(strings), dtype=np.int64)
     np.cumsum(lengths[:-1], out=starts[1:])
-    data = np.frombuffer(b"".join(encoded) + b"\0\0\0\0", dtype=np.uint8).astype(np.uint32)
-    h = np.full(len(encoded), seed, dtype=np.uint32)
+    data = np.frombuffer(raw + b"\0\0\0\0", dtype=np.uint8).astype(np.uint32)
+    h = np.full(len(strings), seed, dtype=np.uint32)
     blocks = lengths // 4
     order = np.argsort(-blocks, kind="stable")  # the strings with the most blocks first: a prefix is active
     for b in range(int(blocks.max(initial=0))):
@@ -42,7 +48,7 @@ def murmurhash3_32(strings: Sequence[str], seed: int = 0) -> np.ndarray:
         h[active] = _rotl(x, 13) * np.uint32(5) + np.uint32(0xE6546B64)
     tail = lengths % 4
     at = starts + 4 * blocks
-    k = np.zeros(len(encoded), dtype=np.uint32)
+    k = np.zeros(len(strings), dtype=np.uint32)
     for i in (2, 1, 0):  # the tail's bytes, little-endian (the buffer's padding is never read past a string)
         has = tail > i
         k[has] ^= data[at[has] + i] << np.uint32(8 * i)

@@ -191,6 +191,13 @@ def _fields(output, classes, coef, intercept, thresholds=None) -> dict:
             "thresholds": None if thresholds is None else np.asarray(thresholds, np.float64)}
 
 
+class _Ids(dict):
+    """Token -> id; -1 for a token not in the vocabulary (looked up by the C-level __getitem__)."""
+
+    def __missing__(self, token):
+        return -1
+
+
 class _Tables:
     """Lookup tables built once per loaded model. Vocabulary: every token of the n-grams gets an id; the
     n-grams form a trie by levels, level k keyed by (node at level k-1) * tokens + token id, its keys sorted
@@ -201,9 +208,7 @@ class _Tables:
         if model.hashed:
             return
         grams = model.ngrams
-        self.token_ids: dict[str, int] = {}
-        for token in chain.from_iterable(grams):
-            self.token_ids.setdefault(token, len(self.token_ids))
+        self.token_ids = _Ids((t, i) for i, t in enumerate(dict.fromkeys(chain.from_iterable(grams))))
         self.n_tokens = len(self.token_ids)
         width = max(map(len, grams), default=1)
         ids = np.full((len(grams), width), -1, dtype=np.int64)
@@ -231,8 +236,7 @@ def _vocabulary_cells(model: TfidfModel, flat: list[str], lengths: np.ndarray):
     from every token position at once."""
     tables = model._tables if model._tables is not None else _Tables(model)
     model._tables = tables
-    get = tables.token_ids.get
-    ids = np.fromiter((get(t, -1) for t in flat), dtype=np.int64, count=len(flat))
+    ids = np.fromiter(map(tables.token_ids.__getitem__, flat), dtype=np.int64, count=len(flat))
     doc = np.repeat(np.arange(len(lengths)), lengths)
     end = np.repeat(np.cumsum(lengths), lengths)          # one past each position's last token
     lo, hi = model.ngram_range
@@ -266,8 +270,9 @@ def _hashed_cells(model: TfidfModel, flat: list[str], lengths: np.ndarray):
     level (as ids of distinct token runs), each joined and hashed once."""
     from pipeline.murmurhash import hashed_columns
 
-    distinct: dict[str, int] = {}
-    ids = np.fromiter((distinct.setdefault(t, len(distinct)) for t in flat), dtype=np.int64, count=len(flat))
+    distinct = {t: i for i, t in enumerate(dict.fromkeys(flat))}
+    ids = np.fromiter(map(distinct.__getitem__, flat), dtype=np.int64, count=len(flat))
+    tokens = np.array(flat, dtype=object)
     doc = np.repeat(np.arange(len(lengths)), lengths)
     end = np.repeat(np.cumsum(lengths), lengths)
     lo, hi = model.ngram_range
@@ -282,7 +287,7 @@ def _hashed_cells(model: TfidfModel, flat: list[str], lengths: np.ndarray):
             uniq, first, node = np.unique(node, return_index=True, return_inverse=True)
         if k >= lo and len(pos):
             starts = pos[first]
-            grams = [" ".join(flat[s:s + k]) for s in starts.tolist()]
+            grams = tokens[starts].tolist() if k == 1 else list(map(" ".join, zip(*(tokens[starts + i] for i in range(k)))))
             rows.append(doc[pos]), cols.append(hashed_columns(grams, model.n_features)[node])
     return (np.concatenate(rows), np.concatenate(cols)) if rows else (np.zeros(0, np.int64),) * 2
 
