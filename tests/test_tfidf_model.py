@@ -186,3 +186,52 @@ def test_a_planted_pickle_is_never_unpickled(tmp_path):
         with pytest.raises(PipelineError, match=f"^{path}: "):
             TfidfModel.load(path)
     assert zipfile.is_zipfile(tmp_path / "good.npz")
+
+
+# ---- the baseline stage writes it ------------------------------------------------------------------------
+@pytest.mark.parametrize("task,streaming_above", [("single_label", 100_000), ("single_label", 10),
+                                                  ("multi_label", 100_000)])
+def test_the_baseline_stage_writes_the_model_it_scored(tmp_path, task, streaming_above):
+    """models/tfidf.npz, loaded with numpy alone, predicts the test split as the stage scored it: the
+    report's accuracy (subset accuracy for several labels) is the saved model's."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import yaml
+
+    from pipeline.prepared_task import task_metadata
+    from tests.helpers import ROOT
+
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["baseline"].update(streaming_above=streaming_above, C=[1.0, 8.0], chunk_rows=50, hash_bits=14)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    classes = ["neg", "pos", "mixed"]
+    for name, (seed, n) in {"train": (10, 200), "val": (11, 60), "test": (12, 80)}.items():
+        split = _corpus(seed, n, classes)
+        if task == "multi_label":
+            split["label"] = [sorted({lab, "any"} if i % 3 else {lab}) for i, lab in enumerate(split["label"])]
+        table = pa.Table.from_pandas(split, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **task_metadata(task)})
+        pq.write_table(table, tmp_path / f"data/prepared/{name}.parquet")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.baseline"], cwd=tmp_path, text=True,
+                          capture_output=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "metrics/baseline/report.json").read_text())
+    model = TfidfModel.load(tmp_path / "models/tfidf.npz")
+    test = pd.read_parquet(tmp_path / "data/prepared/test.parquet")
+    predicted = model.predict(test["tokens"])
+    if task == "multi_label":
+        assert model.output == "one_vs_rest" and model.classes == ["any", "mixed", "neg", "pos"]
+        assert dict(zip(model.classes, model.thresholds.tolist())) == pytest.approx(report["thresholds"])
+        actual = [sorted(names) for names in test["label"]]
+    else:
+        assert model.hashed == (streaming_above == 10) and model.classes == sorted(classes)
+        actual = test["label"].tolist()
+    assert round(float(np.mean([p == a for p, a in zip(predicted, actual)])), 4) == report["accuracy"]
