@@ -279,15 +279,15 @@ def _hashed_cells(model: TfidfModel, flat: list[str], lengths: np.ndarray):
     pos, node = np.arange(len(flat)), ids
     rows, cols = [], []
     for k in range(1, hi + 1):
-        if k > 1:
+        if k == 1:  # the distinct tokens, ids in order of first sight: hashed as they are
+            grams = list(distinct)
+        else:
             ok = pos + k - 1 < end[pos]
             pos, node = pos[ok], node[ok] * len(distinct) + ids[pos[ok] + k - 1]
-            uniq, first, node = np.unique(node, return_index=True, return_inverse=True)
-        else:
-            uniq, first, node = np.unique(node, return_index=True, return_inverse=True)
-        if k >= lo and len(pos):
+            _, first, node = np.unique(node, return_index=True, return_inverse=True)
             starts = pos[first]
-            grams = tokens[starts].tolist() if k == 1 else list(map(" ".join, zip(*(tokens[starts + i] for i in range(k)))))
+            grams = list(map(" ".join, zip(*(tokens[starts + i] for i in range(k))))) if k >= lo else []
+        if k >= lo and len(pos):
             rows.append(doc[pos]), cols.append(hashed_columns(grams, model.n_features)[node])
     return (np.concatenate(rows), np.concatenate(cols)) if rows else (np.zeros(0, np.int64),) * 2
 

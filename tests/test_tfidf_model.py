@@ -110,6 +110,14 @@ def test_the_numpy_murmurhash_is_sklearns():
     assert hashed_columns(strings, 1000).tolist() == [abs(h) % 1000 for h in want]
 
 
+def test_a_token_holding_a_blank_is_refused_where_it_shows():
+    train = pd.DataFrame({"tokens": [["a b c", "d"], ["d", "e"]] * 3, "label": ["x", "y"] * 3})
+    vectorizer = tfidf_vectorizer(2, 1)
+    clf = LogisticRegression().fit(vectorizer.fit_transform(train["tokens"]), train["label"])
+    with pytest.raises(PipelineError, match="a token holds a blank"):
+        TfidfModel.from_vectorizer(vectorizer, clf)
+
+
 # ---- bad files ---------------------------------------------------------------------------------------------
 def _good_members(tmp_path) -> dict:
     train = _corpus(0, 100, ["neg", "pos"])
