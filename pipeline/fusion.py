@@ -47,10 +47,15 @@ def align(probs: np.ndarray, classes: Sequence[str], to: Sequence[str], what: st
 
 def fuse(p_lstm: np.ndarray, p_tfidf: np.ndarray, w: float) -> np.ndarray:
     """The fused class probabilities (n, classes): softmax(w log p_lstm + (1 - w) log p_tfidf)."""
-    z = w * np.log(np.maximum(p_lstm, _TINY)) + (1.0 - w) * np.log(np.maximum(p_tfidf, _TINY))
+    z = w * _log(p_lstm) + (1.0 - w) * _log(p_tfidf)
     z -= z.max(axis=1, keepdims=True)
     p = np.exp(z)
     return p / p.sum(axis=1, keepdims=True)
+
+
+def _log(p: np.ndarray) -> np.ndarray:
+    """log p in float64 (the LSTM's float32 probabilities of 0 included: as _TINY, never -inf)."""
+    return np.log(np.maximum(np.asarray(p, np.float64), _TINY))
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -66,7 +71,7 @@ def fuse_multilabel(p_lstm: np.ndarray, p_tfidf: np.ndarray, w: float) -> np.nda
 
 def _single(probs: np.ndarray, y: np.ndarray) -> dict:
     return {"accuracy": float(np.mean(probs.argmax(axis=1) == y)),
-            "nll": float(-np.mean(np.log(np.maximum(probs[np.arange(len(y)), y], _TINY))))}
+            "nll": float(-np.mean(_log(probs[np.arange(len(y)), y])))}
 
 
 def _check(p_lstm: np.ndarray, p_tfidf: np.ndarray, n: int) -> None:
@@ -93,7 +98,7 @@ def _multi(probs: np.ndarray, truth: np.ndarray) -> dict:
     thresholds = choose_thresholds(probs, truth)
     decided = probs >= thresholds
     tp, pooled = int((truth & decided).sum()), int(truth.sum() + decided.sum())
-    p = np.clip(probs, _EDGE, 1.0 - _EDGE)
+    p = np.clip(np.asarray(probs, np.float64), _EDGE, 1.0 - _EDGE)
     bce = float(-np.mean(np.where(truth, np.log(p), np.log1p(-p))))
     return {"micro_f1": 2 * tp / pooled if pooled else 1.0, "bce": bce, "thresholds": thresholds.tolist()}
 

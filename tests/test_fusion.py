@@ -72,6 +72,15 @@ def test_a_model_that_knows_nothing_adds_nothing():
     assert figures["weight"] == 0.0 and choose_shipped(figures, "best") == "tfidf"
 
 
+def test_float32_probabilities_of_zero_stay_finite():
+    """The LSTM's softmax in float32 underflows to 0: fused and scored, it stays finite (a tiny probability)."""
+    p_lstm = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    p_tfidf = np.array([[0.3, 0.7], [0.6, 0.4]])
+    figures = choose_weight(p_lstm, p_tfidf, np.array([1, 0]))
+    assert all(np.isfinite(g["nll"]) for g in figures["grid"]) and figures["weight"] == 0.0
+    assert np.isfinite(fuse(p_lstm, p_tfidf, 0.5)).all()
+
+
 def test_equal_models_tie_everywhere_and_take_the_middle_weight():
     p, y = _calibrated(100, 3, 3)
     assert choose_weight(p, p.copy(), y)["weight"] == 0.5
