@@ -52,7 +52,7 @@ def best_rate(fn, n: int, rounds: int) -> float:
 
 
 def main() -> None:
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression, SGDClassifier
 
     from pipeline.tfidf import HashedTfidf, tfidf_vectorizer
     from pipeline.tfidf_model import TfidfModel
@@ -76,8 +76,8 @@ def main() -> None:
     clf = LogisticRegression(C=4.0, max_iter=300).fit(vectorizer.fit_transform(train["tokens"]), train["label"])
     features = HashedTfidf(2, 20, 2)
     features.fit(iter([train]))
-    from sklearn.linear_model import SGDClassifier
-    sgd = SGDClassifier(loss="log_loss", alpha=1e-5, random_state=0).fit(features.transform(train["tokens"]), train["label"])
+    sgd = SGDClassifier(loss="log_loss", alpha=1e-5, random_state=0)
+    sgd.fit(features.transform(train["tokens"]), train["label"])
     with tempfile.TemporaryDirectory() as tmp:
         for name, model, reference in (
                 ("vocabulary", TfidfModel.from_vectorizer(vectorizer, clf),

@@ -67,8 +67,8 @@ class TfidfModel:
     def from_vectorizer(cls, vectorizer, clf, thresholds: np.ndarray | None = None,
                         labels: Sequence[str] | None = None) -> "TfidfModel":
         """A fitted TfidfVectorizer and its LogisticRegression, or a multi-label OneVsRestClassifier of them
-        (with the `labels` its columns stand for and their `thresholds`). The prepared tokens never hold a blank (pipeline/text.py), so the vectorizer's
-        space-joined n-gram names split back into their tokens."""
+        (with the `labels` its columns stand for and their `thresholds`). The prepared tokens never hold a
+        blank (pipeline/text.py), so the vectorizer's space-joined n-gram names split back into their tokens."""
         names = vectorizer.get_feature_names_out().tolist()
         ngrams = [tuple(name.split(" ")) for name in names]
         lo, hi = vectorizer.ngram_range
@@ -83,8 +83,8 @@ class TfidfModel:
         hasher = features.hasher
         if hasher.alternate_sign or hasher.norm is not None:
             raise ValueError("only HashedTfidf's hasher (alternate_sign=False, norm=None) is supported")
-        return cls(**_head(clf, None, None), ngram_range=tuple(hasher.ngram_range), idf=np.asarray(features.idf, np.float64),
-                   n_features=int(hasher.n_features))
+        return cls(**_head(clf, None, None), ngram_range=tuple(hasher.ngram_range),
+                   idf=np.asarray(features.idf, np.float64), n_features=int(hasher.n_features))
 
     # ---- the file -----------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
@@ -349,9 +349,10 @@ def _checked(path: Path, members: dict) -> TfidfModel:
     if output not in OUTPUTS:
         raise bad("meta.output", f"must be one of {', '.join(OUTPUTS)}, got {short(output)}")
     classes = meta.get("classes")
-    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) or len(set(classes)) != len(classes) \
-            or len(classes) < (1 if output == "one_vs_rest" else 2):
-        raise bad("meta.classes", f"must be a list of distinct names (2 at least; 1 for one_vs_rest), got {short(classes)}")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) \
+            or len(set(classes)) != len(classes) or len(classes) < (1 if output == "one_vs_rest" else 2):
+        raise bad("meta.classes", "must be a list of distinct names (2 at least; 1 for one_vs_rest), got "
+                  f"{short(classes)}")
     ngram_range = meta.get("ngram_range")
     if not (isinstance(ngram_range, list) and len(ngram_range) == 2 and all(type(n) is int for n in ngram_range)
             and 1 <= ngram_range[0] <= ngram_range[1] <= 16):

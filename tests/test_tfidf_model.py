@@ -139,11 +139,13 @@ def _meta(members: dict, **changes) -> dict:
 BAD = [
     (lambda m: {k: v for k, v in m.items() if k != "coef"}, "coef: member missing"),
     (lambda m: {**m, "coef": m["coef"][:, :-1]}, r"coef: must be floats of shape \(2, \d+\)"),
-    (lambda m: {**m, "idf": np.where(np.arange(len(m["idf"])) == 3, np.nan, m["idf"])}, "idf: holds 1 values that are not finite"),
+    (lambda m: {**m, "idf": np.where(np.arange(len(m["idf"])) == 3, np.nan, m["idf"])},
+     "idf: holds 1 values that are not finite"),
     (lambda m: {**m, "intercept": np.array([np.inf, 0.0])}, "intercept: holds 1 values that are not finite"),
     (lambda m: {**m, "coef": m["coef"].astype(np.int64)}, "coef: must be floats"),
     (lambda m: {**m, "meta": np.frombuffer(b"{not json", np.uint8)}, "meta: unreadable JSON"),
-    (lambda m: {**m, "meta": np.frombuffer(b'{"format": 1, "format": 2}', np.uint8)}, "meta: names the key 'format' twice"),
+    (lambda m: {**m, "meta": np.frombuffer(b'{"format": 1, "format": 2}', np.uint8)},
+     "meta: names the key 'format' twice"),
     (lambda m: _meta(m, version=2), "meta.version: version 2, this code reads version 1"),
     (lambda m: _meta(m, classes=["neg", "neg"]), "meta.classes: must be a list of distinct names"),
     (lambda m: _meta(m, output="softmax"), "meta.output: must be one of"),
@@ -181,7 +183,8 @@ def test_a_planted_pickle_is_never_unpickled(tmp_path):
     as_file.write_bytes(pickle.dumps(_Planted(marker)))
     as_member = tmp_path / "member.npz"
     with open(as_member, "wb") as f:  # an object array inside a well-formed archive
-        np.savez(f, **{**_good_members(tmp_path), "coef": np.array([_Planted(marker)], dtype=object)}, allow_pickle=True)
+        np.savez(f, **{**_good_members(tmp_path), "coef": np.array([_Planted(marker)], dtype=object)},
+                 allow_pickle=True)
     for path, message in ((as_file, "not a TF-IDF model file"), (as_member, "'coef' is not a plain array")):
         with pytest.raises(PipelineError, match=message):
             TfidfModel.load(path)
