@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow  # every test here runs DVC
 
 AFTER_TRAIN = {"train", "evaluate", "predict", "card"}  # what a new model reruns
 CACHED_OUTPUTS = ["data/raw/embeddings", "data/raw/corpus", "data/prepared", "data/vocab", "models/model.pt",
+                  "models/tfidf.npz",
                   "data/predictions/test.parquet"]
 
 

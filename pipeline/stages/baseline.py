@@ -7,8 +7,9 @@ hashed into 2**hash_bits columns (no vocabulary held), TF-IDF weights from a fir
 document frequencies, and logistic regression fitted by SGD (one model per C, all fed from each chunk),
 the splits read `chunk_rows` rows at a time, so memory follows the chunk, not the corpus.
 
-Writes metrics/baseline.json (baseline_test_acc and baseline_test_f1, for `dvc exp show`) and
-metrics/baseline/report.json (per class, the chosen C, its validation accuracy, which model).
+Writes metrics/baseline.json (baseline_test_acc and baseline_test_f1, for `dvc exp show`),
+metrics/baseline/report.json (per class, the chosen C, its validation accuracy, which model) and the
+fitted model, models/tfidf.npz (pipeline.tfidf_model: plain arrays and JSON, never a pickle; docs/stages.md).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from pipeline.files import write_json
 from pipeline.metrics import classification_metrics, headline
 from pipeline.prepared_task import prepared_task
 from pipeline.tfidf import fit_baseline, fit_multilabel_baseline, fit_streaming, read_chunks
+from pipeline.tfidf_model import TfidfModel
 from pipeline.workspace import start_stage
 
 PREPARED = Path("data/prepared")
 METRICS = Path("metrics/baseline.json")
 REPORT = Path("metrics/baseline/report.json")
+MODEL = Path("models/tfidf.npz")
 
 
 def main() -> None:
@@ -46,6 +49,7 @@ def main() -> None:
         vectorizer, clf, c, val_acc = fit_baseline(train, val, bp.ngram_max, bp.C, min_df=bp.min_df)
         actual, predicted = test["label"].tolist(), clf.predict(vectorizer.transform(test["tokens"].map(list))).tolist()
         model = "tf-idf + logistic regression (in memory)"
+        TfidfModel.from_vectorizer(vectorizer, clf).save(MODEL)
     else:
         features, clf, c, val_acc = fit_streaming(split_path, bp.ngram_max, bp.C, bp.min_df, bp.hash_bits,
                                                   bp.chunk_rows, bp.epochs)
@@ -54,6 +58,7 @@ def main() -> None:
             actual += chunk["label"].tolist()
             predicted += clf.predict(features.transform(chunk["tokens"])).tolist()
         model = f"hashed tf-idf (2^{bp.hash_bits}) + logistic regression by SGD, {bp.epochs} epochs (out of core)"
+        TfidfModel.from_hashed(features, clf).save(MODEL)
     metrics = classification_metrics(actual, predicted, sorted(clf.classes_.tolist()))
     metrics.update({"C": c, "val_accuracy": round(float(val_acc), 4), "model": model, "train_rows": train_rows})
     write_json(REPORT, metrics)
@@ -76,6 +81,7 @@ def multi_label(bp: params.BaselineParams, split_path, train_rows: int) -> None:
     vectorizer, clf, c, thresholds, val_micro_f1 = fit_multilabel_baseline(train, val, labels, bp.ngram_max, bp.C,
                                                                            min_df=bp.min_df)
     probs = clf.predict_proba(vectorizer.transform(test["tokens"].map(list)))
+    TfidfModel.from_vectorizer(vectorizer, clf, thresholds, labels).save(MODEL)
     # A test label the training split lacks is never predicted: it counts as missed (prepare drops such labels).
     known = [[name for name in names if name in set(labels)] for names in test["label"]]
     metrics = multilabel_metrics(label_matrix(known, labels), probs >= thresholds, labels)
