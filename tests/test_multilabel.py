@@ -190,3 +190,42 @@ def test_a_checkpoint_with_wrong_thresholds_or_an_unknown_task_is_refused(tiny_m
         path.write_bytes(buffer.getvalue())
         with pytest.raises(PipelineError, match=message):
             load_checkpoint(path)
+
+
+@pytest.mark.slow
+def test_a_multi_label_corpus_goes_through_dvc_repro_by_params_alone(tmp_path):
+    """JSON lines whose labels are lists, with a title and a body: `dvc repro` with params.yaml alone; the
+    splits, the model, the figures in `dvc exp show`, and the predictions are label sets."""
+    from tests.helpers import make_project, run
+
+    corpus = tmp_path / "news.jsonl"
+    with open(corpus, "w", encoding="utf-8") as out:
+        for i, (text, sentiment) in enumerate(polarity_rows()):
+            words = text.split()
+            labels = sorted({sentiment} | ({"long"} if len(words) > 20 else set())
+                            | ({"film"} if {"film", "movie"} & set(words) else set()))
+            row = {"title": " ".join(words[:3]), "body": " ".join(words[3:]), "tags": [] if i % 7 == 0 else labels}
+            if i % 11 == 0:
+                del row["tags"]  # no label: dropped, counted
+            out.write(json.dumps(row) + "\n")
+    project = tiny_params(corpus, GENSIM_DATA / "test_glove.txt")
+    project["corpus"].update(text_column=["title", "body"], label_column="tags", format="auto", task="auto")
+    repo = make_project(tmp_path / "repo", project)
+    run(["dvc", "repro"], repo)
+    prepared = json.loads((repo / "metrics/prepare.json").read_text())
+    assert prepared["task"] == "multi_label" and prepared["dropped_missing_label"] == len(range(0, 200, 11))
+    assert prepare_task_of(repo) == "multi_label"
+    figures = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)[0]["data"]["metrics"]
+    assert {"lstm_test_micro_f1", "lstm_test_samples_f1", "lstm_test_hamming"} <= set(figures["metrics/eval.json"]["data"])
+    assert "baseline_test_micro_f1" in figures["metrics/baseline.json"]["data"]
+    predictions = pq.read_table(repo / "data/predictions/test.parquet")
+    assert predictions.schema.field("predicted_labels").type == pa.list_(pa.string())
+    ckpt = load_checkpoint(repo / "models/model.pt")
+    out = run([str(Path(sys.executable).parent / "textclf-predict"), "--model", str(repo / "models/model.pt"),
+               "--json", "a gripping film , long and good"], repo).stdout
+    answer = json.loads(out.strip().splitlines()[-1])
+    assert set(answer["labels"]) <= set(ckpt.labels) and set(answer["probabilities"]) == set(ckpt.labels)
+
+
+def prepare_task_of(repo: Path) -> str:
+    return prepared_task(repo / "data/prepared/train.parquet")
