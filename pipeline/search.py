@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import sys
 import time
 import typing
 from pathlib import Path
@@ -39,7 +40,8 @@ BEST = "metrics/train/best.json"
 VAL_SERIES = "metrics/train/plots/metrics/val/accuracy.tsv"
 OBJECTIVES = ("lstm_val_acc", "lstm_val_micro_f1")  # single-label, multi-label: validation figures only
 STARTUP_TRIALS = 5   # TPE's random trials before it models the results
-PRUNER = {"startup_trials": 3, "warmup_epochs": 2}  # no pruning before 3 finished trials, nor before epoch 3
+# No pruning before 3 trials have finished, nor before epoch 5 (freeze_then_finetune's embeddings thaw after epoch 3).
+PRUNER = {"startup_trials": 3, "warmup_epochs": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +187,8 @@ def run_experiment(name: str, values: dict, env: dict, log: Path) -> tuple[int, 
         out.flush()
         proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, text=True)
     lines = [line for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith(("error:", "ERROR:"))]
+    # The stage's own one-line error ("error: ..."), else DVC's ("ERROR: ..."), else the last line.
+    errors = [line for line in lines if line.startswith("error:")] or [line for line in lines if line.startswith("ERROR:")]
     return proc.returncode, (errors or lines or [""])[-1][:300]
 
 
@@ -235,7 +238,8 @@ class Search:
         values = {d.key: d.suggest(trial) for d in self.dims}
         exp = f"search-{self.name}-t{trial.number:03d}"
         check_values(base, values, f"search {self.name}, trial {trial.number}")
-        env = dict(os.environ, **{ENV: json.dumps({"storage": self.storage, "study": self.name,
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # this environment's dvc
+        env = dict(os.environ, PATH=path, **{ENV: json.dumps({"storage": self.storage, "study": self.name,
                                                    "trial_id": trial._trial_id, "pruner": self.settings["pruner"]})})
         print(f"trial {k + 1}{total}: {exp}: " + ", ".join(f"{key}={v:.4g}" if isinstance(v, float) else f"{key}={v}"
                                                             for key, v in values.items()), flush=True)

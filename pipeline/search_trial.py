@@ -19,13 +19,14 @@ ENV = "TEXTCLF_SEARCH_TRIAL"
 
 
 def make_pruner(settings: dict | None):
-    """Optuna's MedianPruner with the search's settings ({startup_trials, warmup_epochs}), or none (None)."""
+    """Optuna's MedianPruner with the search's settings, or none (None): no trial is pruned before
+    `startup_trials` trials have finished, nor during its first `warmup_epochs` epochs."""
     import optuna
 
     if not settings:
         return optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=settings["startup_trials"],
-                                       n_warmup_steps=settings["warmup_epochs"])
+                                       n_warmup_steps=settings["warmup_epochs"] + 1)  # steps: epochs from 1
 
 
 class EpochPruner:
