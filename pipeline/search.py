@@ -241,7 +241,7 @@ class Search:
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # this environment's dvc
         env = dict(os.environ, PATH=path, **{ENV: json.dumps({"storage": self.storage, "study": self.name,
                                                    "trial_id": trial._trial_id, "pruner": self.settings["pruner"]})})
-        print(f"trial {k + 1}{total}: {exp}: " + ", ".join(f"{key}={v:.4g}" if isinstance(v, float) else f"{key}={v}"
+        print(f"{exp} ({k}{total} trials finished so far): " + ", ".join(f"{key}={v:.4g}" if isinstance(v, float) else f"{key}={v}"
                                                             for key, v in values.items()), flush=True)
         start = time.monotonic()
         status, last = run_experiment(exp, values, env, self.folder / f"{exp}.log")
@@ -305,7 +305,8 @@ def summary_markdown(s: dict) -> str:
              f"{sum(r['state'] == 'pruned' for r in s['trials'])} pruned, "
              f"{sum(r['state'] == 'fail' for r in s['trials'])} failed).", ""]
     if s["defaults"]:
-        lines += [f"The committed params: {s['defaults']['objective']} {s['defaults']['value']:.4f} (metrics/train/best.json).", ""]
+        lines += [f"The workspace's run (metrics/train/best.json; after `make repro` and a commit, the committed params): "
+                  f"{s['defaults']['objective']} {s['defaults']['value']:.4f}.", ""]
     if s["best"]:
         b = s["best"]
         lines += [f"Best: **{b['experiment']}**, validation {b['value']:.4f}: "
@@ -313,7 +314,9 @@ def summary_markdown(s: dict) -> str:
     else:
         lines += ["No trial completed.", ""]
     if s["importance"]:
-        lines += ["What mattered (fANOVA importance over the complete trials; sums to 1):", "",
+        complete = sum(r["state"] == "complete" for r in s["trials"])
+        lines += [f"What mattered (fANOVA importance over the {complete} complete trials, summing to 1; "
+                  "from few trials, a rough guide):", "",
                   "| param | importance |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in s["importance"].items()] + [""]
     else:

@@ -244,7 +244,7 @@ def test_failing_trials_are_recorded_and_three_failures_first_stop_the_search(re
     (repo / "space.yaml").write_text("train.encoder: {choices: [transformer]}\n")  # params.py takes it; train refuses
     proc = search(repo, "--trials", "5", "--space", "space.yaml", "--name", "f", check=False)
     assert proc.returncode == 1, proc.stdout
-    assert proc.stdout.count("failed (error: params.yaml: 'train.encoder' is 'transformer'") == 3, proc.stdout
+    assert proc.stdout.count("\n  failed (error: params.yaml: 'train.encoder' is 'transformer'") == 3, proc.stdout
     assert "error: the first trials all failed" in proc.stdout.splitlines()[-1]
     summary = json.loads((repo / ".search" / "f" / "summary.json").read_text())
     assert [t["state"] for t in summary["trials"]] == ["fail"] * 3 and summary["best"] is None

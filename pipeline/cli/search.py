@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         s = write_summary(search, defaults)
     print(f"summary: {folder / 'summary.md'}")
     if s["defaults"]:
-        print(f"committed params: {s['defaults']['objective']} {s['defaults']['value']:.4f}")
+        print(f"the workspace's run (metrics/train/best.json): {s['defaults']['objective']} {s['defaults']['value']:.4f}")
     if s["best"]:
         b = s["best"]
         print(f"best: {b['experiment']} (validation {b['value']:.4f}); to take it: {b['apply']}")
