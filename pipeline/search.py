@@ -160,10 +160,16 @@ def git(*args: str) -> str:
     return proc.stdout
 
 
-def experiment_ref(name: str) -> str | None:
-    """The git ref of DVC experiment `name`, or None."""
-    refs = git("for-each-ref", "--format=%(refname)", "refs/exps").split()
-    found = [ref for ref in refs if ref.rsplit("/", 1)[-1] == name]
+def experiment_refs(baseline: str | None = None) -> list[str]:
+    """The git refs of DVC's experiments (refs/exps/<baseline[:2]>/<baseline[2:]>/<name>), of one baseline
+    commit or of all."""
+    under = f"refs/exps/{baseline[:2]}/{baseline[2:]}" if baseline else "refs/exps"
+    return git("for-each-ref", "--format=%(refname)", under).split()
+
+
+def experiment_ref(name: str, baseline: str | None = None) -> str | None:
+    """The git ref of DVC experiment `name` (run from `baseline`, if given), or None."""
+    found = [ref for ref in experiment_refs(baseline) if ref.rsplit("/", 1)[-1] == name]
     return found[-1] if found else None
 
 
@@ -243,11 +249,11 @@ class Search:
                                                    "trial_id": trial._trial_id, "pruner": self.settings["pruner"]})})
         print(f"{exp} ({k}{total} trials finished so far): " + ", ".join(f"{key}={v:.4g}" if isinstance(v, float) else f"{key}={v}"
                                                             for key, v in values.items()), flush=True)
-        start = time.monotonic()
+        start, baseline = time.monotonic(), git("rev-parse", "HEAD").strip()
         status, last = run_experiment(exp, values, env, self.folder / f"{exp}.log")
         seconds = round(time.monotonic() - start, 1)
         row = {"trial": trial.number, "experiment": exp, "params": values, "seconds": seconds}
-        ref = experiment_ref(exp) if status == 0 else None
+        ref = experiment_ref(exp, baseline) if status == 0 else None
         if ref is None:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             print(f"  failed ({last}); its log: {self.folder / (exp + '.log')}", flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -193,6 +194,9 @@ def test_a_search_ends_with_its_trials_in_exp_show_repeats_with_its_seed_resumes
     assert trials_of(repo, "c") == first
     refused = search(repo, "--trials", "3", "--name", "c", check=False)
     assert refused.returncode == 1 and "search 'c' exists" in refused.stdout
+    shutil.rmtree(repo / ".search" / "c")  # its study gone, its experiments still there: names would clash
+    refused = search(repo, "--trials", "3", "--name", "c", check=False)
+    assert refused.returncode == 1 and "experiments of an earlier search 'c' exist (search-c-t00" in refused.stdout
 
     # The best trial, applied: its params and its validation figure in the workspace.
     best = json.loads((repo / ".search" / "a" / "summary.json").read_text())["best"]

@@ -26,8 +26,8 @@ from pathlib import Path
 from pipeline import params
 from pipeline.errors import PipelineError, command_name, run_main
 from pipeline.files import read_json, write_json
-from pipeline.search import (BEST, DEFAULT_SPACE, OBJECTIVES, PRUNER, SEARCH_DIR, Search, load_space,
-                             write_summary)
+from pipeline.search import (BEST, DEFAULT_SPACE, OBJECTIVES, PRUNER, SEARCH_DIR, Search, experiment_refs, git,
+                             load_space, write_summary)
 
 SCRIPT = "textclf-search"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -86,6 +86,11 @@ def settings_for(args, seed: int | None, folder: Path) -> dict:
         return settings
     if folder.exists():
         raise PipelineError(f"search {args.name!r} exists ({folder}): add --resume to go on with it, or give another --name")
+    earlier = [ref.rsplit("/", 1)[-1] for ref in experiment_refs(git("rev-parse", "HEAD").strip())
+               if ref.rsplit("/", 1)[-1].startswith(f"search-{args.name}-t")]
+    if earlier:
+        raise PipelineError(f"experiments of an earlier search {args.name!r} exist ({earlier[0]}, ...): give another "
+                            f"--name, or remove them: dvc exp remove $(dvc exp ls --name-only | grep ^search-{args.name}-t)")
     space_file = Path(args.space) if args.space else DEFAULT_SPACE
     base = params.load_yaml()
     dims = load_space(space_file, base)
