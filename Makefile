@@ -12,7 +12,7 @@ SETUPTOOLS := setuptools==84.2.1
 # dvc's experiment queue worker calls `dvc` from PATH, so the venv goes first on it.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: exp-show repro test test-fast venv lock clean-venv bench ablation corpora scale queue-threads peers serve
+.PHONY: exp-show search repro test test-fast venv lock clean-venv bench ablation corpora scale queue-threads peers serve
 
 venv: $(STAMP)
 
@@ -65,6 +65,10 @@ queue-threads: $(STAMP)
 # `dvc exp show` in 120 columns: the headline metrics and the params that differ between experiments.
 exp-show: $(STAMP)
 	textclf-exp show --sort-by lstm_val_acc --sort-order desc
+
+# A hyperparameter search, each trial a DVC experiment (commit first): make search ARGS="--trials 20 --seed 0".
+search: $(STAMP)
+	textclf-search $(ARGS)
 
 # docs/peers.md: the LSTM beside flair and fastText on the pipeline's own splits (needs `make repro` first).
 # The peers get their own virtual environment, so that the project's pinned requirements stay lean.

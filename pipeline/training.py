@@ -103,10 +103,12 @@ class TrainState:
 @dataclass
 class Hooks:
     """Callbacks: on_step(step, {loss, lr}) after every optimizer step; on_epoch(step, row) after each
-    epoch (row: the epoch's figures); on_checkpoint(TrainState) after each epoch."""
+    epoch (row: the epoch's figures); on_checkpoint(TrainState) after each epoch; stop(epoch, val_accuracy)
+    after each epoch: True ends training there, keeping the best epoch so far (a search's pruner)."""
     on_step: Callable[[int, dict], None] | None = None
     on_epoch: Callable[[int, dict], None] | None = None
     on_checkpoint: Callable[[TrainState], None] | None = None
+    stop: Callable[[int, float], bool] | None = None
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
@@ -352,7 +354,7 @@ def fit(model: TextClassifier, plan: TrainPlan, data: tuple[Split, Split], hooks
             hooks.on_epoch(trainer.step, row)
         if hooks.on_checkpoint:
             hooks.on_checkpoint(trainer.state(epoch, time.perf_counter() - start))
-        if trainer.stale >= plan.patience:
+        if trainer.stale >= plan.patience or (hooks.stop is not None and hooks.stop(epoch, val_result.accuracy)):
             break
     trainer.result.seconds = time.perf_counter() - start
     return trainer.result

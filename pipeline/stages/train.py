@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import distributed, params, resume
+from pipeline import distributed, params, resume, search_trial
 from pipeline.batching import TokenIds
 from pipeline.calibration import calibrate_checkpoint, threshold_checkpoint
 from pipeline.checkpoint import MODEL_PATH, save_checkpoint
@@ -113,8 +113,10 @@ def train_and_save(plan: TrainPlan, prep: params.PrepareParams, vocab: dict, len
         logger = LiveLogger(live, tp.log_every_steps, tp.lr)
         if resumed is not None:
             logger.replay(resumed[1])
+        # A search trial (textclf-search) reports each epoch to its study and may stop early (pruned).
+        pruner = search_trial.epoch_pruner() if world == 1 else None
         hooks = Hooks(on_step=logger.step, on_epoch=logger.epoch, on_checkpoint=None if world > 1 else
-                      lambda state: resume.save(RESUME_PATH, key, state, logger.events))
+                      lambda state: resume.save(RESUME_PATH, key, state, logger.events), stop=pruner)
         result = fit(model, plan, data, hooks, resumed[0] if resumed else None)
         live.summary["best_epoch"] = result.best_epoch
         live.summary["best_val_accuracy"] = result.best_val_accuracy
@@ -132,14 +134,16 @@ def train_and_save(plan: TrainPlan, prep: params.PrepareParams, vocab: dict, len
                     prepared_text_config(PREPARED / "train.parquet", TextConfig.from_params(prep)), unk_id,
                     info, max_tokens, tp.truncation)
     plot_curves(result, LIVE_DIR / "curves.png")
+    pruned = {"pruned": True} if pruner is not None and pruner.pruned_after else {}  # only a pruned trial says so
     if multi_label:
-        return finish_multi_label(result, tp.batch_size)
+        return finish_multi_label(result, tp.batch_size, pruned)
     # Temperature scaling, fitted on validation and written into the checkpoint (pipeline.calibration).
     calibrated = calibrate_checkpoint(MODEL_PATH, PREPARED / "val.parquet", tp.batch_size)
     # The saved model's figures, not the last epoch's (DVCLive's summary holds the last values).
     write_json(LIVE_DIR / BEST, {"lstm_val_acc": round(result.best_val_accuracy, 4),
                                  "lstm_best_epoch": result.best_epoch, "lstm_temperature": calibrated["temperature"],
-                                 **{f"lstm_val_{k}": calibrated[k] for k in ("ece_raw", "ece", "brier_raw", "brier")}})
+                                 **{f"lstm_val_{k}": calibrated[k] for k in ("ece_raw", "ece", "brier_raw", "brier")},
+                                 **pruned})
     RESUME_PATH.unlink(missing_ok=True)
     print(f"best epoch {result.best_epoch}: val accuracy {result.best_val_accuracy:.4f}; "
           f"{result.seconds:.1f}s; saved {MODEL_PATH}; temperature {calibrated['temperature']:.3f}: validation ECE "
@@ -147,13 +151,13 @@ def train_and_save(plan: TrainPlan, prep: params.PrepareParams, vocab: dict, len
 
 
 
-def finish_multi_label(result, batch_size: int) -> None:
+def finish_multi_label(result, batch_size: int, pruned: dict) -> None:
     """A multi-label model's thresholds, one per label, chosen on validation and written into the checkpoint;
     best.json with the saved epoch and its validation figures at those thresholds (early stopping followed
     samples-F1 at 0.5, in DVCLive's val/accuracy)."""
     tuned = threshold_checkpoint(MODEL_PATH, PREPARED / "val.parquet", batch_size)
     write_json(LIVE_DIR / BEST, {"lstm_best_epoch": result.best_epoch,
-                                 **{f"lstm_val_{k}": tuned[k] for k in ("micro_f1", "macro_f1", "samples_f1")}})
+                                 **{f"lstm_val_{k}": tuned[k] for k in ("micro_f1", "macro_f1", "samples_f1")}, **pruned})
     RESUME_PATH.unlink(missing_ok=True)
     print(f"best epoch {result.best_epoch}: val samples-F1 at 0.5 {result.best_val_accuracy:.4f}; "
           f"{result.seconds:.1f}s; saved {MODEL_PATH}; per-label thresholds chosen on validation: micro-F1 "
