@@ -56,8 +56,13 @@ def fit_multilabel_baseline(train: pd.DataFrame, val: pd.DataFrame, labels: list
                             grid: list[float], seed: int = 0, min_df: int = 1):
     """Several labels per text: TF-IDF + one logistic regression per label (one-vs-rest), for each C in grid,
     each label's threshold chosen on validation by the LSTM's rule (multilabel_metrics.choose_thresholds);
-    the C with the best validation micro-F1 at its thresholds. (vectorizer, classifier, C, thresholds,
-    validation micro-F1.)"""
+    the C with the best validation micro-F1 at its thresholds, refitted. (vectorizer, classifier, C,
+    thresholds, validation micro-F1.)
+
+    The grid is walked a label at a time, weakest regularisation last, each fit starting from the previous
+    C's solution: on Reuters (115 labels, 127k n-grams) that is several times faster than a fresh
+    one-vs-rest fit per C. The validation probabilities of every C are kept ((texts x labels) each), not
+    the models: the chosen C is fitted once more."""
     from sklearn.multiclass import OneVsRestClassifier
 
     from pipeline.multilabel_metrics import choose_thresholds, label_matrix, multilabel_metrics
@@ -66,15 +71,25 @@ def fit_multilabel_baseline(train: pd.DataFrame, val: pd.DataFrame, labels: list
     x_train = vectorizer.fit_transform(train["tokens"].map(list))
     x_val = vectorizer.transform(val["tokens"].map(list))
     y_train, y_val = label_matrix(train["label"], labels), label_matrix(val["label"], labels)
+    grid = sorted(grid)
+    val_probs = {c: np.zeros(y_val.shape) for c in grid}
+    for j in range(len(labels)):
+        if y_train[:, j].all() or not y_train[:, j].any():  # one class only: a constant, as OneVsRest keeps it
+            for c in grid:
+                val_probs[c][:, j] = float(y_train[0, j])
+            continue
+        clf = LogisticRegression(max_iter=2000, random_state=seed, warm_start=True)
+        for c in grid:
+            val_probs[c][:, j] = clf.set_params(C=c).fit(x_train, y_train[:, j]).predict_proba(x_val)[:, 1]
     best = None
-    for c in sorted(grid):
-        clf = OneVsRestClassifier(LogisticRegression(C=c, max_iter=2000, random_state=seed)).fit(x_train, y_train)
-        probs = clf.predict_proba(x_val)
-        thresholds = choose_thresholds(probs, y_val)
-        micro_f1 = multilabel_metrics(y_val, probs >= thresholds, labels)["micro_f1"]
-        if best is None or micro_f1 > best[3]:
-            best = (clf, c, thresholds, micro_f1)
-    return vectorizer, *best
+    for c in grid:
+        thresholds = choose_thresholds(val_probs[c], y_val)
+        micro_f1 = multilabel_metrics(y_val, val_probs[c] >= thresholds, labels)["micro_f1"]
+        if best is None or micro_f1 > best[2]:
+            best = (c, thresholds, micro_f1)
+    c, thresholds, micro_f1 = best
+    clf = OneVsRestClassifier(LogisticRegression(C=c, max_iter=2000, random_state=seed)).fit(x_train, y_train)
+    return vectorizer, clf, c, thresholds, micro_f1
 
 
 def read_chunks(path: Path, rows: int) -> Iterator[pd.DataFrame]:
