@@ -150,3 +150,93 @@ def test_ship_writes_the_shipped_model_and_number_only_metrics(tiny_model_path, 
     with pytest.raises(PipelineError, match=r"models/lstm\.pt: cannot load the model"):
         shipped.ship("best")
     assert not (tmp_path / "models/model.pt").exists()
+
+
+def test_serve_and_batch_predict_give_the_fused_probabilities(tiny_fused_path, tiny_fused_ckpt, tmp_path):
+    """The bar: the server's and batch prediction's probabilities are the shipped (fused) model's."""
+    from pipeline.cli import predict as predict_cli
+    from pipeline.serve import create_app
+    from tests.test_serve import LIMITS, LiveServer
+
+    p_lstm, p_tfidf = _parts(tiny_fused_ckpt, WORDY)
+    want = fuse(p_lstm, p_tfidf, tiny_fused_ckpt.fusion_weight)
+    live = LiveServer(create_app(tiny_fused_path, LIMITS))
+    try:
+        status, data = live.post({"texts": WORDY[:LIMITS.max_batch]})
+    finally:
+        live.stop()
+    assert status == 200, data
+    served = np.array([[p["probabilities"][lab] for lab in tiny_fused_ckpt.labels] for p in data["predictions"]])
+    assert np.abs(served - want[:len(served)]).max() < 1e-6
+    assert [p["label"] for p in data["predictions"]] == [tiny_fused_ckpt.labels[i] for i in want.argmax(axis=1)]
+    source, output = tmp_path / "in.csv", tmp_path / "out.csv"
+    pd.DataFrame({"text": WORDY}).to_csv(source, index=False)
+    predict_cli.main(["--model", str(tiny_fused_path), "--input", str(source), "--output", str(output)])
+    out = pd.read_csv(output)
+    assert np.abs(out[[f"prob_{lab}" for lab in tiny_fused_ckpt.labels]].to_numpy() - want).max() < 1e-6
+
+
+def _evaluate(folder, model_bytes: bytes) -> tuple[dict, dict]:
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    (folder / "models/model.pt").write_bytes(model_bytes)
+    (folder / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    proc = subprocess.run([sys.executable, "-m", "pipeline.stages.evaluate"], cwd=folder,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "CI": "true"},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return (json.loads((folder / "metrics/eval.json").read_text()),
+            json.loads((folder / "metrics/eval/report.json").read_text()))
+
+
+def test_evaluate_scores_the_shipped_model_and_the_lstm_part_alone(tiny_model_path, tiny_fused_path, tmp_path):
+    _prepared(tmp_path)
+    lstm, _ = _evaluate(tmp_path, tiny_model_path.read_bytes())
+    assert (lstm["shipped_test_acc"], lstm["shipped_test_f1"]) == (lstm["lstm_test_acc"], lstm["lstm_test_f1"])
+    fused, report = _evaluate(tmp_path, tiny_fused_path.read_bytes())
+    # The LSTM part's figures, calibration included, are the LSTM's; the shipped ones the fusion's.
+    assert {k: v for k, v in fused.items() if k.startswith("lstm_")} == {k: v for k, v in lstm.items()
+                                                                         if k.startswith("lstm_")}
+    test = pd.read_parquet(tmp_path / "data/prepared/test.parquet")
+    ckpt = load_checkpoint(tiny_fused_path)
+    p_lstm, p_tfidf = _parts(ckpt, test["text"].tolist())
+    predicted = np.asarray(ckpt.labels)[fuse(p_lstm, p_tfidf, ckpt.fusion_weight).argmax(axis=1)]
+    assert fused["shipped_test_acc"] == pytest.approx(float(np.mean(predicted == test["label"].to_numpy())))
+    assert report["shipped"] == "fusion" and report["fusion_weight"] == 0.4
+    assert report["lstm"]["accuracy"] == lstm["lstm_test_acc"] and report["accuracy"] == fused["shipped_test_acc"]
+    wrong = pd.read_csv(tmp_path / "metrics/eval/misclassified.csv")
+    assert len(wrong) == int((predicted != test["label"].to_numpy()).sum())
+    assert "LSTM part" in (tmp_path / "metrics/eval/misclassified.html").read_text()
+
+
+def test_evaluate_scores_a_shipped_multi_label_fusion(tiny_multilabel_path, tmp_path):
+    _prepared(tmp_path, multi_label=True)
+    lstm, _ = _evaluate(tmp_path, tiny_multilabel_path.read_bytes())
+    fused_path = tiny_shipped_checkpoint(tiny_multilabel_path, tmp_path / "fused.pt", "fusion", 0.5)
+    fused, report = _evaluate(tmp_path, fused_path.read_bytes())
+    assert {k: v for k, v in fused.items() if k.startswith("lstm_")} == {k: v for k, v in lstm.items()
+                                                                         if k.startswith("lstm_")}
+    assert report["shipped"] == "fusion" and report["thresholds"] == dict.fromkeys(load_checkpoint(fused_path).labels,
+                                                                                   pytest.approx(0.4))
+    assert fused["shipped_test_f1"] == report["macro_f1"]
+
+
+def test_explanations_of_a_fused_model_are_its_lstm_parts_and_say_so(tiny_fused_path, tiny_fused_ckpt, capsys):
+    import json
+
+    from pipeline.cli import predict as predict_cli
+    from pipeline.serve_page import render_page
+    from tests.test_serve import LIMITS
+
+    predict_cli.main(["--model", str(tiny_fused_path), "--explain", "--json", *WORDY])
+    out, err = capsys.readouterr()
+    assert "explanations are" not in err and "attributions of its LSTM part" in err
+    want = predict_texts(tiny_fused_ckpt, WORDY).probs.argmax(axis=1)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["explanation"]["target"] for r in rows] == [tiny_fused_ckpt.labels[i] for i in want]
+    page, _ = render_page(tiny_fused_ckpt.labels, LIMITS, False, note="the LSTM part <b>")
+    assert "the LSTM part &lt;b&gt;" in page
