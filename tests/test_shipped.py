@@ -240,3 +240,32 @@ def test_explanations_of_a_fused_model_are_its_lstm_parts_and_say_so(tiny_fused_
     assert [r["explanation"]["target"] for r in rows] == [tiny_fused_ckpt.labels[i] for i in want]
     page, _ = render_page(tiny_fused_ckpt.labels, LIMITS, False, note="the LSTM part <b>")
     assert "the LSTM part &lt;b&gt;" in page
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_refuses_a_fused_model_naming_what_to_export_instead(tiny_fused_path, tmp_path, fmt):
+    from pipeline.cli import export as export_cli
+
+    with pytest.raises(PipelineError, match=r"model\.pt: ships the LSTM fused with a TF-IDF model, which ONNX and "
+                                            r"TorchScript cannot hold .*--model models/lstm\.pt .*ship\.model: lstm") as err:
+        export_cli.main(["--model", str(tiny_fused_path), "--format", fmt, "--output", str(tmp_path / "m.onnx")])
+    assert "\n" not in str(err.value) and not list(tmp_path.iterdir())
+
+
+def test_the_card_says_what_ships_the_weight_and_the_three_validation_figures(tiny_fused_ckpt):
+    from pipeline import model_card
+
+    facts = model_card.checkpoint_facts(tiny_fused_ckpt)
+    metrics = {"metrics/eval.json": {"lstm_test_acc": 0.81, "lstm_test_f1": 0.8, "shipped_test_acc": 0.84,
+                                     "shipped_test_f1": 0.83},
+               "metrics/ship.json": {"ship_model": 1, "ship_fusion_weight": 0.4, "ship_val_acc_lstm": 0.8,
+                                     "ship_val_acc_tfidf": 0.78, "ship_val_acc_fusion": 0.83, "fusion_test_acc": 0.84,
+                                     "fusion_test_f1": 0.83},
+               "metrics/baseline.json": {"baseline_test_acc": 0.77, "baseline_test_f1": 0.76}}
+    card = model_card.build_card(facts, {}, metrics, "models/model.pt")
+    assert "This checkpoint ships the LSTM fused with the TF-IDF model" in card and "w = 0.4" in card
+    assert "| acc_lstm | 0.8 |" in card and "| acc_tfidf | 0.78 |" in card and "| acc_fusion | 0.83 |" in card
+    assert "| the LSTM fused with the TF-IDF model (this model) | 0.84 | 0.83 |" in card
+    assert "| LSTM part alone | 0.81 | 0.8 |" in card and "| fusion (LSTM + TF-IDF) | 0.84 | 0.83 |" in card
+    assert "| baseline | 0.77 | 0.76 |" in card and "Explanations" in card and "of the LSTM part" in card
+    assert "textclf-export --model models/lstm.pt" in card
