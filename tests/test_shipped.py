@@ -146,6 +146,10 @@ def test_ship_writes_the_shipped_model_and_number_only_metrics(tiny_model_path, 
     after = read_json(tmp_path / "metrics/ship.json")
     assert after["ship_model"] == 1 and after["fusion_test_acc"] == metrics["fusion_test_acc"]
     os.remove(tmp_path / "models/model.pt")
+    (tmp_path / "models/lstm.pt").write_bytes(tiny_shipped_checkpoint(
+        tiny_multilabel_path if multi_label else tiny_model_path, tmp_path / "fused.pt").read_bytes())
+    with pytest.raises(PipelineError, match=r"models/lstm\.pt: holds a shipped fusion model, not train's LSTM alone"):
+        shipped.ship("best")
     (tmp_path / "models/lstm.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(PipelineError, match=r"models/lstm\.pt: cannot load the model"):
         shipped.ship("best")
