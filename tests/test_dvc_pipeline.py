@@ -79,7 +79,12 @@ def test_full_repro_writes_every_artefact(repo):
     assert predictions["label"].tolist() == confusion["actual"].tolist()
     card = (repo / "models/MODEL_CARD.md").read_text()
     from pipeline.model_card import _cell
-    assert f"| LSTM (this model) | {_cell(evaluation['accuracy'])} | {_cell(evaluation['macro_f1'])} |" in card
+    from pipeline.model_card import SHIPPED_NAMES
+    name = "LSTM" if shipped["shipped"] == "lstm" else SHIPPED_NAMES[shipped["shipped"]]
+    assert f"| {name} (this model) | {_cell(evaluation['accuracy'])} | {_cell(evaluation['macro_f1'])} |" in card
+    if shipped["shipped"] != "lstm":
+        assert f"| LSTM part alone | {_cell(lstm['accuracy'])} | {_cell(lstm['macro_f1'])} |" in card
+        assert "## What ships" in card
     assert "## Limits" in card
     baseline = json.loads((repo / "metrics/baseline/report.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "C"} <= set(baseline)
