@@ -1,4 +1,4 @@
-"""The saved model's format (models/model.pt), written by train and read by evaluate, predict, export and
+"""The saved model's format (models/lstm.pt, written by train; models/model.pt, by ship), read by evaluate, predict, export and
 the card.
 
 The checkpoint carries everything needed to classify raw text: weights, model config (the encoder's
