@@ -1,5 +1,5 @@
-"""The saved model's format (models/lstm.pt, written by train; models/model.pt, by ship), read by evaluate, predict, export and
-the card.
+"""The saved model's format (models/lstm.pt, written by train; models/model.pt, by ship), read by evaluate,
+predict, export and the card.
 
 The checkpoint carries everything needed to classify raw text: weights, model config (the encoder's
 name among them), vocabulary, label names, the tokenizer settings of the prepare stage and the model's

@@ -250,8 +250,9 @@ def test_explanations_of_a_fused_model_are_its_lstm_parts_and_say_so(tiny_fused_
 def test_export_refuses_a_fused_model_naming_what_to_export_instead(tiny_fused_path, tmp_path, fmt):
     from pipeline.cli import export as export_cli
 
-    with pytest.raises(PipelineError, match=r"model\.pt: ships the LSTM fused with a TF-IDF model, which ONNX and "
-                                            r"TorchScript cannot hold .*--model models/lstm\.pt .*ship\.model: lstm") as err:
+    refusal = (r"model\.pt: ships the LSTM fused with a TF-IDF model, which ONNX and TorchScript cannot hold "
+               r".*--model models/lstm\.pt .*ship\.model: lstm")
+    with pytest.raises(PipelineError, match=refusal) as err:
         export_cli.main(["--model", str(tiny_fused_path), "--format", fmt, "--output", str(tmp_path / "m.onnx")])
     assert "\n" not in str(err.value) and not list(tmp_path.iterdir())
 

@@ -2,7 +2,8 @@
 
 Writes metrics/eval.json, the figures `dvc exp show` compares: the LSTM part's alone (lstm_test_acc,
 lstm_test_f1 and its calibration figures, whatever ships) and the shipped model's (shipped_test_acc,
-shipped_test_f1: the LSTM's again when it ships alone); and under metrics/eval/, of the shipped model: report.json (the same plus per-class precision/recall/F1
+shipped_test_f1: the LSTM's again when it ships alone); and under metrics/eval/, of the shipped model:
+report.json (the same plus per-class precision/recall/F1
 and the test size: a plain output, so it does not crowd the experiments table), confusion.csv (one
 actual,predicted row per example, for DVC's confusion template), confusion.png, misclassified.csv
 (text, true label, prediction, confidence), misclassified.html (the same examples, most confident
@@ -109,7 +110,8 @@ def main() -> None:
     def fused_batches():  # the shipped model's probabilities, as log-probabilities (their softmax: themselves)
         for start in range(0, len(test), SHIPPED_ROWS):
             rows = np.arange(start, min(len(test), start + SHIPPED_ROWS))
-            p = shipped_probabilities(checkpoint, [list(test["tokens"].iloc[i]) for i in rows], evaluate_params.batch_size)
+            p = shipped_probabilities(checkpoint, [list(test["tokens"].iloc[i]) for i in rows],
+                                      evaluate_params.batch_size)
             if probs is not None:
                 probs[rows] = p
             yield rows, np.log(np.maximum(p.astype(np.float64), 1e-300))
@@ -144,7 +146,8 @@ def main() -> None:
     write_json(METRICS, {**task.headline(lstm_metrics, "lstm"),
                          **{f"lstm_test_{k}": calibration[k] for k in ("ece_raw", "ece", "brier_raw", "brier")},
                          **headline(metrics, "shipped")})
-    print(f"shipped model ({checkpoint.shipped}): test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+    print(f"shipped model ({checkpoint.shipped}): test accuracy {metrics['accuracy']:.4f}, "
+          f"macro F1 {metrics['macro_f1']:.4f}, "
           f"{len(wrong)} misclassified of {len(test)}; temperature {temperature:.3f}: ECE "
           f"{calibration['ece_raw']:.4f} -> {calibration['ece']:.4f}, Brier {calibration['brier_raw']:.4f} -> "
           f"{calibration['brier']:.4f}")
@@ -204,8 +207,8 @@ def evaluate_multi_label(checkpoint, test: pd.DataFrame, batch_size: int) -> Non
     metrics["calibration"] = {"per": "text and label", "ece": ece, "brier": brier, "bins": 15,
                               "reliability": reliability(pairs.confidence, pairs.correct),
                               "min_confidence": threshold_table(per_row.confidence, per_row.correct)}
-    metrics["thresholds"] = dict(zip(labels, (task.thresholds.tolist() if task.thresholds is not None
-                                              else [0.5] * len(labels))))
+    shipped_thresholds = checkpoint.thresholds if checkpoint.shipped == "lstm" else checkpoint.shipped_thresholds
+    metrics["thresholds"] = dict(zip(labels, (shipped_thresholds or [0.5] * len(labels))))
     wrong = test.assign(label=[" | ".join(x) for x in actual], predicted=[" | ".join(x) for x in predicted],
                         label_set=actual, predicted_set=predicted,  # the sets themselves, for the report
                         confidence=confidence.round(4))[~whole].sort_values("confidence", ascending=False)
@@ -223,9 +226,10 @@ def evaluate_multi_label(checkpoint, test: pd.DataFrame, batch_size: int) -> Non
     log_multilabel_curves(truth, probs)
     write_json(REPORT, metrics)
     write_plots(pairs, pairs, CALIBRATION_DIR, coverage=per_row)
-    write_json(METRICS, {**task.headline(lstm_metrics, "lstm"), "lstm_test_ece": lstm_ece, "lstm_test_brier": lstm_brier,
-                         **headline(metrics, "shipped")})
-    print(f"shipped model ({checkpoint.shipped}): test subset accuracy {metrics['accuracy']:.4f}, micro-F1 {metrics['micro_f1']:.4f}, macro-F1 "
+    write_json(METRICS, {**task.headline(lstm_metrics, "lstm"), "lstm_test_ece": lstm_ece,
+                         "lstm_test_brier": lstm_brier, **headline(metrics, "shipped")})
+    print(f"shipped model ({checkpoint.shipped}): test subset accuracy {metrics['accuracy']:.4f}, "
+          f"micro-F1 {metrics['micro_f1']:.4f}, macro-F1 "
           f"{metrics['macro_f1']:.4f}, samples-F1 {metrics['samples_f1']:.4f}, Hamming loss "
           f"{metrics['hamming_loss']:.4f}; {len(wrong)} of {len(test)} texts not given exactly their labels")
     from pipeline.explain import write_misclassified_report

@@ -1,7 +1,7 @@
 """Stage train: the classifier on the aligned embedding matrix, early-stopped on validation accuracy.
 
-Writes models/lstm.pt (the best epoch; the stage ship makes models/model.pt of it), metrics/train/best.json (the saved epoch and its validation
-accuracy: what `dvc exp show` compares), and DVCLive's folder metrics/train/: per-epoch loss and
+Writes models/lstm.pt (the best epoch; the stage ship makes models/model.pt of it), metrics/train/best.json
+(the saved epoch and its validation accuracy: what `dvc exp show` compares), and DVCLive's folder metrics/train/: per-epoch loss and
 accuracy over epochs, step loss and learning rate over optimizer steps, metrics.json (DVCLive's
 summary: the last values, timings; a plain output), and curves.png (a static image of the curves).
 With `train.processes` > 1 it runs itself again under torchrun (pipeline.distributed).
