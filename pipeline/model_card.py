@@ -163,16 +163,18 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
     cut = (f"at most {facts['max_tokens']} tokens ({facts['truncation']})" if facts["max_tokens"]
            else "every token (no limit)")
 
-    multi_label = facts.get("task") == "multi_label"
+    multi_label, shipped = facts.get("task") == "multi_label", facts.get("shipped", "lstm")
     lines = [f"# Model card: `{model_name}`", ""]
     if multi_label:
         lines += _decisions(facts)
     else:
         lines += [f"A text classifier over {len(labels)} classes: {', '.join(f'`{lab}`' for lab in labels)}. "
                   "It returns one probability per class (softmax); the prediction is the most probable class.",
-                  f"The probabilities are temperature-scaled (softmax of logits / "
-                  f"{_cell(facts.get('temperature', 1.0))}, the temperature fitted on the validation split), which "
-                  "never changes the prediction."]
+                  f"The {'LSTM part' + chr(39) + 's ' if shipped != 'lstm' else ''}probabilities are temperature-scaled "
+                  f"(softmax of logits / {_cell(facts.get('temperature', 1.0))}, the temperature fitted on the "
+                  "validation split), which never changes the prediction"
+                  + ("; what ships combines them with the TF-IDF model's (What ships, below)." if shipped != "lstm"
+                     else ".")]
     lines += ["", "## Model", "",
              f"- Architecture: {_architecture(cfg, facts)}.",
              f"- Vocabulary: {facts['vocab_size']:,} tokens from the training split (id {cfg.get('pad_id')} is "
@@ -202,7 +204,6 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
     if corpus and corpus.get("drop_labels"):
         lines.append(f"- Rows labelled {', '.join(f'`{x}`' for x in corpus['drop_labels'])} were left out.")
 
-    shipped = facts.get("shipped", "lstm")
     if shipped != "lstm":
         lines += _shipped(facts, metrics)
     lines += ["", "## Results", ""]
@@ -332,7 +333,8 @@ def _calibration(metrics: dict[str, dict | None]) -> list[str]:
     if cal.get("per") == "text and label":  # a multi-label model's (the evaluate stage's multi-label figures)
         return _multilabel_calibration(cal)
     lines = ["", "### Calibration and abstaining (test split)", "",
-             f"Expected calibration error ({cal.get('bins', 15)} equal-width bins; 0 is perfect) "
+             ("The LSTM part's (its probabilities before they are fused): expected" if cal.get("of") == "the LSTM part"
+              else "Expected") + f" calibration error ({cal.get('bins', 15)} equal-width bins; 0 is perfect) "
              f"{_cell(cal.get('ece_raw'))} before temperature scaling, {_cell(cal.get('ece'))} after "
              f"(temperature {_cell(cal.get('temperature'))}); Brier score {_cell(cal.get('brier_raw'))} before, "
              f"{_cell(cal.get('brier'))} after.", ""]

@@ -273,4 +273,4 @@ def test_the_card_says_what_ships_the_weight_and_the_three_validation_figures(ti
     assert "| the LSTM fused with the TF-IDF model (this model) | 0.84 | 0.83 |" in card
     assert "| LSTM part alone | 0.81 | 0.8 |" in card and "| fusion (LSTM + TF-IDF) | 0.84 | 0.83 |" in card
     assert "| baseline | 0.77 | 0.76 |" in card and "Explanations" in card and "of the LSTM part" in card
-    assert "textclf-export --model models/lstm.pt" in card
+    assert "textclf-export --model models/lstm.pt" in card and "The LSTM part's probabilities are temperature" in card
