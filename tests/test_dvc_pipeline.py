@@ -128,6 +128,14 @@ def test_the_exported_model_gives_the_trained_models_probabilities_on_the_test_s
     from pipeline.export import encode_batch, read_sidecar
 
     output = repo / f"models/model.{'onnx' if fmt == 'onnx' else 'torchscript.pt'}"
+    # A fused or TF-IDF model does not export (the TF-IDF part looks up strings): one line says what to do.
+    # Under ship.model: lstm the LSTM alone ships, and its export gives the predict stage's probabilities.
+    from pipeline.checkpoint import load_checkpoint
+    if load_checkpoint(repo / "models/model.pt").shipped != "lstm":
+        refused = run(["textclf-export", "--format", fmt, "--output", str(output)], repo, check=False)
+        assert refused.returncode == 1 and "ship.model: lstm" in refused.stdout and not output.exists()
+        set_param(repo, "ship", "model", "lstm")
+        assert stages_run(run(["dvc", "repro"], repo).stdout) == {"ship", "evaluate", "predict", "card"}
     run(["textclf-export", "--format", fmt, "--output", str(output)], repo)
     expected = pd.read_parquet(repo / "data/predictions/test.parquet")
     meta = read_sidecar(Path(f"{output}.json"))
@@ -259,7 +267,7 @@ def test_queued_experiments_run_through_the_queue_worker(repo):
             done[data["params"]["params.yaml"]["data"]["train"]["pooling"]] = data["metrics"]["metrics/eval.json"]["data"]
     assert set(done) == {"last", "max"}, shown
     evaluated = {"lstm_test_acc", "lstm_test_f1", "lstm_test_ece_raw", "lstm_test_ece", "lstm_test_brier_raw",
-                 "lstm_test_brier"}
+                 "lstm_test_brier", "shipped_test_acc", "shipped_test_f1"}
     assert all(set(m) == evaluated for m in done.values()), done  # evaluate ran in each
 
 
