@@ -9,7 +9,7 @@ the same rows, the same tokens) and the same vectors (what params.yaml `embeddin
 pipeline's own reader: GloVe 6B 50d by default). One run, one job at a time, each job its own process,
 so that its peak memory (the process's maximum resident set, from wait4) is its own:
 
-- LSTM: the pipeline's trained model (models/model.pt; its accuracy from metrics/eval.json, its training
+- LSTM: the pipeline's trained LSTM (models/lstm.pt, train's; its accuracy from metrics/eval.json's lstm_test_*, its training
   time from metrics/train/metrics.json), and the same training retrained here with seeds 42, 43, 44
   (pipeline.stages.train and .evaluate, run in a scratch folder under benchmarks/.cache/peers that links
   data/prepared and data/vocab: the checkout's workspace, dvc.lock and models/ are not touched). Prediction
@@ -422,6 +422,8 @@ def lstm_retrain(seed: int, quick: bool) -> dict:
     log(f"{label} ...")
     proc = run_process([PROJECT_PYTHON, "-m", "pipeline.stages.train"], cwd=work, env=env,
                        logfile=CACHE / "logs" / f"{label}.log")
+    # The LSTM alone is what ships here (ship.model: lstm writes models/lstm.pt's bytes as models/model.pt).
+    shutil.copyfile(work / "models/lstm.pt", work / "models/model.pt")
     run_process([PROJECT_PYTHON, "-m", "pipeline.stages.evaluate"], cwd=work, env=env,
                 logfile=CACHE / "logs" / f"{label}.log")
     result = {**proc, **lstm_figures(work)}
@@ -489,9 +491,9 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
         raise SystemExit(f"{PEERS_PYTHON} is missing: `make peers` builds it from benchmarks/peers-requirements.txt")
     # Another corpus's checkout may stop before training (dvc repro vocab baseline): the retrained seed-42
     # model, the pipeline's own seed, then stands for its model in the prediction rows.
-    has_model = (WORK / "models/model.pt").exists()
+    has_model = (WORK / "models/lstm.pt").exists()
     needed = [PREPARED / "train.parquet", WORK / "data/vocab/vocab.json"]
-    for path in needed + ([] if has_model or CORPUS != "builtin" else [WORK / "models/model.pt"]):
+    for path in needed + ([] if has_model or CORPUS != "builtin" else [WORK / "models/lstm.pt"]):
         if not path.exists():
             raise SystemExit(f"{path} is missing: run the pipeline first (make repro, or dvc repro in {WORK})")
     shutil.rmtree(CACHE / "logs", ignore_errors=True)
@@ -508,7 +510,7 @@ def measure(quick: bool, max_load: float, max_wait: float, flair_seeds: int = le
     lstm["retrained"] = [{**lstm_retrain(s, quick), "seed": s} for s in (LSTM_SEEDS[:1] if quick else LSTM_SEEDS)]
     for r in lstm["retrained"]:
         r["train_tokens_per_second"] = tokens * r["epochs"] / r["train_seconds"]
-    model = WORK / "models/model.pt" if has_model else CACHE / f"lstm-s{LSTM_SEEDS[0]}" / "models/model.pt"
+    model = WORK / "models/lstm.pt" if has_model else CACHE / f"lstm-s{LSTM_SEEDS[0]}" / "models/lstm.pt"
     lstm["cli"] = lstm_cli_throughput(repeat, model)
     onnx = CACHE / "model.onnx"
     run_process([EXPORT_CLI, "--model", model, "--format", "onnx", "--output", onnx],
@@ -640,7 +642,7 @@ def render(result: dict) -> str:
                f"after start-up); ONNX {_num(onnx['predict_texts_per_second'])}")
     c = lstm["committed"]
     if c:
-        rows.append("| LSTM, the committed model (models/model.pt) | 42 | {:.3f} | {:.3f} | {:.1f} | {} | - | {} |".format(
+        rows.append("| LSTM, the committed model (models/lstm.pt) | 42 | {:.3f} | {:.3f} | {:.1f} | {} | - | {} |".format(
             c["test"]["accuracy"], c["test"]["macro_f1"], c["train_seconds"], _num(c["train_tokens_per_second"]), predict))
     retrained = lstm["retrained"]
     row("LSTM, retrained in this run (pipeline.stages.train)", retrained,

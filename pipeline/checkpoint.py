@@ -1,5 +1,5 @@
-"""The saved model's format (models/model.pt), written by train and read by evaluate, predict, export and
-the card.
+"""The saved model's format (models/lstm.pt, written by train; models/model.pt, by ship), read by evaluate,
+predict, export and the card.
 
 The checkpoint carries everything needed to classify raw text: weights, model config (the encoder's
 name among them), vocabulary, label names, the tokenizer settings of the prepare stage and the model's
@@ -7,6 +7,12 @@ input length, and the temperature fitted on validation (pipeline.calibration; a 
 loads with temperature 1: the plain softmax); a multi-label model (info "task": multi_label) also the
 per-label decision thresholds chosen on validation (pipeline.multilabel_metrics). One dict, loaded with `weights_only=True`: loading it can
 never run code.
+
+The stage ship (pipeline.shipped) writes models/model.pt: train's models/lstm.pt as it is when the LSTM
+alone ships, else the same dict with two more entries: "tfidf", the TF-IDF model as plain data (its JSON
+"meta" text and float64 tensors: TfidfModel.to_members), and "fusion": {"shipped": "fusion" or "tfidf",
+"weight": w, and for a multi-label model "thresholds", the shipped model's, one per label}. What the
+checkpoint's `task` decides with, and what inference computes, is the shipped model (pipeline.inference).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pipeline.files import atomic_path
 from pipeline.model import ModelConfig, TextClassifier
 from pipeline.tasks import TASKS, Task, checkpoint_task
 from pipeline.text import TextConfig
+from pipeline.tfidf_model import TfidfModel
 
 MODEL_PATH = Path("models/model.pt")
 FORMAT = 3
@@ -47,6 +54,13 @@ class Checkpoint:
     temperature: float = 1.0
     # A multi-label model's decision thresholds, one per label in the order of `labels` (None: 0.5 each).
     thresholds: list[float] | None = None
+    # What ships (module doc): "lstm", "fusion" (softmax(w log p_lstm + (1 - w) log p_tfidf), w the
+    # fusion_weight) or "tfidf"; the TF-IDF part (pipeline.tfidf_model) and, multi-label, the shipped
+    # model's thresholds.
+    shipped: str = "lstm"
+    tfidf: TfidfModel | None = None
+    fusion_weight: float = 1.0
+    shipped_thresholds: list[float] | None = None
 
     @property
     def stoi(self) -> dict[str, int]:
@@ -54,7 +68,14 @@ class Checkpoint:
 
     @property
     def task(self) -> Task:
-        """What the outputs mean (pipeline.tasks): the decision rule, the answer's shape, the metrics."""
+        """What the shipped model's outputs mean (pipeline.tasks): the decision rule (a multi-label model's
+        thresholds: the shipped model's), the answer's shape, the metrics."""
+        return checkpoint_task(self.info, "the checkpoint",
+                               self.thresholds if self.shipped == "lstm" else self.shipped_thresholds)
+
+    @property
+    def lstm_task(self) -> Task:
+        """The LSTM part's: its own thresholds."""
         return checkpoint_task(self.info, "the checkpoint", self.thresholds)
 
 
@@ -136,9 +157,55 @@ def load_checkpoint(path: Path = MODEL_PATH, device: str | torch.device = "cpu",
     model.multi_label = task.name == "multi_label"  # sigmoids, not a softmax (TextClassifier.probabilities)
     model.to(device).eval()
     thresholds = calibration.get("thresholds")
+    try:
+        shipped = _shipped_parts(payload, f"{path}: tfidf", model.multi_label)
+    except _Invalid as err:
+        raise PipelineError(f"{path}: not a usable checkpoint: {err} (run `dvc repro ship` again)") from None
     return Checkpoint(model, payload["itos"], payload["labels"], text_config, payload["unk_id"], payload["info"],
                       **payload["input"], temperature=temperature,
-                      thresholds=None if thresholds is None else [float(t) for t in thresholds])
+                      thresholds=None if thresholds is None else [float(t) for t in thresholds], **shipped)
+
+
+SHIPPED = ("lstm", "fusion", "tfidf")
+
+
+def _shipped_parts(payload: dict, where: str, multi_label: bool) -> dict:
+    """The "tfidf" and "fusion" entries (module doc) as Checkpoint's fields, every key checked (_Invalid
+    naming it; a fault inside the TF-IDF model is TfidfModel's PipelineError naming `where` and the key)."""
+    import math
+
+    if "fusion" not in payload and "tfidf" not in payload:
+        return {}
+    if "fusion" not in payload or "tfidf" not in payload:
+        raise _Invalid(f"a {'tfidf' if 'tfidf' in payload else 'fusion'!r} key without a "
+                       f"{'fusion' if 'tfidf' in payload else 'tfidf'!r} key (the ship stage writes both)")
+    fusion, part = payload["fusion"], payload["tfidf"]
+    if not isinstance(fusion, dict) or not isinstance(part, dict):
+        raise _Invalid("fusion, tfidf: expected dicts")
+    unknown = sorted(set(map(str, fusion)) - {"shipped", "weight", "thresholds"})
+    if unknown:
+        raise _Invalid(f"fusion: unknown key {unknown[0][:60]!r}")
+    if fusion.get("shipped") not in SHIPPED[1:]:
+        raise _Invalid(f"fusion.shipped: {str(fusion.get('shipped'))[:40]!r} is not one of fusion, tfidf")
+    weight = fusion.get("weight")
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) \
+            or not 0 <= weight <= 1:
+        raise _Invalid(f"fusion.weight: {str(weight)[:40]} is not a number from 0 to 1")
+    labels, thresholds = payload["labels"], fusion.get("thresholds")
+    if multi_label != (thresholds is not None) or thresholds is not None and not (
+            isinstance(thresholds, list) and len(thresholds) == len(labels) and all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and 0 < t < 1
+            for t in thresholds)):
+        raise _Invalid(f"fusion.thresholds: expected {len(labels)} numbers between 0 and 1, one per label, for "
+                       "a multi-label model only")
+    arrays = {k: v for k, v in part.items() if k != "meta"}
+    if not all(isinstance(v, torch.Tensor) for v in arrays.values()):
+        raise _Invalid("tfidf: expected 'meta' and tensors")
+    model = TfidfModel.from_members(where, part.get("meta"), {k: v.numpy() for k, v in arrays.items()})
+    if sorted(model.classes) != sorted(labels) or (model.output == "one_vs_rest") != multi_label:
+        raise _Invalid("tfidf: its classes (or its output, one label or several) are not the LSTM's")
+    return {"shipped": fusion["shipped"], "tfidf": model, "fusion_weight": float(weight),
+            "shipped_thresholds": None if thresholds is None else [float(t) for t in thresholds]}
 
 
 class _Invalid(Exception):
@@ -157,7 +224,9 @@ _TRUNCATIONS = ("head", "tail", "head+tail")
 _NUMBERS = ("keep", "token", "drop")
 _TOKENIZERS = ("words", "icu")  # what prepare resolved `auto` to: a checkpoint never says auto
 _KEYS = ("format", "input", "config", "state_dict", "itos", "labels", "text_config", "unk_id", "info")
-_OPTIONAL_KEYS = ("calibration",)  # absent in checkpoints saved before temperature scaling: temperature 1
+# calibration: absent in checkpoints saved before temperature scaling (temperature 1); tfidf, fusion: the ship
+# stage's (module doc), absent when the LSTM alone ships.
+_OPTIONAL_KEYS = ("calibration", "tfidf", "fusion")
 # The fitted temperature's range: pipeline.calibration searches within it.
 TEMPERATURE_RANGE = (1e-2, 1e2)
 

@@ -21,6 +21,10 @@ probability: `explain_label_sets` explains each label of a set (the predicted on
 by the attributions of that label's probability, one Explanation per label (none for an empty set; each
 label costs one integrated-gradients pass). Its misclassified page explains the labels it got wrong:
 those it missed (words shaded toward and against the label's probability) and those it gave wrongly.
+
+When what ships is not the LSTM alone (pipeline.shipped: its fusion with the TF-IDF model, or that model),
+the explanations are of the checkpoint's LSTM part, toward the shipped model's label; the CLI, the server's
+page, the misclassified page and the model card say so (part_note).
 """
 
 from __future__ import annotations
@@ -191,6 +195,16 @@ def predicted_label_sets(ckpt: Checkpoint, texts: Sequence[str], steps: int = IG
     return explain_label_sets(ckpt, tokens, [np.flatnonzero(row).tolist() for row in decided], steps, batch_size)
 
 
+def part_note(ckpt: Checkpoint) -> str:
+    """"" when the LSTM ships alone; else the sentence saying that the explanations are its LSTM part's."""
+    if ckpt.shipped == "lstm":
+        return ""
+    what = (f"the fusion of the LSTM and the TF-IDF model (weight {ckpt.fusion_weight:g} on the LSTM)"
+            if ckpt.shipped == "fusion" else "the TF-IDF model")
+    return (f"The model shipped is {what}: the words are shaded by the attributions of its LSTM part, the part "
+            "explained; the labels and probabilities are the shipped model's.")
+
+
 # --- text and HTML rendering -----------------------------------------------------------------------------
 
 
@@ -271,11 +285,16 @@ def misclassified_html(ckpt: Checkpoint, rows: Sequence[dict], total: int | None
 by its integrated-gradients attribution toward the label the model wrongly chose: <span class="p" style="--a:.7">toward
 it</span> <span class="n" style="--a:.7">against it</span>, strength relative to the strongest word of the same
 text{attention_note}. Hover a word for its attribution. The small line under each is the text as written.</p>
-<table><thead><tr><th>#</th><th>confidence</th><th>true</th><th>predicted</th><th>words, by attribution</th></tr></thead>
+{_note_html(ckpt)}<table><thead><tr><th>#</th><th>confidence</th><th>true</th><th>predicted</th><th>words, by attribution</th></tr></thead>
 <tbody>
 {chr(10).join(body)}
 </tbody></table></body></html>
 """
+
+
+def _note_html(ckpt: Checkpoint) -> str:
+    note = part_note(ckpt)
+    return f"<p><b>{html.escape(note)}</b></p>\n" if note else ""
 
 
 LABELS_SEPARATOR = " | "  # how the evaluate stage writes a label set in misclassified.csv
@@ -329,7 +348,7 @@ a text's label decisions). For each label the model got wrong, <b>missed</b> (a 
 label's own probability: <span class="p" style="--a:.7">toward the label</span>
 <span class="n" style="--a:.7">against it</span>, strength relative to the strongest word{attention_note}.
 Hover a word for its attribution. The small line under each is the text as written.</p>
-<table><thead><tr><th>#</th><th>confidence</th><th>true</th><th>predicted</th><th>words, by attribution, per wrong label</th></tr></thead>
+{_note_html(ckpt)}<table><thead><tr><th>#</th><th>confidence</th><th>true</th><th>predicted</th><th>words, by attribution, per wrong label</th></tr></thead>
 <tbody>
 {chr(10).join(body)}
 </tbody></table></body></html>

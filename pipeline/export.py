@@ -29,6 +29,10 @@ The newer torch.export-based exporter (dynamo=True) unrolls each LSTM over the e
 so the graph it writes only accepts that one sequence length. Both formats are checked against the
 PyTorch model, to 1e-5, on padded batches of mixed lengths (tests/test_export.py).
 
+Only a checkpoint whose shipped model is the LSTM alone exports (pipeline.shipped): the TF-IDF part of a
+fused or TF-IDF model looks n-grams of strings up, which neither graph holds, so such a checkpoint is
+refused with one line naming what to export instead (models/lstm.pt, train's LSTM, or `ship.model: lstm`).
+
 The same checkpoint exports to the same ONNX bytes, so a DVC stage caches one file. TorchScript
 archives do not promise that: they record the source files' paths, and a second trace in one process
 gets renamed classes.
@@ -181,6 +185,7 @@ def export_model(ckpt: Checkpoint, fmt: str, output: Path, model_file: Path | No
     that is `model_file` (the checkpoint exported)."""
     if fmt not in FORMATS:
         raise PipelineError(f"unknown export format {fmt!r} (one of: {', '.join(FORMATS)})")
+    check_exportable(ckpt, model_file)
     output = check_output_file(output, model_file)
     meta = check_output_file(sidecar_path(output), model_file)
     data = to_onnx(ckpt) if fmt == "onnx" else to_torchscript(ckpt)
@@ -193,6 +198,20 @@ def export_model(ckpt: Checkpoint, fmt: str, output: Path, model_file: Path | No
         except OSError as err:
             raise PipelineError(f"{path}: cannot write: {err.strerror or err}") from None
     return meta
+
+
+def check_exportable(ckpt: Checkpoint, model_file: Path | None = None) -> None:
+    """A PipelineError unless the checkpoint's shipped model is the LSTM alone (module doc)."""
+    if ckpt.shipped == "lstm":
+        return
+    what = "the LSTM fused with a TF-IDF model" if ckpt.shipped == "fusion" else "the TF-IDF model"
+    raise PipelineError(f"{model_file or 'the checkpoint'}: ships {what}, which {fmt_names()} cannot hold (the TF-IDF "
+                        "part looks up n-grams of strings); export the LSTM alone instead: --model models/lstm.pt "
+                        "(train's LSTM), or set `ship.model: lstm` in params.yaml and run `dvc repro`")
+
+
+def fmt_names() -> str:
+    return " and ".join(name.upper() if name == "onnx" else "TorchScript" for name in FORMATS)
 
 
 def read_sidecar(path: Path) -> dict:

@@ -7,7 +7,8 @@ probabilities, and a stated reason (NO_TOKENS), never the label that an empty in
 Batch prediction says NO_TEXT for a missing, empty or blank text; the CLI and the server refuse those
 as input errors. `predict_texts` applies the policy; `classify_texts` classifies whatever it is given.
 
-The probabilities are calibrated: softmax(logits / T) with the checkpoint's temperature T
+The probabilities are the shipped model's (pipeline.checkpoint: the LSTM, the TF-IDF model or their fusion;
+shipped_probabilities), the LSTM's calibrated: softmax(logits / T) with the checkpoint's temperature T
 (pipeline.calibration; TextClassifier.probabilities). With a minimum confidence P (--min-confidence,
 predict.min_confidence, the server's "min_confidence"), a text whose top probability is below P gets no
 label either: its reason says "uncertain", and its probabilities are kept.
@@ -84,10 +85,27 @@ def predict_top(model: TextClassifier, sequences: Sequence[np.ndarray], batch_si
     return best, confidence
 
 
+def shipped_probabilities(ckpt: Checkpoint, token_lists: Sequence[Sequence[str]], batch_size: int = 256) -> np.ndarray:
+    """The shipped model's probabilities (n, labels), float32, of tokenized texts: the LSTM's (calibrated),
+    the TF-IDF part's, or their fusion (pipeline.fusion: fuse, or fuse_multilabel for several labels a
+    text), both parts reading the same tokens."""
+    from pipeline.fusion import align, fuse, fuse_multilabel
+
+    token_lists = list(token_lists)
+    if ckpt.shipped != "tfidf":
+        device = next(ckpt.model.parameters()).device
+        p_lstm = predict_proba(ckpt.model, encode_texts(ckpt, token_lists), batch_size, device, ckpt.lstm_task)
+        if ckpt.shipped == "lstm":
+            return p_lstm
+    p_tfidf = align(ckpt.tfidf.probabilities(token_lists), ckpt.tfidf.classes, ckpt.labels, "the checkpoint's tfidf")
+    if ckpt.shipped == "tfidf":
+        return p_tfidf.astype(np.float32)
+    combine = fuse_multilabel if ckpt.task.name == "multi_label" else fuse
+    return combine(p_lstm, p_tfidf, ckpt.fusion_weight).astype(np.float32)
+
+
 def classify_texts(ckpt: Checkpoint, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    sequences = encode_texts(ckpt, [tokenize(t, ckpt.text_config) for t in texts])
-    device = next(ckpt.model.parameters()).device
-    return predict_proba(ckpt.model, sequences, batch_size, device, ckpt.task)
+    return shipped_probabilities(ckpt, [tokenize(t, ckpt.text_config) for t in texts], batch_size)
 
 
 NO_TEXT = "no text (missing, empty or only blanks)"
@@ -179,7 +197,5 @@ def predict_texts(ckpt: Checkpoint, texts: Sequence, batch_size: int = 256,
     keep = [i for i, r in enumerate(reasons) if r is None]
     task = ckpt.task
     if keep:
-        device = next(ckpt.model.parameters()).device
-        sequences = encode_texts(ckpt, [token_lists[i] for i in keep])
-        probs[keep] = predict_proba(ckpt.model, sequences, batch_size, device, task)
+        probs[keep] = shipped_probabilities(ckpt, [token_lists[i] for i in keep], batch_size)
     return Predictions(probs, reasons, task).abstaining(min_confidence)

@@ -41,13 +41,19 @@ from pipeline.model import ENCODERS, RecurrentEncoder
 
 CARD_NAME = "MODEL_CARD.md"
 # The metrics `dvc exp show` compares, then the reports beside them; a missing one is said to be missing.
-METRICS_FILES = ("metrics/eval.json", "metrics/eval/report.json", "metrics/baseline.json",
+METRICS_FILES = ("metrics/eval.json", "metrics/eval/report.json", "metrics/ship.json", "metrics/baseline.json",
                  "metrics/baseline/report.json", "metrics/train/best.json", "metrics/vocab.json",
                  "metrics/prepare.json")
 PARAMS_FILE = "params.yaml"
-# The results table: for each model, the first of its files (by path ending) that has the figure.
-HEADLINE_FILES = {"LSTM (this model)": ("eval.json", "eval/report.json"),
-                  "baseline": ("baseline.json", "baseline/report.json")}
+# The results table: for each model, the first of its files (by path ending) that has the figure, and the
+# prefix its keys carry there (None: any); the shipped model's rows when it is not the LSTM alone first.
+HEADLINE_FILES = {"LSTM (this model)": (("eval.json", "eval/report.json"), None),
+                  "baseline": (("baseline.json", "baseline/report.json"), None)}
+SHIPPED_HEADLINE_FILES = {"{shipped} (this model)": (("eval.json",), "shipped"),
+                          "LSTM part alone": (("eval.json",), "lstm"),
+                          "fusion (LSTM + TF-IDF)": (("ship.json",), "fusion"),
+                          "baseline": HEADLINE_FILES["baseline"]}
+SHIPPED_NAMES = {"fusion": "the LSTM fused with the TF-IDF model", "tfidf": "the TF-IDF model"}
 ACCURACY_NAMES = ("accuracy", "acc")
 MACRO_F1_NAMES = ("macro_f1", "f1_macro", "f1")
 TRAIN_ROWS_KEYS = ("train_rows", "rows.train", "train.rows", "splits.train.rows", "rows_train")
@@ -68,6 +74,9 @@ def checkpoint_facts(ckpt: Checkpoint) -> dict:
         "temperature": ckpt.temperature,
         "task": ckpt.task.name,
         "thresholds": ckpt.thresholds,
+        "shipped": ckpt.shipped,
+        "fusion_weight": ckpt.fusion_weight,
+        "shipped_thresholds": ckpt.shipped_thresholds,
     }
 
 
@@ -86,23 +95,25 @@ def first_value(flat: dict, keys: tuple[str, ...]):
     return next((flat[k] for k in keys if k in flat), None)
 
 
-def headline_figure(flat: dict, names: tuple[str, ...]):
-    """A top-level (or `test.`) number named `name`, `test_name` or `<model>_test_name` (lstm_test_acc),
-    for the first of `names` that has one; None if none has. Per-class and validation figures never match."""
+def headline_figure(flat: dict, names: tuple[str, ...], prefix: str | None = None):
+    """A top-level (or `test.`) number named `name`, `test_name` or `<model>_test_name` (lstm_test_acc;
+    only `<prefix>_test_name` with a prefix), for the first of `names` that has one; None if none has.
+    Per-class and validation figures never match."""
     for name in names:
         for key, value in flat.items():
             leaf = key.removeprefix("test.")
             if "." in leaf or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            if leaf in (name, f"test_{name}") or leaf.endswith(f"_test_{name}"):
+            if leaf == f"{prefix}_test_{name}" if prefix else \
+                    leaf in (name, f"test_{name}") or leaf.endswith(f"_test_{name}"):
                 return value
     return None
 
 
-def _file_ending(flat_by_file: dict, endings: tuple[str, ...], names: tuple[str, ...]):
+def _file_ending(flat_by_file: dict, endings: tuple[str, ...], names: tuple[str, ...], prefix: str | None = None):
     for ending in endings:
         for path, flat in flat_by_file.items():
-            if Path(path).as_posix().endswith(ending) and (value := headline_figure(flat, names)) is not None:
+            if Path(path).as_posix().endswith(ending) and (value := headline_figure(flat, names, prefix)) is not None:
                 return value
     return None
 
@@ -152,16 +163,18 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
     cut = (f"at most {facts['max_tokens']} tokens ({facts['truncation']})" if facts["max_tokens"]
            else "every token (no limit)")
 
-    multi_label = facts.get("task") == "multi_label"
+    multi_label, shipped = facts.get("task") == "multi_label", facts.get("shipped", "lstm")
     lines = [f"# Model card: `{model_name}`", ""]
     if multi_label:
         lines += _decisions(facts)
     else:
         lines += [f"A text classifier over {len(labels)} classes: {', '.join(f'`{lab}`' for lab in labels)}. "
                   "It returns one probability per class (softmax); the prediction is the most probable class.",
-                  f"The probabilities are temperature-scaled (softmax of logits / "
-                  f"{_cell(facts.get('temperature', 1.0))}, the temperature fitted on the validation split), which "
-                  "never changes the prediction."]
+                  f"The {'LSTM part' + chr(39) + 's ' if shipped != 'lstm' else ''}probabilities are temperature-scaled "
+                  f"(softmax of logits / {_cell(facts.get('temperature', 1.0))}, the temperature fitted on the "
+                  "validation split), which never changes the prediction"
+                  + ("; what ships combines them with the TF-IDF model's (What ships, below)." if shipped != "lstm"
+                     else ".")]
     lines += ["", "## Model", "",
              f"- Architecture: {_architecture(cfg, facts)}.",
              f"- Vocabulary: {facts['vocab_size']:,} tokens from the training split (id {cfg.get('pad_id')} is "
@@ -191,9 +204,12 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
     if corpus and corpus.get("drop_labels"):
         lines.append(f"- Rows labelled {', '.join(f'`{x}`' for x in corpus['drop_labels'])} were left out.")
 
+    if shipped != "lstm":
+        lines += _shipped(facts, metrics)
     lines += ["", "## Results", ""]
-    headline = [(model, _file_ending(flat, endings, ACCURACY_NAMES), _file_ending(flat, endings, MACRO_F1_NAMES))
-                for model, endings in HEADLINE_FILES.items()]
+    rows = HEADLINE_FILES if shipped == "lstm" else SHIPPED_HEADLINE_FILES
+    headline = [(model.format(shipped=SHIPPED_NAMES.get(shipped, "")), _file_ending(flat, ends, ACCURACY_NAMES, prefix),
+                 _file_ending(flat, ends, MACRO_F1_NAMES, prefix)) for model, (ends, prefix) in rows.items()]
     headline = [row for row in headline if row[1] is not None or row[2] is not None]
     if headline:
         lines += [f"| model | {'subset accuracy' if multi_label else 'test accuracy'} | macro-F1 |", "|---|---:|---:|"]
@@ -236,9 +252,32 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
               f"textclf-predict --model {model_name} \"a gripping, beautifully acted film\"",
               f"textclf-predict --model {model_name} --input reviews.csv --text-column text "
               "--output predictions.parquet",
-              f"textclf-export --model {model_name} --format onnx --output model.onnx   # + model.onnx.json",
+              (f"textclf-export --model {model_name} --format onnx --output model.onnx   # + model.onnx.json"
+               if shipped == "lstm" else "textclf-export --model models/lstm.pt --format onnx --output model.onnx"
+               "   # the LSTM part: a fused model does not export"),
               "```", ""]
     return "\n".join(lines)
+
+
+def _shipped(facts: dict, metrics: dict[str, dict | None]) -> list[str]:
+    """What ships when it is not the LSTM alone (pipeline.shipped): the model, the weight, the validation figures."""
+    ship = next((data for name, data in metrics.items() if name.endswith("ship.json") and data), {})
+    shipped, w = facts["shipped"], facts.get("fusion_weight", 1.0)
+    how = (f"softmax(w log p_LSTM + (1 - w) log p_TF-IDF) with w = {_cell(w)}, chosen on the validation split"
+           if shipped == "fusion" else "its probabilities alone; the LSTM is not used to decide")
+    if facts.get("task") == "multi_label" and shipped == "fusion":
+        how = f"sigmoid(w logit p_LSTM + (1 - w) logit p_TF-IDF) per label with w = {_cell(w)}, chosen on validation"
+    lines = ["", "## What ships", "", f"This checkpoint ships {SHIPPED_NAMES[shipped]} (params `ship.model`): {how}. "
+             "The TF-IDF part is stored as plain arrays and a vocabulary in the checkpoint, never a pickle. "
+             "Explanations (--explain, the server, the misclassified page) are of the LSTM part."]
+    val = [(k.removeprefix("ship_val_"), v) for k, v in ship.items() if k.startswith("ship_val_")]
+    if val:
+        lines += ["", "Validation figures that chose it:", "", *_table(val, ("figure", "value"))]
+    thresholds = facts.get("shipped_thresholds")
+    if thresholds:
+        lines += ["", "The shipped model's thresholds: " + ", ".join(
+            f"`{lab}` {_cell(t)}" for lab, t in zip(facts["labels"], thresholds)) + "."]
+    return lines
 
 
 def _decisions(facts: dict) -> list[str]:
@@ -294,7 +333,8 @@ def _calibration(metrics: dict[str, dict | None]) -> list[str]:
     if cal.get("per") == "text and label":  # a multi-label model's (the evaluate stage's multi-label figures)
         return _multilabel_calibration(cal)
     lines = ["", "### Calibration and abstaining (test split)", "",
-             f"Expected calibration error ({cal.get('bins', 15)} equal-width bins; 0 is perfect) "
+             ("The LSTM part's (its probabilities before they are fused): expected" if cal.get("of") == "the LSTM part"
+              else "Expected") + f" calibration error ({cal.get('bins', 15)} equal-width bins; 0 is perfect) "
              f"{_cell(cal.get('ece_raw'))} before temperature scaling, {_cell(cal.get('ece'))} after "
              f"(temperature {_cell(cal.get('temperature'))}); Brier score {_cell(cal.get('brier_raw'))} before, "
              f"{_cell(cal.get('brier'))} after.", ""]

@@ -49,7 +49,7 @@ from fastapi import Request  # at module level: FastAPI resolves the endpoint's 
 from pipeline.checkpoint import load_checkpoint, require_model_file
 from pipeline.errors import PipelineError
 from pipeline.files import DuplicateKey, unique_keys
-from pipeline.explain import explain_label_sets, explain_texts
+from pipeline.explain import explain_label_sets, explain_texts, part_note
 from pipeline.inference import predict_texts
 from pipeline.serve_http import BoundedH11Protocol, ConnectionBounds, raise_open_files_limit
 from pipeline.serve_identity import ModelWatch, dvc_lock_record, file_key, model_identity  # noqa: F401
@@ -215,8 +215,8 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
                       explain=lambda texts: explained(texts), words=lambda text: max(1, min(len(text.split()), cap)),
                       explained_per_text=min(EXPLAINED_LABELS, len(labels)) if multi_label else 1)
     page, page_headers = render_page(labels, limits, token is not None, ckpt.model.cfg.pooling == "attention",
-                                     ckpt.thresholds if ckpt.task.name == "multi_label" else None,
-                                     min_confidence)
+                                     (ckpt.thresholds if ckpt.shipped == "lstm" else ckpt.shipped_thresholds)
+                                     if multi_label else None, min_confidence, part_note(ckpt))
 
     def explained(texts: list[str]):
         predictions = predict_texts(ckpt, texts, limits.batch_texts)  # a text with no tokens: no label, no explanation
@@ -230,7 +230,8 @@ def create_app(model_path: Path, limits: Limits = Limits(), token: str | None = 
             tokens = [tokenize(texts[i], ckpt.text_config) for i in labelled]
             found = explain_label_sets(ckpt, tokens, sets, steps=limits.steps)
         else:
-            found = explain_texts(ckpt, [texts[i] for i in labelled], steps=limits.steps)
+            found = explain_texts(ckpt, [texts[i] for i in labelled],  # toward the shipped model's label
+                                  [int(predictions.probs[i].argmax()) for i in labelled], steps=limits.steps)
         for i, explanation in zip(labelled, found):
             explanations[i] = explanation
         return predictions, explanations

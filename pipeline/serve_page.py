@@ -258,7 +258,7 @@ then <b>Classify</b> (or Ctrl+Enter).</p>
 <span id="tokenrow" class="hidden"><label>token <input type="password" id="token" autocomplete="off"></label></span>
 <button id="go">Classify</button></div>
 <div class="key"><small>Words: <span class="pos">toward the label</span> <span class="neg">against it</span>
-(integrated gradients, relative to the strongest word of the text){attention}. Hover a word for its values.</small></div>
+(integrated gradients, relative to the strongest word of the text){attention}. Hover a word for its values.{note}</small></div>
 <div id="error"></div><div id="results"></div>"""
 
 
@@ -267,15 +267,17 @@ def _sha256(text: str) -> str:
 
 
 def render_page(labels: list[str], limits, auth: bool, attention: bool = False, thresholds: list[float] | None = None,
-                min_confidence: float | None = None) -> tuple[str, dict[str, str]]:
+                min_confidence: float | None = None, note: str = "") -> tuple[str, dict[str, str]]:
     """The page and the headers to send with it (its Content-Security-Policy allows its own script and style).
     `thresholds`: a multi-label model's, one per label (None for a single-label model); `min_confidence`: the
-    server's default, shown in the empty field."""
+    server's default, shown in the empty field; `note`: what the explanations are of, when the model shipped is
+    not the LSTM alone (explain.part_note)."""
     config = json.dumps({"auth": auth, "labels": labels, "thresholds": thresholds}).replace("<", "\\u003c")
     body = BODY.format(labels=", ".join(html.escape(lab) for lab in labels), max_batch=limits.max_batch,
                        default_least="none" if min_confidence is None else f"{min_confidence:g}",
                        max_explain=limits.max_explain_batch,
-                       attention="; underlined by the model's attention weight" if attention else "")
+                       attention="; underlined by the model's attention weight" if attention else "",
+                       note=f" {html.escape(note)}" if note else "")
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>Text classifier</title><style>{STYLE}</style></head><body>\n{body}\n"

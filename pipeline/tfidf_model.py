@@ -91,6 +91,12 @@ class TfidfModel:
         """Write the model to `path` (.npz) atomically."""
         from pipeline.files import atomic_path
 
+        meta, arrays = self.to_members()
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, meta=np.frombuffer(meta.encode("utf-8", "surrogatepass"), dtype=np.uint8), **arrays)
+
+    def to_members(self) -> tuple[str, dict[str, np.ndarray]]:
+        """The model as plain data: `meta` (the JSON text of module doc) and the float64 arrays by name."""
         meta = {"format": FORMAT, "version": VERSION, "output": self.output, "classes": list(self.classes),
                 "ngram_range": list(self.ngram_range), "sublinear_tf": self.sublinear_tf, "norm": "l2"}
         if self.hashed:
@@ -100,10 +106,18 @@ class TfidfModel:
         arrays = {"idf": self.idf, "coef": self.coef, "intercept": self.intercept}
         if self.thresholds is not None:
             arrays["thresholds"] = self.thresholds
-        text = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, meta=np.frombuffer(text, dtype=np.uint8),
-                     **{k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()})
+        return (json.dumps(meta, ensure_ascii=False, separators=(",", ":")),
+                {k: np.ascontiguousarray(v, dtype=np.float64) for k, v in arrays.items()})
+
+    @classmethod
+    def from_members(cls, where: str, meta: str, arrays: dict) -> "TfidfModel":
+        """The model that to_members' data describes (the arrays numpy's or anything np.asarray takes), every
+        key checked as `load` checks a file's; a fault is a PipelineError naming `where` and the key."""
+        if not isinstance(meta, str):
+            raise PipelineError(f"{where}: meta: must be the model's JSON text, got {type(meta).__name__}")
+        members = {"meta": np.frombuffer(meta.encode("utf-8", "surrogatepass"), dtype=np.uint8),
+                   **{k: np.asarray(v) for k, v in arrays.items()}}
+        return _checked(where, members)
 
     @classmethod
     def load(cls, path: str | Path) -> "TfidfModel":
@@ -313,7 +327,7 @@ def _read_members(path: Path) -> dict:
         raise PipelineError(f"{path}: not a TF-IDF model file (.npz of plain arrays): {what}") from None
 
 
-def _checked(path: Path, members: dict) -> TfidfModel:
+def _checked(path: Path | str, members: dict) -> TfidfModel:
     """The model a file's members describe, every key checked (the first fault named, with its key)."""
     def bad(key: str, why: str):
         return PipelineError(f"{path}: {key}: {why}; not a model the baseline stage wrote")

@@ -71,6 +71,22 @@ def tiny_multilabel_ckpt(tiny_multilabel_path):
     return load_checkpoint(tiny_multilabel_path)
 
 
+@pytest.fixture(scope="session")
+def tiny_fused_path(tiny_model_path, tmp_path_factory) -> Path:
+    """The tiny checkpoint fused with a TF-IDF model fitted on the same sentences (tests/tiny_model.py:
+    tiny_shipped_checkpoint, weight 0.4), as the stage ship writes it; read it, never change it."""
+    from tests.tiny_model import tiny_shipped_checkpoint
+
+    return tiny_shipped_checkpoint(tiny_model_path, tmp_path_factory.mktemp("fused") / "model.pt")
+
+
+@pytest.fixture(scope="session")
+def tiny_fused_ckpt(tiny_fused_path):
+    from pipeline.checkpoint import load_checkpoint
+
+    return load_checkpoint(tiny_fused_path)
+
+
 @pytest.fixture
 def project(tmp_path, polarity_csv, glove_small) -> Path:
     """A fresh git + DVC project of this pipeline on the tiny data, nothing run yet."""

@@ -90,7 +90,7 @@ def make_project(dest: Path, project_params: dict) -> Path:
 
 
 ALL_STAGES = {"download_embeddings", "download_corpus", "prepare", "domain_vectors", "vocab", "train", "evaluate", "baseline",
-              "predict", "card"}
+              "ship", "predict", "card"}
 
 
 def stages_run(output: str) -> set[str]:

@@ -16,9 +16,9 @@ from tests.helpers import (copy_of, make_project, repro_and_commit, run, s3_serv
 
 pytestmark = pytest.mark.slow  # every test here runs DVC
 
-AFTER_TRAIN = {"train", "evaluate", "predict", "card"}  # what a new model reruns
-CACHED_OUTPUTS = ["data/raw/embeddings", "data/raw/corpus", "data/prepared", "data/vocab", "models/model.pt",
-                  "models/tfidf.npz",
+AFTER_TRAIN = {"train", "ship", "evaluate", "predict", "card"}  # what a new model reruns
+CACHED_OUTPUTS = ["data/raw/embeddings", "data/raw/corpus", "data/prepared", "data/vocab", "models/lstm.pt",
+                  "models/tfidf.npz", "models/model.pt", "metrics/ship/report.json",
                   "data/predictions/test.parquet"]
 
 
@@ -33,12 +33,15 @@ def test_full_repro_writes_every_artefact(repo):
     # The metrics `dvc exp show` compares, each named once (the headline figures, and DVCLive's summary of
     # training, which it updates every epoch); the details are plain reports beside them.
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)[""]["data"]
-    assert sorted(metrics) == ["metrics/baseline.json", "metrics/eval.json", "metrics/train/best.json",
-                               "metrics/train/metrics.json"], metrics
+    assert sorted(metrics) == ["metrics/baseline.json", "metrics/eval.json", "metrics/ship.json",
+                               "metrics/train/best.json", "metrics/train/metrics.json"], metrics
     names = [key for path, m in metrics.items() if path != "metrics/train/metrics.json" for key in m["data"]]
     calibration = [f"lstm_{split}_{m}" for split in ("test", "val") for m in ("brier", "brier_raw", "ece", "ece_raw")]
+    ship = ["ship_model", "ship_fusion_weight", "ship_val_acc_lstm", "ship_val_acc_tfidf", "ship_val_acc_fusion",
+            "fusion_test_acc", "fusion_test_f1"]
     assert sorted(names) == sorted(["baseline_test_acc", "baseline_test_f1", "lstm_best_epoch", "lstm_temperature",
-                                    "lstm_test_acc", "lstm_test_f1", "lstm_val_acc", *calibration]), metrics
+                                    "lstm_test_acc", "lstm_test_f1", "lstm_val_acc", *calibration, *ship,
+                                    "shipped_test_acc", "shipped_test_f1"]), metrics
     live = metrics["metrics/train/metrics.json"]["data"]
     assert {"train", "val", "best_epoch", "best_val_accuracy"} <= set(live), live
     # precision: auto, resolved for this machine's CPU and recorded beside the thread count
@@ -47,11 +50,21 @@ def test_full_repro_writes_every_artefact(repo):
     from pipeline.plan import resolve_precision
     assert live["precision"] == resolve_precision("auto", torch.device("cpu")), live
     evaluation = json.loads((repo / "metrics/eval/report.json").read_text())
-    assert json.loads((repo / "metrics/eval.json").read_text()) == {
-        "lstm_test_acc": evaluation["accuracy"], "lstm_test_f1": evaluation["macro_f1"],
-        **{f"lstm_test_{k}": evaluation["calibration"][k] for k in ("ece_raw", "ece", "brier_raw", "brier")}}
-    # Temperature scaling: the checkpoint's temperature, fitted on validation, is the one evaluate used.
+    # What ships (ship.model: best): the one of the LSTM, the TF-IDF model and their fusion best on validation;
+    # models/model.pt is it, evaluate scores it, and the LSTM part alone keeps its own figures.
     from pipeline.checkpoint import load_checkpoint
+    from pipeline.fusion import choose_shipped
+    shipped = json.loads((repo / "metrics/ship/report.json").read_text())
+    assert shipped["shipped"] == choose_shipped(shipped, "best") == load_checkpoint(repo / "models/model.pt").shipped
+    assert evaluation["shipped"] == shipped["shipped"]
+    lstm = evaluation if shipped["shipped"] == "lstm" else evaluation["lstm"]
+    if shipped["shipped"] == "lstm":
+        assert (repo / "models/model.pt").read_bytes() == (repo / "models/lstm.pt").read_bytes()
+    assert json.loads((repo / "metrics/eval.json").read_text()) == {
+        "lstm_test_acc": lstm["accuracy"], "lstm_test_f1": lstm["macro_f1"],
+        **{f"lstm_test_{k}": evaluation["calibration"][k] for k in ("ece_raw", "ece", "brier_raw", "brier")},
+        "shipped_test_acc": evaluation["accuracy"], "shipped_test_f1": evaluation["macro_f1"]}
+    # Temperature scaling: the checkpoint's temperature, fitted on validation, is the one evaluate used.
     assert load_checkpoint(repo / "models/model.pt").temperature == pytest.approx(
         json.loads((repo / "metrics/train/best.json").read_text())["lstm_temperature"], abs=1e-4)
     assert set(evaluation["per_class"]) == {"neg", "pos"}
@@ -66,7 +79,12 @@ def test_full_repro_writes_every_artefact(repo):
     assert predictions["label"].tolist() == confusion["actual"].tolist()
     card = (repo / "models/MODEL_CARD.md").read_text()
     from pipeline.model_card import _cell
-    assert f"| LSTM (this model) | {_cell(evaluation['accuracy'])} | {_cell(evaluation['macro_f1'])} |" in card
+    from pipeline.model_card import SHIPPED_NAMES
+    name = "LSTM" if shipped["shipped"] == "lstm" else SHIPPED_NAMES[shipped["shipped"]]
+    assert f"| {name} (this model) | {_cell(evaluation['accuracy'])} | {_cell(evaluation['macro_f1'])} |" in card
+    if shipped["shipped"] != "lstm":
+        assert f"| LSTM part alone | {_cell(lstm['accuracy'])} | {_cell(lstm['macro_f1'])} |" in card
+        assert "## What ships" in card
     assert "## Limits" in card
     baseline = json.loads((repo / "metrics/baseline/report.json").read_text())
     assert {"accuracy", "macro_f1", "per_class", "C"} <= set(baseline)
@@ -110,6 +128,14 @@ def test_the_exported_model_gives_the_trained_models_probabilities_on_the_test_s
     from pipeline.export import encode_batch, read_sidecar
 
     output = repo / f"models/model.{'onnx' if fmt == 'onnx' else 'torchscript.pt'}"
+    # A fused or TF-IDF model does not export (the TF-IDF part looks up strings): one line says what to do.
+    # Under ship.model: lstm the LSTM alone ships, and its export gives the predict stage's probabilities.
+    from pipeline.checkpoint import load_checkpoint
+    if load_checkpoint(repo / "models/model.pt").shipped != "lstm":
+        refused = run(["textclf-export", "--format", fmt, "--output", str(output)], repo, check=False)
+        assert refused.returncode == 1 and "ship.model: lstm" in refused.stdout and not output.exists()
+        set_param(repo, "ship", "model", "lstm")
+        assert stages_run(run(["dvc", "repro"], repo).stdout) == {"ship", "evaluate", "predict", "card"}
     run(["textclf-export", "--format", fmt, "--output", str(output)], repo)
     expected = pd.read_parquet(repo / "data/predictions/test.parquet")
     meta = read_sidecar(Path(f"{output}.json"))
@@ -241,7 +267,7 @@ def test_queued_experiments_run_through_the_queue_worker(repo):
             done[data["params"]["params.yaml"]["data"]["train"]["pooling"]] = data["metrics"]["metrics/eval.json"]["data"]
     assert set(done) == {"last", "max"}, shown
     evaluated = {"lstm_test_acc", "lstm_test_f1", "lstm_test_ece_raw", "lstm_test_ece", "lstm_test_brier_raw",
-                 "lstm_test_brier"}
+                 "lstm_test_brier", "shipped_test_acc", "shipped_test_f1"}
     assert all(set(m) == evaluated for m in done.values()), done  # evaluate ran in each
 
 

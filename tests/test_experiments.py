@@ -145,7 +145,7 @@ def test_apply_never_loses_uncommitted_changes(repo):
     assert run(["git", "show", "stash@{0}:params.yaml"], repo).stdout.endswith("# my note\n")
     import yaml
     lock = yaml.safe_load(run(["git", "show", "stash@{0}:dvc.lock"], repo).stdout)
-    digest = next(o["md5"] for o in lock["stages"]["train"]["outs"] if o["path"] == "models/model.pt")
+    digest = next(o["md5"] for o in lock["stages"]["ship"]["outs"] if o["path"] == "models/model.pt")
     assert (repo / ".dvc/cache/files/md5" / digest[:2] / digest[2:]).read_bytes() == mine
 
 

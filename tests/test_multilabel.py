@@ -140,32 +140,19 @@ def run_stage(stage: str, cwd: Path) -> str:
 
 
 @pytest.mark.slow
-def test_train_evaluate_and_baseline_on_multi_label_splits(tmp_path):
+def test_train_baseline_ship_and_evaluate_on_multi_label_splits(tmp_path):
     project = multi_label_project(tmp_path / "project")
     assert prepared_task(project / "data/prepared/train.parquet") == "multi_label"
     for stage in ("domain_vectors", "vocab"):
         run_stage(stage, project)
     out = run_stage("train", project)
     assert "per-label thresholds chosen on validation" in out
-    ckpt = load_checkpoint(project / "models/model.pt")
+    ckpt = load_checkpoint(project / "models/lstm.pt")
     assert ckpt.labels == ["film", "long", "neg", "pos"] and ckpt.info["task"] == "multi_label"
     assert ckpt.model.multi_label and isinstance(ckpt.task, MultiLabel)
     assert len(ckpt.thresholds) == 4 and all(t in THRESHOLD_GRID for t in np.round(ckpt.thresholds, 2))
     best = json.loads((project / "metrics/train/best.json").read_text())
     assert set(best) == {"lstm_best_epoch", "lstm_val_micro_f1", "lstm_val_macro_f1", "lstm_val_samples_f1"}
-
-    run_stage("evaluate", project)
-    figures = json.loads((project / "metrics/eval.json").read_text())
-    assert set(figures) == {"lstm_test_acc", "lstm_test_f1", "lstm_test_micro_f1", "lstm_test_samples_f1",
-                            "lstm_test_hamming", "lstm_test_ece", "lstm_test_brier"}
-    report = json.loads((project / "metrics/eval/report.json").read_text())
-    test = pd.read_parquet(project / "data/prepared/test.parquet")
-    assert report["test_rows"] == len(test)
-    assert {label: v["support"] for label, v in report["per_class"].items()} == \
-        {label: int(sum(label in set(names) for names in test["label"])) for label in ckpt.labels}
-    assert list(report["thresholds"]) == ckpt.labels
-    confusion = pd.read_csv(project / "metrics/eval/confusion.csv")
-    assert set(confusion["actual"]) | set(confusion["predicted"]) <= {*ckpt.labels, "(none)"}
 
     run_stage("baseline", project)
     baseline = json.loads((project / "metrics/baseline.json").read_text())
@@ -173,6 +160,35 @@ def test_train_evaluate_and_baseline_on_multi_label_splits(tmp_path):
                              "baseline_test_samples_f1", "baseline_test_hamming"}
     baseline_report = json.loads((project / "metrics/baseline/report.json").read_text())
     assert "one-vs-rest" in baseline_report["model"] and list(baseline_report["thresholds"]) == ckpt.labels
+
+    # What ships: the LSTM, the one-vs-rest TF-IDF model or their fusion (logits, thresholds re-chosen), the best
+    # validation micro-F1; evaluate scores it, the LSTM part alone keeps its figures.
+    out = run_stage("ship", project)
+    ship = json.loads((project / "metrics/ship.json").read_text())
+    assert set(ship) == {"ship_model", "ship_fusion_weight", "ship_val_micro_f1_lstm", "ship_val_micro_f1_tfidf",
+                         "ship_val_micro_f1_fusion", "fusion_test_acc", "fusion_test_f1"}, out
+    shipped = load_checkpoint(project / "models/model.pt")
+    assert shipped.shipped == json.loads((project / "metrics/ship/report.json").read_text())["shipped"]
+    if shipped.shipped != "lstm":
+        assert shipped.tfidf.output == "one_vs_rest" and len(shipped.shipped_thresholds) == 4
+
+    run_stage("evaluate", project)
+    figures = json.loads((project / "metrics/eval.json").read_text())
+    assert set(figures) == {"lstm_test_acc", "lstm_test_f1", "lstm_test_micro_f1", "lstm_test_samples_f1",
+                            "lstm_test_hamming", "lstm_test_ece", "lstm_test_brier", "shipped_test_acc",
+                            "shipped_test_f1"}
+    report = json.loads((project / "metrics/eval/report.json").read_text())
+    test = pd.read_parquet(project / "data/prepared/test.parquet")
+    assert report["test_rows"] == len(test) and report["shipped"] == shipped.shipped
+    assert (figures["shipped_test_acc"], figures["shipped_test_f1"]) == (report["accuracy"], report["macro_f1"])
+    if shipped.shipped == "fusion":
+        assert (figures["shipped_test_acc"], figures["shipped_test_f1"]) == pytest.approx(
+            (ship["fusion_test_acc"], ship["fusion_test_f1"]), abs=5e-5)
+    assert {label: v["support"] for label, v in report["per_class"].items()} == \
+        {label: int(sum(label in set(names) for names in test["label"])) for label in ckpt.labels}
+    assert list(report["thresholds"]) == ckpt.labels
+    confusion = pd.read_csv(project / "metrics/eval/confusion.csv")
+    assert set(confusion["actual"]) | set(confusion["predicted"]) <= {*ckpt.labels, "(none)"}
 
 
 def test_a_checkpoint_with_wrong_thresholds_or_an_unknown_task_is_refused(tiny_model_path, tmp_path):

@@ -75,6 +75,9 @@ def _write(tmp_path, mutate):
     (lambda d: d["corpus"].update(label_separator="|\n"), r"'corpus\.label_separator' is '\|\\n': expected"),
     (lambda d: d["corpus"].update(label_separator="-" * 9), r"'corpus\.label_separator' is '-{9}': expected"),
     (lambda d: d["corpus"].update(label_separator=1), r"'corpus\.label_separator' must be a string or null"),
+    # what the ship stage writes to models/model.pt
+    (lambda d: d["ship"].update(model="fusion"), r"'ship\.model' must be one of 'lstm', 'best', got 'fusion'"),
+    (lambda d: d["ship"].pop("model"), r"missing key 'ship\.model'"),
 ])
 def test_bad_params_name_the_file_and_key(tmp_path, mutate, message):
     path = _write(tmp_path, mutate)

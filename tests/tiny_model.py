@@ -148,3 +148,47 @@ MULTI_TEXTS = [
     "<br/>",
     "dull",
 ]
+
+
+def tiny_tfidf(multi_label: bool = False):
+    """The TF-IDF baseline (pipeline.tfidf's vectorizer and classifiers) fitted on the same sentences as the
+    tiny checkpoints, tokenized the same way; its classes in another order than the LSTM's (reversed), so
+    every fusion test also checks the columns' alignment."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
+
+    from pipeline.multilabel_metrics import choose_thresholds, label_matrix
+    from pipeline.tfidf import tfidf_vectorizer
+    from pipeline.tfidf_model import TfidfModel
+
+    text_config = TextConfig()
+    rows = multilabel_rows() if multi_label else polarity_rows()
+    tokens = [tokenize(text, text_config) for text, _ in rows]
+    vectorizer = tfidf_vectorizer(2, 1)
+    x = vectorizer.fit_transform(tokens)
+    if not multi_label:
+        clf = LogisticRegression(C=4.0, max_iter=2000).fit(x, [label for _, label in rows])
+        model = TfidfModel.from_vectorizer(vectorizer, clf)
+        order = model.classes[::-1]
+        model.coef, model.intercept = model.coef[::-1].copy(), model.intercept[::-1].copy()
+        model.classes = order
+        return model
+    labels = MULTI_LABELS[::-1]
+    truth = label_matrix([names for _, names in rows], labels)
+    clf = OneVsRestClassifier(LogisticRegression(C=4.0, max_iter=2000)).fit(x, truth)
+    return TfidfModel.from_vectorizer(vectorizer, clf, choose_thresholds(clf.predict_proba(x), truth), labels)
+
+
+def tiny_shipped_checkpoint(lstm_path: Path, path: Path, shipped: str = "fusion", weight: float = 0.4) -> Path:
+    """The stage ship's models/model.pt (pipeline.shipped.shipped_bytes) of a tiny LSTM checkpoint and
+    tiny_tfidf(): `shipped` (fusion or tfidf) at `weight`, multi-label thresholds of 0.4 each."""
+    from pipeline.checkpoint import load_checkpoint
+    from pipeline.shipped import shipped_bytes
+
+    ckpt = load_checkpoint(lstm_path)
+    multi = ckpt.task.name == "multi_label"
+    figures = {"shipped": shipped, "weight": weight, "task": "multi_label" if multi else "single_label"}
+    if multi:
+        figures[shipped] = {"thresholds": [0.4] * len(ckpt.labels)}
+    path.write_bytes(shipped_bytes(lstm_path.read_bytes(), tiny_tfidf(multi), figures))
+    return path

@@ -52,7 +52,7 @@ import numpy as np
 from pipeline.batch_predict import describe, predict_file
 from pipeline.checkpoint import MODEL_PATH, load_checkpoint, require_model_file
 from pipeline.errors import PipelineError, command_name, run_main
-from pipeline.explain import explain_label_sets, explain_texts, format_explanation
+from pipeline.explain import explain_label_sets, explain_texts, format_explanation, part_note
 from pipeline.files import check_encoding
 from pipeline.inference import predict_texts
 from pipeline.text import tokenize
@@ -223,9 +223,12 @@ def main(argv: list[str] | None = None) -> None:
         tokens = [tokenize(texts[i], ckpt.text_config) for i in labelled]
         for i, explained in zip(labelled, explain_label_sets(ckpt, tokens, sets)):
             explanations[i] = explained
-    elif args.explain and labelled:
-        for i, explanation in zip(labelled, explain_texts(ckpt, [texts[i] for i in labelled])):
+    elif args.explain and labelled:  # toward the shipped model's label
+        targets = [int(predictions.probs[i].argmax()) for i in labelled]
+        for i, explanation in zip(labelled, explain_texts(ckpt, [texts[i] for i in labelled], targets)):
             explanations[i] = explanation
+    if args.explain and part_note(ckpt):
+        print(part_note(ckpt), file=sys.stderr)
     for i, text in enumerate(texts):
         given = (predictions.label(i, ckpt.labels) or []) if predictions.multi_label else None
         print(format_result(text, ckpt.labels, predictions.probs[i], args.json, explanations[i],

@@ -1,7 +1,9 @@
-"""Stage evaluate: the trained model on the test split.
+"""Stage evaluate: the shipped model (models/model.pt: pipeline.shipped) on the test split.
 
-Writes metrics/eval.json, the two figures `dvc exp show` compares (lstm_test_acc,
-lstm_test_f1), and under metrics/eval/: report.json (the same plus per-class precision/recall/F1
+Writes metrics/eval.json, the figures `dvc exp show` compares: the LSTM part's alone (lstm_test_acc,
+lstm_test_f1 and its calibration figures, whatever ships) and the shipped model's (shipped_test_acc,
+shipped_test_f1: the LSTM's again when it ships alone); and under metrics/eval/, of the shipped model:
+report.json (the same plus per-class precision/recall/F1
 and the test size: a plain output, so it does not crowd the experiments table), confusion.csv (one
 actual,predicted row per example, for DVC's confusion template), confusion.png, misclassified.csv
 (text, true label, prediction, confidence), misclassified.html (the same examples, most confident
@@ -9,7 +11,9 @@ first, words shaded by their attribution: pipeline.explain), and DVCLive's ROC a
 curves under plots/sklearn/. Calibration (pipeline.calibration): eval.json adds the expected calibration
 error and Brier score after temperature scaling and before (`_raw`); report.json the temperature, the
 reliability bins and the coverage and accuracy at each minimum confidence (the model card's table);
-calibration/ the reliability diagram's and the accuracy-against-coverage curve's data (DVC plots).
+calibration/ the reliability diagram's and the accuracy-against-coverage curve's data (DVC plots). The
+temperature, ECE, Brier and reliability are the LSTM part's (the temperature scales its logits); the
+minimum-confidence table and the coverage curve are the shipped model's (what predict.min_confidence acts on).
 
 Nothing grows with the square of the classes (10,000 classes and 10,000 test rows: seconds, docs/scale.md):
 the probabilities are reduced a batch at a time to each row's top class; confusion counts stay sparse
@@ -29,8 +33,8 @@ from pipeline.checkpoint import MODEL_PATH, load_checkpoint
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import atomic_path, write_json
 from pipeline.calibration import probabilities, reliability, score_batches, summary, threshold_table, write_plots
-from pipeline.inference import encode_texts, logit_batches
-from pipeline.metrics import plot_confusion
+from pipeline.inference import encode_texts, logit_batches, shipped_probabilities
+from pipeline.metrics import headline, plot_confusion
 from pipeline.workspace import start_stage
 
 TEST = Path("data/prepared/test.parquet")
@@ -41,6 +45,7 @@ CALIBRATION_DIR = PLOTS_DIR / "calibration"
 # Up to this many classes the curves are one class against the rest, micro-averaged over all (row, class)
 # pairs (n x classes scores); past it, of the top prediction being right (n scores).
 CURVE_CLASSES = 100
+SHIPPED_ROWS = 4096  # test rows the shipped model scores at a time (its probabilities: rows x classes)
 
 
 def log_curves(actual: list[str], labels: list[str], probs: np.ndarray | None = None,
@@ -102,17 +107,29 @@ def main() -> None:
                 probs[rows] = probabilities(logits, temperature)
             yield rows, logits
 
+    def fused_batches():  # the shipped model's probabilities, as log-probabilities (their softmax: themselves)
+        for start in range(0, len(test), SHIPPED_ROWS):
+            rows = np.arange(start, min(len(test), start + SHIPPED_ROWS))
+            p = shipped_probabilities(checkpoint, [list(test["tokens"].iloc[i]) for i in rows],
+                                      evaluate_params.batch_size)
+            if probs is not None:
+                probs[rows] = p
+            yield rows, np.log(np.maximum(p.astype(np.float64), 1e-300))
+
+    lstm_ships = checkpoint.shipped == "lstm"
     raw, calibrated = score_batches(batches(), targets, (1.0, temperature))
-    best, confidence = calibrated.top, calibrated.confidence.astype(np.float32)
-    predicted = [checkpoint.labels[i] for i in best]
     actual = test["label"].tolist()
-    metrics = task.metrics(actual, predicted, checkpoint.labels)
-    metrics["test_rows"] = len(test)
+    lstm_metrics = task.metrics(actual, [checkpoint.labels[i] for i in calibrated.top], checkpoint.labels)
+    shipped = calibrated if lstm_ships else score_batches(fused_batches(), targets, (1.0,))[0]
+    best, confidence = shipped.top, shipped.confidence.astype(np.float32)
+    predicted = [checkpoint.labels[i] for i in best]
+    metrics = lstm_metrics if lstm_ships else task.metrics(actual, predicted, checkpoint.labels)
+    metrics.update(test_rows=len(test), **shipped_facts(checkpoint, lstm_metrics))
     calibration = summary(raw, calibrated, temperature)
-    metrics["calibration"] = {**calibration, "bins": 15,
+    metrics["calibration"] = {**calibration, "bins": 15, "of": "the LSTM part" if not lstm_ships else "the model",
                               "reliability": reliability(calibrated.confidence, calibrated.correct),
                               "reliability_raw": reliability(raw.confidence, raw.correct),
-                              "min_confidence": threshold_table(calibrated.confidence, calibrated.correct)}
+                              "min_confidence": threshold_table(shipped.confidence, shipped.correct)}
     wrong = test.assign(predicted=predicted, confidence=confidence.round(4))
     wrong = wrong[wrong["label"] != wrong["predicted"]].sort_values("confidence", ascending=False)
 
@@ -125,10 +142,12 @@ def main() -> None:
         wrong[["text", "label", "predicted", "confidence"]].to_csv(tmp, index=False)
     log_curves(actual, checkpoint.labels, probs, predicted, confidence)
     write_json(REPORT, metrics)
-    write_plots(raw, calibrated, CALIBRATION_DIR)
-    write_json(METRICS, {**task.headline(metrics, "lstm"),
-                         **{f"lstm_test_{k}": calibration[k] for k in ("ece_raw", "ece", "brier_raw", "brier")}})
-    print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['macro_f1']:.4f}, "
+    write_plots(raw, calibrated, CALIBRATION_DIR, coverage=shipped)
+    write_json(METRICS, {**task.headline(lstm_metrics, "lstm"),
+                         **{f"lstm_test_{k}": calibration[k] for k in ("ece_raw", "ece", "brier_raw", "brier")},
+                         **headline(metrics, "shipped")})
+    print(f"shipped model ({checkpoint.shipped}): test accuracy {metrics['accuracy']:.4f}, "
+          f"macro F1 {metrics['macro_f1']:.4f}, "
           f"{len(wrong)} misclassified of {len(test)}; temperature {temperature:.3f}: ECE "
           f"{calibration['ece_raw']:.4f} -> {calibration['ece']:.4f}, Brier {calibration['brier_raw']:.4f} -> "
           f"{calibration['brier']:.4f}")
@@ -138,6 +157,15 @@ def main() -> None:
     shown = write_misclassified_report(checkpoint, wrong, PLOTS_DIR / "misclassified.html")
     print(f"{PLOTS_DIR / 'misclassified.html'}: {shown} of the {len(wrong)} misclassified examples, explained")
 
+
+
+def shipped_facts(checkpoint, lstm_metrics: dict) -> dict:
+    """report.json's record of what ships: its name and, when it is not the LSTM alone, the fusion weight and
+    the LSTM part's own headline figures."""
+    if checkpoint.shipped == "lstm":
+        return {"shipped": "lstm"}
+    return {"shipped": checkpoint.shipped, "fusion_weight": checkpoint.fusion_weight,
+            "lstm": {k: lstm_metrics[k] for k in ("accuracy", "macro_f1")}}
 
 
 NONE = "(none)"  # the multi-label confusion pairs' other side: a label missed, or given wrongly
@@ -154,15 +182,22 @@ def evaluate_multi_label(checkpoint, test: pd.DataFrame, batch_size: int) -> Non
     from pipeline.calibration import Scores, expected_calibration_error
     from pipeline.multilabel_metrics import label_matrix, label_sets
 
-    task, labels = checkpoint.task, checkpoint.labels
+    task, lstm_task, labels = checkpoint.task, checkpoint.lstm_task, checkpoint.labels
     truth = label_matrix(test["label"], labels)
-    probs = np.zeros(truth.shape, dtype=np.float32)
+    lstm_probs = np.zeros(truth.shape, dtype=np.float32)
     for rows, logits in logit_batches(checkpoint.model, encode_texts(checkpoint, test["tokens"]), batch_size):
-        probs[rows] = task.probabilities(torch.from_numpy(logits)).numpy()
+        lstm_probs[rows] = lstm_task.probabilities(torch.from_numpy(logits)).numpy()
+    actual = test["label"].map(list).tolist()
+    lstm_metrics = lstm_task.metrics(actual, label_sets(lstm_task.decide(lstm_probs), labels), labels)
+    lstm_pairs = lstm_probs.ravel().astype(np.float64), truth.ravel()
+    lstm_ece = round(expected_calibration_error(*lstm_pairs), 4)
+    lstm_brier = round(float(((lstm_probs - truth) ** 2).sum(axis=1).mean()), 4) if len(truth) else float("nan")
+    probs = lstm_probs if checkpoint.shipped == "lstm" else \
+        shipped_probabilities(checkpoint, [list(t) for t in test["tokens"]], batch_size)
     decided = task.decide(probs)
-    actual, predicted = test["label"].map(list).tolist(), label_sets(decided, labels)
+    predicted = label_sets(decided, labels)
     metrics = task.metrics(actual, predicted, labels)
-    metrics["test_rows"] = len(test)
+    metrics.update(test_rows=len(test), **shipped_facts(checkpoint, lstm_metrics))
     pairs = Scores(probs.ravel().astype(np.float64), truth.ravel(), ((probs - truth) ** 2).sum(axis=1),
                    np.zeros(0, dtype=np.int64))
     whole = (decided == truth).all(axis=1)
@@ -172,7 +207,8 @@ def evaluate_multi_label(checkpoint, test: pd.DataFrame, batch_size: int) -> Non
     metrics["calibration"] = {"per": "text and label", "ece": ece, "brier": brier, "bins": 15,
                               "reliability": reliability(pairs.confidence, pairs.correct),
                               "min_confidence": threshold_table(per_row.confidence, per_row.correct)}
-    metrics["thresholds"] = dict(zip(labels, (checkpoint.thresholds or [0.5] * len(labels))))
+    shipped_thresholds = checkpoint.thresholds if checkpoint.shipped == "lstm" else checkpoint.shipped_thresholds
+    metrics["thresholds"] = dict(zip(labels, (shipped_thresholds or [0.5] * len(labels))))
     wrong = test.assign(label=[" | ".join(x) for x in actual], predicted=[" | ".join(x) for x in predicted],
                         label_set=actual, predicted_set=predicted,  # the sets themselves, for the report
                         confidence=confidence.round(4))[~whole].sort_values("confidence", ascending=False)
@@ -190,8 +226,10 @@ def evaluate_multi_label(checkpoint, test: pd.DataFrame, batch_size: int) -> Non
     log_multilabel_curves(truth, probs)
     write_json(REPORT, metrics)
     write_plots(pairs, pairs, CALIBRATION_DIR, coverage=per_row)
-    write_json(METRICS, {**task.headline(metrics, "lstm"), "lstm_test_ece": ece, "lstm_test_brier": brier})
-    print(f"test subset accuracy {metrics['accuracy']:.4f}, micro-F1 {metrics['micro_f1']:.4f}, macro-F1 "
+    write_json(METRICS, {**task.headline(lstm_metrics, "lstm"), "lstm_test_ece": lstm_ece,
+                         "lstm_test_brier": lstm_brier, **headline(metrics, "shipped")})
+    print(f"shipped model ({checkpoint.shipped}): test subset accuracy {metrics['accuracy']:.4f}, "
+          f"micro-F1 {metrics['micro_f1']:.4f}, macro-F1 "
           f"{metrics['macro_f1']:.4f}, samples-F1 {metrics['samples_f1']:.4f}, Hamming loss "
           f"{metrics['hamming_loss']:.4f}; {len(wrong)} of {len(test)} texts not given exactly their labels")
     from pipeline.explain import write_misclassified_report

@@ -1,7 +1,7 @@
 """Stage train: the classifier on the aligned embedding matrix, early-stopped on validation accuracy.
 
-Writes models/model.pt (the best epoch), metrics/train/best.json (the saved epoch and its validation
-accuracy: what `dvc exp show` compares), and DVCLive's folder metrics/train/: per-epoch loss and
+Writes models/lstm.pt (the best epoch; the stage ship makes models/model.pt of it), metrics/train/best.json
+(the saved epoch and its validation accuracy: what `dvc exp show` compares), and DVCLive's folder metrics/train/: per-epoch loss and
 accuracy over epochs, step loss and learning rate over optimizer steps, metrics.json (DVCLive's
 summary: the last values, timings; a plain output), and curves.png (a static image of the curves).
 With `train.processes` > 1 it runs itself again under torchrun (pipeline.distributed).
@@ -19,7 +19,7 @@ import torch
 from pipeline import distributed, params, resume, search_trial
 from pipeline.batching import TokenIds
 from pipeline.calibration import calibrate_checkpoint, threshold_checkpoint
-from pipeline.checkpoint import MODEL_PATH, save_checkpoint
+from pipeline.checkpoint import save_checkpoint
 from pipeline.errors import PipelineError, run_main
 from pipeline.files import check_writable, read_json, write_json
 from pipeline.prepared_task import prepared_task
@@ -32,6 +32,7 @@ from pipeline.training import Hooks, build_model, fit, set_determinism
 from pipeline.workspace import start_stage
 
 PREPARED = Path("data/prepared")
+MODEL_PATH = Path("models/lstm.pt")  # the LSTM; what ships is the stage ship's models/model.pt
 VOCAB_DIR = Path("data/vocab")
 LIVE_DIR = Path("metrics/train")
 # What an interrupted training resumes from: its last finished epoch. Beside the model, not a DVC
