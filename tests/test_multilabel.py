@@ -234,6 +234,9 @@ def test_a_multi_label_corpus_goes_through_dvc_repro_by_params_alone(tmp_path):
     figures = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)[0]["data"]["metrics"]
     assert {"lstm_test_micro_f1", "lstm_test_samples_f1", "lstm_test_hamming"} <= set(figures["metrics/eval.json"]["data"])
     assert "baseline_test_micro_f1" in figures["metrics/baseline.json"]["data"]
+    per_label = figures["metrics/eval/per_label/metrics.json"]["data"]
+    report = json.loads((repo / "metrics/eval/report.json").read_text())
+    assert per_label == {label: report["per_class"][label] for label in report["per_class"]}
     predictions = pq.read_table(repo / "data/predictions/test.parquet")
     assert predictions.schema.field("predicted_labels").type == pa.list_(pa.string())
     ckpt = load_checkpoint(repo / "models/model.pt")

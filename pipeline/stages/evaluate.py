@@ -77,6 +77,27 @@ def log_curves(actual: list[str], labels: list[str], probs: np.ndarray | None = 
     (PLOTS_DIR / "metrics.json").unlink(missing_ok=True)  # DVCLive's summary of no metric: eval.json has them
 
 
+PER_LABEL_DIR = PLOTS_DIR / "per_label"
+PER_LABEL_MOST = 100  # labels in the per-label metrics at most (the most frequent): `dvc exp show` stays readable
+
+
+def log_per_label(per_class: dict) -> None:
+    """Each label's (class's) test precision, recall, F1 and support through DVCLive, as a metrics file
+    (metrics/eval/per_label/metrics.json) that `dvc exp show` and `dvc metrics diff` compare: the
+    PER_LABEL_MOST most frequent labels (all of report.json's are in per_class)."""
+    import shutil
+
+    from dvclive import Live
+
+    shutil.rmtree(PER_LABEL_DIR, ignore_errors=True)
+    shown = sorted(per_class, key=lambda label: (-per_class[label]["support"], label))[:PER_LABEL_MOST]
+    with Live(dir=str(PER_LABEL_DIR), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+        for label in sorted(shown):
+            for key in ("precision", "recall", "f1", "support"):
+                # DVCLive nests names at "/": a label's own slash becomes U+2215, so 'sci/tech' stays one label
+                live.log_metric(f"{label.replace('/', chr(0x2215))}/{key}", per_class[label][key], plot=False)
+
+
 def main() -> None:
     start_stage("evaluate")
     evaluate_params = params.load("evaluate")
@@ -142,6 +163,7 @@ def main() -> None:
         wrong[["text", "label", "predicted", "confidence"]].to_csv(tmp, index=False)
     log_curves(actual, checkpoint.labels, probs, predicted, confidence)
     write_json(REPORT, metrics)
+    log_per_label(metrics["per_class"])
     write_plots(raw, calibrated, CALIBRATION_DIR, coverage=shipped)
     write_json(METRICS, {**task.headline(lstm_metrics, "lstm"),
                          **{f"lstm_test_{k}": calibration[k] for k in ("ece_raw", "ece", "brier_raw", "brier")},
@@ -225,6 +247,7 @@ def evaluate_multi_label(checkpoint, test: pd.DataFrame, batch_size: int) -> Non
         wrong[["text", "label", "predicted", "confidence"]].to_csv(tmp, index=False)
     log_multilabel_curves(truth, probs)
     write_json(REPORT, metrics)
+    log_per_label(metrics["per_class"])
     write_plots(pairs, pairs, CALIBRATION_DIR, coverage=per_row)
     write_json(METRICS, {**task.headline(lstm_metrics, "lstm"), "lstm_test_ece": lstm_ece,
                          "lstm_test_brier": lstm_brier, **headline(metrics, "shipped")})
