@@ -316,7 +316,9 @@ def multilabel_misclassified_html(ckpt: Checkpoint, rows: Sequence[dict], token_
     true but not given; spurious: given but not true) explained by the attributions of that label's own
     probability, words shaded toward it (orange) and against it (blue)."""
     labels, index = ckpt.labels, {name: j for j, name in enumerate(ckpt.labels)}
-    thresholds = ckpt.thresholds or [0.5] * len(labels)
+    # The thresholds of what decided (the shipped model's); p is the LSTM part's when a fusion ships.
+    fused = ckpt.shipped != "lstm"
+    thresholds = (ckpt.shipped_thresholds if fused else ckpt.thresholds) or [0.5] * len(labels)
     wrong = []
     for row in rows:
         true, given = set(label_set(row, "label")), set(label_set(row, "predicted"))
@@ -331,7 +333,8 @@ def multilabel_misclassified_html(ckpt: Checkpoint, rows: Sequence[dict], token_
         for (name, kind), explanation in zip(mistakes, explanations):
             j = index[name]
             parts.append(f'<div class="{kind.split()[0]}"><b>{kind} {html.escape(name)}</b> '
-                         f"<small>(p {explanation.probabilities[j]:.4f}, threshold {thresholds[j]:.2f})</small>: "
+                         f"<small>(p {explanation.probabilities[j]:.4f}{' of the LSTM part' if fused else ''}, "
+                         f"threshold {thresholds[j]:.2f}{' of the shipped model' if fused else ''})</small>: "
                          f"{tokens_html(explanation)}</div>")
         show = lambda names: html.escape(LABELS_SEPARATOR.join(names)) or "<i>(none)</i>"  # noqa: E731
         body.append(f"<tr><td class=num>{rank}</td><td class=num>{float(row['confidence']):.4f}</td>"

@@ -243,7 +243,8 @@ def iter_jsonl(path: Path, text_column: str | list[str], label_column: str, spli
     def check_fields(first: dict) -> None:
         missing = [c for c in columns if c not in seen]
         if missing:
-            raise PipelineError(f"{path}: no line has a {role_of[missing[0]]} field '{missing[0]}' (params "
+            raise PipelineError(f"{path}: none of the first {chunk_rows:,} lines has a {role_of[missing[0]]} field "
+                                f"'{missing[0]}' (params "
                                 f"corpus.{role_of[missing[0]]}_column); fields are: {', '.join(first)}")
 
     def frame(values: list[list]) -> pd.DataFrame:

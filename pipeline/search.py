@@ -140,14 +140,17 @@ def check_values(base: dict, values: dict, where: str) -> None:
 
 
 def override(name: str, value) -> str:
-    """`-S name=value` as DVC parses it (Hydra's override grammar): strings quoted, numbers in full."""
+    """`-S name=value` as DVC parses it (Hydra's override grammar): strings quoted (in a list too), numbers
+    in full, other characters as they are (JSON's \\u escapes would reach params.yaml as written)."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, str) and ("'" in item or '"' in item or "\\" in item):
+            raise PipelineError(f"search value {item!r} of {name}: quotes and backslashes cannot pass through "
+                                "`dvc exp run -S`")
     if isinstance(value, str):
-        if "'" in value or "\\" in value:
-            raise PipelineError(f"search value {value!r} of {name}: quotes and backslashes cannot pass through `dvc exp run -S`")
         return f"{name}='{value}'"
     if value is None:
         return f"{name}=null"
-    return f"{name}={json.dumps(value)}"
+    return f"{name}={json.dumps(value, ensure_ascii=False)}"
 
 
 # --- running trials ---------------------------------------------------------------------------------

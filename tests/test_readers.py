@@ -278,8 +278,8 @@ def test_the_text_of_several_columns_is_joined_and_a_field_a_line_lacks_is_missi
 def test_a_field_no_line_has_is_named(tmp_path):
     path = tmp_path / "news.jsonl"
     path.write_text('{"title": "a", "topics": ["x"]}\n{"title": "b"}\n')
-    with pytest.raises(PipelineError, match=r"news\.jsonl: no line has a text field 'body' \(params "
+    with pytest.raises(PipelineError, match=r"news\.jsonl: none of the first 10,000 lines has a text field 'body' \(params "
                                             r"corpus\.text_column\); fields are: title, topics$"):
         list(iter_table(path, "jsonl", ["title", "body"], "topics"))
-    with pytest.raises(PipelineError, match=r"no line has a label field 'topic' \(params corpus\.label_column\)"):
+    with pytest.raises(PipelineError, match=r"none of the first 10,000 lines has a label field 'topic' \(params corpus\.label_column\)"):
         list(iter_table(path, "jsonl", "title", "topic"))

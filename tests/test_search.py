@@ -252,3 +252,19 @@ def test_failing_trials_are_recorded_and_three_failures_first_stop_the_search(re
     assert "error: the first trials all failed" in proc.stdout.splitlines()[-1]
     summary = json.loads((repo / ".search" / "f" / "summary.json").read_text())
     assert [t["state"] for t in summary["trials"]] == ["fail"] * 3 and summary["best"] is None
+
+
+def test_each_override_is_parsed_by_dvc_back_to_its_value():
+    """`dvc exp run -S` parses with Hydra's grammar: what a trial sets is what the search proposed, non-ASCII
+    names in a list too; quotes and backslashes, which the grammar would change, are refused."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from pipeline.search import override
+
+    parser = OverridesParser.create()
+    for value in [0.009103784164516612, 128, "attention", ["título", "cuerpo"], None, True, 1e-5]:
+        parsed = parser.parse_override(override("train.x", value))
+        assert parsed.value() == value, (value, override("train.x", value))
+    for bad in ["it's", ['a"b'], "back\\slash"]:
+        with pytest.raises(PipelineError, match="quotes and backslashes cannot pass through"):
+            override("train.x", bad)
