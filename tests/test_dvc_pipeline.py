@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -33,9 +34,16 @@ def test_full_repro_writes_every_artefact(repo):
     # The metrics `dvc exp show` compares, each named once (the headline figures, and DVCLive's summary of
     # training, which it updates every epoch); the details are plain reports beside them.
     metrics = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)[""]["data"]
-    assert sorted(metrics) == ["metrics/baseline.json", "metrics/eval.json", "metrics/ship.json",
-                               "metrics/train/best.json", "metrics/train/metrics.json"], metrics
-    names = [key for path, m in metrics.items() if path != "metrics/train/metrics.json" for key in m["data"]]
+    assert sorted(metrics) == ["metrics/baseline.json", "metrics/eval.json", "metrics/eval/per_label/metrics.json",
+                               "metrics/ship.json", "metrics/train/best.json", "metrics/train/metrics.json"], metrics
+    # Each label's test precision, recall, F1 and support, so that `dvc metrics diff` shows a label that got worse.
+    per_label = metrics["metrics/eval/per_label/metrics.json"]["data"]
+    assert sorted(per_label) == ["neg", "pos"], per_label
+    assert all(set(figures) == {"precision", "recall", "f1", "support"} for figures in per_label.values()), per_label
+    assert sum(figures["support"] for figures in per_label.values()) == \
+        len(pd.read_parquet(repo / "data/predictions/test.parquet")), per_label
+    names = [key for path, m in metrics.items()
+             if path not in ("metrics/train/metrics.json", "metrics/eval/per_label/metrics.json") for key in m["data"]]
     calibration = [f"lstm_{split}_{m}" for split in ("test", "val") for m in ("brier", "brier_raw", "ece", "ece_raw")]
     ship = ["ship_model", "ship_fusion_weight", "ship_val_acc_lstm", "ship_val_acc_tfidf", "ship_val_acc_fusion",
             "fusion_test_acc", "fusion_test_f1"]
@@ -69,7 +77,6 @@ def test_full_repro_writes_every_artefact(repo):
         json.loads((repo / "metrics/train/best.json").read_text())["lstm_temperature"], abs=1e-4)
     assert set(evaluation["per_class"]) == {"neg", "pos"}
     # The predict stage: every test row with its probabilities; the model card beside the model.
-    import pandas as pd
     predictions = pd.read_parquet(repo / "data/predictions/test.parquet")
     assert len(predictions) == evaluation["test_rows"]
     assert ((predictions["prob_neg"] + predictions["prob_pos"]) - 1).abs().max() < 1e-5
@@ -123,7 +130,6 @@ def test_the_exported_model_gives_the_trained_models_probabilities_on_the_test_s
     """The issue's bar: the `textclf-export` files, run by onnxruntime / TorchScript, against the
     predict stage's probabilities (the PyTorch model) on every text of the test split, to 1e-5."""
     import numpy as np
-    import pandas as pd
 
     from pipeline.export import encode_batch, read_sidecar
 

@@ -209,7 +209,7 @@ def test_plots_show_draws_every_chart_offline(chromium, repo, tmp_path):
 def test_plots_diff_draws_both_revisions_offline(chromium, repo, tmp_path):
     set_param(repo, "train", "epochs", 3)
     set_param(repo, "train", "patience", 3)
-    assert stages_run(run(["dvc", "repro"], repo).stdout) == {"train", "evaluate", "predict", "card"}
+    assert stages_run(run(["dvc", "repro"], repo).stdout) == {"train", "ship", "evaluate", "predict", "card"}
     page = plots_page(repo, tmp_path / "plots", "diff", "HEAD")
     rendered = render(page, chromium, tmp_path / "profile")
     assert_every_chart_drawn(page, rendered, repo, images=4)  # each PNG at HEAD and in the workspace
