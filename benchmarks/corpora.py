@@ -7,6 +7,8 @@ then this script reads `dvc exp show --json` and writes benchmarks/results/corpo
 
     python -m benchmarks.corpora                         # every corpus, seed 42
     python -m benchmarks.corpora reuters_r8 --seeds 42 43 44   # replaces only reuters_r8's rows
+    python -m benchmarks.corpora newsgroups_20 --seeds 43 44 --collect-only --checkout ../ng20 42
+                                                         # plus a run made by `dvc repro` in another checkout
 
 The builtin row is the committed params.yaml itself. Queued experiments see only what git tracks:
 commit first. The experiments stay in `dvc exp show` (named corpus-<name>-s<seed>).
@@ -21,10 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.shipped import CODES
-
 from benchmarks.ablation import (RESULTS, check_all_found, dvc, metrics_of, named_experiments, report_of,
                                  wait_for_queue)
+from pipeline.shipped import CODES
 
 CORPORA = Path("benchmarks/corpora")
 SHIPPED_NAMES = {code: name for name, code in CODES.items()}
@@ -51,33 +52,48 @@ def queue(corpora: list[str], seeds: list[int]) -> list[str]:
     return names
 
 
+METRICS = ("metrics/eval.json", "metrics/baseline.json", "metrics/train/best.json", "metrics/ship.json")
+
+
 def collect(names: dict[str, tuple[str, int]]) -> list[dict]:
     runs = []
     for name, data in named_experiments(names):
-        m = metrics_of(name, data, ("metrics/eval.json", "metrics/baseline.json", "metrics/train/best.json",
-                                    "metrics/ship.json"))
+        metrics = metrics_of(name, data, METRICS)
         corpus, seed = names[name]
-        prep = report_of(name, data, "metrics/prepare.json")
-        train = {**report_of(name, data, "metrics/train/metrics.json"), **m["metrics/train/best.json"]}
-        runs.append({
-            "corpus": corpus, "seed": seed, "name": name,
-            "classes": len(prep["class_counts"]), "train_rows": prep["train_rows"], "val_rows": prep["val_rows"],
-            "test_rows": prep["test_rows"], "split": "given" if prep.get("split_from_corpus") else "hash",
-            "mean_tokens": prep["train_tokens"]["mean"], "max_tokens": train.get("max_tokens"),
-            "lstm_accuracy": m["metrics/eval.json"]["lstm_test_acc"],
-            "lstm_macro_f1": m["metrics/eval.json"]["lstm_test_f1"],
-            "baseline_accuracy": m["metrics/baseline.json"]["baseline_test_acc"],
-            "baseline_macro_f1": m["metrics/baseline.json"]["baseline_test_f1"],
-            "val_accuracy": train["lstm_val_acc"], "train_seconds": train["train_seconds"],
-            # What `dvc repro` ships (ship.model, default best): the LSTM, TF-IDF or their fusion, chosen on validation
-            "shipped": SHIPPED_NAMES[m["metrics/ship.json"]["ship_model"]],
-            "fusion_weight": m["metrics/ship.json"]["ship_fusion_weight"],
-            "fusion_accuracy": m["metrics/ship.json"]["fusion_test_acc"],
-            "shipped_accuracy": m["metrics/eval.json"]["shipped_test_acc"],
-            "shipped_macro_f1": m["metrics/eval.json"]["shipped_test_f1"],
-        })
+        runs.append(run_row(corpus, seed, name,
+                            lambda path: metrics[path] if path in METRICS else report_of(name, data, path)))
     check_all_found(names, runs)
     return runs
+
+
+def checkout_row(folder: Path, corpus: str, seed: int) -> dict:
+    """A row from a checkout where `dvc repro` ran with this corpus's settings (and train.seed), outside the
+    queue: a corpus too slow to rerun with the rest. Its name says where it came from."""
+    def read(path: str) -> dict:
+        if not (folder / path).is_file():
+            raise SystemExit(f"{folder}: no {path} (has `dvc repro` run there?)")
+        return json.loads((folder / path).read_text())
+    return run_row(corpus, seed, f"checkout {folder}", read)
+
+
+def run_row(corpus: str, seed: int, name: str, read) -> dict:
+    """One run's figures; `read(path)` gives the JSON of a metrics file or report as that run wrote it."""
+    evaluation, ship, prep = read("metrics/eval.json"), read("metrics/ship.json"), read("metrics/prepare.json")
+    train = {**read("metrics/train/metrics.json"), **read("metrics/train/best.json")}
+    return {
+        "corpus": corpus, "seed": seed, "name": name,
+        "classes": len(prep["class_counts"]), "train_rows": prep["train_rows"], "val_rows": prep["val_rows"],
+        "test_rows": prep["test_rows"], "split": "given" if prep.get("split_from_corpus") else "hash",
+        "mean_tokens": prep["train_tokens"]["mean"], "max_tokens": train.get("max_tokens"),
+        "lstm_accuracy": evaluation["lstm_test_acc"], "lstm_macro_f1": evaluation["lstm_test_f1"],
+        "baseline_accuracy": read("metrics/baseline.json")["baseline_test_acc"],
+        "baseline_macro_f1": read("metrics/baseline.json")["baseline_test_f1"],
+        "val_accuracy": train["lstm_val_acc"], "train_seconds": train["train_seconds"],
+        # What `dvc repro` ships (ship.model, default best): the LSTM, TF-IDF or their fusion, chosen on validation
+        "shipped": SHIPPED_NAMES[ship["ship_model"]], "fusion_weight": ship["ship_fusion_weight"],
+        "fusion_accuracy": ship["fusion_test_acc"],
+        "shipped_accuracy": evaluation["shipped_test_acc"], "shipped_macro_f1": evaluation["shipped_test_f1"],
+    }
 
 
 def table(runs: list[dict], corpora: list[str]) -> str:
@@ -119,15 +135,20 @@ def main() -> None:
     ap.add_argument("corpora", nargs="*", default=available, help=f"default: all of {', '.join(available)}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[42])
     ap.add_argument("--collect-only", action="store_true", help="only read the finished experiments")
+    ap.add_argument("--checkout", nargs=2, action="append", default=[], metavar=("PATH", "SEED"),
+                    help="also a run made outside the queue: a checkout where `dvc repro` ran with the (one) "
+                    "corpus's settings and train.seed SEED; repeatable")
     args = ap.parse_args()
     unknown = sorted(set(args.corpora) - set(available))
     if unknown:
         raise SystemExit(f"unknown corpus {unknown[0]!r}; known: {', '.join(available)}")
+    if args.checkout and len(args.corpora) != 1:
+        raise SystemExit("--checkout: name the one corpus its runs belong to")
     names = {experiment_name(c, s): (c, s) for c in args.corpora for s in args.seeds}
     if not args.collect_only:
         queued = queue(args.corpora, args.seeds)
         wait_for_queue(queued, jobs=1)
-    runs = collect(names)
+    runs = collect(names) + [checkout_row(Path(folder), args.corpora[0], int(seed)) for folder, seed in args.checkout]
     # Corpora not run this time keep their earlier rows (a slow corpus need not rerun with the rest).
     path = RESULTS / "corpora.json"
     earlier = json.loads(path.read_text())["runs"] if path.exists() else []
