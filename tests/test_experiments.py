@@ -63,7 +63,7 @@ def test_going_back_to_tried_params_restores_every_stage_from_the_run_cache(repo
                                                                           "PATH": f"{VENV_BIN}:{os.environ['PATH']}"})
     assert shown.returncode == 0, shown.stderr
     header = next(line for line in shown.stdout.splitlines() if "Experiment" in line).split()
-    assert header == ["Experiment", "lstm_val_acc", "lstm_test_acc", "lstm_test_f1", "baseline_test_acc",
+    assert header == ["Experiment", "lstm_val_acc", "lstm_test_acc", "shipped_test_acc", "baseline_test_acc",
                       "train.lr"], shown.stdout
     run(["git", "checkout", "--", "params.yaml"], repo)
     set_param(repo, "train", "lr", 0.003)
