@@ -97,11 +97,18 @@ def metrics_of(name: str, data: dict, needed: tuple[str, ...]) -> dict[str, dict
 
 
 def report_of(name: str, data: dict, path: str) -> dict:
-    """A plain report (not a DVC metric) as the experiment committed it, e.g. metrics/train/metrics.json."""
+    """A plain report (not a DVC metric) as the experiment left it, e.g. metrics/train/metrics.json: from its git
+    commit, or from DVC's cache where DVC tracks the report (metrics/prepare.json, an output of prepare)."""
     proc = subprocess.run(["git", "show", f"{data['rev']}:{path}"], text=True, capture_output=True)
-    if proc.returncode:
-        raise SystemExit(f"{name}: no {path} in its commit {data['rev'][:8]}: {proc.stderr.strip()}")
-    return json.loads(proc.stdout)
+    if proc.returncode == 0:
+        return json.loads(proc.stdout)
+    import dvc.api
+
+    try:
+        return json.loads(dvc.api.read(path, rev=data["rev"]))
+    except Exception as error:  # noqa: BLE001 - any failure to read it is this one message
+        raise SystemExit(f"{name}: no {path} in its commit {data['rev'][:8]} (git: {proc.stderr.strip()}; "
+                         f"DVC: {error})") from None
 
 
 def check_all_found(names, runs: list[dict]) -> None:
