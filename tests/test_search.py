@@ -180,8 +180,11 @@ def test_a_search_ends_with_its_trials_in_exp_show_repeats_with_its_seed_resumes
 
     # Interrupted during its second trial, then resumed: the count goes on, and the proposals are the same.
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", CI="true")
+    # Ctrl-C's default action restored in the child: a shell runs a background job (CI's, say) with SIGINT
+    # ignored, and the children inherit that, so the interrupt would otherwise never arrive.
     proc = subprocess.Popen([str(VENV_BIN / "python"), "-m", "pipeline.cli.search", "--trials", "3", "--seed", "7",
                              "--space", "space.yaml", "--name", "c"], cwd=repo, env=env, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while not (repo / ".search" / "c" / "search-c-t001.log").exists() and time.monotonic() < deadline:
