@@ -19,37 +19,18 @@ Everything here is linear in the rows and reads the logits a batch at a time (sc
 from __future__ import annotations
 
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, logsumexp
+from scipy.special import log_softmax
 
-from pipeline.checkpoint import TEMPERATURE_RANGE
+from pipeline.temperature import fit_temperature, nll  # noqa: F401 - the fit, and this module's API
 
 BINS = 15
 MIN_CONFIDENCE_TABLE = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 COVERAGE_POINTS = 200  # the coverage curve, thinned to at most this many points
-
-
-def nll(logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:
-    """Mean negative log-likelihood of softmax(logits / temperature) at the targets."""
-    scaled = logits.astype(np.float64) / temperature
-    return float(np.mean(logsumexp(scaled, axis=1) - scaled[np.arange(len(targets)), targets]))
-
-
-def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """The T in TEMPERATURE_RANGE that minimises nll(logits, targets, T); 1.0 with no rows."""
-    logits, targets = np.asarray(logits, dtype=np.float64), np.asarray(targets, dtype=np.int64)
-    if len(targets) == 0:
-        return 1.0
-    low, high = (math.log(t) for t in TEMPERATURE_RANGE)
-    result = minimize_scalar(lambda log_t: nll(logits, targets, math.exp(log_t)), bounds=(low, high),
-                             method="bounded", options={"xatol": 1e-6})
-    return float(math.exp(result.x))
 
 
 @dataclass

@@ -11,7 +11,8 @@ never run code.
 The stage ship (pipeline.shipped) writes models/model.pt: train's models/lstm.pt as it is when the LSTM
 alone ships, else the same dict with two more entries: "tfidf", the TF-IDF model as plain data (its JSON
 "meta" text and float64 tensors: TfidfModel.to_members), and "fusion": {"shipped": "fusion" or "tfidf",
-"weight": w, and for a multi-label model "thresholds", the shipped model's, one per label}. What the
+"weight": w, for a one-label-a-text model "temperature" (the fused or TF-IDF probabilities' own, fitted on
+validation), and for a multi-label model "thresholds", the shipped model's, one per label}. What the
 checkpoint's `task` decides with, and what inference computes, is the shipped model (pipeline.inference).
 """
 
@@ -54,12 +55,13 @@ class Checkpoint:
     temperature: float = 1.0
     # A multi-label model's decision thresholds, one per label in the order of `labels` (None: 0.5 each).
     thresholds: list[float] | None = None
-    # What ships (module doc): "lstm", "fusion" (softmax(w log p_lstm + (1 - w) log p_tfidf), w the
-    # fusion_weight) or "tfidf"; the TF-IDF part (pipeline.tfidf_model) and, multi-label, the shipped
-    # model's thresholds.
+    # What ships (module doc): "lstm", "fusion" (softmax((w log p_lstm + (1 - w) log p_tfidf) / T), w the
+    # fusion_weight, T the fusion_temperature; the TF-IDF part alone: w = 0) or "tfidf"; the TF-IDF part
+    # (pipeline.tfidf_model) and, multi-label, the shipped model's thresholds.
     shipped: str = "lstm"
     tfidf: TfidfModel | None = None
     fusion_weight: float = 1.0
+    fusion_temperature: float = 1.0
     shipped_thresholds: list[float] | None = None
 
     @property
@@ -182,7 +184,7 @@ def _shipped_parts(payload: dict, where: str, multi_label: bool) -> dict:
     fusion, part = payload["fusion"], payload["tfidf"]
     if not isinstance(fusion, dict) or not isinstance(part, dict):
         raise _Invalid("fusion, tfidf: expected dicts")
-    unknown = sorted(set(map(str, fusion)) - {"shipped", "weight", "thresholds"})
+    unknown = sorted(set(map(str, fusion)) - {"shipped", "weight", "temperature", "thresholds"})
     if unknown:
         raise _Invalid(f"fusion: unknown key {unknown[0][:60]!r}")
     if fusion.get("shipped") not in SHIPPED[1:]:
@@ -191,6 +193,12 @@ def _shipped_parts(payload: dict, where: str, multi_label: bool) -> dict:
     if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight) \
             or not 0 <= weight <= 1:
         raise _Invalid(f"fusion.weight: {str(weight)[:40]} is not a number from 0 to 1")
+    temperature = fusion.get("temperature", 1.0)  # 1.0: a fused checkpoint from before it was fitted
+    low, high = TEMPERATURE_RANGE
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) \
+            or not math.isfinite(temperature) or not low <= temperature <= high or multi_label and "temperature" in fusion:
+        raise _Invalid(f"fusion.temperature: {str(temperature)[:40]} is not a number from {low:g} to {high:g} "
+                       "(and a multi-label model has none)")
     labels, thresholds = payload["labels"], fusion.get("thresholds")
     if multi_label != (thresholds is not None) or thresholds is not None and not (
             isinstance(thresholds, list) and len(thresholds) == len(labels) and all(
@@ -205,6 +213,7 @@ def _shipped_parts(payload: dict, where: str, multi_label: bool) -> dict:
     if sorted(model.classes) != sorted(labels) or (model.output == "one_vs_rest") != multi_label:
         raise _Invalid("tfidf: its classes (or its output, one label or several) are not the LSTM's")
     return {"shipped": fusion["shipped"], "tfidf": model, "fusion_weight": float(weight),
+            "fusion_temperature": float(temperature),
             "shipped_thresholds": None if thresholds is None else [float(t) for t in thresholds]}
 
 

@@ -98,10 +98,12 @@ def shipped_probabilities(ckpt: Checkpoint, token_lists: Sequence[Sequence[str]]
         if ckpt.shipped == "lstm":
             return p_lstm
     p_tfidf = align(ckpt.tfidf.probabilities(token_lists), ckpt.tfidf.classes, ckpt.labels, "the checkpoint's tfidf")
-    if ckpt.shipped == "tfidf":
-        return p_tfidf.astype(np.float32)
-    combine = fuse_multilabel if ckpt.task.name == "multi_label" else fuse
-    return combine(p_lstm, p_tfidf, ckpt.fusion_weight).astype(np.float32)
+    if ckpt.task.name == "multi_label":
+        fused = p_tfidf if ckpt.shipped == "tfidf" else fuse_multilabel(p_lstm, p_tfidf, ckpt.fusion_weight)
+    else:  # the TF-IDF part alone is w = 0: temperature-scaled like the fusion
+        fused = fuse(p_tfidf if ckpt.shipped == "tfidf" else p_lstm, p_tfidf,
+                     1.0 if ckpt.shipped == "tfidf" else ckpt.fusion_weight, ckpt.fusion_temperature)
+    return fused.astype(np.float32)
 
 
 def classify_texts(ckpt: Checkpoint, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:

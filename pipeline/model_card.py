@@ -76,6 +76,7 @@ def checkpoint_facts(ckpt: Checkpoint) -> dict:
         "thresholds": ckpt.thresholds,
         "shipped": ckpt.shipped,
         "fusion_weight": ckpt.fusion_weight,
+        "fusion_temperature": ckpt.fusion_temperature,
         "shipped_thresholds": ckpt.shipped_thresholds,
     }
 
@@ -262,9 +263,11 @@ def build_card(facts: dict, params: dict, metrics: dict[str, dict | None], model
 def _shipped(facts: dict, metrics: dict[str, dict | None]) -> list[str]:
     """What ships when it is not the LSTM alone (pipeline.shipped): the model, the weight, the validation figures."""
     ship = next((data for name, data in metrics.items() if name.endswith("ship.json") and data), {})
-    shipped, w = facts["shipped"], facts.get("fusion_weight", 1.0)
-    how = (f"softmax(w log p_LSTM + (1 - w) log p_TF-IDF) with w = {_cell(w)}, chosen on the validation split"
-           if shipped == "fusion" else "its probabilities alone; the LSTM is not used to decide")
+    shipped, w, t = facts["shipped"], facts.get("fusion_weight", 1.0), facts.get("fusion_temperature", 1.0)
+    how = (f"softmax((w log p_LSTM + (1 - w) log p_TF-IDF) / T) with w = {_cell(w)} and T = {_cell(t)}, both "
+           "chosen on the validation split (the lowest NLL)" if shipped == "fusion" else
+           f"its probabilities alone, temperature-scaled (T = {_cell(t)}, fitted on validation); the LSTM is not "
+           "used to decide")
     if facts.get("task") == "multi_label" and shipped == "fusion":
         how = f"sigmoid(w logit p_LSTM + (1 - w) logit p_TF-IDF) per label with w = {_cell(w)}, chosen on validation"
     lines = ["", "## What ships", "", f"This checkpoint ships {SHIPPED_NAMES[shipped]} (params `ship.model`): {how}. "

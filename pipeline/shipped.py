@@ -5,9 +5,10 @@ calibrated probabilities and the TF-IDF model's, their columns aligned (pipeline
 weight chosen (choose_weight; several labels a text: choose_weight_multilabel, with the fused thresholds),
 and what ships under `ship.model` (choose_shipped: lstm, or the best of lstm, fusion and tfidf). Written:
 - models/model.pt: the LSTM checkpoint's bytes exactly when the LSTM ships; else its dict plus "tfidf" (the
-  TF-IDF model as plain data) and "fusion" (shipped, weight, multi-label thresholds): pipeline.checkpoint;
+  TF-IDF model as plain data) and "fusion" (shipped, weight, temperature or multi-label thresholds):
+  pipeline.checkpoint;
 - metrics/ship.json (numbers only, a DVC metric): ship_model (0 lstm, 1 fusion, 2 tfidf), the weight, the
-  three validation scores, and the fused model on the test split (fusion_test_acc, fusion_test_f1: its own
+  three validation scores (one label a text: accuracy and NLL, the NLL chose; several: micro-F1), and the fused model on the test split (fusion_test_acc, fusion_test_f1: its own
   row, computed whether or not it ships, never used to choose);
 - metrics/ship/report.json: the shipped model's name, the validation figures and the weight grid.
 """
@@ -75,7 +76,7 @@ def fused_test_figures(ckpt: Checkpoint, tfidf: TfidfModel, figures: dict, batch
         actual, predicted = label.map(list).tolist(), label_sets(decided, ckpt.labels)
     else:
         actual = label.tolist()
-        predicted = [ckpt.labels[i] for i in fuse(p_lstm, p_tfidf, w).argmax(axis=1)]
+        predicted = [ckpt.labels[i] for i in fuse(p_lstm, p_tfidf, w, figures["fusion"]["temperature"]).argmax(axis=1)]
     metrics = ckpt.task.metrics(actual, predicted, ckpt.labels)
     return {"fusion_test_acc": round(metrics["accuracy"], 4), "fusion_test_f1": round(metrics["macro_f1"], 4)}
 
@@ -89,7 +90,9 @@ def shipped_bytes(lstm_bytes: bytes, tfidf: TfidfModel, figures: dict) -> bytes:
     meta, arrays = tfidf.to_members()
     payload["tfidf"] = {"meta": meta, **{k: torch.from_numpy(v) for k, v in arrays.items()}}
     payload["fusion"] = {"shipped": shipped, "weight": figures["weight"] if shipped == "fusion" else 0.0}
-    if figures["task"] == "multi_label":
+    if figures["task"] == "single_label":  # the shipped part's temperature, fitted on validation
+        payload["fusion"]["temperature"] = float(figures[shipped]["temperature"])
+    else:
         payload["fusion"]["thresholds"] = [float(t) for t in figures[shipped]["thresholds"]]
     buffer = io.BytesIO()  # through memory: the archive is named after the file (checkpoint.save_checkpoint)
     torch.save(payload, buffer)
@@ -107,10 +110,10 @@ def ship(policy: str, batch_size: int = 256) -> dict:
                             "run `dvc repro train`")
     tfidf = TfidfModel.load(TFIDF_PATH)
     figures = choose(ckpt, tfidf, policy, batch_size)
-    metric = figures["metric"]
+    shown = ("accuracy", "nll") if figures["task"] == "single_label" else ("micro_f1",)
     metrics = {"ship_model": CODES[figures["shipped"]], "ship_fusion_weight": figures["weight"],
                **{f"ship_val_{'acc' if metric == 'accuracy' else metric}_{name}": round(figures[name][metric], 4)
-                  for name in ("lstm", "tfidf", "fusion")},
+                  for metric in shown for name in ("lstm", "tfidf", "fusion")},
                **fused_test_figures(ckpt, tfidf, figures, batch_size)}
     report = {"shipped": figures["shipped"], "policy": policy, **figures, "metrics": metrics}
     data = shipped_bytes(lstm_bytes, tfidf, figures)

@@ -1,6 +1,7 @@
 """Fusing the LSTM with the TF-IDF baseline (pipeline.fusion), on synthetic validation probabilities whose
 answer is known: two complementary models fuse into one that beats both; a model that knows nothing adds
-nothing; ties go where the module says; `ship: best` ships the winner and `ship: lstm` the LSTM."""
+nothing; a better-ranked but badly calibrated model is not passed over; ties go where the module says;
+`ship: best` ships the winner and `ship: lstm` the LSTM."""
 
 from __future__ import annotations
 
@@ -47,7 +48,35 @@ def test_the_grid_ends_are_each_model_alone_and_fusion_is_never_worse_on_validat
     figures = choose_weight(p_lstm, p_tfidf, y)
     assert figures["grid"][-1]["accuracy"] == figures["lstm"]["accuracy"]
     assert figures["grid"][0]["nll"] == pytest.approx(figures["tfidf"]["nll"])
-    assert figures["fusion"]["accuracy"] >= max(figures["lstm"]["accuracy"], figures["tfidf"]["accuracy"])
+    assert figures["metric"] == "nll"
+    assert figures["fusion"]["nll"] <= min(figures["lstm"]["nll"], figures["tfidf"]["nll"])
+    # Each weight's temperature is the one that minimises its NLL: a little either way costs.
+    from pipeline.calibration import nll
+    best = next(g for g in figures["grid"] if g["weight"] == figures["weight"])
+    z = figures["weight"] * np.log(p_lstm) + (1 - figures["weight"]) * np.log(p_tfidf)
+    assert all(nll(z, y, best["temperature"] * f) > best["nll"] for f in (0.9, 1.1))
+
+
+def test_a_better_ranked_but_flat_tfidf_model_wins_over_a_sharp_lstm():
+    """The TF-IDF model ranks better but its probabilities are far too flat (a logistic regression over many
+    classes often is); the LSTM is calibrated. Raw NLL would pick the LSTM for its sharpness; with each
+    weight's temperature fitted, the weight leans to the TF-IDF model, and the fusion is calibrated."""
+    rng = np.random.default_rng(5)
+    n, classes = 3000, 5
+    y = rng.integers(0, classes, n)
+    def scores(strength):  # logits that rank the right class first more often the stronger they are
+        return rng.normal(size=(n, classes)) + strength * np.eye(classes)[y]
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+    p_lstm, p_tfidf = softmax(scores(1.5)), softmax(scores(3.0) / 8)  # the TF-IDF model: 8 times too flat
+    figures = choose_weight(p_lstm, p_tfidf, y)
+    raw_nll = [-np.mean(np.log(p[np.arange(n), y])) for p in (p_lstm, p_tfidf)]
+    assert raw_nll[0] < raw_nll[1]  # the trap: unscaled, the LSTM looks better
+    assert figures["tfidf"]["accuracy"] > figures["lstm"]["accuracy"]
+    assert figures["weight"] < 0.5 and figures["fusion"]["accuracy"] >= figures["tfidf"]["accuracy"] - 0.005
+    assert figures["tfidf"]["temperature"] < 0.25  # sharpened back
+    assert choose_shipped(figures, "best") in ("fusion", "tfidf")
 
 
 def _calibrated(n: int, classes: int, seed: int):
@@ -81,21 +110,26 @@ def test_float32_probabilities_of_zero_stay_finite():
     assert np.isfinite(fuse(p_lstm, p_tfidf, 0.5)).all()
 
 
-def test_equal_models_tie_everywhere_and_take_the_middle_weight():
+def test_equal_models_tie_everywhere_and_the_lstm_alone_ships():
     p, y = _calibrated(100, 3, 3)
-    assert choose_weight(p, p.copy(), y)["weight"] == 0.5
+    figures = choose_weight(p, p.copy(), y)
+    assert figures["weight"] == 1.0 and choose_shipped(figures, "best") == "lstm"
 
 
 def test_ship_best_prefers_the_lstm_then_fusion_on_equal_scores():
-    def figures(lstm, fusion, tfidf, weight=0.4):
-        return {"metric": "accuracy", "weight": weight, "lstm": {"accuracy": lstm}, "fusion": {"accuracy": fusion},
-                "tfidf": {"accuracy": tfidf}}
+    def figures(lstm, fusion, tfidf, weight=0.4, metric="accuracy"):
+        return {"metric": metric, "weight": weight, "lstm": {metric: lstm}, "fusion": {metric: fusion},
+                "tfidf": {metric: tfidf}}
 
     assert choose_shipped(figures(0.9, 0.9, 0.9), "best") == "lstm"
     assert choose_shipped(figures(0.8, 0.9, 0.9), "best") == "fusion"
     assert choose_shipped(figures(0.8, 0.85, 0.9), "best") == "tfidf"
     assert choose_shipped(figures(0.8, 0.9, 0.7, weight=1.0), "best") == "lstm"
     assert choose_shipped(figures(0.9, 0.8, 0.7), "lstm") == "lstm"
+    # NLL: the lowest wins, the same order among equals.
+    assert choose_shipped(figures(0.3, 0.2, 0.25, metric="nll"), "best") == "fusion"
+    assert choose_shipped(figures(0.3, 0.3, 0.25, metric="nll"), "best") == "tfidf"
+    assert choose_shipped(figures(0.2, 0.2, 0.25, metric="nll"), "best") == "lstm"
     with pytest.raises(PipelineError, match="ship: must be one of lstm, best, got 'fusion'"):
         choose_shipped(figures(0.9, 0.8, 0.7), "fusion")
 
@@ -128,3 +162,4 @@ def test_align_puts_the_tfidf_columns_in_the_lstms_order_or_names_the_mismatch()
         align(probs, ["a", "b", "c"], ["a", "b", "d"], "models/tfidf.npz")
     with pytest.raises(ValueError):
         choose_weight(probs, probs[:, :2], np.array([0]))
+

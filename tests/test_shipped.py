@@ -17,7 +17,7 @@ from pipeline.fusion import align, fuse, fuse_multilabel
 from pipeline.inference import predict_texts
 from pipeline.text import TextConfig, tokenize
 from tests.helpers import polarity_rows
-from tests.tiny_model import TEXTS, tiny_shipped_checkpoint, tiny_tfidf
+from tests.tiny_model import TEXTS, TINY_FUSION_TEMPERATURE, tiny_shipped_checkpoint, tiny_tfidf
 
 WORDY = [t for t in TEXTS if tokenize(t, TextConfig())]
 
@@ -35,11 +35,12 @@ def _parts(ckpt, texts):
 
 def test_predict_texts_of_a_fused_checkpoint_is_the_fusion_of_its_parts(tiny_fused_ckpt, tiny_ckpt):
     ckpt = tiny_fused_ckpt
-    assert (ckpt.shipped, ckpt.fusion_weight) == ("fusion", 0.4) and ckpt.tfidf.classes == ckpt.labels[::-1]
+    assert (ckpt.shipped, ckpt.fusion_weight, ckpt.fusion_temperature) == ("fusion", 0.4, TINY_FUSION_TEMPERATURE)
+    assert ckpt.tfidf.classes == ckpt.labels[::-1]
     p_lstm, p_tfidf = _parts(ckpt, WORDY)
     assert np.abs(p_lstm - predict_texts(tiny_ckpt, WORDY).probs).max() == 0  # the LSTM part is train's LSTM
     got = predict_texts(ckpt, WORDY).probs
-    assert np.abs(got - fuse(p_lstm, p_tfidf, 0.4)).max() < 1e-6
+    assert np.abs(got - fuse(p_lstm, p_tfidf, 0.4, TINY_FUSION_TEMPERATURE)).max() < 1e-6
     assert np.abs(got - p_lstm).max() > 1e-3 and np.abs(got - p_tfidf).max() > 1e-3  # neither part alone
 
 
@@ -47,7 +48,11 @@ def test_a_shipped_tfidf_model_gives_the_tfidf_probabilities(tiny_model_path, tm
     ckpt = load_checkpoint(tiny_shipped_checkpoint(tiny_model_path, tmp_path / "model.pt", "tfidf", 0.0))
     tokens = [tokenize(t, ckpt.text_config) for t in WORDY]
     want = align(tiny_tfidf().probabilities(tokens), ckpt.labels[::-1], ckpt.labels, "test")
-    assert ckpt.shipped == "tfidf" and np.abs(predict_texts(ckpt, WORDY).probs - want).max() < 1e-6
+    # temperature-scaled, as the ship stage fitted it for the TF-IDF model alone
+    scaled = np.exp(np.log(want) / TINY_FUSION_TEMPERATURE)
+    scaled /= scaled.sum(axis=1, keepdims=True)
+    assert ckpt.shipped == "tfidf" and np.abs(predict_texts(ckpt, WORDY).probs - scaled).max() < 1e-6
+    assert (predict_texts(ckpt, WORDY).probs.argmax(axis=1) == want.argmax(axis=1)).all()
 
 
 def test_a_fused_multi_label_checkpoint_fuses_logits_and_decides_at_its_thresholds(tiny_multilabel_path, tmp_path):
@@ -80,6 +85,9 @@ def _save(payload, path):
     (lambda p: p["fusion"].update(weight=float("nan")), r"fusion\.weight: nan is not a number"),
     (lambda p: p["fusion"].update(thresholds=[0.5, 0.5]), r"fusion\.thresholds: expected 2 numbers .* multi-label"),
     (lambda p: p["fusion"].update(extra=1), r"fusion: unknown key 'extra'"),
+    (lambda p: p["fusion"].update(temperature=0.0), r"fusion\.temperature: 0\.0 is not a number from 0\.01 to 100"),
+    (lambda p: p["fusion"].update(temperature=float("inf")), r"fusion\.temperature: inf is not a number"),
+    (lambda p: p["fusion"].update(temperature="2"), r"fusion\.temperature: 2 is not a number"),
     (lambda p: p["tfidf"].update(coef=torch.zeros(3)), r"model\.pt: tfidf: coef: must be floats of shape \(2, "),
     (lambda p: p["tfidf"].update(meta="{"), r"model\.pt: tfidf: meta: unreadable JSON"),
     (lambda p: p["tfidf"].update(meta=b"{}"), r"model\.pt: tfidf: meta: must be the model's JSON text, got bytes"),
@@ -132,9 +140,9 @@ def test_ship_writes_the_shipped_model_and_number_only_metrics(tiny_model_path, 
     assert report["shipped"] == "lstm" and (tmp_path / "models/model.pt").read_bytes() == lstm
     metrics = read_json(tmp_path / "metrics/ship.json")
     assert all(isinstance(v, (int, float)) for v in metrics.values()) and metrics["ship_model"] == 0
-    metric = "micro_f1" if multi_label else "acc"
-    assert {f"ship_val_{metric}_{m}" for m in ("lstm", "tfidf", "fusion")} | {"fusion_test_acc", "fusion_test_f1"} \
-        <= set(metrics)
+    shown = ["micro_f1"] if multi_label else ["acc", "nll"]  # one label a text: the NLL chose, accuracy beside it
+    assert {f"ship_val_{metric}_{m}" for metric in shown for m in ("lstm", "tfidf", "fusion")} \
+        | {"fusion_test_acc", "fusion_test_f1"} <= set(metrics)
     # Under `best`, the fusion ships whatever the validation figures: what ships is always a model loaded whole.
     monkeypatch.setattr(shipped, "choose_shipped", lambda figures, policy: "fusion")
     best = shipped.ship("best")
@@ -143,6 +151,8 @@ def test_ship_writes_the_shipped_model_and_number_only_metrics(tiny_model_path, 
     assert (ckpt.shipped, ckpt.fusion_weight) == ("fusion", best["weight"])
     if multi_label:
         assert ckpt.shipped_thresholds == pytest.approx(best["fusion"]["thresholds"])
+    else:
+        assert ckpt.fusion_temperature == best["fusion"]["temperature"] != 1.0
     after = read_json(tmp_path / "metrics/ship.json")
     assert after["ship_model"] == 1 and after["fusion_test_acc"] == metrics["fusion_test_acc"]
     os.remove(tmp_path / "models/model.pt")
@@ -163,7 +173,7 @@ def test_serve_and_batch_predict_give_the_fused_probabilities(tiny_fused_path, t
     from tests.test_serve import LIMITS, LiveServer
 
     p_lstm, p_tfidf = _parts(tiny_fused_ckpt, WORDY)
-    want = fuse(p_lstm, p_tfidf, tiny_fused_ckpt.fusion_weight)
+    want = fuse(p_lstm, p_tfidf, tiny_fused_ckpt.fusion_weight, tiny_fused_ckpt.fusion_temperature)
     live = LiveServer(create_app(tiny_fused_path, LIMITS))
     try:
         status, data = live.post({"texts": WORDY[:LIMITS.max_batch]})
@@ -274,3 +284,14 @@ def test_the_card_says_what_ships_the_weight_and_the_three_validation_figures(ti
     assert "| LSTM part alone | 0.81 | 0.8 |" in card and "| fusion (LSTM + TF-IDF) | 0.84 | 0.83 |" in card
     assert "| baseline | 0.77 | 0.76 |" in card and "Explanations" in card and "of the LSTM part" in card
     assert "textclf-export --model models/lstm.pt" in card and "The LSTM part's probabilities are temperature" in card
+
+
+def test_a_fused_checkpoint_saved_before_the_temperature_loads_with_none(tiny_fused_path, tmp_path):
+    """A models/model.pt written before the fusion had a temperature (no "temperature" key): T = 1, the
+    probabilities it always gave."""
+    payload = _payload(tiny_fused_path)
+    del payload["fusion"]["temperature"]
+    ckpt = load_checkpoint(_save(payload, tmp_path / "model.pt"))
+    p_lstm, p_tfidf = _parts(ckpt, WORDY)
+    assert ckpt.fusion_temperature == 1.0
+    assert np.abs(predict_texts(ckpt, WORDY).probs - fuse(p_lstm, p_tfidf, ckpt.fusion_weight)).max() < 1e-6

@@ -179,16 +179,19 @@ def tiny_tfidf(multi_label: bool = False):
     return TfidfModel.from_vectorizer(vectorizer, clf, choose_thresholds(clf.predict_proba(x), truth), labels)
 
 
+TINY_FUSION_TEMPERATURE = 1.7  # not 1: the tests see it applied
+
+
 def tiny_shipped_checkpoint(lstm_path: Path, path: Path, shipped: str = "fusion", weight: float = 0.4) -> Path:
     """The stage ship's models/model.pt (pipeline.shipped.shipped_bytes) of a tiny LSTM checkpoint and
-    tiny_tfidf(): `shipped` (fusion or tfidf) at `weight`, multi-label thresholds of 0.4 each."""
+    tiny_tfidf(): `shipped` (fusion or tfidf) at `weight`, temperature TINY_FUSION_TEMPERATURE (one label a
+    text) or thresholds of 0.4 each (several)."""
     from pipeline.checkpoint import load_checkpoint
     from pipeline.shipped import shipped_bytes
 
     ckpt = load_checkpoint(lstm_path)
     multi = ckpt.task.name == "multi_label"
     figures = {"shipped": shipped, "weight": weight, "task": "multi_label" if multi else "single_label"}
-    if multi:
-        figures[shipped] = {"thresholds": [0.4] * len(ckpt.labels)}
+    figures[shipped] = {"thresholds": [0.4] * len(ckpt.labels)} if multi else {"temperature": TINY_FUSION_TEMPERATURE}
     path.write_bytes(shipped_bytes(lstm_path.read_bytes(), tiny_tfidf(multi), figures))
     return path
