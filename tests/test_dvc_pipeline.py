@@ -45,8 +45,8 @@ def test_full_repro_writes_every_artefact(repo):
     names = [key for path, m in metrics.items()
              if path not in ("metrics/train/metrics.json", "metrics/eval/per_label/metrics.json") for key in m["data"]]
     calibration = [f"lstm_{split}_{m}" for split in ("test", "val") for m in ("brier", "brier_raw", "ece", "ece_raw")]
-    ship = ["ship_model", "ship_fusion_weight", "ship_val_acc_lstm", "ship_val_acc_tfidf", "ship_val_acc_fusion",
-            "fusion_test_acc", "fusion_test_f1"]
+    ship = ["ship_model", "ship_fusion_weight", "fusion_test_acc", "fusion_test_f1",
+            *(f"ship_val_{m}_{part}" for m in ("acc", "nll") for part in ("lstm", "tfidf", "fusion"))]
     assert sorted(names) == sorted(["baseline_test_acc", "baseline_test_f1", "lstm_best_epoch", "lstm_temperature",
                                     "lstm_test_acc", "lstm_test_f1", "lstm_val_acc", *calibration, *ship,
                                     "shipped_test_acc", "shipped_test_f1"]), metrics
