@@ -1,7 +1,8 @@
 """What the ship stage chooses today, on the models that finished runs trained: the README corpora's rule check.
 
     python -m benchmarks.reship builtin reuters_r8 pang_lee_long newsgroups_20 --seeds 42 43 44
-    python -m benchmarks.reship newsgroups_20 --seeds 43 44 --checkout ../ng20 42   # plus a `dvc repro` checkout
+    python -m benchmarks.reship newsgroups_20 --seeds 43 44 --checkout newsgroups_20 ../ng20 42
+                                                    # plus a `dvc repro` checkout; other corpora's rows are kept
 
 A change to how `ship` chooses (pipeline/fusion.py) reaches train's code too (train imports inference, which
 fuses), so DVC would retrain every model to show it: hours on 20 Newsgroups. The choice itself needs only what
@@ -22,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.ablation import RESULTS, metrics_of, named_experiments
-from benchmarks.corpora import experiment_name
+from benchmarks.corpora import CORPORA, experiment_name
 
 INPUTS = ("models/lstm.pt", "models/tfidf.npz", "data/prepared/val.parquet", "data/prepared/test.parquet")
 
@@ -113,8 +114,13 @@ def main() -> None:
         metrics = {path: json.loads((folder / path).read_text())
                    for path in ("metrics/eval.json", "metrics/ship.json", "metrics/baseline.json")}
         rows.append(run_row(corpus, int(seed), f"checkout {folder}", metrics, None, folder))
-    rows.sort(key=lambda r: (list(dict.fromkeys([*args.corpora, *(c for c, _, _ in args.checkout)])).index(r["corpus"]),
-                             r["seed"]))
+    # Runs not measured this time keep their earlier rows (a slow corpus's seeds can come in later).
+    path = RESULTS / "reship.json"
+    measured = {(r["corpus"], r["seed"]) for r in rows}
+    rows += [r for r in (json.loads(path.read_text())["rows"] if path.exists() else [])
+             if (r["corpus"], r["seed"]) not in measured]
+    order = ["builtin", *sorted(p.stem for p in CORPORA.glob("*.yaml"))]
+    rows.sort(key=lambda r: (order.index(r["corpus"]) if r["corpus"] in order else len(order), r["corpus"], r["seed"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "reship.json").write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     (RESULTS / "reship.md").write_text(table(rows))
