@@ -100,9 +100,10 @@ def shipped_probabilities(ckpt: Checkpoint, token_lists: Sequence[Sequence[str]]
     p_tfidf = align(ckpt.tfidf.probabilities(token_lists), ckpt.tfidf.classes, ckpt.labels, "the checkpoint's tfidf")
     if ckpt.task.name == "multi_label":
         fused = p_tfidf if ckpt.shipped == "tfidf" else fuse_multilabel(p_lstm, p_tfidf, ckpt.fusion_weight)
-    else:  # the TF-IDF part alone is w = 0: temperature-scaled like the fusion
-        fused = fuse(p_tfidf if ckpt.shipped == "tfidf" else p_lstm, p_tfidf,
-                     1.0 if ckpt.shipped == "tfidf" else ckpt.fusion_weight, ckpt.fusion_temperature)
+    elif ckpt.shipped == "tfidf":  # w = 0 (the first part unused): the TF-IDF part alone, temperature-scaled
+        fused = fuse(p_tfidf, p_tfidf, 0.0, ckpt.fusion_temperature)
+    else:
+        fused = fuse(p_lstm, p_tfidf, ckpt.fusion_weight, ckpt.fusion_temperature)
     return fused.astype(np.float32)
 
 
