@@ -11,6 +11,11 @@ and writes benchmarks/results/search-NAME.{json,md}. The search chooses by valid
 columns are read last, and they are the honest comparison: the best of N trials on validation is an
 optimistic validation figure. Commit first: the experiments run from the commit (with the params.yaml
 change). A rerun replaces that corpus's experiments and search.
+
+--repeat then runs the same search again (same seed and budget, `--name bench-NAME-repeat`) and records
+whether it proposed the same params in the same order, and how long it took (DVC's run cache gives back
+each trial). --skip-search rewrites the results from the experiments and the study already there (with
+--repeat: adds the repeat to them).
 """
 
 from __future__ import annotations
@@ -87,7 +92,36 @@ def markdown(result: dict) -> str:
                                                or "not measurable"), "",
              f"Test {metric} of every complete trial: "
              + ", ".join(f"{t['test']:.4f}" for t in result["all_trials"] if not t["pruned"]), ""]
+    if "repeat" in result:
+        r = result["repeat"]
+        lines += [f"The same search again (seed {result['seed']}, `--name {r['name']}`): "
+                  + ("the same params in the same order" if r["same_proposals"] else "**different proposals**")
+                  + f", in {r['minutes']:.1f} minutes (DVC's run cache gives back each trial).", ""]
     return "\n".join(lines)
+
+
+def search(corpus: str, name: str, budget: list[str], seed: int, space: str, *, defaults: str | None) -> float:
+    """Run textclf-search (and first the committed params as experiment `defaults`, if given) with the
+    corpus's settings in params.yaml, put back after; its minutes."""
+    original = PARAMS.read_bytes()
+    try:
+        apply_settings(settings(corpus))
+        if defaults:
+            remove_experiments(defaults)
+            print(f"{defaults}: the committed params", flush=True)
+            dvc("exp", "run", "--temp", "-n", defaults)
+        remove_experiments(f"search-{name}-t")
+        shutil.rmtree(SEARCH_DIR / name, ignore_errors=True)
+        start = time.monotonic()
+        subprocess.run([sys.executable, "-m", "pipeline.cli.search", *budget, "--seed", str(seed),
+                        "--space", space, "--name", name], check=True)
+        return (time.monotonic() - start) / 60
+    finally:
+        PARAMS.write_bytes(original)
+
+
+def proposals(name: str) -> list[dict]:
+    return [t["params"] for t in json.loads((SEARCH_DIR / name / "summary.json").read_text())["trials"]]
 
 
 def main() -> None:
@@ -98,24 +132,17 @@ def main() -> None:
     ap.add_argument("--minutes", type=float)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--space", default="search.yaml")
+    ap.add_argument("--repeat", action="store_true", help="run the same search again and compare its proposals")
+    ap.add_argument("--skip-search", action="store_true", help="only rewrite the results (and --repeat)")
     args = ap.parse_args()
     name = f"bench-{args.corpus.replace('_', '-')}"
-    original = PARAMS.read_bytes()
-    try:
-        apply_settings(settings(args.corpus))
-        defaults = f"bench-search-{args.corpus.replace('_', '-')}-defaults"
-        remove_experiments(defaults)
-        remove_experiments(f"search-{name}-")
-        shutil.rmtree(SEARCH_DIR / name, ignore_errors=True)
-        print(f"{defaults}: the committed params", flush=True)
-        dvc("exp", "run", "--temp", "-n", defaults)
-        start = time.monotonic()
-        budget = ["--trials", str(args.trials)] + (["--minutes", str(args.minutes)] if args.minutes else [])
-        subprocess.run([sys.executable, "-m", "pipeline.cli.search", *budget, "--seed", str(args.seed),
-                        "--space", args.space, "--name", name], check=True)
-        minutes = (time.monotonic() - start) / 60
-    finally:
-        PARAMS.write_bytes(original)
+    defaults = f"bench-search-{args.corpus.replace('_', '-')}-defaults"
+    budget = ["--trials", str(args.trials)] + (["--minutes", str(args.minutes)] if args.minutes else [])
+    out = RESULTS / f"search-{args.corpus}.json"
+    if args.skip_search:
+        minutes = json.loads(out.read_text())["search_minutes"]
+    else:
+        minutes = search(args.corpus, name, budget, args.seed, args.space, defaults=defaults)
     summary = json.loads((SEARCH_DIR / name / "summary.json").read_text())
     trials = [t for t in summary["trials"] if t["state"] in ("complete", "pruned")]
     result = {"corpus": args.corpus, "seed": args.seed, "space": args.space, "trials": len(summary["trials"]),
@@ -125,8 +152,14 @@ def main() -> None:
               "best": {**figures(summary["best"]["experiment"]), "params": summary["best"]["params"]},
               "importance": summary["importance"],
               "all_trials": [{**figures(t["experiment"]), "params": t["params"]} for t in trials]}
+    if args.repeat:
+        repeat_minutes = search(args.corpus, f"{name}-repeat", budget, args.seed, args.space, defaults=None)
+        result["repeat"] = {"name": f"{name}-repeat", "minutes": round(repeat_minutes, 1),
+                            "same_proposals": proposals(f"{name}-repeat") == proposals(name)}
+    elif out.exists() and "repeat" in json.loads(out.read_text()):
+        result["repeat"] = json.loads(out.read_text())["repeat"]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"search-{args.corpus}.json").write_text(json.dumps(result, indent=1) + "\n")
+    out.write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / f"search-{args.corpus}.md").write_text(markdown(result))
     print(markdown(result))
 

@@ -2,9 +2,11 @@
 
 Optuna proposes (TPE), DVC runs: each trial is `dvc exp run --temp -n search-NAME-tNNN -S key=value ...`
 from the current commit (and its uncommitted changes to tracked files), so it shows in `dvc exp show` and
-`dvc exp apply` takes it, and the workspace is left as it was. The objective is the saved epoch's
-validation figure (metrics/train/best.json: lstm_val_acc, or lstm_val_micro_f1 for a multi-label
-corpus), never the test split. The study lives in .search/NAME/study.db (SQLite), so `--resume` goes on
+`dvc exp apply` takes it, and the workspace is left as it was. The objective is a validation figure, never
+the test split: by default (`lstm`) the saved epoch's (metrics/train/best.json: lstm_val_acc, or
+lstm_val_micro_f1 for a multi-label corpus); with `shipped`, that of the model the ship stage chose from
+the trial (metrics/ship.json: the LSTM's, the TF-IDF model's or the fusion's, as `shipped_val_acc` or
+`shipped_val_micro_f1`). The study lives in .search/NAME/study.db (SQLite), so `--resume` goes on
 after an interruption.
 
 Repeatable: the sampler of trial k is seeded from (seed, k), k counting the finished trials, so it depends
@@ -37,8 +39,11 @@ from pipeline.search_trial import ENV, make_pruner
 SEARCH_DIR = Path(".search")
 DEFAULT_SPACE = Path("search.yaml")
 BEST = "metrics/train/best.json"
+SHIP = "metrics/ship.json"
 VAL_SERIES = "metrics/train/plots/metrics/val/accuracy.tsv"
 OBJECTIVES = ("lstm_val_acc", "lstm_val_micro_f1")  # single-label, multi-label: validation figures only
+OBJECTIVE_CHOICES = ("lstm", "shipped")
+SHIPPED_NAMES = {0: "lstm", 1: "fusion", 2: "tfidf"}  # ship_model in metrics/ship.json (pipeline.shipped.CODES)
 STARTUP_TRIALS = 5   # TPE's random trials before it models the results
 # No pruning before 3 trials have finished, nor before epoch 5 (freeze_then_finetune's embeddings thaw after epoch 3).
 PRUNER = {"startup_trials": 3, "warmup_epochs": 4}
@@ -180,6 +185,24 @@ def read_at(ref: str, path: str) -> str:
     return git("show", f"{ref}:{path}")
 
 
+def objective_of(read, objective: str, where: str) -> tuple[str, float, bool]:
+    """A run's objective: (its name, its value, whether the trial was pruned); `read(path)` gives the text
+    of a metrics file of the run (an experiment's commit, or the workspace)."""
+    best = json.loads(read(BEST))
+    key = next((k for k in OBJECTIVES if k in best), None)
+    if key is None:
+        raise PipelineError(f"{where}: {BEST} holds none of {', '.join(OBJECTIVES)}")
+    if objective == "lstm":
+        return key, float(best[key]), bool(best.get("pruned"))
+    ship = json.loads(read(SHIP))
+    metric = "acc" if key == "lstm_val_acc" else "micro_f1"
+    name = SHIPPED_NAMES.get(ship.get("ship_model"))
+    value = ship.get(f"ship_val_{metric}_{name}")
+    if value is None:
+        raise PipelineError(f"{where}: {SHIP} holds no ship_val_{metric}_<model> of its ship_model {ship.get('ship_model')!r}")
+    return f"shipped_val_{metric}", float(value), bool(best.get("pruned"))
+
+
 def val_series(ref: str) -> list[tuple[int, float]]:
     """The experiment's validation figure per epoch (its DVCLive series, from DVC's cache)."""
     import dvc.api
@@ -261,20 +284,16 @@ class Search:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             print(f"  failed ({last}); its log: {self.folder / (exp + '.log')}", flush=True)
             return {**row, "state": "failed", "error": last}
-        best = json.loads(read_at(ref, BEST))
-        objective = next((key for key in OBJECTIVES if key in best), None)
-        if objective is None:
-            raise PipelineError(f"{exp}: {BEST} holds none of {', '.join(OBJECTIVES)}")
+        objective, value, pruned = objective_of(lambda path: read_at(ref, path), self.settings.get("objective", "lstm"), exp)
         reported = self.study.get_trials(deepcopy=False)[trial.number].intermediate_values
         if not reported and self.settings["pruner"]:  # restored by DVC's run cache: it never trained here
             for epoch, value in val_series(ref):
                 trial.report(value, epoch)
-        value = float(best[objective])
-        if best.get("pruned"):
+        if pruned:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
             self.study.tell(trial, value)
-        state = "pruned" if best.get("pruned") else "complete"
+        state = "pruned" if pruned else "complete"
         print(f"  {objective} {value:.4f}{' (pruned)' if state == 'pruned' else ''}, {seconds:.0f}s", flush=True)
         return {**row, "state": state, "objective": objective, "value": value}
 
@@ -293,7 +312,7 @@ def summary(search: Search, defaults: dict | None) -> dict:
                      (t.intermediate_values and max(t.intermediate_values.values())) or None, "params": t.params})
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     out = {"search": search.name, "seed": search.settings["seed"], "space": search.settings["space_file"],
-           "trials": rows, "defaults": defaults, "best": None, "importance": None}
+           "objective": search.settings.get("objective", "lstm"), "trials": rows, "defaults": defaults, "best": None, "importance": None}
     if complete:
         best = search.study.best_trial
         exp = f"search-{search.name}-t{best.number:03d}"
@@ -309,12 +328,13 @@ def summary(search: Search, defaults: dict | None) -> dict:
 
 
 def summary_markdown(s: dict) -> str:
-    lines = [f"# Search {s['search']}", "", f"Seed {s['seed']}, space {s['space']}; {len(s['trials'])} trials "
+    lines = [f"# Search {s['search']}", "", f"Seed {s['seed']}, space {s['space']}, objective "
+             f"{s.get('objective', 'lstm')}; {len(s['trials'])} trials "
              f"({sum(r['state'] == 'complete' for r in s['trials'])} complete, "
              f"{sum(r['state'] == 'pruned' for r in s['trials'])} pruned, "
              f"{sum(r['state'] == 'fail' for r in s['trials'])} failed).", ""]
     if s["defaults"]:
-        lines += [f"The workspace's run (metrics/train/best.json; after `make repro` and a commit, the committed params): "
+        lines += [f"The workspace's run (after `make repro` and a commit, the committed params): "
                   f"{s['defaults']['objective']} {s['defaults']['value']:.4f}.", ""]
     if s["best"]:
         b = s["best"]

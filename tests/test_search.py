@@ -119,6 +119,52 @@ def test_bad_options_are_one_line_errors(tmp_path, monkeypatch, argv, message):
     assert message in str(err.value) and "\n" not in str(err.value), str(err.value)
 
 
+def test_a_resume_keeps_the_objective_of_its_search(tmp_path, monkeypatch):
+    from pipeline.cli.search import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    (tmp_path / ".search" / "n").mkdir(parents=True)
+    (tmp_path / ".search" / "n" / "search.json").write_text(json.dumps({"seed": 0, "space_file": "search.yaml",
+                                                                         "space": [], "pruner": None}))
+    with pytest.raises(PipelineError, match=r"--resume: search 'n' maximizes lstm, not shipped; leave --objective out"):
+        main(["--resume", "--name", "n", "--trials", "2", "--objective", "shipped"])
+    with pytest.raises(SystemExit):  # argparse: only the two objectives
+        main(["--trials", "2", "--objective", "test_acc"])
+
+
+def _reader(files: dict):
+    return lambda path: json.dumps(files[path])
+
+
+@pytest.mark.parametrize("best, ship, objective, expected", [
+    ({"lstm_val_acc": 0.81, "pruned": True}, {}, "lstm", ("lstm_val_acc", 0.81, True)),
+    ({"lstm_val_acc": 0.81}, {"ship_model": 1, "ship_val_acc_lstm": 0.81, "ship_val_acc_fusion": 0.825},
+     "shipped", ("shipped_val_acc", 0.825, False)),
+    ({"lstm_val_acc": 0.81}, {"ship_model": 2, "ship_val_acc_lstm": 0.81, "ship_val_acc_tfidf": 0.83},
+     "shipped", ("shipped_val_acc", 0.83, False)),
+    ({"lstm_val_micro_f1": 0.7}, {"ship_model": 0, "ship_val_micro_f1_lstm": 0.7}, "shipped",
+     ("shipped_val_micro_f1", 0.7, False)),
+])
+def test_the_objective_is_the_lstm_s_or_the_shipped_model_s_validation_figure(best, ship, objective, expected):
+    from pipeline.search import BEST, SHIP, objective_of
+
+    assert objective_of(_reader({BEST: best, SHIP: ship}), objective, "x") == expected
+
+
+def test_a_run_without_its_objective_is_one_line_naming_the_run_and_file():
+    from pipeline.search import BEST, SHIP, SHIPPED_NAMES, objective_of
+    from pipeline.shipped import CODES
+
+    assert SHIPPED_NAMES == {code: name for name, code in CODES.items()}  # the ship stage's codes, read back
+    with pytest.raises(PipelineError, match=r"^search-x-t001: metrics/train/best.json holds none of lstm_val_acc"):
+        objective_of(_reader({BEST: {"lstm_test_acc": 0.8}}), "lstm", "search-x-t001")
+    with pytest.raises(PipelineError, match=r"^search-x-t001: metrics/ship.json holds no ship_val_acc_<model> of its "
+                       r"ship_model 7"):
+        objective_of(_reader({BEST: {"lstm_val_acc": 0.8}, SHIP: {"ship_model": 7}}), "shipped", "search-x-t001")
+
+
 def test_a_bad_budget_from_the_shell_is_one_line_and_status_1(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli.search", "--trials", "0"], cwd=tmp_path,
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -200,6 +246,18 @@ def test_a_search_ends_with_its_trials_in_exp_show_repeats_with_its_seed_resumes
     shutil.rmtree(repo / ".search" / "c")  # its study gone, its experiments still there: names would clash
     refused = search(repo, "--trials", "3", "--name", "c", check=False)
     assert refused.returncode == 1 and "experiments of an earlier search 'c' exist (search-c-t00" in refused.stdout
+
+    # Maximizing the shipped model's validation figure: each trial's is the one its ship stage chose.
+    search(repo, "--trials", "2", "--seed", "7", "--space", "space.yaml", "--name", "s", "--objective", "shipped")
+    shipped = json.loads((repo / ".search" / "s" / "summary.json").read_text())
+    assert shipped["objective"] == "shipped" and shipped["defaults"]["objective"] == "shipped_val_acc"
+    assert [t["params"] for t in shipped["trials"]] == first[:2]  # the first proposals do not depend on it
+    for t in shipped["trials"]:
+        figures = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+        ship = next(e for b in figures for e in (b.get("experiments") or []) if e["name"] == t["experiment"])
+        metrics = ship["revs"][0]["data"]["metrics"]["metrics/ship.json"]["data"]
+        model = {0: "lstm", 1: "fusion", 2: "tfidf"}[metrics["ship_model"]]
+        assert t["value"] == metrics[f"ship_val_acc_{model}"]
 
     # The best trial, applied: its params and its validation figure in the workspace.
     best = json.loads((repo / ".search" / "a" / "summary.json").read_text())["best"]

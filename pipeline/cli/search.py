@@ -8,7 +8,8 @@ Run it at the repository root, after `make repro` and a commit: every trial is `
 the current commit (uncommitted changes to tracked files included), named search-NAME-tNNN, so it shows in
 `dvc exp show` and `dvc exp apply search-NAME-tNNN` takes it; the workspace is left as it was. Optuna's TPE
 proposes the params of search.yaml (or --space FILE), MedianPruner stops the trials below the median of the
-earlier ones after an epoch, and the objective is the validation figure (never the test split). The
+earlier ones after an epoch, and the objective is a validation figure (never the test split): the LSTM's
+(--objective lstm, the default) or the shipped model's (--objective shipped). The
 study, each trial's log and the summary (the best trial, the command to apply it, what mattered) are in
 .search/NAME/. A budget: --trials (in all, resumes included) and/or --minutes (this run: no trial starts
 after them). The same --seed proposes the same trials. docs/experiments.md, "Searching hyperparameters".
@@ -17,7 +18,6 @@ after them). The same --seed proposes the same trials. docs/experiments.md, "Sea
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import re
 import time
@@ -26,8 +26,8 @@ from pathlib import Path
 from pipeline import params
 from pipeline.errors import PipelineError, command_name, run_main
 from pipeline.files import read_json, write_json
-from pipeline.search import (BEST, DEFAULT_SPACE, OBJECTIVES, PRUNER, SEARCH_DIR, Search, experiment_refs, git,
-                             load_space, write_summary)
+from pipeline.search import (DEFAULT_SPACE, OBJECTIVE_CHOICES, PRUNER, SEARCH_DIR, Search, experiment_refs, git,
+                             load_space, objective_of, write_summary)
 
 SCRIPT = "textclf-search"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default="default", help="the search's name: .search/NAME, experiments search-NAME-tNNN")
     parser.add_argument("--resume", action="store_true", help="go on with the search NAME after an interruption")
     parser.add_argument("--no-prune", action="store_true", help="train every trial to its end")
+    parser.add_argument("--objective", choices=OBJECTIVE_CHOICES,
+                        help="the validation figure to maximize: the LSTM's (default) or that of the model the "
+                        "ship stage chooses (the LSTM, the TF-IDF model or their fusion)")
     return parser
 
 
@@ -83,6 +86,9 @@ def settings_for(args, seed: int | None, folder: Path) -> dict:
                                 "leave --seed out (or start a new --name)")
         if args.space is not None and args.space != settings["space_file"]:
             raise PipelineError(f"--resume: search {args.name!r} searches {settings['space_file']}, not {args.space}")
+        if args.objective is not None and args.objective != settings.get("objective", "lstm"):
+            raise PipelineError(f"--resume: search {args.name!r} maximizes {settings.get('objective', 'lstm')}, "
+                                f"not {args.objective}; leave --objective out (or start a new --name)")
         return settings
     if folder.exists():
         raise PipelineError(f"search {args.name!r} exists ({folder}): add --resume to go on with it, or give another --name")
@@ -96,7 +102,7 @@ def settings_for(args, seed: int | None, folder: Path) -> dict:
     dims = load_space(space_file, base)
     settings = {"seed": 0 if seed is None else seed, "space_file": str(space_file),
                 "space": [{k: v for k, v in d.__dict__.items() if v is not None} for d in dims],
-                "pruner": None if args.no_prune else PRUNER}
+                "pruner": None if args.no_prune else PRUNER, "objective": args.objective or "lstm"}
     folder.mkdir(parents=True)
     ignore = SEARCH_DIR / ".gitignore"  # the studies and logs stay out of git (and out of every experiment)
     if not ignore.exists():
@@ -105,14 +111,13 @@ def settings_for(args, seed: int | None, folder: Path) -> dict:
     return settings
 
 
-def committed_defaults() -> dict | None:
-    """The workspace's validation figure (metrics/train/best.json), the one to beat."""
+def committed_defaults(objective: str) -> dict | None:
+    """The workspace's validation figure (metrics/train/best.json, or metrics/ship.json), the one to beat."""
     try:
-        best = json.loads(Path(BEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        key, value, _ = objective_of(lambda path: Path(path).read_text(encoding="utf-8"), objective, "the workspace")
+    except (OSError, ValueError, PipelineError):
         return None
-    key = next((k for k in OBJECTIVES if k in best), None)
-    return None if key is None else {"objective": key, "value": float(best[key])}
+    return {"objective": key, "value": value}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     if (abandoned := search.abandon_interrupted()):
         print(f"{abandoned} trial(s) left unfinished by an interrupted run: proposed again", flush=True)
     base = params.load_yaml()
-    defaults = committed_defaults()
+    defaults = committed_defaults(settings.get("objective", "lstm"))
     deadline = None if budget is None else time.monotonic() + budget * 60
     done = len(search.finished())
     if done:
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         s = write_summary(search, defaults)
     print(f"summary: {folder / 'summary.md'}")
     if s["defaults"]:
-        print(f"the workspace's run (metrics/train/best.json): {s['defaults']['objective']} {s['defaults']['value']:.4f}")
+        print(f"the workspace's run: {s['defaults']['objective']} {s['defaults']['value']:.4f}")
     if s["best"]:
         b = s["best"]
         print(f"best: {b['experiment']} (validation {b['value']:.4f}); to take it: {b['apply']}")
