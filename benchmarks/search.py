@@ -2,6 +2,7 @@
 
     python -m benchmarks.search builtin --trials 12 --seed 0
     python -m benchmarks.search reuters_r8 --trials 12 --seed 0 [--space search.yaml] [--minutes 120]
+    python -m benchmarks.search builtin --trials 12 --seed 0 --objective shipped   # search-builtin-shipped.*
 
 For one corpus (builtin: params.yaml as committed; else benchmarks/corpora/NAME.yaml's settings written
 into params.yaml for the duration, and put back after), this runs the committed params once as an
@@ -30,7 +31,7 @@ from pathlib import Path
 
 from benchmarks.ablation import RESULTS, dvc
 from benchmarks.corpora import CORPORA, settings
-from pipeline.search import SEARCH_DIR, experiment_ref, read_at
+from pipeline.search import SEARCH_DIR, experiment_ref, git, objective_of, read_at
 
 PARAMS = Path("params.yaml")
 
@@ -50,7 +51,7 @@ def apply_settings(values: dict) -> None:
 
 def figures(experiment: str) -> dict:
     """The experiment's validation and test figures (metrics kept in its git commit)."""
-    ref = experiment_ref(experiment)
+    ref = experiment_ref(experiment, git("rev-parse", "HEAD").strip()) or experiment_ref(experiment)  # this commit's first
     if ref is None:
         raise SystemExit(f"experiment {experiment} not found (see `dvc exp show`)")
     best, test = json.loads(read_at(ref, "metrics/train/best.json")), json.loads(read_at(ref, "metrics/eval.json"))
@@ -60,6 +61,7 @@ def figures(experiment: str) -> dict:
             "test": test["lstm_test_acc" if single else "lstm_test_micro_f1"],
             "test_macro_f1": test.get("lstm_test_f1", test.get("lstm_test_macro_f1")),
             # What `dvc repro` ships from that run (ship.model: the LSTM, or the best of LSTM, TF-IDF, fusion).
+            "shipped_val": objective_of(lambda path: read_at(ref, path), "shipped", experiment)[1],
             "shipped_test": test.get("shipped_test_acc" if single else "shipped_test_micro_f1"),
             "pruned": bool(best.get("pruned"))}
 
@@ -72,7 +74,8 @@ def remove_experiments(prefix: str) -> None:
 
 
 def shipped(run: dict) -> str:
-    return "n/a" if run.get("shipped_test") is None else f"{run['shipped_test']:.4f}"
+    test = "n/a" if run.get("shipped_test") is None else f"{run['shipped_test']:.4f}"
+    return f"{run['shipped_val']:.4f} | {test}"
 
 
 def markdown(result: dict) -> str:
@@ -81,17 +84,20 @@ def markdown(result: dict) -> str:
     lines = [f"# textclf-search on {result['corpus']}", "",
              f"{result['trials']} trials (seed {result['seed']}, space {result['space']}; "
              f"{result['complete']} complete, {result['pruned']} pruned, {result['failed']} failed) in "
-             f"{result['search_minutes']:.0f} minutes; chosen by validation {metric}, test read last.", "",
-             f"| run | LSTM validation {metric} | LSTM test {metric} | LSTM test macro-F1 | shipped test {metric} "
-             "| params |", "|---|---:|---:|---:|---:|---|",
+             f"{result['search_minutes']:.0f} minutes; chosen by the {result['objective']} model's validation {metric}, "
+             "test read last.", "",
+             f"| run | LSTM validation {metric} | LSTM test {metric} | LSTM test macro-F1 | shipped validation "
+             f"{metric} | shipped test {metric} | params |", "|---|---:|---:|---:|---:|---:|---|",
              f"| committed defaults | {d['val']:.4f} | {d['test']:.4f} | {d['test_macro_f1']:.4f} | {shipped(d)} | |",
              f"| best trial ({b['experiment']}) | {b['val']:.4f} | {b['test']:.4f} | {b['test_macro_f1']:.4f} | "
              f"{shipped(b)} | "
              + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in b["params"].items()) + " |",
              "", "What mattered (fANOVA): " + (", ".join(f"{k} {v:.2f}" for k, v in (result["importance"] or {}).items())
                                                or "not measurable"), "",
-             f"Test {metric} of every complete trial: "
-             + ", ".join(f"{t['test']:.4f}" for t in result["all_trials"] if not t["pruned"]), ""]
+             f"LSTM test {metric} of every complete trial: "
+             + ", ".join(f"{t['test']:.4f}" for t in result["all_trials"] if not t["pruned"]), "",
+             f"Shipped test {metric} of every complete trial: "
+             + ", ".join(shipped(t).split(" | ")[1] for t in result["all_trials"] if not t["pruned"]), ""]
     if "repeat" in result:
         r = result["repeat"]
         lines += [f"The same search again (seed {result['seed']}, `--name {r['name']}`): "
@@ -100,13 +106,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def search(corpus: str, name: str, budget: list[str], seed: int, space: str, *, defaults: str | None) -> float:
+def search(corpus: str, name: str, budget: list[str], seed: int, space: str, objective: str, *,
+           defaults: str | None) -> float:
     """Run textclf-search (and first the committed params as experiment `defaults`, if given) with the
     corpus's settings in params.yaml, put back after; its minutes."""
     original = PARAMS.read_bytes()
     try:
         apply_settings(settings(corpus))
-        if defaults:
+        if defaults and experiment_ref(defaults, git("rev-parse", "HEAD").strip()) is None:  # one a corpus and commit
             remove_experiments(defaults)
             print(f"{defaults}: the committed params", flush=True)
             dvc("exp", "run", "--temp", "-n", defaults)
@@ -114,7 +121,7 @@ def search(corpus: str, name: str, budget: list[str], seed: int, space: str, *, 
         shutil.rmtree(SEARCH_DIR / name, ignore_errors=True)
         start = time.monotonic()
         subprocess.run([sys.executable, "-m", "pipeline.cli.search", *budget, "--seed", str(seed),
-                        "--space", space, "--name", name], check=True)
+                        "--space", space, "--name", name, "--objective", objective], check=True)
         return (time.monotonic() - start) / 60
     finally:
         PARAMS.write_bytes(original)
@@ -132,20 +139,22 @@ def main() -> None:
     ap.add_argument("--minutes", type=float)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--space", default="search.yaml")
+    ap.add_argument("--objective", choices=("lstm", "shipped"), default="lstm")
     ap.add_argument("--repeat", action="store_true", help="run the same search again and compare its proposals")
     ap.add_argument("--skip-search", action="store_true", help="only rewrite the results (and --repeat)")
     args = ap.parse_args()
-    name = f"bench-{args.corpus.replace('_', '-')}"
+    name = f"bench-{args.corpus.replace('_', '-')}" + ("-shipped" if args.objective == "shipped" else "")
+    stem = f"search-{args.corpus}" + ("-shipped" if args.objective == "shipped" else "")
     defaults = f"bench-search-{args.corpus.replace('_', '-')}-defaults"
     budget = ["--trials", str(args.trials)] + (["--minutes", str(args.minutes)] if args.minutes else [])
-    out = RESULTS / f"search-{args.corpus}.json"
+    out = RESULTS / f"{stem}.json"
     if args.skip_search:
         minutes = json.loads(out.read_text())["search_minutes"]
     else:
-        minutes = search(args.corpus, name, budget, args.seed, args.space, defaults=defaults)
+        minutes = search(args.corpus, name, budget, args.seed, args.space, args.objective, defaults=defaults)
     summary = json.loads((SEARCH_DIR / name / "summary.json").read_text())
     trials = [t for t in summary["trials"] if t["state"] in ("complete", "pruned")]
-    result = {"corpus": args.corpus, "seed": args.seed, "space": args.space, "trials": len(summary["trials"]),
+    result = {"corpus": args.corpus, "seed": args.seed, "space": args.space, "objective": args.objective, "trials": len(summary["trials"]),
               "complete": sum(t["state"] == "complete" for t in trials), "pruned": sum(t["state"] == "pruned" for t in trials),
               "failed": sum(t["state"] == "fail" for t in summary["trials"]), "search_minutes": round(minutes, 1),
               "settings": settings(args.corpus), "defaults": figures(defaults),
@@ -153,14 +162,15 @@ def main() -> None:
               "importance": summary["importance"],
               "all_trials": [{**figures(t["experiment"]), "params": t["params"]} for t in trials]}
     if args.repeat:
-        repeat_minutes = search(args.corpus, f"{name}-repeat", budget, args.seed, args.space, defaults=None)
+        repeat_minutes = search(args.corpus, f"{name}-repeat", budget, args.seed, args.space, args.objective,
+                                defaults=None)
         result["repeat"] = {"name": f"{name}-repeat", "minutes": round(repeat_minutes, 1),
                             "same_proposals": proposals(f"{name}-repeat") == proposals(name)}
     elif out.exists() and "repeat" in json.loads(out.read_text()):
         result["repeat"] = json.loads(out.read_text())["repeat"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    (RESULTS / f"search-{args.corpus}.md").write_text(markdown(result))
+    (RESULTS / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
 
 
