@@ -287,8 +287,8 @@ class Search:
         objective, value, pruned = objective_of(lambda path: read_at(ref, path), self.settings.get("objective", "lstm"), exp)
         reported = self.study.get_trials(deepcopy=False)[trial.number].intermediate_values
         if not reported and self.settings["pruner"]:  # restored by DVC's run cache: it never trained here
-            for epoch, value in val_series(ref):
-                trial.report(value, epoch)
+            for epoch, figure in val_series(ref):
+                trial.report(figure, epoch)
         if pruned:
             self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         else:
