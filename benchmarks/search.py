@@ -73,6 +73,9 @@ def remove_experiments(prefix: str) -> None:
         dvc("exp", "remove", *doomed, check=False)
 
 
+WHOSE = {"lstm": "the LSTM's", "shipped": "the shipped model's"}
+
+
 def shipped(run: dict) -> str:
     test = "n/a" if run.get("shipped_test") is None else f"{run['shipped_test']:.4f}"
     return f"{run['shipped_val']:.4f} | {test}"
@@ -84,7 +87,7 @@ def markdown(result: dict) -> str:
     lines = [f"# textclf-search on {result['corpus']}", "",
              f"{result['trials']} trials (seed {result['seed']}, space {result['space']}; "
              f"{result['complete']} complete, {result['pruned']} pruned, {result['failed']} failed) in "
-             f"{result['search_minutes']:.0f} minutes; chosen by the {result['objective']} model's validation {metric}, "
+             f"{result['search_minutes']:.0f} minutes; chosen by {WHOSE[result['objective']]} validation {metric}, "
              "test read last.", "",
              f"| run | LSTM validation {metric} | LSTM test {metric} | LSTM test macro-F1 | shipped validation "
              f"{metric} | shipped test {metric} | params |", "|---|---:|---:|---:|---:|---:|---|",
