@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -40,6 +41,7 @@ SEARCH_DIR = Path(".search")
 DEFAULT_SPACE = Path("search.yaml")
 BEST = "metrics/train/best.json"
 SHIP = "metrics/ship.json"
+VAL_SPLIT = Path("data/prepared/val.parquet")  # the workspace's: its size says how noisy a validation figure is
 VAL_SERIES = "metrics/train/plots/metrics/val/accuracy.tsv"
 OBJECTIVES = ("lstm_val_acc", "lstm_val_micro_f1")  # single-label, multi-label: validation figures only
 OBJECTIVE_CHOICES = ("lstm", "shipped")
@@ -298,6 +300,34 @@ class Search:
         return {**row, "state": state, "objective": objective, "value": value}
 
 
+def validation_rows() -> int | None:
+    """The row count of the workspace's validation split, if it is single-label (its objective an accuracy);
+    None without one."""
+    import pyarrow.parquet as pq
+
+    from pipeline.prepared_task import prepared_task
+
+    try:
+        return pq.read_metadata(VAL_SPLIT).num_rows if prepared_task(VAL_SPLIT) == "single_label" else None
+    except (OSError, ValueError):
+        return None
+
+
+def noise_note(s: dict) -> str | None:
+    """How far apart two validation accuracies may be by chance: the standard error of the best trial's
+    accuracy on a split of this size (binomial), against its lead over the workspace's run. None without
+    the figures, or for a multi-label split (val_rows None: its micro-F1 is no binomial proportion)."""
+    best, defaults, rows = s.get("best"), s.get("defaults"), s.get("val_rows")
+    if not best or not rows:
+        return None
+    p = best["value"]
+    error = math.sqrt(p * (1 - p) / rows)
+    lead = f"; the best leads the workspace's run by {best['value'] - defaults['value']:+.4f}" if defaults else ""
+    return (f"Validation holds {rows:,} texts: an accuracy near {p:.3f} has a standard error of {error:.4f}, so "
+            f"trials less than about {2 * error:.4f} apart may differ by chance{lead}. Before taking the best, "
+            f"check it with another seed: `dvc exp apply {best['experiment']}` then `dvc exp run -S train.seed=43`.")
+
+
 def summary(search: Search, defaults: dict | None) -> dict:
     """The best trial, how to apply it, and what mattered (fANOVA importances over the complete trials)."""
     import optuna
@@ -312,7 +342,7 @@ def summary(search: Search, defaults: dict | None) -> dict:
                      (t.intermediate_values and max(t.intermediate_values.values())) or None, "params": t.params})
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     out = {"search": search.name, "seed": search.settings["seed"], "space": search.settings["space_file"],
-           "objective": search.settings.get("objective", "lstm"), "trials": rows, "defaults": defaults, "best": None, "importance": None}
+           "objective": search.settings.get("objective", "lstm"), "val_rows": validation_rows(), "trials": rows, "defaults": defaults, "best": None, "importance": None}
     if complete:
         best = search.study.best_trial
         exp = f"search-{search.name}-t{best.number:03d}"
@@ -340,6 +370,8 @@ def summary_markdown(s: dict) -> str:
         b = s["best"]
         lines += [f"Best: **{b['experiment']}**, validation {b['value']:.4f}: "
                   + ", ".join(f"`{k}={v}`" for k, v in b["params"].items()), "", "```bash", b["apply"], "```", ""]
+        if note := noise_note(s):
+            lines += [note, ""]
     else:
         lines += ["No trial completed.", ""]
     if s["importance"]:

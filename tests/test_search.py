@@ -165,6 +165,37 @@ def test_a_run_without_its_objective_is_one_line_naming_the_run_and_file():
         objective_of(_reader({BEST: {"lstm_val_acc": 0.8}, SHIP: {"ship_model": 7}}), "shipped", "search-x-t001")
 
 
+def test_the_summary_says_how_far_apart_validation_accuracies_may_be_by_chance():
+    from pipeline.search import noise_note
+
+    best = {"experiment": "search-a-t009", "value": 0.8168}
+    note = noise_note({"best": best, "defaults": {"objective": "lstm_val_acc", "value": 0.8111}, "val_rows": 1239})
+    # sqrt(0.8168 * 0.1832 / 1239) = 0.01099: a lead of 0.0057 is half a standard error.
+    assert "Validation holds 1,239 texts: an accuracy near 0.817 has a standard error of 0.0110" in note
+    assert "less than about 0.0220 apart may differ by chance; the best leads the workspace's run by +0.0057" in note
+    assert "`dvc exp apply search-a-t009` then `dvc exp run -S train.seed=43`" in note
+    assert "standard error of 0.0011" in noise_note({"best": best, "defaults": None, "val_rows": 123900})
+    assert noise_note({"best": best, "defaults": None, "val_rows": None}) is None
+    assert noise_note({"best": None, "defaults": None, "val_rows": 99}) is None
+
+
+def test_the_noise_is_measured_on_a_single_label_validation_split_only(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.labels import TASK_KEY
+    from pipeline.search import VAL_SPLIT, validation_rows
+
+    monkeypatch.chdir(tmp_path)
+    assert validation_rows() is None  # nothing prepared
+    VAL_SPLIT.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["a", "b", "c"], "label": ["x", "y", "x"]}), VAL_SPLIT)
+    assert validation_rows() == 3
+    multi = pa.table({"text": ["a"], "label": [["x", "y"]]}).replace_schema_metadata({TASK_KEY: "multi_label"})
+    pq.write_table(multi, VAL_SPLIT)
+    assert validation_rows() is None  # micro-F1: no binomial standard error
+
+
 def test_a_bad_budget_from_the_shell_is_one_line_and_status_1(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli.search", "--trials", "0"], cwd=tmp_path,
                           capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
@@ -216,6 +247,7 @@ def test_a_search_ends_with_its_trials_in_exp_show_repeats_with_its_seed_resumes
     assert {"search-a-t000", "search-a-t001", "search-a-t002"} <= exp_names(repo)
     summary = json.loads((repo / ".search" / "a" / "summary.json").read_text())
     assert summary["defaults"]["objective"] == "lstm_val_acc" and set(summary["importance"]) == set(SMALL_SPACE)
+    assert summary["val_rows"] > 0 and "may differ by chance" in out
     assert not run(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout  # the workspace untouched
     first = trials_of(repo, "a")
     assert len(first) == 3

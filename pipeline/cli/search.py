@@ -27,7 +27,7 @@ from pipeline import params
 from pipeline.errors import PipelineError, command_name, run_main
 from pipeline.files import read_json, write_json
 from pipeline.search import (DEFAULT_SPACE, OBJECTIVE_CHOICES, PRUNER, SEARCH_DIR, Search, experiment_refs, git,
-                             load_space, objective_of, write_summary)
+                             load_space, noise_note, objective_of, write_summary)
 
 SCRIPT = "textclf-search"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> None:
     if s["best"]:
         b = s["best"]
         print(f"best: {b['experiment']} (validation {b['value']:.4f}); to take it: {b['apply']}")
+        if note := noise_note(s):
+            print(note.replace("`", ""))
     if s["importance"]:
         print("what mattered: " + ", ".join(f"{k} {v:.2f}" for k, v in s["importance"].items()))
 
