@@ -3,10 +3,11 @@
 Optuna proposes (TPE), DVC runs: each trial is `dvc exp run --temp -n search-NAME-tNNN -S key=value ...`
 from the current commit (and its uncommitted changes to tracked files), so it shows in `dvc exp show` and
 `dvc exp apply` takes it, and the workspace is left as it was. The objective is a validation figure, never
-the test split: by default (`lstm`) the saved epoch's (metrics/train/best.json: lstm_val_acc, or
-lstm_val_micro_f1 for a multi-label corpus); with `shipped`, that of the model the ship stage chose from
-the trial (metrics/ship.json: the LSTM's, the TF-IDF model's or the fusion's, as `shipped_val_acc` or
-`shipped_val_micro_f1`). The study lives in .search/NAME/study.db (SQLite), so `--resume` goes on
+the test split: by default (`shipped`) that of the model the ship stage chose from the trial
+(metrics/ship.json: the LSTM's, the TF-IDF model's or the fusion's, as `shipped_val_acc` or
+`shipped_val_micro_f1`); with `lstm`, the LSTM's saved epoch's (metrics/train/best.json: lstm_val_acc, or
+lstm_val_micro_f1 for a multi-label corpus). A search saved before the objective was a setting maximized
+the LSTM's. The study lives in .search/NAME/study.db (SQLite), so `--resume` goes on
 after an interruption.
 
 Repeatable: the sampler of trial k is seeded from (seed, k), k counting the finished trials, so it depends
@@ -342,7 +343,8 @@ def summary(search: Search, defaults: dict | None) -> dict:
                      (t.intermediate_values and max(t.intermediate_values.values())) or None, "params": t.params})
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     out = {"search": search.name, "seed": search.settings["seed"], "space": search.settings["space_file"],
-           "objective": search.settings.get("objective", "lstm"), "val_rows": validation_rows(), "trials": rows, "defaults": defaults, "best": None, "importance": None}
+           "objective": search.settings.get("objective", "lstm"), "val_rows": validation_rows(), "trials": rows,
+           "defaults": defaults, "best": None, "importance": None}
     if complete:
         best = search.study.best_trial
         exp = f"search-{search.name}-t{best.number:03d}"

@@ -246,7 +246,8 @@ def test_a_search_ends_with_its_trials_in_exp_show_repeats_with_its_seed_resumes
     assert "best: search-a-t00" in out and "to take it: dvc exp apply search-a-t00" in out, out
     assert {"search-a-t000", "search-a-t001", "search-a-t002"} <= exp_names(repo)
     summary = json.loads((repo / ".search" / "a" / "summary.json").read_text())
-    assert summary["defaults"]["objective"] == "lstm_val_acc" and set(summary["importance"]) == set(SMALL_SPACE)
+    assert summary["objective"] == "shipped" and summary["defaults"]["objective"] == "shipped_val_acc"  # the default
+    assert set(summary["importance"]) == set(SMALL_SPACE)
     assert summary["val_rows"] > 0 and "may differ by chance" in out
     assert not run(["git", "status", "--porcelain", "--untracked-files=no"], repo).stdout  # the workspace untouched
     first = trials_of(repo, "a")
@@ -279,23 +280,29 @@ def test_a_search_ends_with_its_trials_in_exp_show_repeats_with_its_seed_resumes
     refused = search(repo, "--trials", "3", "--name", "c", check=False)
     assert refused.returncode == 1 and "experiments of an earlier search 'c' exist (search-c-t00" in refused.stdout
 
-    # Maximizing the shipped model's validation figure: each trial's is the one its ship stage chose.
-    search(repo, "--trials", "2", "--seed", "7", "--space", "space.yaml", "--name", "s", "--objective", "shipped")
-    shipped = json.loads((repo / ".search" / "s" / "summary.json").read_text())
-    assert shipped["objective"] == "shipped" and shipped["defaults"]["objective"] == "shipped_val_acc"
-    assert [t["params"] for t in shipped["trials"]] == first[:2]  # the first proposals do not depend on it
-    for t in shipped["trials"]:
-        figures = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
-        ship = next(e for b in figures for e in (b.get("experiments") or []) if e["name"] == t["experiment"])
-        metrics = ship["revs"][0]["data"]["metrics"]["metrics/ship.json"]["data"]
-        model = {0: "lstm", 1: "fusion", 2: "tfidf"}[metrics["ship_model"]]
-        assert t["value"] == metrics[f"ship_val_acc_{model}"]
+    # Each trial's objective is the validation figure of what its ship stage chose (the default), or with
+    # --objective lstm the LSTM's saved epoch's.
+    search(repo, "--trials", "2", "--seed", "7", "--space", "space.yaml", "--name", "l", "--objective", "lstm")
+    lstm = json.loads((repo / ".search" / "l" / "summary.json").read_text())
+    assert lstm["objective"] == "lstm" and lstm["defaults"]["objective"] == "lstm_val_acc"
+    assert [t["params"] for t in lstm["trials"]] == first[:2]  # the first proposals do not depend on it
+    shown = {e["name"]: e["revs"][0]["data"]["metrics"] for b in json.loads(run(["dvc", "exp", "show", "--json"],
+                                                                                 repo).stdout)
+             for e in (b.get("experiments") or [])}
+    for name, figure in (("a", "shipped"), ("l", "lstm")):
+        for t in json.loads((repo / ".search" / name / "summary.json").read_text())["trials"]:
+            metrics = shown[t["experiment"]]
+            ship, best = metrics["metrics/ship.json"]["data"], metrics["metrics/train/best.json"]["data"]
+            model = {0: "lstm", 1: "fusion", 2: "tfidf"}[ship["ship_model"]]
+            assert t["value"] == (ship[f"ship_val_acc_{model}"] if figure == "shipped" else best["lstm_val_acc"])
 
     # The best trial, applied: its params and its validation figure in the workspace.
     best = json.loads((repo / ".search" / "a" / "summary.json").read_text())["best"]
     run(["dvc", "exp", "apply", best["experiment"]], repo)
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == best["params"]["train.lr"]
-    assert json.loads((repo / "metrics/train/best.json").read_text())["lstm_val_acc"] == best["value"]
+    ship = json.loads((repo / "metrics/ship.json").read_text())
+    model = {0: "lstm", 1: "fusion", 2: "tfidf"}[ship["ship_model"]]
+    assert ship[f"ship_val_acc_{model}"] == best["value"]
 
 
 @pytest.mark.slow

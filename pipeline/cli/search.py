@@ -8,8 +8,9 @@ Run it at the repository root, after `make repro` and a commit: every trial is `
 the current commit (uncommitted changes to tracked files included), named search-NAME-tNNN, so it shows in
 `dvc exp show` and `dvc exp apply search-NAME-tNNN` takes it; the workspace is left as it was. Optuna's TPE
 proposes the params of search.yaml (or --space FILE), MedianPruner stops the trials below the median of the
-earlier ones after an epoch, and the objective is a validation figure (never the test split): the LSTM's
-(--objective lstm, the default) or the shipped model's (--objective shipped). The
+earlier ones after an epoch, and the objective is a validation figure (never the test split): that of the
+model the ship stage chooses, what `dvc repro` ships (--objective shipped, the default), or the LSTM's
+(--objective lstm). The
 study, each trial's log and the summary (the best trial, the command to apply it, what mattered) are in
 .search/NAME/. A budget: --trials (in all, resumes included) and/or --minutes (this run: no trial starts
 after them). The same --seed proposes the same trials. docs/experiments.md, "Searching hyperparameters".
@@ -44,8 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="go on with the search NAME after an interruption")
     parser.add_argument("--no-prune", action="store_true", help="train every trial to its end")
     parser.add_argument("--objective", choices=OBJECTIVE_CHOICES,
-                        help="the validation figure to maximize: the LSTM's (default) or that of the model the "
-                        "ship stage chooses (the LSTM, the TF-IDF model or their fusion)")
+                        help="the validation figure to maximize: that of the model the ship stage chooses (the "
+                        "LSTM, the TF-IDF model or their fusion; the default) or the LSTM's")
     return parser
 
 
@@ -102,7 +103,7 @@ def settings_for(args, seed: int | None, folder: Path) -> dict:
     dims = load_space(space_file, base)
     settings = {"seed": 0 if seed is None else seed, "space_file": str(space_file),
                 "space": [{k: v for k, v in d.__dict__.items() if v is not None} for d in dims],
-                "pruner": None if args.no_prune else PRUNER, "objective": args.objective or "lstm"}
+                "pruner": None if args.no_prune else PRUNER, "objective": args.objective or "shipped"}
     folder.mkdir(parents=True)
     ignore = SEARCH_DIR / ".gitignore"  # the studies and logs stay out of git (and out of every experiment)
     if not ignore.exists():
