@@ -51,7 +51,8 @@ def apply_settings(values: dict) -> None:
 
 def figures(experiment: str) -> dict:
     """The experiment's validation and test figures (metrics kept in its git commit)."""
-    ref = experiment_ref(experiment, git("rev-parse", "HEAD").strip()) or experiment_ref(experiment)  # this commit's first
+    # This commit's experiment of that name first, else the latest of any commit.
+    ref = experiment_ref(experiment, git("rev-parse", "HEAD").strip()) or experiment_ref(experiment)
     if ref is None:
         raise SystemExit(f"experiment {experiment} not found (see `dvc exp show`)")
     best, test = json.loads(read_at(ref, "metrics/train/best.json")), json.loads(read_at(ref, "metrics/eval.json"))
@@ -157,7 +158,8 @@ def main() -> None:
         minutes = search(args.corpus, name, budget, args.seed, args.space, args.objective, defaults=defaults)
     summary = json.loads((SEARCH_DIR / name / "summary.json").read_text())
     trials = [t for t in summary["trials"] if t["state"] in ("complete", "pruned")]
-    result = {"corpus": args.corpus, "seed": args.seed, "space": args.space, "objective": args.objective, "trials": len(summary["trials"]),
+    result = {"corpus": args.corpus, "seed": args.seed, "space": args.space, "objective": args.objective,
+              "trials": len(summary["trials"]),
               "complete": sum(t["state"] == "complete" for t in trials), "pruned": sum(t["state"] == "pruned" for t in trials),
               "failed": sum(t["state"] == "fail" for t in summary["trials"]), "search_minutes": round(minutes, 1),
               "settings": settings(args.corpus), "defaults": figures(defaults),

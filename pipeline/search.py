@@ -202,7 +202,8 @@ def objective_of(read, objective: str, where: str) -> tuple[str, float, bool]:
     name = SHIPPED_NAMES.get(ship.get("ship_model"))
     value = ship.get(f"ship_val_{metric}_{name}")
     if value is None:
-        raise PipelineError(f"{where}: {SHIP} holds no ship_val_{metric}_<model> of its ship_model {ship.get('ship_model')!r}")
+        raise PipelineError(f"{where}: {SHIP} holds no ship_val_{metric}_<model> of its ship_model "
+                            f"{ship.get('ship_model')!r}")
     return f"shipped_val_{metric}", float(value), bool(best.get("pruned"))
 
 
@@ -287,7 +288,8 @@ class Search:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             print(f"  failed ({last}); its log: {self.folder / (exp + '.log')}", flush=True)
             return {**row, "state": "failed", "error": last}
-        objective, value, pruned = objective_of(lambda path: read_at(ref, path), self.settings.get("objective", "lstm"), exp)
+        objective, value, pruned = objective_of(lambda path: read_at(ref, path),
+                                                self.settings.get("objective", "lstm"), exp)
         reported = self.study.get_trials(deepcopy=False)[trial.number].intermediate_values
         if not reported and self.settings["pruner"]:  # restored by DVC's run cache: it never trained here
             for epoch, figure in val_series(ref):
