@@ -97,7 +97,10 @@ def run_row(corpus: str, seed: int, name: str, read) -> dict:
 
 
 def table(runs: list[dict], corpora: list[str]) -> str:
-    lines = ["| corpus | classes | train / val / test | split | mean tokens (model reads) | **shipped accuracy** | "
+    lines = ["The shipped columns are what each run's ship stage chose by the rule of its day. The present rule "
+             "(validation NLL, a temperature for each weight) applied to the same models: reship.md "
+             "(`python -m benchmarks.reship`).", "",
+             "| corpus | classes | train / val / test | split | mean tokens (model reads) | **shipped accuracy** | "
              "shipped macro-F1 | shipped (seeds) | LSTM accuracy | LSTM macro-F1 | baseline accuracy | "
              "baseline macro-F1 | train s |",
              "|---|---:|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
