@@ -31,7 +31,7 @@ from pathlib import Path
 
 from benchmarks.ablation import RESULTS, dvc
 from benchmarks.corpora import CORPORA, settings
-from pipeline.search import SEARCH_DIR, experiment_ref, git, objective_of, read_at
+from pipeline.search import SEARCH_DIR, experiment_ref, git, objective_of, override, read_at
 
 PARAMS = Path("params.yaml")
 
@@ -102,6 +102,15 @@ def markdown(result: dict) -> str:
              + ", ".join(f"{t['test']:.4f}" for t in result["all_trials"] if not t["pruned"]), "",
              f"Shipped test {metric} of every complete trial: "
              + ", ".join(shipped(t).split(" | ")[1] for t in result["all_trials"] if not t["pruned"]), ""]
+    if "seeds" in result:
+        seeds = result["seeds"]
+        lines += [f"The defaults and the best trial's params with other seeds (test {metric}, LSTM / shipped):", "",
+                  "| train.seed | defaults | best trial's params |", "|---:|---:|---:|"]
+        lines += [f"| {r['seed']} | {r['defaults']['test']:.4f} / {r['defaults']['shipped_test']:.4f} | "
+                  f"{r['best']['test']:.4f} / {r['best']['shipped_test']:.4f} |" for r in seeds["rows"]]
+        m = seeds["mean"]
+        lines += [f"| mean | {m['defaults']['test']:.4f} / {m['defaults']['shipped_test']:.4f} | "
+                  f"{m['best']['test']:.4f} / {m['best']['shipped_test']:.4f} |", ""]
     if "repeat" in result:
         r = result["repeat"]
         lines += [f"The same search again (seed {result['seed']}, `--name {r['name']}`): "
@@ -131,6 +140,33 @@ def search(corpus: str, name: str, budget: list[str], seed: int, space: str, obj
         PARAMS.write_bytes(original)
 
 
+def check_seeds(corpus: str, defaults: str, best: dict, seeds: list[int]) -> dict:
+    """The defaults and the best trial's params, each trained again with every seed of `seeds` (experiments
+    DEFAULTS-sSEED and BEST-sSEED): is the best's lead more than one seed's luck? Rows: seed, then the two
+    runs' figures; the search's own seed (params.yaml's train.seed) first, from the runs already made."""
+    from ruamel.yaml import YAML
+
+    own = YAML().load(PARAMS.read_text(encoding="utf-8"))["train"]["seed"]
+    rows = [{"seed": own, "defaults": figures(defaults), "best": {k: v for k, v in best.items() if k != "params"}}]
+    original = PARAMS.read_bytes()
+    try:
+        apply_settings(settings(corpus))
+        for seed in seeds:
+            row = {"seed": seed}
+            for which, values in (("defaults", {}), ("best", best["params"])):
+                name = f"{defaults if which == 'defaults' else best['experiment']}-s{seed}"
+                remove_experiments(name)
+                dvc("exp", "run", "--temp", "-n", name, f"-Strain.seed={seed}",
+                    *(f"-S{override(key, value)}" for key, value in values.items()))
+                row[which] = figures(name)
+            rows.append(row)
+    finally:
+        PARAMS.write_bytes(original)
+    mean = {which: {key: round(sum(r[which][key] for r in rows) / len(rows), 4) for key in ("test", "shipped_test")}
+            for which in ("defaults", "best")}
+    return {"rows": rows, "mean": mean}
+
+
 def proposals(name: str) -> list[dict]:
     return [t["params"] for t in json.loads((SEARCH_DIR / name / "summary.json").read_text())["trials"]]
 
@@ -146,6 +182,8 @@ def main() -> None:
     ap.add_argument("--objective", choices=("lstm", "shipped"), default="lstm")
     ap.add_argument("--repeat", action="store_true", help="run the same search again and compare its proposals")
     ap.add_argument("--skip-search", action="store_true", help="only rewrite the results (and --repeat)")
+    ap.add_argument("--check-seeds", type=int, nargs="*", default=[], metavar="SEED",
+                    help="also train the defaults and the best trial's params with these train.seed values")
     args = ap.parse_args()
     name = f"bench-{args.corpus.replace('_', '-')}" + ("-shipped" if args.objective == "shipped" else "")
     stem = f"search-{args.corpus}" + ("-shipped" if args.objective == "shipped" else "")
@@ -166,6 +204,10 @@ def main() -> None:
               "best": {**figures(summary["best"]["experiment"]), "params": summary["best"]["params"]},
               "importance": summary["importance"],
               "all_trials": [{**figures(t["experiment"]), "params": t["params"]} for t in trials]}
+    if args.check_seeds:
+        result["seeds"] = check_seeds(args.corpus, defaults, result["best"], args.check_seeds)
+    elif out.exists() and "seeds" in json.loads(out.read_text()):
+        result["seeds"] = json.loads(out.read_text())["seeds"]
     if args.repeat:
         repeat_minutes = search(args.corpus, f"{name}-repeat", budget, args.seed, args.space, args.objective,
                                 defaults=None)
