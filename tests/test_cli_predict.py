@@ -275,6 +275,31 @@ def test_a_multi_label_model_prints_its_label_sets(tiny_multilabel_path, tiny_mu
             assert row["labels"] == sets[i]
 
 
+def _split_labels(field: str) -> list[str]:
+    """The reader's side: a backslash takes the next character as it is; a bare '|' separates."""
+    names, current, chars = [], "", iter(field)
+    for char in chars:
+        if char == "\\":
+            current += next(chars)
+        elif char == "|":
+            names, current = names + [current], ""
+        else:
+            current += char
+    return names + [current]
+
+
+def test_a_label_holding_the_separator_is_escaped_so_the_joined_labels_split_back():
+    from pipeline.cli.predict import _format_label_set
+
+    labels = ["a|b", "c\\", "d"]
+    line = _format_label_set("text", labels, [0.9, 0.8, 0.1], False, ["a|b", "c\\", "d"], None)
+    first = line.split("\t")[0]
+    assert first == "a\\|b|c\\\\|d"
+    assert _split_labels(first) == ["a|b", "c\\", "d"]
+    assert _split_labels(_format_label_set("t", ["x", "y"], [0.9, 0.9], False, ["x", "y"], None).split("\t")[0]) \
+        == ["x", "y"]  # plain labels: unchanged, 'x|y'
+
+
 def test_a_multi_label_model_explains_each_label_it_gives(tiny_multilabel_path, tiny_multilabel_ckpt, capsys):
     from pipeline.explain import explain_label_sets
     from pipeline.text import tokenize

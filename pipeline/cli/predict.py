@@ -143,7 +143,10 @@ def _format_label_set(text: str, labels: list[str], probs, as_json: bool, given:
             row["explanations"] = [e.to_dict(labels) for e in explanations]
         return json.dumps(row)
     shown = "  ".join(f"{tsv_field(lab)}={p:.3f}" for lab, p in zip(labels, probs))
-    first = LABELS_SEPARATOR.join(tsv_field(lab) for lab in given) if given else NO_LABEL
+    # A '|' inside a label is written '\|' (tsv_field has already doubled every backslash), so the joined
+    # field splits back into the labels: on a '|' that no backslash escapes.
+    first = LABELS_SEPARATOR.join(tsv_field(lab).replace(LABELS_SEPARATOR, "\\" + LABELS_SEPARATOR)
+                                  for lab in given) if given else NO_LABEL
     line = f"{first}\t{shown}\t{tsv_field(text)}"
     if explanations:
         line += "".join(f"\n{format_explanation(e, labels)}" for e in explanations)
