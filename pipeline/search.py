@@ -328,7 +328,8 @@ def noise_note(s: dict) -> str | None:
     lead = f"; the best leads the workspace's run by {best['value'] - defaults['value']:+.4f}" if defaults else ""
     return (f"Validation holds {rows:,} texts: an accuracy near {p:.3f} has a standard error of {error:.4f}, so "
             f"trials less than about {2 * error:.4f} apart may differ by chance{lead}. Before taking the best, "
-            f"check it with another seed: `dvc exp apply {best['experiment']}` then `dvc exp run -S train.seed=43`.")
+            f"check it with another seed: `dvc exp apply {best['experiment']}` then `dvc exp run -S train.seed=N` "
+            "(N other than params.yaml's train.seed).")
 
 
 def summary(search: Search, defaults: dict | None) -> dict:

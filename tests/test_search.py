@@ -173,7 +173,7 @@ def test_the_summary_says_how_far_apart_validation_accuracies_may_be_by_chance()
     # sqrt(0.8168 * 0.1832 / 1239) = 0.01099: a lead of 0.0057 is half a standard error.
     assert "Validation holds 1,239 texts: an accuracy near 0.817 has a standard error of 0.0110" in note
     assert "less than about 0.0220 apart may differ by chance; the best leads the workspace's run by +0.0057" in note
-    assert "`dvc exp apply search-a-t009` then `dvc exp run -S train.seed=43`" in note
+    assert "`dvc exp apply search-a-t009` then `dvc exp run -S train.seed=N` (N other than params.yaml's" in note
     assert "standard error of 0.0011" in noise_note({"best": best, "defaults": None, "val_rows": 123900})
     assert noise_note({"best": best, "defaults": None, "val_rows": None}) is None
     assert noise_note({"best": None, "defaults": None, "val_rows": 99}) is None
