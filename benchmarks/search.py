@@ -126,7 +126,8 @@ def search(corpus: str, name: str, budget: list[str], seed: int, space: str, obj
     original = PARAMS.read_bytes()
     try:
         apply_settings(settings(corpus))
-        if defaults and experiment_ref(defaults, git("rev-parse", "HEAD").strip()) is None:  # one a corpus and commit
+        # The defaults run once for each corpus and commit, whatever the objective.
+        if defaults and experiment_ref(defaults, git("rev-parse", "HEAD").strip()) is None:
             remove_experiments(defaults)
             print(f"{defaults}: the committed params", flush=True)
             dvc("exp", "run", "--temp", "-n", defaults)
@@ -179,7 +180,8 @@ def main() -> None:
     ap.add_argument("--minutes", type=float)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--space", default="search.yaml")
-    ap.add_argument("--objective", choices=("lstm", "shipped"), default="lstm")
+    ap.add_argument("--objective", choices=("lstm", "shipped"), default="lstm",
+                    help="lstm: results in search-CORPUS.*; shipped (textclf-search's own default): search-CORPUS-shipped.*")
     ap.add_argument("--repeat", action="store_true", help="run the same search again and compare its proposals")
     ap.add_argument("--skip-search", action="store_true", help="only rewrite the results (and --repeat)")
     ap.add_argument("--check-seeds", type=int, nargs="*", default=[], metavar="SEED",
