@@ -192,8 +192,9 @@ def main() -> None:
     defaults = f"bench-search-{args.corpus.replace('_', '-')}-defaults"
     budget = ["--trials", str(args.trials)] + (["--minutes", str(args.minutes)] if args.minutes else [])
     out = RESULTS / f"{stem}.json"
+    earlier = json.loads(out.read_text()) if out.exists() else {}  # what --skip-search keeps
     if args.skip_search:
-        minutes = json.loads(out.read_text())["search_minutes"]
+        minutes = earlier["search_minutes"]
     else:
         minutes = search(args.corpus, name, budget, args.seed, args.space, args.objective, defaults=defaults)
     summary = json.loads((SEARCH_DIR / name / "summary.json").read_text())
@@ -208,15 +209,15 @@ def main() -> None:
               "all_trials": [{**figures(t["experiment"]), "params": t["params"]} for t in trials]}
     if args.check_seeds:
         result["seeds"] = check_seeds(args.corpus, defaults, result["best"], args.check_seeds)
-    elif out.exists() and "seeds" in json.loads(out.read_text()):
-        result["seeds"] = json.loads(out.read_text())["seeds"]
+    elif "seeds" in earlier:
+        result["seeds"] = earlier["seeds"]
     if args.repeat:
         repeat_minutes = search(args.corpus, f"{name}-repeat", budget, args.seed, args.space, args.objective,
                                 defaults=None)
         result["repeat"] = {"name": f"{name}-repeat", "minutes": round(repeat_minutes, 1),
                             "same_proposals": proposals(f"{name}-repeat") == proposals(name)}
-    elif out.exists() and "repeat" in json.loads(out.read_text()):
-        result["repeat"] = json.loads(out.read_text())["repeat"]
+    elif "repeat" in earlier:
+        result["repeat"] = earlier["repeat"]
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     (RESULTS / f"{stem}.md").write_text(markdown(result))

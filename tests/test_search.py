@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pipeline.errors import PipelineError
-from pipeline.search import Search, load_space
+from pipeline.search import SHIPPED_NAMES, Search, load_space
 from tests.helpers import ROOT, VENV_BIN, run, set_param
 
 SMALL_SPACE = {"train.lr": {"low": 0.001, "high": 0.02, "log": True}, "train.hidden_size": {"choices": [8, 16]}}
@@ -154,7 +154,7 @@ def test_the_objective_is_the_lstm_s_or_the_shipped_model_s_validation_figure(be
 
 
 def test_a_run_without_its_objective_is_one_line_naming_the_run_and_file():
-    from pipeline.search import BEST, SHIP, SHIPPED_NAMES, objective_of
+    from pipeline.search import BEST, SHIP, objective_of
     from pipeline.shipped import CODES
 
     assert SHIPPED_NAMES == {code: name for name, code in CODES.items()}  # the ship stage's codes, read back
@@ -293,7 +293,7 @@ def test_a_search_ends_with_its_trials_in_exp_show_repeats_with_its_seed_resumes
         for t in json.loads((repo / ".search" / name / "summary.json").read_text())["trials"]:
             metrics = shown[t["experiment"]]
             ship, best = metrics["metrics/ship.json"]["data"], metrics["metrics/train/best.json"]["data"]
-            model = {0: "lstm", 1: "fusion", 2: "tfidf"}[ship["ship_model"]]
+            model = SHIPPED_NAMES[ship["ship_model"]]
             assert t["value"] == (ship[f"ship_val_acc_{model}"] if figure == "shipped" else best["lstm_val_acc"])
 
     # The best trial, applied: its params and its validation figure in the workspace.
@@ -301,7 +301,7 @@ def test_a_search_ends_with_its_trials_in_exp_show_repeats_with_its_seed_resumes
     run(["dvc", "exp", "apply", best["experiment"]], repo)
     assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == best["params"]["train.lr"]
     ship = json.loads((repo / "metrics/ship.json").read_text())
-    model = {0: "lstm", 1: "fusion", 2: "tfidf"}[ship["ship_model"]]
+    model = SHIPPED_NAMES[ship["ship_model"]]
     assert ship[f"ship_val_acc_{model}"] == best["value"]
 
 
