@@ -7,8 +7,8 @@ the LSTM's probabilities calibrated first. w runs over WEIGHTS (0, 0.05, ..., 1)
 validation (temperature.fit_temperature), and the w with the lowest validation NLL (mean negative
 log-likelihood, within 1e-9 a tie) is taken, ties going to the higher validation accuracy, then to one model
 alone (the LSTM, then the TF-IDF model), then to the w nearest 0.5. Why the NLL and not the accuracy: on a
-validation split of a few hundred texts, accuracy moves by whole texts and picks noise (158 long reviews: TF-IDF "won" by 7 reviews and shipped at 0.847, the
-LSTM scoring 0.871 on test); the NLL is a proper scoring rule that every text moves a little. Why T per w:
+validation split of a few hundred texts, accuracy moves by whole texts and picks noise (158 long reviews:
+TF-IDF "won" by 7 reviews and shipped at 0.847, the LSTM scoring 0.871 on test); the NLL is a proper scoring rule that every text moves a little. Why T per w:
 the two parts are calibrated differently (a TF-IDF model's probabilities are too flat), and without T the
 NLL would reward the better-calibrated part rather than the better-ranked one (docs/results.md, "Choosing
 the weight"). w = 1 is the LSTM alone and w = 0 the TF-IDF model alone (temperature-scaled too), so the
